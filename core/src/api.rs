@@ -1,0 +1,479 @@
+//! Request and response bodies of the REST API.
+//!
+//! Field names and shapes follow the original gyoza server, so that its clients work
+//! unchanged. Where this server shows more than the original did (a run's `attempts`,
+//! `current_attempt`, `available_at`; a worker's `active`), it only adds fields.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::definition::{InputSpec, OpDefinition, OutputSpec};
+use crate::error::DomainError;
+use crate::resources::{Constraints, EventDelivery, Resources, RetryPolicy};
+use crate::run::{EventType, ExecutionSummary, NewRun, OpAttempt, OpRun, OpRunState};
+use crate::time::{self, Timestamp};
+use crate::worker::{Worker, WorkerOpRun};
+
+/// The priority a run gets when the request names none (the original client's default).
+pub const DEFAULT_PRIORITY: i64 = 5;
+
+fn default_priority() -> i64 {
+    DEFAULT_PRIORITY
+}
+
+/// Every error answer: `{"detail": "..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    /// What was wrong, for a person to read.
+    pub detail: String,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Health {
+    /// Always `ok` when the server answers.
+    pub status: String,
+}
+
+/// `POST /definitions`: create or replace a definition (same id + version replaces).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OpDefinitionCreate {
+    /// Name.
+    pub id: String,
+    /// Version (semantic versions order "latest").
+    pub version: String,
+    /// Docker image reference.
+    pub image: String,
+    /// Accepted inputs.
+    #[serde(default)]
+    pub input_specs: Option<BTreeMap<String, InputSpec>>,
+    /// Produced outputs.
+    #[serde(default)]
+    pub output_specs: Option<BTreeMap<String, OutputSpec>>,
+    /// Hardware requirements.
+    #[serde(default)]
+    pub constraints: Option<Constraints>,
+    /// Retry rules.
+    #[serde(default)]
+    pub retry_policy: Option<RetryPolicy>,
+    /// Event delivery.
+    #[serde(default)]
+    pub event_delivery: Option<EventDelivery>,
+}
+
+impl OpDefinitionCreate {
+    /// The definition this request describes, validated. `created_at` is kept from the
+    /// version it replaces, if any.
+    pub fn into_definition(
+        self,
+        created_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<OpDefinition, DomainError> {
+        let definition = OpDefinition {
+            id: self.id,
+            version: self.version,
+            image: self.image,
+            input_specs: self.input_specs.unwrap_or_default(),
+            output_specs: self.output_specs.unwrap_or_default(),
+            constraints: self.constraints.unwrap_or_default(),
+            retry_policy: self.retry_policy.unwrap_or_default(),
+            event_delivery: self.event_delivery.unwrap_or_default(),
+            created_at: created_at.unwrap_or(now),
+            updated_at: now,
+        };
+        definition.validate()?;
+        Ok(definition)
+    }
+}
+
+/// `POST /runs`: an ad-hoc run, without a definition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OpRunCreate {
+    /// Docker image reference.
+    pub image: String,
+    /// Scheduling priority, >= 0 (default 5).
+    #[serde(default = "default_priority")]
+    pub priority: i64,
+    /// Inputs.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub inputs: Map<String, Value>,
+    /// Hardware requirements.
+    #[serde(default)]
+    pub constraints: Option<Constraints>,
+    /// Retry rules.
+    #[serde(default)]
+    pub retry_policy: Option<RetryPolicy>,
+    /// Event delivery.
+    #[serde(default)]
+    pub event_delivery: Option<EventDelivery>,
+}
+
+impl OpRunCreate {
+    /// The new run this request describes.
+    pub fn into_run(self, now: Timestamp) -> Result<OpRun, DomainError> {
+        OpRun::new(
+            NewRun {
+                image: self.image,
+                priority: self.priority,
+                inputs: self.inputs,
+                constraints: self.constraints.unwrap_or_default(),
+                retry_policy: self.retry_policy.unwrap_or_default(),
+                event_delivery: self.event_delivery.unwrap_or_default(),
+                op_definition: None,
+                op_definition_version: None,
+            },
+            now,
+        )
+    }
+}
+
+/// `POST /definitions/{name}/runs`: a run from a definition.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OpRunCreateFromDefinition {
+    /// Inputs; validated against the definition, defaults applied.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub inputs: Map<String, Value>,
+    /// Scheduling priority, >= 0 (default 5).
+    #[serde(default = "default_priority")]
+    pub priority: i64,
+}
+
+impl OpRunCreateFromDefinition {
+    /// The new run: inputs validated with defaults applied; constraints, retry policy and
+    /// event delivery copied from the definition.
+    pub fn into_run(self, definition: &OpDefinition, now: Timestamp) -> Result<OpRun, DomainError> {
+        let inputs = definition.prepare_inputs(&self.inputs)?;
+        OpRun::new(
+            NewRun {
+                image: definition.image.clone(),
+                priority: self.priority,
+                inputs,
+                constraints: definition.constraints.clone(),
+                retry_policy: definition.retry_policy.clone(),
+                event_delivery: definition.event_delivery.clone(),
+                op_definition: Some(definition.id.clone()),
+                op_definition_version: Some(definition.version.clone()),
+            },
+            now,
+        )
+    }
+}
+
+/// `PATCH /runs/{id}`: change state, outputs or priority.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OpRunUpdate {
+    /// New state name.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Replacement outputs of the current attempt.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub outputs: Option<Map<String, Value>>,
+    /// New priority, >= 0.
+    #[serde(default)]
+    pub priority: Option<i64>,
+}
+
+impl OpRunUpdate {
+    /// Applies the update to `run`; nothing changes unless every part is valid.
+    pub fn apply(self, run: &mut OpRun, now: Timestamp) -> Result<(), DomainError> {
+        let state = self
+            .state
+            .as_deref()
+            .map(str::parse::<OpRunState>)
+            .transpose()?;
+        if let Some(priority) = self.priority {
+            if priority < 0 {
+                return Err(DomainError::NegativePriority(priority));
+            }
+        }
+        if let Some(state) = state {
+            run.set_state(state, now)?;
+        }
+        if let Some(outputs) = self.outputs {
+            run.set_outputs(outputs, now);
+        }
+        if let Some(priority) = self.priority {
+            run.set_priority(priority, now)?;
+        }
+        Ok(())
+    }
+}
+
+/// `POST /runs/{id}/events`: append an event to the current attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AddEventRequest {
+    /// Event type name (STARTED, INFO, PROGRESS, COMPLETED, FAILED, CANCELLED, ERROR, RETRIED).
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Message, or the percentage of a PROGRESS event.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub msg: Value,
+    /// Event-specific data.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub payload: Option<Map<String, Value>>,
+}
+
+impl AddEventRequest {
+    /// Applies the event to `run`.
+    pub fn apply(self, run: &mut OpRun, now: Timestamp) -> Result<(), DomainError> {
+        let event_type: EventType = self.event_type.parse()?;
+        let msg = match self.msg {
+            Value::Null => Value::String(String::new()),
+            msg => msg,
+        };
+        run.add_event(event_type, msg, self.payload.unwrap_or_default(), now)
+    }
+}
+
+/// A run as the API shows it: the run's own fields plus its current attempt's progress,
+/// events, outputs and execution summary, and the list of all attempts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OpRunView {
+    /// Run id.
+    pub id: String,
+    /// Current state.
+    pub state: OpRunState,
+    /// Scheduling priority.
+    pub priority: i64,
+    /// Docker image reference.
+    pub image: String,
+    /// Inputs (defaults applied).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub inputs: Map<String, Value>,
+    /// Current attempt's outputs.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub outputs: Map<String, Value>,
+    /// Current attempt's progress (0–100).
+    pub progress: u8,
+    /// Current attempt's timeline.
+    pub events: Vec<crate::run::EventEntry>,
+    /// Current attempt's execution summary.
+    pub execution_summary: ExecutionSummary,
+    /// Hardware requirements.
+    pub constraints: Constraints,
+    /// Retry rules.
+    pub retry_policy: RetryPolicy,
+    /// Event delivery.
+    pub event_delivery: EventDelivery,
+    /// Parent definition, `null` for ad-hoc runs.
+    pub op_definition: Option<String>,
+    /// Parent definition's version.
+    pub op_definition_version: Option<String>,
+    /// Creation time.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: String,
+    /// Last change.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub updated_at: String,
+    /// Retry backoff: not claimable before this time.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub available_at: Option<String>,
+    /// Current attempt number (1-based).
+    pub current_attempt: u32,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<OpAttempt>,
+}
+
+impl From<&OpRun> for OpRunView {
+    fn from(run: &OpRun) -> Self {
+        let current = run.current();
+        Self {
+            id: run.id.clone(),
+            state: run.state,
+            priority: run.priority,
+            image: run.image.clone(),
+            inputs: run.inputs.clone(),
+            outputs: current.outputs.clone(),
+            progress: current.progress,
+            events: current.events.clone(),
+            execution_summary: current.execution_summary.clone(),
+            constraints: run.constraints.clone(),
+            retry_policy: run.retry_policy.clone(),
+            event_delivery: run.event_delivery.clone(),
+            op_definition: run.op_definition.clone(),
+            op_definition_version: run.op_definition_version.clone(),
+            created_at: time::to_wire(&run.created_at),
+            updated_at: time::to_wire(&run.updated_at),
+            available_at: run.available_at.as_ref().map(time::to_wire),
+            current_attempt: current.attempt,
+            attempts: run.attempts.clone(),
+        }
+    }
+}
+
+/// `GET /runs`: one page of runs, newest first (Stripe-style list object).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OpRunList {
+    /// Always `list`.
+    pub object: String,
+    /// The page.
+    pub data: Vec<OpRunView>,
+    /// Whether more runs lie beyond this page in the direction of travel.
+    pub has_more: bool,
+    /// Always `/runs`.
+    pub url: String,
+}
+
+/// One event as `GET /runs/{id}/events` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EventView {
+    /// Index in the current attempt's timeline (pass it as `after` to poll for newer ones).
+    pub id: usize,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// When it was recorded.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub t: String,
+    /// Message.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub msg: Value,
+    /// The run's state now.
+    pub state: OpRunState,
+    /// Event-specific data.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: Map<String, Value>,
+}
+
+/// `GET /runs/{id}/events`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EventsResponse {
+    /// Events after the requested index.
+    pub events: Vec<EventView>,
+}
+
+impl EventsResponse {
+    /// The current attempt's events with index greater than `after` (all when `None`).
+    pub fn of(run: &OpRun, after: Option<i64>) -> Self {
+        let start = after.map_or(0, |a| usize::try_from(a.saturating_add(1)).unwrap_or(0));
+        let events = run
+            .current()
+            .events
+            .iter()
+            .enumerate()
+            .skip(start)
+            .map(|(id, e)| EventView {
+                id,
+                event_type: e.event_type,
+                t: time::to_wire(&e.t),
+                msg: e.msg.clone(),
+                state: run.state,
+                payload: e.payload.clone(),
+            })
+            .collect();
+        Self { events }
+    }
+}
+
+/// `POST /workers/heartbeat`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeartbeatRequest {
+    /// Worker name.
+    pub worker_id: String,
+    /// Hardware it offers.
+    pub resources: Resources,
+    /// Capability tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Runs it is executing.
+    #[serde(default)]
+    pub running_ops: Option<Vec<WorkerOpRun>>,
+}
+
+/// A worker as `GET /workers` and the heartbeat answer show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkerView {
+    /// The worker.
+    #[serde(flatten)]
+    pub worker: Worker,
+    /// Whether it heartbeated within the server's worker timeout.
+    pub active: bool,
+}
+
+/// `POST /workers/{id}/claim`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClaimResponse {
+    /// Runs now ASSIGNED to the worker (may be empty).
+    pub ops: Vec<WorkerOpRun>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn patch_with_one_bad_part_changes_nothing() {
+        let now = chrono::Utc::now();
+        let mut run = OpRunCreate {
+            image: "x".into(),
+            priority: 1,
+            inputs: Map::new(),
+            constraints: None,
+            retry_policy: None,
+            event_delivery: None,
+        }
+        .into_run(now)
+        .unwrap();
+        let before = run.clone();
+        let update: OpRunUpdate =
+            serde_json::from_value(json!({"state": "RUNNING", "priority": -2})).unwrap();
+        assert_eq!(
+            update.apply(&mut run, now),
+            Err(DomainError::NegativePriority(-2))
+        );
+        assert_eq!(run, before);
+        let update: OpRunUpdate = serde_json::from_value(json!({"state": "DONE"})).unwrap();
+        assert!(update.apply(&mut run, now).is_err());
+        assert_eq!(run, before);
+    }
+
+    #[test]
+    fn events_after_index() {
+        let now = chrono::Utc::now();
+        let mut run = OpRunCreate {
+            image: "x".into(),
+            priority: 1,
+            inputs: Map::new(),
+            constraints: None,
+            retry_policy: None,
+            event_delivery: None,
+        }
+        .into_run(now)
+        .unwrap();
+        for i in 0..3 {
+            run.add_event(EventType::Info, json!(i), Map::new(), now)
+                .unwrap();
+        }
+        let ids: Vec<usize> = EventsResponse::of(&run, Some(0))
+            .events
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, vec![1, 2]);
+        assert_eq!(EventsResponse::of(&run, None).events.len(), 3);
+        assert_eq!(EventsResponse::of(&run, Some(-5)).events.len(), 3);
+        assert!(EventsResponse::of(&run, Some(10)).events.is_empty());
+    }
+}

@@ -1,0 +1,62 @@
+//! The domain's error type.
+//!
+//! Every rule of the domain that a request can break has a variant here; its `Display` text is
+//! written for the person who sent the request, because the server returns it verbatim as the
+//! `detail` of a 400 answer.
+
+use crate::run::OpRunState;
+
+/// A domain rule refused an operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// The run is COMPLETED, FAILED or CANCELLED and accepts no further change.
+    #[error("OpRun '{run_id}' is locked: it is already in terminal state {state}")]
+    Locked {
+        /// The run that refused the change.
+        run_id: String,
+        /// Its terminal state.
+        state: OpRunState,
+    },
+    /// The requested state change is not allowed from the run's current state.
+    #[error("{action} requires state {expected}, but OpRun '{run_id}' is {actual}")]
+    InvalidTransition {
+        /// The run that refused the change.
+        run_id: String,
+        /// What was attempted (an event type or an operation name).
+        action: String,
+        /// The state(s) the action needs, for the message.
+        expected: String,
+        /// The state the run is in.
+        actual: OpRunState,
+    },
+    /// An event's message or payload does not have the shape its type needs.
+    #[error("{0}")]
+    InvalidEvent(String),
+    /// An event type that gyoza does not know.
+    #[error(
+        "Invalid event type '{0}': expected one of STARTED, INFO, PROGRESS, COMPLETED, FAILED, CANCELLED, ERROR, RETRIED"
+    )]
+    UnknownEventType(String),
+    /// A state name that gyoza does not know.
+    #[error(
+        "Invalid state '{0}': expected one of PENDING, ASSIGNED, RUNNING, COMPLETED, FAILED, CANCELLED"
+    )]
+    UnknownState(String),
+    /// A negative priority.
+    #[error("priority must be >= 0, got {0}")]
+    NegativePriority(i64),
+    /// Inputs that do not satisfy a definition's input specs; every problem is listed.
+    #[error("Invalid inputs: {}", .0.join("; "))]
+    InvalidInputs(Vec<String>),
+    /// A definition that cannot be stored as sent (empty id, unknown input type, bad default...).
+    #[error("Invalid definition: {}", .0.join("; "))]
+    InvalidDefinition(Vec<String>),
+    /// A retry without force when every attempt of the retry policy has been used.
+    #[error("OpRun '{run_id}' has used all {max_attempts} attempt(s) of its retry policy")]
+    RetriesExhausted {
+        /// The run that refused the retry.
+        run_id: String,
+        /// Its retry policy's `max_attempts`.
+        max_attempts: u32,
+    },
+}

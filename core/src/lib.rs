@@ -1,0 +1,33 @@
+//! gyoza-core: the domain of the gyoza job scheduler, without I/O.
+//!
+//! Everything the server, the worker and the CLI agree on lives here: the versioned
+//! [`OpDefinition`] with its typed input specs, the [`OpRun`] aggregate with its attempts and
+//! its state machine, workers and their resources, and the JSON shapes of the REST API. The
+//! field names on the wire are the original (Python) gyoza's snake_case, so that a client
+//! written for it works against the Rust server unchanged.
+//!
+//! Nothing here touches a socket, a file or a clock: functions that need the time take a
+//! `now` argument, which keeps the state machine deterministic under test.
+//!
+//! # Layout
+//! - [`error`]: [`DomainError`], the one error type of the domain rules.
+//! - [`time`]: timestamps as the wire shows them (ISO 8601, `+00:00`) and as stores keep them.
+//! - [`resources`]: constraints, retry policy, event delivery, worker resources and GPUs.
+//! - [`definition`]: [`OpDefinition`], input/output specs, input validation, version order.
+//! - [`run`]: [`OpRun`], [`OpAttempt`], states, events and the rules that connect them.
+//! - [`worker`]: [`Worker`], [`WorkerOpRun`] and the free capacity of a worker.
+//! - [`api`]: request and response bodies of the REST API.
+
+pub mod api;
+pub mod definition;
+pub mod error;
+pub mod resources;
+pub mod run;
+pub mod time;
+pub mod worker;
+
+pub use definition::{InputSpec, OpDefinition, OutputSpec, ValueType};
+pub use error::DomainError;
+pub use resources::{Constraints, EventDelivery, Gpu, Resources, RetryPolicy};
+pub use run::{EventEntry, EventType, ExecutionSummary, OpAttempt, OpRun, OpRunState};
+pub use worker::{Capacity, Worker, WorkerOpRun};

@@ -1,0 +1,999 @@
+//! Runs: the [`OpRun`] aggregate, its attempts, and the state machine that events drive.
+//!
+//! ```text
+//! PENDING ──claim──▶ ASSIGNED ──STARTED──▶ RUNNING ──COMPLETED──▶ COMPLETED
+//!    ▲                  │                    │
+//!    │                  └──────FAILED────────┤──(attempts left)──▶ new attempt, PENDING
+//!    │                                       └──(none left)──────▶ FAILED
+//!    └──────────── RETRIED (manual) ◀── FAILED | CANCELLED | ASSIGNED | RUNNING
+//! any non-terminal state ──CANCELLED──▶ CANCELLED
+//! ```
+//!
+//! COMPLETED, FAILED and CANCELLED are terminal: a run in one of them is *locked* and refuses
+//! every event but a manual RETRIED (a COMPLETED run refuses that too: its result stands).
+//! Each attempt (`<run_id>_att_<n>`) keeps its own timeline, outputs and execution summary;
+//! the run shows those of its current (last) attempt.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::DomainError;
+use crate::resources::{Constraints, EventDelivery, RetryPolicy};
+use crate::time::{self, Timestamp};
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OpRunState {
+    /// Waiting to be claimed by a worker.
+    Pending,
+    /// Claimed by a worker that has not started it yet.
+    Assigned,
+    /// Its container is running.
+    Running,
+    /// Finished successfully (terminal).
+    Completed,
+    /// Finished with an error and no attempt left (terminal).
+    Failed,
+    /// Cancelled by a user (terminal).
+    Cancelled,
+}
+
+impl OpRunState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [OpRunState; 6] = [
+        Self::Pending,
+        Self::Assigned,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// The name used on the wire and in stores.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Assigned => "ASSIGNED",
+            Self::Running => "RUNNING",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// Whether the state is final (the run is locked).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+impl fmt::Display for OpRunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OpRunState {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| DomainError::UnknownState(s.to_owned()))
+    }
+}
+
+/// What an event says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventType {
+    /// The worker started the container (ASSIGNED → RUNNING).
+    Started,
+    /// Informational message.
+    Info,
+    /// Progress percentage in `msg` (0–100).
+    Progress,
+    /// Finished successfully; `payload.outputs` holds the outputs.
+    Completed,
+    /// Failed; `payload.error_message` says why. Retried while attempts remain.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// An error worth recording that does not end the run.
+    Error,
+    /// A new attempt was started (manually with `payload.force`, or after a failure).
+    Retried,
+}
+
+impl EventType {
+    /// Every event type.
+    pub const ALL: [EventType; 8] = [
+        Self::Started,
+        Self::Info,
+        Self::Progress,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+        Self::Error,
+        Self::Retried,
+    ];
+
+    /// The name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "STARTED",
+            Self::Info => "INFO",
+            Self::Progress => "PROGRESS",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
+            Self::Error => "ERROR",
+            Self::Retried => "RETRIED",
+        }
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventType {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| DomainError::UnknownEventType(s.to_owned()))
+    }
+}
+
+/// One entry of an attempt's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EventEntry {
+    /// When the server recorded it.
+    #[serde(with = "time::wire")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub t: Timestamp,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// A message, or the percentage of a PROGRESS event.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub msg: Value,
+    /// Event-specific data.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: Map<String, Value>,
+}
+
+/// What is known about how an attempt ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExecutionSummary {
+    /// Time from STARTED to the end, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    /// The worker that claimed (and ran) the attempt.
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    /// Why the attempt failed.
+    #[serde(default)]
+    pub error_message: Option<String>,
+    /// The GPU the worker picked for it.
+    #[serde(default)]
+    pub gpu_id: Option<u32>,
+}
+
+/// One execution attempt of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OpAttempt {
+    /// `<run_id>_att_<n>`.
+    pub id: String,
+    /// The run it belongs to.
+    pub op_run_id: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// This attempt's state.
+    pub state: OpRunState,
+    /// Progress percentage (0–100).
+    pub progress: u8,
+    /// Timeline.
+    pub events: Vec<EventEntry>,
+    /// Inputs as this attempt received them.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub inputs: Map<String, Value>,
+    /// Outputs it produced.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub outputs: Map<String, Value>,
+    /// Worker, GPU, duration, error.
+    pub execution_summary: ExecutionSummary,
+    /// Hardware constraints at the time.
+    pub constraints: Constraints,
+    /// When its container started (STARTED).
+    #[serde(with = "time::wire_opt", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub started_at: Option<Timestamp>,
+    /// When it ended.
+    #[serde(with = "time::wire_opt", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub finished_at: Option<Timestamp>,
+}
+
+impl OpAttempt {
+    fn new(run: &OpRun, number: u32) -> Self {
+        Self {
+            id: format!("{}_att_{number}", run.id),
+            op_run_id: run.id.clone(),
+            attempt: number,
+            state: OpRunState::Pending,
+            progress: 0,
+            events: Vec::new(),
+            inputs: run.inputs.clone(),
+            outputs: Map::new(),
+            execution_summary: ExecutionSummary::default(),
+            constraints: run.constraints.clone(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    /// Ends the attempt in `state` at `now`, recording its duration when it had started.
+    fn finish(&mut self, state: OpRunState, now: Timestamp) {
+        self.state = state;
+        self.finished_at = Some(now);
+        if let Some(started) = self.started_at {
+            let ms = (now - started).num_milliseconds().max(0);
+            self.execution_summary.duration_ms = Some(ms as u64);
+        }
+    }
+}
+
+/// What a new run is made of; see [`OpRun::new`].
+#[derive(Debug, Clone, Default)]
+pub struct NewRun {
+    /// Docker image reference.
+    pub image: String,
+    /// Scheduling priority (>= 0, higher first).
+    pub priority: i64,
+    /// Inputs, defaults already applied.
+    pub inputs: Map<String, Value>,
+    /// Hardware requirements.
+    pub constraints: Constraints,
+    /// Retry rules.
+    pub retry_policy: RetryPolicy,
+    /// Event delivery.
+    pub event_delivery: EventDelivery,
+    /// The definition it was made from, if any.
+    pub op_definition: Option<String>,
+    /// That definition's version.
+    pub op_definition_version: Option<String>,
+}
+
+/// An execution of an op: the aggregate root over its attempts.
+///
+/// This is the stored form. The wire form is [`crate::api::OpRunView`], which also shows the
+/// current attempt's progress, events, outputs and execution summary on the run itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpRun {
+    /// Unique id (a UUID).
+    pub id: String,
+    /// Current state.
+    pub state: OpRunState,
+    /// Scheduling priority, >= 0; higher runs first.
+    pub priority: i64,
+    /// Docker image reference.
+    pub image: String,
+    /// Inputs (defaults applied).
+    pub inputs: Map<String, Value>,
+    /// Hardware requirements.
+    pub constraints: Constraints,
+    /// Retry rules.
+    pub retry_policy: RetryPolicy,
+    /// Event delivery.
+    pub event_delivery: EventDelivery,
+    /// Parent definition name, `None` for ad-hoc runs.
+    pub op_definition: Option<String>,
+    /// Parent definition version.
+    #[serde(default)]
+    pub op_definition_version: Option<String>,
+    /// Creation time.
+    #[serde(with = "time::wire")]
+    pub created_at: Timestamp,
+    /// Last change.
+    #[serde(with = "time::wire")]
+    pub updated_at: Timestamp,
+    /// A retried run may not be claimed before this time (its retry backoff).
+    #[serde(with = "time::wire_opt", default)]
+    pub available_at: Option<Timestamp>,
+    /// Every attempt; the last one is current.
+    pub attempts: Vec<OpAttempt>,
+}
+
+impl OpRun {
+    /// Creates a PENDING run with its first attempt.
+    pub fn new(spec: NewRun, now: Timestamp) -> Result<Self, DomainError> {
+        check_priority(spec.priority)?;
+        spec.retry_policy
+            .validate()
+            .map_err(|e| DomainError::InvalidDefinition(vec![e]))?;
+        if spec.image.trim().is_empty() {
+            return Err(DomainError::InvalidDefinition(vec![
+                "image must not be empty".into(),
+            ]));
+        }
+        let mut run = Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            state: OpRunState::Pending,
+            priority: spec.priority,
+            image: spec.image,
+            inputs: spec.inputs,
+            constraints: spec.constraints,
+            retry_policy: spec.retry_policy,
+            event_delivery: spec.event_delivery,
+            op_definition: spec.op_definition,
+            op_definition_version: spec.op_definition_version,
+            created_at: now,
+            updated_at: now,
+            available_at: None,
+            attempts: Vec::new(),
+        };
+        run.attempts.push(OpAttempt::new(&run, 1));
+        Ok(run)
+    }
+
+    /// The current (last) attempt.
+    pub fn current(&self) -> &OpAttempt {
+        // Invariant: a run is created with one attempt and attempts are never removed.
+        self.attempts
+            .last()
+            .expect("an OpRun always has an attempt")
+    }
+
+    fn current_mut(&mut self) -> &mut OpAttempt {
+        self.attempts
+            .last_mut()
+            .expect("an OpRun always has an attempt")
+    }
+
+    /// The current attempt's number (1-based).
+    pub fn current_attempt(&self) -> u32 {
+        self.current().attempt
+    }
+
+    /// Whether the run is in a terminal state and refuses changes.
+    pub fn is_locked(&self) -> bool {
+        self.state.is_terminal()
+    }
+
+    /// Whether a worker may claim the run at `now`.
+    pub fn is_claimable(&self, now: Timestamp) -> bool {
+        self.state == OpRunState::Pending && self.available_at.is_none_or(|t| t <= now)
+    }
+
+    /// The worker the current attempt is assigned to, if any.
+    pub fn worker_id(&self) -> Option<&str> {
+        self.current().execution_summary.worker_id.as_deref()
+    }
+
+    fn check_unlocked(&self) -> Result<(), DomainError> {
+        if self.is_locked() {
+            return Err(DomainError::Locked {
+                run_id: self.id.clone(),
+                state: self.state,
+            });
+        }
+        Ok(())
+    }
+
+    fn transition_error(&self, action: &str, expected: &str) -> DomainError {
+        DomainError::InvalidTransition {
+            run_id: self.id.clone(),
+            action: action.to_owned(),
+            expected: expected.to_owned(),
+            actual: self.state,
+        }
+    }
+
+    fn set_run_and_attempt_state(&mut self, state: OpRunState) {
+        self.state = state;
+        self.current_mut().state = state;
+    }
+
+    /// PENDING → ASSIGNED for `worker_id` (a claim).
+    pub fn assign(&mut self, worker_id: &str, now: Timestamp) -> Result<(), DomainError> {
+        self.check_unlocked()?;
+        if self.state != OpRunState::Pending {
+            return Err(self.transition_error("assign", "PENDING"));
+        }
+        if !self.is_claimable(now) {
+            return Err(DomainError::InvalidEvent(format!(
+                "OpRun '{}' is waiting for its retry backoff and cannot be assigned yet",
+                self.id
+            )));
+        }
+        self.set_run_and_attempt_state(OpRunState::Assigned);
+        self.current_mut().execution_summary.worker_id = Some(worker_id.to_owned());
+        self.available_at = None;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Changes the priority (must be >= 0). Allowed in any state: it only matters while PENDING.
+    pub fn set_priority(&mut self, priority: i64, now: Timestamp) -> Result<(), DomainError> {
+        check_priority(priority)?;
+        self.priority = priority;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Replaces the current attempt's outputs (an operator's emergency edit).
+    pub fn set_outputs(&mut self, outputs: Map<String, Value>, now: Timestamp) {
+        self.current_mut().outputs = outputs;
+        self.updated_at = now;
+    }
+
+    /// Sets the state directly (PATCH). A locked run refuses any change of state.
+    pub fn set_state(&mut self, state: OpRunState, now: Timestamp) -> Result<(), DomainError> {
+        if state == self.state {
+            return Ok(());
+        }
+        self.check_unlocked()?;
+        match state {
+            OpRunState::Completed | OpRunState::Failed | OpRunState::Cancelled => {
+                self.state = state;
+                self.current_mut().finish(state, now);
+            }
+            OpRunState::Running => {
+                self.set_run_and_attempt_state(state);
+                let attempt = self.current_mut();
+                attempt.started_at.get_or_insert(now);
+            }
+            OpRunState::Pending | OpRunState::Assigned => self.set_run_and_attempt_state(state),
+        }
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Appends an event to the current attempt and applies what it means (see the module docs).
+    ///
+    /// A refused event changes nothing, not even the timeline.
+    pub fn add_event(
+        &mut self,
+        event_type: EventType,
+        msg: Value,
+        payload: Map<String, Value>,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        if event_type == EventType::Retried {
+            let force = payload
+                .get("force")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            return self.retry(force, msg, payload, now);
+        }
+        self.check_unlocked()?;
+        let entry = EventEntry {
+            t: now,
+            event_type,
+            msg,
+            payload,
+        };
+        match event_type {
+            EventType::Started => self.on_started(&entry, now)?,
+            EventType::Progress => {
+                let progress = progress_value(&entry.msg)?;
+                self.current_mut().progress = progress;
+            }
+            EventType::Completed => {
+                self.require_claimed("COMPLETED")?;
+                let outputs = match entry.payload.get("outputs") {
+                    None | Some(Value::Null) => Map::new(),
+                    Some(Value::Object(outputs)) => outputs.clone(),
+                    Some(_) => {
+                        return Err(DomainError::InvalidEvent(
+                            "COMPLETED payload.outputs must be a JSON object".into(),
+                        ));
+                    }
+                };
+                self.state = OpRunState::Completed;
+                let attempt = self.current_mut();
+                attempt.outputs = outputs;
+                attempt.finish(OpRunState::Completed, now);
+            }
+            EventType::Failed => {
+                self.require_claimed("FAILED")?;
+                let error_message = match entry.payload.get("error_message") {
+                    Some(Value::String(message)) => message.clone(),
+                    None | Some(Value::Null) => match &entry.msg {
+                        Value::String(message) => message.clone(),
+                        other => other.to_string(),
+                    },
+                    Some(_) => {
+                        return Err(DomainError::InvalidEvent(
+                            "FAILED payload.error_message must be a string".into(),
+                        ));
+                    }
+                };
+                let attempt = self.current_mut();
+                attempt.execution_summary.error_message = Some(error_message.clone());
+                attempt.finish(OpRunState::Failed, now);
+                attempt.events.push(entry);
+                self.updated_at = now;
+                if self.attempts.len() < self.retry_policy.max_attempts as usize {
+                    let next = self.attempts.len() + 1;
+                    let msg = format!(
+                        "Automatic retry: attempt {next} of {} after failure",
+                        self.retry_policy.max_attempts
+                    );
+                    let mut payload = Map::new();
+                    payload.insert("force".into(), Value::Bool(false));
+                    payload.insert("previous_error".into(), Value::String(error_message));
+                    self.start_new_attempt(Value::String(msg), payload, now);
+                    let backoff =
+                        chrono::Duration::milliseconds(self.retry_policy.backoff_ms as i64);
+                    self.available_at = (backoff > chrono::Duration::zero()).then(|| now + backoff);
+                } else {
+                    self.state = OpRunState::Failed;
+                }
+                return Ok(());
+            }
+            EventType::Cancelled => {
+                self.state = OpRunState::Cancelled;
+                self.current_mut().finish(OpRunState::Cancelled, now);
+            }
+            EventType::Info | EventType::Error => {}
+            EventType::Retried => unreachable!("handled above"),
+        }
+        self.current_mut().events.push(entry);
+        self.updated_at = now;
+        Ok(())
+    }
+
+    fn on_started(&mut self, entry: &EventEntry, now: Timestamp) -> Result<(), DomainError> {
+        if self.state != OpRunState::Assigned {
+            return Err(self.transition_error("STARTED", "ASSIGNED"));
+        }
+        let worker_id = match entry.payload.get("worker_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(id)) => Some(id.clone()),
+            Some(_) => {
+                return Err(DomainError::InvalidEvent(
+                    "STARTED payload.worker_id must be a string".into(),
+                ));
+            }
+        };
+        let gpu_id = match entry.payload.get("gpu_id") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(
+                value
+                    .as_u64()
+                    .and_then(|id| u32::try_from(id).ok())
+                    .ok_or_else(|| {
+                        DomainError::InvalidEvent(
+                            "STARTED payload.gpu_id must be a non-negative integer".into(),
+                        )
+                    })?,
+            ),
+        };
+        self.set_run_and_attempt_state(OpRunState::Running);
+        let attempt = self.current_mut();
+        attempt.started_at = Some(now);
+        if let Some(worker_id) = worker_id {
+            attempt.execution_summary.worker_id = Some(worker_id);
+        }
+        attempt.execution_summary.gpu_id = gpu_id;
+        Ok(())
+    }
+
+    fn require_claimed(&self, action: &str) -> Result<(), DomainError> {
+        match self.state {
+            OpRunState::Assigned | OpRunState::Running => Ok(()),
+            _ => Err(self.transition_error(action, "ASSIGNED or RUNNING")),
+        }
+    }
+
+    /// Starts a new attempt in PENDING (a manual retry); `force` skips the max-attempts check.
+    ///
+    /// Allowed from FAILED and CANCELLED (the point of a retry) and from ASSIGNED or RUNNING
+    /// (a forced restart: the superseded attempt ends CANCELLED). A COMPLETED run keeps its
+    /// result and a PENDING run has nothing to retry.
+    pub fn retry(
+        &mut self,
+        force: bool,
+        msg: Value,
+        mut payload: Map<String, Value>,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        match self.state {
+            OpRunState::Completed => {
+                return Err(DomainError::Locked {
+                    run_id: self.id.clone(),
+                    state: self.state,
+                });
+            }
+            OpRunState::Pending => {
+                return Err(
+                    self.transition_error("RETRIED", "FAILED, CANCELLED, ASSIGNED or RUNNING")
+                );
+            }
+            OpRunState::Assigned | OpRunState::Running => {
+                self.current_mut().finish(OpRunState::Cancelled, now);
+            }
+            OpRunState::Failed | OpRunState::Cancelled => {}
+        }
+        if !force && self.attempts.len() >= self.retry_policy.max_attempts as usize {
+            return Err(DomainError::RetriesExhausted {
+                run_id: self.id.clone(),
+                max_attempts: self.retry_policy.max_attempts,
+            });
+        }
+        payload.insert("force".into(), Value::Bool(force));
+        self.start_new_attempt(msg, payload, now);
+        self.available_at = None;
+        Ok(())
+    }
+
+    fn start_new_attempt(&mut self, msg: Value, payload: Map<String, Value>, now: Timestamp) {
+        let number = self.attempts.len() as u32 + 1;
+        let mut attempt = OpAttempt::new(self, number);
+        attempt.events.push(EventEntry {
+            t: now,
+            event_type: EventType::Retried,
+            msg,
+            payload,
+        });
+        self.attempts.push(attempt);
+        self.state = OpRunState::Pending;
+        self.updated_at = now;
+    }
+}
+
+fn check_priority(priority: i64) -> Result<(), DomainError> {
+    if priority < 0 {
+        return Err(DomainError::NegativePriority(priority));
+    }
+    Ok(())
+}
+
+/// Reads a PROGRESS message: an integer 0–100, as a JSON number or a numeric string.
+fn progress_value(msg: &Value) -> Result<u8, DomainError> {
+    let parsed = match msg {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    };
+    parsed
+        .filter(|p| (0..=100).contains(p))
+        .map(|p| p as u8)
+        .ok_or_else(|| {
+            DomainError::InvalidEvent(format!(
+                "PROGRESS msg must be an integer between 0 and 100, got {msg}"
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone, Utc};
+    use serde_json::json;
+
+    fn t0() -> Timestamp {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+    }
+
+    fn run_with(max_attempts: u32, backoff_ms: u64) -> OpRun {
+        OpRun::new(
+            NewRun {
+                image: "busybox".into(),
+                priority: 5,
+                retry_policy: RetryPolicy {
+                    max_attempts,
+                    backoff_ms,
+                },
+                ..NewRun::default()
+            },
+            t0(),
+        )
+        .unwrap()
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    fn event(
+        run: &mut OpRun,
+        ty: EventType,
+        msg: Value,
+        payload: Value,
+    ) -> Result<(), DomainError> {
+        run.add_event(ty, msg, obj(payload), t0())
+    }
+
+    fn started(run: &mut OpRun) {
+        run.assign("w1", t0()).unwrap();
+        run.add_event(
+            EventType::Started,
+            json!("go"),
+            obj(json!({"worker_id": "w1", "gpu_id": 0})),
+            t0(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn new_run_is_pending_with_first_attempt() {
+        let run = run_with(1, 0);
+        assert_eq!(run.state, OpRunState::Pending);
+        assert_eq!(run.attempts.len(), 1);
+        assert_eq!(run.current().id, format!("{}_att_1", run.id));
+        assert_eq!(run.current().state, OpRunState::Pending);
+    }
+
+    #[test]
+    fn negative_priority_is_refused() {
+        let err = OpRun::new(
+            NewRun {
+                image: "x".into(),
+                priority: -1,
+                ..NewRun::default()
+            },
+            t0(),
+        )
+        .unwrap_err();
+        assert_eq!(err, DomainError::NegativePriority(-1));
+        let mut run = run_with(1, 0);
+        assert!(run.set_priority(-3, t0()).is_err());
+        assert_eq!(run.priority, 5);
+    }
+
+    #[test]
+    fn started_requires_assigned_and_fills_summary() {
+        let mut run = run_with(1, 0);
+        let err = event(
+            &mut run,
+            EventType::Started,
+            json!(""),
+            json!({"worker_id": "w1"}),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            DomainError::InvalidTransition {
+                actual: OpRunState::Pending,
+                ..
+            }
+        ));
+        assert!(
+            run.current().events.is_empty(),
+            "a refused event is not recorded"
+        );
+        started(&mut run);
+        assert_eq!(run.state, OpRunState::Running);
+        assert_eq!(
+            run.current().execution_summary.worker_id.as_deref(),
+            Some("w1")
+        );
+        assert_eq!(run.current().execution_summary.gpu_id, Some(0));
+        assert_eq!(run.current().started_at, Some(t0()));
+        assert!(event(&mut run, EventType::Started, json!(""), json!({})).is_err());
+    }
+
+    #[test]
+    fn progress_must_be_an_integer_between_0_and_100() {
+        let mut run = run_with(1, 0);
+        started(&mut run);
+        event(&mut run, EventType::Progress, json!(40), json!({})).unwrap();
+        assert_eq!(run.current().progress, 40);
+        event(&mut run, EventType::Progress, json!("55"), json!({})).unwrap();
+        assert_eq!(run.current().progress, 55);
+        for bad in [
+            json!(101),
+            json!(-1),
+            json!(4.5),
+            json!("half"),
+            json!(null),
+        ] {
+            assert!(
+                event(&mut run, EventType::Progress, bad.clone(), json!({})).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(run.current().progress, 55);
+    }
+
+    #[test]
+    fn completed_sets_outputs_finish_and_duration_then_locks() {
+        let mut run = run_with(1, 0);
+        started(&mut run);
+        let later = t0() + Duration::milliseconds(1500);
+        run.add_event(
+            EventType::Completed,
+            json!("done"),
+            obj(json!({"outputs": {"x": 1}})),
+            later,
+        )
+        .unwrap();
+        assert_eq!(run.state, OpRunState::Completed);
+        let attempt = run.current();
+        assert_eq!(Value::Object(attempt.outputs.clone()), json!({"x": 1}));
+        assert_eq!(attempt.finished_at, Some(later));
+        assert_eq!(attempt.execution_summary.duration_ms, Some(1500));
+        let err = event(&mut run, EventType::Info, json!("late"), json!({})).unwrap_err();
+        assert!(matches!(
+            err,
+            DomainError::Locked {
+                state: OpRunState::Completed,
+                ..
+            }
+        ));
+        assert!(run.retry(true, json!("again"), Map::new(), t0()).is_err());
+    }
+
+    #[test]
+    fn completed_outputs_must_be_an_object() {
+        let mut run = run_with(1, 0);
+        started(&mut run);
+        assert!(
+            event(
+                &mut run,
+                EventType::Completed,
+                json!(""),
+                json!({"outputs": [1]})
+            )
+            .is_err()
+        );
+        assert_eq!(run.state, OpRunState::Running);
+    }
+
+    #[test]
+    fn completed_on_a_pending_run_is_refused() {
+        let mut run = run_with(1, 0);
+        assert!(event(&mut run, EventType::Completed, json!(""), json!({})).is_err());
+        assert!(event(&mut run, EventType::Failed, json!(""), json!({})).is_err());
+    }
+
+    #[test]
+    fn failed_with_attempts_left_requeues_after_backoff() {
+        let mut run = run_with(3, 2_000);
+        started(&mut run);
+        event(
+            &mut run,
+            EventType::Failed,
+            json!("boom"),
+            json!({"error_message": "exit 1"}),
+        )
+        .unwrap();
+        assert_eq!(run.state, OpRunState::Pending);
+        assert_eq!(run.attempts.len(), 2);
+        assert_eq!(run.attempts[0].state, OpRunState::Failed);
+        assert_eq!(
+            run.attempts[0].execution_summary.error_message.as_deref(),
+            Some("exit 1")
+        );
+        assert_eq!(run.current().id, format!("{}_att_2", run.id));
+        assert_eq!(run.current().events[0].event_type, EventType::Retried);
+        assert!(!run.is_claimable(t0() + Duration::milliseconds(1_999)));
+        assert!(
+            run.assign("w1", t0() + Duration::milliseconds(1_999))
+                .is_err()
+        );
+        assert!(run.is_claimable(t0() + Duration::milliseconds(2_000)));
+    }
+
+    #[test]
+    fn failed_without_attempts_left_is_terminal() {
+        let mut run = run_with(2, 0);
+        for _ in 0..2 {
+            started(&mut run);
+            event(&mut run, EventType::Failed, json!("crashed"), json!({})).unwrap();
+        }
+        assert_eq!(run.state, OpRunState::Failed);
+        assert_eq!(run.attempts.len(), 2);
+        assert_eq!(
+            run.current().execution_summary.error_message.as_deref(),
+            Some("crashed")
+        );
+        assert!(run.is_claimable(t0()) == false);
+    }
+
+    #[test]
+    fn manual_retry_reopens_failed_and_cancelled_runs() {
+        let mut run = run_with(1, 0);
+        event(&mut run, EventType::Cancelled, json!("stop"), json!({})).unwrap();
+        assert_eq!(run.state, OpRunState::Cancelled);
+        assert!(event(&mut run, EventType::Cancelled, json!("again"), json!({})).is_err());
+        let err = run
+            .retry(false, json!("retry"), Map::new(), t0())
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            DomainError::RetriesExhausted {
+                max_attempts: 1,
+                ..
+            }
+        ));
+        run.retry(true, json!("Manual retry"), Map::new(), t0())
+            .unwrap();
+        assert_eq!(run.state, OpRunState::Pending);
+        assert_eq!(run.current_attempt(), 2);
+        assert_eq!(run.current().events[0].payload["force"], json!(true));
+    }
+
+    #[test]
+    fn retry_of_a_running_run_cancels_the_superseded_attempt() {
+        let mut run = run_with(1, 0);
+        started(&mut run);
+        event(
+            &mut run,
+            EventType::Retried,
+            json!("restart"),
+            json!({"force": true}),
+        )
+        .unwrap();
+        assert_eq!(run.attempts[0].state, OpRunState::Cancelled);
+        assert_eq!(run.state, OpRunState::Pending);
+        let err = event(
+            &mut run,
+            EventType::Retried,
+            json!("again"),
+            json!({"force": true}),
+        )
+        .unwrap_err();
+        assert!(matches!(err, DomainError::InvalidTransition { .. }));
+    }
+
+    #[test]
+    fn info_and_error_are_recorded_only() {
+        let mut run = run_with(1, 0);
+        event(&mut run, EventType::Info, json!("hello"), json!({})).unwrap();
+        event(&mut run, EventType::Error, json!("warn"), json!({"k": 1})).unwrap();
+        assert_eq!(run.state, OpRunState::Pending);
+        assert_eq!(run.current().events.len(), 2);
+    }
+
+    #[test]
+    fn set_state_respects_the_lock() {
+        let mut run = run_with(1, 0);
+        run.set_state(OpRunState::Running, t0()).unwrap();
+        assert_eq!(run.current().started_at, Some(t0()));
+        run.set_state(OpRunState::Completed, t0()).unwrap();
+        assert!(run.set_state(OpRunState::Pending, t0()).is_err());
+        assert!(
+            run.set_state(OpRunState::Completed, t0()).is_ok(),
+            "same state is a no-op"
+        );
+    }
+
+    #[test]
+    fn unknown_names_are_refused() {
+        assert!("DONE".parse::<OpRunState>().is_err());
+        assert!("pending".parse::<OpRunState>().is_err());
+        assert!("BOOM".parse::<EventType>().is_err());
+        assert_eq!("RETRIED".parse::<EventType>().unwrap(), EventType::Retried);
+    }
+
+    #[test]
+    fn stored_form_round_trips() {
+        let mut run = run_with(2, 10);
+        started(&mut run);
+        let text = serde_json::to_string(&run).unwrap();
+        let back: OpRun = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, run);
+    }
+}

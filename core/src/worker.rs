@@ -1,0 +1,227 @@
+//! Workers, the runs they hold, and their free capacity.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::resources::{Constraints, Resources};
+use crate::run::OpRun;
+use crate::time::{self, Timestamp};
+
+/// What a worker needs to execute a run (a claim answer, or a heartbeat's running op).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkerOpRun {
+    /// The run's id.
+    pub id: String,
+    /// Docker image reference.
+    pub image: String,
+    /// Inputs, defaults applied.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub inputs: Map<String, Value>,
+    /// Hardware requirements.
+    #[serde(default)]
+    pub constraints: Constraints,
+    /// The attempt this claim is for (absent in heartbeats from older workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+}
+
+impl WorkerOpRun {
+    /// The claim view of a run's current attempt.
+    pub fn from_run(run: &OpRun) -> Self {
+        Self {
+            id: run.id.clone(),
+            image: run.image.clone(),
+            inputs: run.inputs.clone(),
+            constraints: run.constraints.clone(),
+            attempt: Some(run.current_attempt()),
+        }
+    }
+}
+
+/// A worker as the server knows it from its heartbeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Worker {
+    /// Worker name.
+    pub id: String,
+    /// Hardware it offers.
+    pub resources: Resources,
+    /// Capability tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Runs it reported as executing in its last heartbeat.
+    #[serde(default)]
+    pub running_ops: Vec<WorkerOpRun>,
+    /// First heartbeat.
+    #[serde(with = "time::wire")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: Timestamp,
+    /// Latest heartbeat.
+    #[serde(with = "time::wire")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub last_heartbeat_at: Timestamp,
+}
+
+impl Worker {
+    /// Whether the worker heartbeated within `timeout` of `now`.
+    pub fn is_active(&self, now: Timestamp, timeout: chrono::Duration) -> bool {
+        now - self.last_heartbeat_at <= timeout
+    }
+}
+
+/// The free hardware of a worker: its resources less what its claimed runs need.
+///
+/// Missing constraint figures count as zero: a run without constraints always fits, so a claim
+/// bounds how many runs it takes by other means (its `max`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capacity {
+    /// Free CPU cores (negative when over-committed).
+    pub cpu: i64,
+    /// Free RAM in megabytes.
+    pub ram_mb: i64,
+    /// Free VRAM per GPU: (GPU id, megabytes).
+    pub gpus: Vec<(u32, i64)>,
+}
+
+impl Capacity {
+    /// The free capacity of `resources` once `held` (runs claimed by the worker) are placed.
+    pub fn free(resources: &Resources, held: &[OpRun]) -> Self {
+        let mut capacity = Self {
+            cpu: i64::from(resources.cpu_cores),
+            ram_mb: resources.ram_mb as i64,
+            gpus: resources
+                .gpus
+                .iter()
+                .map(|g| (g.id, g.vram_mb as i64))
+                .collect(),
+        };
+        // Runs whose GPU is known first, so that the rest are placed on what remains.
+        let (known, unknown): (Vec<&OpRun>, Vec<&OpRun>) = held
+            .iter()
+            .partition(|run| run.current().execution_summary.gpu_id.is_some());
+        for run in known.into_iter().chain(unknown) {
+            let gpu = run.current().execution_summary.gpu_id;
+            capacity.take(&run.constraints, gpu);
+        }
+        capacity
+    }
+
+    /// Whether `constraints` fit; `Some(gpu)` names the GPU picked for a VRAM request
+    /// (the one with the least free VRAM that is enough), `Some(None)` means no GPU needed.
+    pub fn fit(&self, constraints: &Constraints) -> Option<Option<u32>> {
+        if i64::from(constraints.cpu.unwrap_or(0)) > self.cpu
+            || constraints.ram_mb.unwrap_or(0) as i64 > self.ram_mb
+        {
+            return None;
+        }
+        match constraints.vram_mb {
+            None | Some(0) => Some(None),
+            Some(vram) => self
+                .gpus
+                .iter()
+                .filter(|(_, free)| *free >= vram as i64)
+                .min_by_key(|(_, free)| *free)
+                .map(|(id, _)| Some(*id)),
+        }
+    }
+
+    /// Subtracts `constraints`, from GPU `gpu` if given, else from the best-fitting GPU.
+    pub fn take(&mut self, constraints: &Constraints, gpu: Option<u32>) {
+        self.cpu -= i64::from(constraints.cpu.unwrap_or(0));
+        self.ram_mb -= constraints.ram_mb.unwrap_or(0) as i64;
+        if let Some(vram) = constraints.vram_mb.filter(|v| *v > 0) {
+            let target = gpu.or_else(|| self.fit(constraints).flatten()).or_else(|| {
+                // Over-committed already: charge the GPU with the most free VRAM.
+                self.gpus
+                    .iter()
+                    .max_by_key(|(_, free)| *free)
+                    .map(|(id, _)| *id)
+            });
+            if let Some(slot) = self.gpus.iter_mut().find(|(id, _)| Some(*id) == target) {
+                slot.1 -= vram as i64;
+            }
+        }
+    }
+
+    /// The largest free VRAM on one GPU, for messages.
+    pub fn largest_free_vram(&self) -> i64 {
+        self.gpus.iter().map(|(_, free)| *free).max().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::Gpu;
+    use crate::run::NewRun;
+
+    fn resources() -> Resources {
+        Resources {
+            cpu_cores: 4,
+            ram_mb: 8192,
+            gpus: vec![
+                Gpu {
+                    id: 0,
+                    vram_mb: 8192,
+                    tags: vec![],
+                },
+                Gpu {
+                    id: 1,
+                    vram_mb: 16384,
+                    tags: vec![],
+                },
+            ],
+        }
+    }
+
+    fn run(cpu: u32, ram: u64, vram: Option<u64>) -> OpRun {
+        OpRun::new(
+            NewRun {
+                image: "x".into(),
+                constraints: Constraints {
+                    cpu: Some(cpu),
+                    ram_mb: Some(ram),
+                    vram_mb: vram,
+                },
+                ..NewRun::default()
+            },
+            chrono::Utc::now(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn held_runs_reduce_free_capacity() {
+        let capacity = Capacity::free(
+            &resources(),
+            &[run(1, 1024, Some(4096)), run(2, 2048, None)],
+        );
+        assert_eq!(capacity.cpu, 1);
+        assert_eq!(capacity.ram_mb, 5120);
+        // The 4096 MB request went to the tightest GPU that fit (GPU 0).
+        assert_eq!(capacity.gpus, vec![(0, 4096), (1, 16384)]);
+    }
+
+    #[test]
+    fn fit_picks_the_tightest_gpu() {
+        let capacity = Capacity::free(&resources(), &[]);
+        let needs = |vram| Constraints {
+            cpu: Some(1),
+            ram_mb: Some(1),
+            vram_mb: Some(vram),
+        };
+        assert_eq!(capacity.fit(&needs(6000)), Some(Some(0)));
+        assert_eq!(capacity.fit(&needs(12000)), Some(Some(1)));
+        assert_eq!(capacity.fit(&needs(20000)), None);
+        assert_eq!(
+            capacity.fit(&Constraints {
+                cpu: Some(5),
+                ..Constraints::default()
+            }),
+            None
+        );
+        assert_eq!(capacity.fit(&Constraints::default()), Some(None));
+    }
+}
