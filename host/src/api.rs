@@ -1,0 +1,140 @@
+//! The REST API: routes, shared state and the OpenAPI document.
+//!
+//! [`app`] builds the router; handlers live in one module per resource. Paths, methods,
+//! field names and status codes are those of the original gyoza server.
+
+mod definitions;
+pub mod extract;
+mod runs;
+mod workers;
+
+use std::sync::{Arc, LazyLock};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use gyoza_core::api::Health;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+
+use crate::clock::Clock;
+use crate::error::ApiError;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Claim policy.
+    pub scheduler: Arc<dyn Scheduler>,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// The key clients must send.
+    pub api_key: Arc<str>,
+    /// A worker silent for longer is inactive.
+    pub worker_timeout: chrono::Duration,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+/// The router of the whole API.
+pub fn app(state: AppState) -> Router {
+    let protected = Router::new()
+        .route(
+            "/definitions",
+            get(definitions::list).post(definitions::upsert),
+        )
+        .route("/definitions/{name}", get(definitions::get))
+        .route("/definitions/{name}/runs", post(definitions::create_run))
+        .route("/runs", get(runs::list).post(runs::create))
+        .route("/runs/{id}", get(runs::get).patch(runs::update))
+        .route("/runs/{id}/retry", post(runs::retry))
+        .route("/runs/{id}/cancel", post(runs::cancel))
+        .route(
+            "/runs/{id}/events",
+            get(runs::poll_events).post(runs::add_event),
+        )
+        .route("/runs/{id}/attempts", get(runs::attempts))
+        .route("/workers", get(workers::list))
+        .route("/workers/heartbeat", post(workers::heartbeat))
+        .route("/workers/{id}/claim", post(workers::claim))
+        .route("/openapi.json", get(openapi_json))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_api_key,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .merge(protected)
+        .fallback(|| async { ApiError::NotFound("Not Found".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .with_state(state)
+}
+
+/// Liveness; needs no API key.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
+async fn health() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// The OpenAPI document of this API.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1 document")))]
+async fn openapi_json() -> impl IntoResponse {
+    static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+        ApiDoc::openapi()
+            .to_json()
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.as_str(),
+    )
+}
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+    }
+}
+
+/// The OpenAPI description, generated from the handlers and wire types.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "gyoza", description = "Job scheduler for containerised operations."),
+    paths(
+        health,
+        openapi_json,
+        definitions::upsert,
+        definitions::list,
+        definitions::get,
+        definitions::create_run,
+        runs::list,
+        runs::create,
+        runs::get,
+        runs::update,
+        runs::retry,
+        runs::cancel,
+        runs::poll_events,
+        runs::add_event,
+        runs::attempts,
+        workers::list,
+        workers::heartbeat,
+        workers::claim,
+    ),
+    modifiers(&SecurityAddon),
+    security(("api_key" = []))
+)]
+pub struct ApiDoc;

@@ -1,0 +1,330 @@
+//! `/runs`: runs, their events and attempts.
+//!
+//! Listing follows the original server's router exactly: Stripe-style cursor pagination,
+//! newest first, with `state` (alias `status`), `op_definition`, `image` and `created[...]`
+//! filters.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use gyoza_core::api::{
+    AddEventRequest, ErrorBody, EventsResponse, OpRunCreate, OpRunList, OpRunUpdate, OpRunView,
+};
+use gyoza_core::{DomainError, EventType, OpAttempt, OpRun, OpRunState};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use utoipa::IntoParams;
+
+use super::AppState;
+use super::extract::{ApiJson, ApiQuery, int_param};
+use crate::error::ApiError;
+use crate::store::{CreatedBound, Cursor, RunMutation, RunQuery};
+
+/// Query parameters of `GET /runs`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Page size, 1–100 (default 10).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// Cursor: the page of runs older than this run id.
+    starting_after: Option<String>,
+    /// Cursor: the page of runs newer than this run id.
+    ending_before: Option<String>,
+    /// Only runs in this state.
+    state: Option<String>,
+    /// Alias of `state`; if both are given they must match.
+    status: Option<String>,
+    /// Only runs of this definition.
+    op_definition: Option<String>,
+    /// Only runs of this image.
+    image: Option<String>,
+    /// Created at or after this UNIX time (seconds).
+    #[serde(rename = "created[gte]")]
+    #[param(rename = "created[gte]", value_type = Option<i64>)]
+    created_gte: Option<String>,
+    /// Created at or before this UNIX time (seconds).
+    #[serde(rename = "created[lte]")]
+    #[param(rename = "created[lte]", value_type = Option<i64>)]
+    created_lte: Option<String>,
+    /// Created after this UNIX time (seconds).
+    #[serde(rename = "created[gt]")]
+    #[param(rename = "created[gt]", value_type = Option<i64>)]
+    created_gt: Option<String>,
+    /// Created before this UNIX time (seconds).
+    #[serde(rename = "created[lt]")]
+    #[param(rename = "created[lt]", value_type = Option<i64>)]
+    created_lt: Option<String>,
+}
+
+/// Earliest and latest UNIX seconds a timestamp filter may name (years 1 to 9999).
+const SECONDS_RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+impl ListParams {
+    fn into_query(self) -> Result<RunQuery, ApiError> {
+        let limit = int_param("limit", self.limit.as_deref())?.unwrap_or(10);
+        if !(1..=100).contains(&limit) {
+            return Err(ApiError::Unprocessable(format!(
+                "Query parameter 'limit' must be between 1 and 100, got {limit}"
+            )));
+        }
+        let state = non_empty(self.state);
+        let status = non_empty(self.status);
+        if let (Some(a), Some(b)) = (&state, &status) {
+            if a != b {
+                return Err(ApiError::BadRequest(
+                    "state and status must match when both are provided".into(),
+                ));
+            }
+        }
+        let state = state
+            .or(status)
+            .map(|s| {
+                s.parse::<OpRunState>()
+                    .map_err(|_| ApiError::BadRequest(format!("Invalid state '{s}'")))
+            })
+            .transpose()?;
+        let cursor = match (
+            non_empty(self.starting_after),
+            non_empty(self.ending_before),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::BadRequest(
+                    "starting_after and ending_before cannot be used together".into(),
+                ));
+            }
+            (Some(id), None) => Cursor::StartingAfter(id),
+            (None, Some(id)) => Cursor::EndingBefore(id),
+            (None, None) => Cursor::Start,
+        };
+        let mut created = Vec::new();
+        let bounds: [(&str, Option<String>, fn(i64) -> CreatedBound); 4] = [
+            ("created[gte]", self.created_gte, CreatedBound::Gte),
+            ("created[lte]", self.created_lte, CreatedBound::Lte),
+            ("created[gt]", self.created_gt, CreatedBound::Gt),
+            ("created[lt]", self.created_lt, CreatedBound::Lt),
+        ];
+        for (name, value, bound) in bounds {
+            if let Some(seconds) = int_param(name, value.as_deref())? {
+                if !SECONDS_RANGE.contains(&seconds) {
+                    return Err(ApiError::BadRequest("Invalid created timestamp".into()));
+                }
+                created.push(bound(seconds * 1_000_000));
+            }
+        }
+        Ok(RunQuery {
+            limit: limit as usize,
+            cursor,
+            state,
+            op_definition: non_empty(self.op_definition),
+            image: non_empty(self.image),
+            created,
+        })
+    }
+}
+
+/// Lists runs, newest first, one page at a time.
+#[utoipa::path(
+    get, path = "/runs", params(ListParams),
+    responses((status = 200, body = OpRunList), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<OpRunList>, ApiError> {
+    let query = params.into_query()?;
+    let page = state.store.list_runs(&query).await?;
+    Ok(Json(OpRunList {
+        object: "list".into(),
+        data: page.runs.iter().map(OpRunView::from).collect(),
+        has_more: page.has_more,
+        url: "/runs".into(),
+    }))
+}
+
+/// Creates an ad-hoc run (no definition).
+#[utoipa::path(
+    post, path = "/runs", request_body = OpRunCreate,
+    responses((status = 201, body = OpRunView), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<OpRunCreate>,
+) -> Result<(StatusCode, Json<OpRunView>), ApiError> {
+    let run = request.into_run(state.clock.now())?;
+    state.store.insert_run(&run).await?;
+    Ok((StatusCode::CREATED, Json(OpRunView::from(&run))))
+}
+
+async fn load(state: &AppState, id: &str) -> Result<OpRun, ApiError> {
+    state
+        .store
+        .get_run(id)
+        .await?
+        .ok_or_else(|| ApiError::run_not_found(id))
+}
+
+/// Applies a domain change to a run atomically and answers with the run.
+async fn mutate(
+    state: &AppState,
+    id: &str,
+    mutation: RunMutation,
+) -> Result<Json<OpRunView>, ApiError> {
+    let run = state
+        .store
+        .update_run(id, mutation)
+        .await?
+        .ok_or_else(|| ApiError::run_not_found(id))?;
+    Ok(Json(OpRunView::from(&run)))
+}
+
+/// One run with its attempts.
+#[utoipa::path(
+    get, path = "/runs/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = OpRunView), (status = 404, body = ErrorBody))
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<OpRunView>, ApiError> {
+    Ok(Json(OpRunView::from(&load(&state, &id).await?)))
+}
+
+/// Changes a run's state, outputs or priority (an operator's tool: prefer events).
+#[utoipa::path(
+    patch, path = "/runs/{id}", params(("id" = String, Path)), request_body = OpRunUpdate,
+    responses((status = 200, body = OpRunView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<OpRunUpdate>,
+) -> Result<Json<OpRunView>, ApiError> {
+    let now = state.clock.now();
+    mutate(
+        &state,
+        &id,
+        Box::new(move |run| request.clone().apply(run, now)),
+    )
+    .await
+}
+
+/// Retries a run now: a new attempt in PENDING, whatever its retry policy says.
+#[utoipa::path(
+    post, path = "/runs/{id}/retry", params(("id" = String, Path)),
+    responses((status = 200, body = OpRunView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<OpRunView>, ApiError> {
+    let now = state.clock.now();
+    mutate(
+        &state,
+        &id,
+        Box::new(move |run| {
+            let mut payload = Map::new();
+            payload.insert("force".into(), Value::Bool(true));
+            run.add_event(
+                EventType::Retried,
+                Value::String("Manual retry".into()),
+                payload,
+                now,
+            )
+        }),
+    )
+    .await
+}
+
+/// Cancels a run that has not finished.
+#[utoipa::path(
+    post, path = "/runs/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 200, body = OpRunView), (status = 400, description = "Run already terminal", body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<OpRunView>, ApiError> {
+    let now = state.clock.now();
+    mutate(
+        &state,
+        &id,
+        Box::new(move |run| {
+            if run.is_locked() {
+                return Err(DomainError::InvalidEvent(format!(
+                    "Run is already in terminal state {}",
+                    run.state
+                )));
+            }
+            run.add_event(
+                EventType::Cancelled,
+                Value::String("Cancelled by user".into()),
+                Map::new(),
+                now,
+            )
+        }),
+    )
+    .await
+}
+
+/// Which events to return.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AfterParam {
+    /// Only events with an index greater than this.
+    #[param(value_type = Option<i64>)]
+    after: Option<String>,
+}
+
+/// The current attempt's events, optionally only those after an index.
+#[utoipa::path(
+    get, path = "/runs/{id}/events", params(("id" = String, Path), AfterParam),
+    responses((status = 200, body = EventsResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+pub async fn poll_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<AfterParam>,
+) -> Result<Json<EventsResponse>, ApiError> {
+    let after = int_param("after", params.after.as_deref())?;
+    let run = load(&state, &id).await?;
+    Ok(Json(EventsResponse::of(&run, after)))
+}
+
+/// Appends an event to the current attempt; STARTED, PROGRESS, COMPLETED, FAILED, CANCELLED
+/// and RETRIED also move the run (see the run state machine).
+#[utoipa::path(
+    post, path = "/runs/{id}/events", params(("id" = String, Path)), request_body = AddEventRequest,
+    responses((status = 200, body = OpRunView), (status = 400, description = "Invalid event or run locked", body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+pub async fn add_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<AddEventRequest>,
+) -> Result<Json<OpRunView>, ApiError> {
+    let now = state.clock.now();
+    // Refuse an unknown type before touching the store.
+    request.event_type.parse::<EventType>()?;
+    mutate(
+        &state,
+        &id,
+        Box::new(move |run| request.clone().apply(run, now)),
+    )
+    .await
+}
+
+/// Every attempt of a run, oldest first.
+#[utoipa::path(
+    get, path = "/runs/{id}/attempts", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<OpAttempt>), (status = 404, body = ErrorBody))
+)]
+pub async fn attempts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<OpAttempt>>, ApiError> {
+    Ok(Json(load(&state, &id).await?.attempts))
+}

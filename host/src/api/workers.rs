@@ -1,0 +1,69 @@
+//! `/workers`: heartbeats, the worker list, and claims.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use gyoza_core::Worker;
+use gyoza_core::api::{ClaimResponse, ErrorBody, HeartbeatRequest, WorkerView};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::AppState;
+use super::extract::{ApiJson, ApiQuery, int_param};
+use crate::error::ApiError;
+
+fn view(state: &AppState, worker: Worker) -> WorkerView {
+    let active = worker.is_active(state.clock.now(), state.worker_timeout);
+    WorkerView { worker, active }
+}
+
+/// Every worker that ever heartbeated, with whether it is active.
+#[utoipa::path(get, path = "/workers", responses((status = 200, body = Vec<WorkerView>)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<WorkerView>>, ApiError> {
+    let workers = state.store.list_workers().await?;
+    Ok(Json(workers.into_iter().map(|w| view(&state, w)).collect()))
+}
+
+/// Registers or refreshes a worker.
+#[utoipa::path(
+    post, path = "/workers/heartbeat", request_body = HeartbeatRequest,
+    responses((status = 200, body = WorkerView), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<HeartbeatRequest>,
+) -> Result<Json<WorkerView>, ApiError> {
+    if request.worker_id.trim().is_empty() {
+        return Err(ApiError::BadRequest("worker_id must not be empty".into()));
+    }
+    let worker = state.store.heartbeat(request, state.clock.now()).await?;
+    Ok(Json(view(&state, worker)))
+}
+
+/// How many runs a claim may return.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ClaimParams {
+    /// At most this many runs, 1–100 (default 1, as the original direct strategy).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    max: Option<String>,
+}
+
+/// Assigns pending runs that fit the worker to it.
+#[utoipa::path(
+    post, path = "/workers/{id}/claim", params(("id" = String, Path), ClaimParams),
+    responses((status = 200, body = ClaimResponse), (status = 422, body = ErrorBody))
+)]
+pub async fn claim(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<ClaimParams>,
+) -> Result<Json<ClaimResponse>, ApiError> {
+    let max = int_param("max", params.max.as_deref())?.unwrap_or(1);
+    if !(1..=100).contains(&max) {
+        return Err(ApiError::Unprocessable(format!(
+            "Query parameter 'max' must be between 1 and 100, got {max}"
+        )));
+    }
+    let ops = crate::scheduler::claim(&state, &id, max as usize).await?;
+    Ok(Json(ClaimResponse { ops }))
+}

@@ -1,0 +1,107 @@
+//! The API's error policy.
+//!
+//! Every failure a handler can meet becomes an [`ApiError`], answered as
+//! `{"detail": "..."}` with a status that says whose fault it was:
+//!
+//! - 400: the request breaks a rule of the domain (locked run, bad event, negative priority,
+//!   invalid inputs, unknown state name) or is malformed JSON;
+//! - 401: missing or wrong `X-API-Key`;
+//! - 404: no such definition, run or route;
+//! - 405: the route exists, the method does not;
+//! - 413: the body is larger than the server accepts;
+//! - 422: well-formed JSON or query parameters of the wrong shape or type;
+//! - 500: the store failed. The cause is logged; the answer says only that the server
+//!   failed, never how (no SQL, paths or stack traces leave the server).
+//!
+//! Handlers never panic on input: everything they read is validated into one of the above.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use gyoza_core::DomainError;
+use gyoza_core::api::ErrorBody;
+
+use crate::store::{QueryError, StoreError};
+
+/// An error answer of the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request breaks a rule or is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: missing or wrong API key.
+    #[error("Invalid or missing API key (send it in the X-API-Key header)")]
+    Unauthorized,
+    /// 404: the named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the route does not take this method.
+    #[error("Method Not Allowed")]
+    MethodNotAllowed,
+    /// 413: the body is too large.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 422: the request is well-formed but of the wrong shape.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 500: the server failed; the message is logged, not sent.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// 404 for a run.
+    pub fn run_not_found(id: &str) -> Self {
+        Self::NotFound(format!("OpRun '{id}' not found"))
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        Self::BadRequest(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Rule(rule) => rule.into(),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::UnknownCursor { .. } => Self::BadRequest(e.to_string()),
+            QueryError::Store(store) => store.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match self {
+            Self::Internal(cause) => {
+                tracing::error!(%cause, "request failed");
+                "Internal server error; the server log has the cause".to_owned()
+            }
+            other => other.to_string(),
+        };
+        (status, Json(ErrorBody { detail })).into_response()
+    }
+}

@@ -1,0 +1,129 @@
+//! Claims: which pending runs a worker gets.
+//!
+//! The [`Scheduler`] seam decides; [`claim`] checks its answer and makes it so. A scheduler's
+//! answer is never trusted: unknown or duplicate ids and runs that do not fit the worker's
+//! free capacity are dropped (and logged). Each chosen run then moves PENDING → ASSIGNED in
+//! an atomic store update that refuses unless the run is still PENDING, so concurrent claims,
+//! from this process or another server on the same database, never share a run.
+
+use std::collections::HashMap;
+
+use gyoza_core::{Capacity, OpRun, Worker, WorkerOpRun};
+
+use crate::api::AppState;
+use crate::error::ApiError;
+use crate::store::StoreError;
+
+/// How many claimable runs a scheduler is shown per claim, best first.
+pub const PENDING_WINDOW: usize = 1_000;
+
+/// What a scheduler decides from.
+#[derive(Debug)]
+pub struct ClaimRequest<'a> {
+    /// The worker asking for work.
+    pub worker: &'a Worker,
+    /// Its free capacity, after the runs it already holds.
+    pub free: Capacity,
+    /// Claimable runs, highest priority first and oldest first within a priority.
+    pub pending: &'a [OpRun],
+    /// At most this many runs should be chosen.
+    pub max: usize,
+}
+
+/// A scheduling policy: picks run ids for a claim, best first.
+pub trait Scheduler: Send + Sync + 'static {
+    /// Name shown in logs.
+    fn name(&self) -> &str;
+    /// The ids of the runs the worker should take, in order of preference.
+    fn select(&self, request: &ClaimRequest<'_>) -> Vec<String>;
+}
+
+/// Highest priority first (FIFO within a priority), as long as each run fits the worker's
+/// remaining free capacity; a run that does not fit is skipped, not waited for.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GreedyPriority;
+
+impl Scheduler for GreedyPriority {
+    fn name(&self) -> &str {
+        "greedy-priority"
+    }
+
+    fn select(&self, request: &ClaimRequest<'_>) -> Vec<String> {
+        let mut free = request.free.clone();
+        let mut chosen = Vec::new();
+        for run in request.pending {
+            if chosen.len() >= request.max {
+                break;
+            }
+            if let Some(gpu) = free.fit(&run.constraints) {
+                free.take(&run.constraints, gpu);
+                chosen.push(run.id.clone());
+            }
+        }
+        chosen
+    }
+}
+
+/// Assigns up to `max` pending runs to `worker_id` and returns them.
+///
+/// An unknown worker (one that never sent a heartbeat) gets no work, as with the original
+/// server. If the store fails after some runs were assigned, those are still returned so
+/// that they are not stranded in ASSIGNED.
+pub async fn claim(
+    state: &AppState,
+    worker_id: &str,
+    max: usize,
+) -> Result<Vec<WorkerOpRun>, ApiError> {
+    let now = state.clock.now();
+    let Some(worker) = state.store.get_worker(worker_id).await? else {
+        tracing::warn!(worker_id, "claim from a worker that never sent a heartbeat");
+        return Ok(Vec::new());
+    };
+    let held = state.store.runs_on_worker(worker_id).await?;
+    let mut free = Capacity::free(&worker.resources, &held);
+    let pending = state.store.pending_window(now, PENDING_WINDOW).await?;
+    let chosen = state.scheduler.select(&ClaimRequest {
+        worker: &worker,
+        free: free.clone(),
+        pending: &pending,
+        max,
+    });
+
+    let mut candidates: HashMap<&str, &OpRun> =
+        pending.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut claimed = Vec::new();
+    for id in &chosen {
+        if claimed.len() >= max {
+            break;
+        }
+        let Some(run) = candidates.remove(id.as_str()) else {
+            tracing::warn!(scheduler = state.scheduler.name(), run_id = %id, "scheduler chose an unknown or duplicate run; ignored");
+            continue;
+        };
+        let Some(gpu) = free.fit(&run.constraints) else {
+            tracing::warn!(scheduler = state.scheduler.name(), run_id = %id, "scheduler chose a run that does not fit the worker; ignored");
+            continue;
+        };
+        let owner = worker_id.to_owned();
+        let assigned = state
+            .store
+            .update_run(id, Box::new(move |run| run.assign(&owner, now)))
+            .await;
+        match assigned {
+            Ok(Some(run)) => {
+                free.take(&run.constraints, gpu);
+                claimed.push(WorkerOpRun::from_run(&run));
+            }
+            // Gone, or taken by another claimer since the window was read.
+            Ok(None) | Err(StoreError::Rule(_)) => {}
+            Err(e) => {
+                if claimed.is_empty() {
+                    return Err(e.into());
+                }
+                tracing::error!(error = %e, "store failed during a claim; returning the runs assigned so far");
+                break;
+            }
+        }
+    }
+    Ok(claimed)
+}

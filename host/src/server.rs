@@ -1,0 +1,67 @@
+//! Starting and stopping the server.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::HostError;
+use crate::api::{AppState, app};
+use crate::clock::SystemClock;
+use crate::config::ServerConfig;
+use crate::scheduler::GreedyPriority;
+use crate::store::SqliteStore;
+
+/// Serves the API on `listener` until `shutdown` completes, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The state a server built from `config` runs with (embedded store, built-in scheduler).
+pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostError> {
+    let api_key = config.require_api_key()?;
+    let store = SqliteStore::open(config.database_path()).await?;
+    tracing::info!(database = %store.path().display(), "embedded store open");
+    Ok(AppState {
+        store: Arc::new(store),
+        scheduler: Arc::new(GreedyPriority),
+        clock: Arc::new(SystemClock),
+        api_key: api_key.into(),
+        worker_timeout: chrono::Duration::seconds(config.worker_timeout as i64),
+        max_body_bytes: config.max_body_bytes,
+    })
+}
+
+/// Opens the store, binds the configured address and serves until `shutdown`.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HostError> {
+    let state = state_from_config(&config).await?;
+    let address = format!("{}:{}", config.host, config.port);
+    let listener = TcpListener::bind(&address)
+        .await
+        .map_err(|source| HostError::Io {
+            context: format!("cannot listen on {address}"),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| HostError::Io {
+        context: "cannot read the listening address".into(),
+        source,
+    })?;
+    tracing::info!("gyoza server listening on http://{local}");
+    serve(listener, state, shutdown)
+        .await
+        .map_err(|source| HostError::Io {
+            context: "server stopped with an error".into(),
+            source,
+        })?;
+    tracing::info!("gyoza server stopped");
+    Ok(())
+}

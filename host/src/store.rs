@@ -1,0 +1,163 @@
+//! Persistence: the [`Store`] trait and its implementations.
+//!
+//! A store keeps definitions, runs (with their attempts) and workers. It is the only shared
+//! state of the server: several server processes on one database must behave as one, so
+//! every read-modify-write of a run goes through [`Store::update_run`], which applies a domain
+//! mutation atomically (a transaction in SQLite), and a claim is such an update whose mutation
+//! refuses unless the run is still PENDING: two claimers never get the same run.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use gyoza_core::api::HeartbeatRequest;
+use gyoza_core::time::Timestamp;
+use gyoza_core::{DomainError, OpDefinition, OpRun, OpRunState, Worker};
+
+pub use sqlite::SqliteStore;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A domain rule refused the mutation passed to [`Store::update_run`]; nothing was written.
+    #[error(transparent)]
+    Rule(#[from] DomainError),
+    /// The database failed (I/O, locking, corruption); the message is for the log only.
+    #[error("database error: {0}")]
+    Backend(String),
+    /// A stored document could not be decoded.
+    #[error("stored document for '{id}' is unreadable: {reason}")]
+    Corrupt {
+        /// Key of the document.
+        id: String,
+        /// Decoder message.
+        reason: String,
+    },
+}
+
+/// A mutation of a run, applied inside the store's atomic update. It may be called more than
+/// once (optimistic stores retry on conflict), so it must not have side effects.
+pub type RunMutation = Box<dyn FnMut(&mut OpRun) -> Result<(), DomainError> + Send + 'static>;
+
+/// A `created_at` bound of a run listing, in microseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreatedBound {
+    /// `>=`
+    Gte(i64),
+    /// `<=`
+    Lte(i64),
+    /// `>`
+    Gt(i64),
+    /// `<`
+    Lt(i64),
+}
+
+/// Which way a run listing pages from its cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cursor {
+    /// The first page (newest runs).
+    Start,
+    /// Runs older than this run id (the next page).
+    StartingAfter(String),
+    /// Runs newer than this run id (the previous page).
+    EndingBefore(String),
+}
+
+/// Filters and paging of `GET /runs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunQuery {
+    /// Page size (1–100, checked by the API).
+    pub limit: usize,
+    /// Where the page starts.
+    pub cursor: Cursor,
+    /// Only runs in this state.
+    pub state: Option<OpRunState>,
+    /// Only runs of this definition.
+    pub op_definition: Option<String>,
+    /// Only runs of this image.
+    pub image: Option<String>,
+    /// Creation-time bounds, all of which must hold.
+    pub created: Vec<CreatedBound>,
+}
+
+/// One page of runs, newest first.
+#[derive(Debug, Clone)]
+pub struct RunPage {
+    /// The runs.
+    pub runs: Vec<OpRun>,
+    /// Whether more runs match beyond the page, in the direction of travel.
+    pub has_more: bool,
+}
+
+/// Why a listing could not be answered although the store works.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The cursor names a run that does not exist.
+    #[error("{param}: no OpRun with id '{id}'")]
+    UnknownCursor {
+        /// `starting_after` or `ending_before`.
+        param: &'static str,
+        /// The id given.
+        id: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Everything the server persists.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a definition; same id + version replaces (keeping the first `created_at`), a new
+    /// version is a new entry. Returns the stored definition and whether it is new.
+    async fn upsert_definition(
+        &self,
+        definition: OpDefinition,
+    ) -> Result<(OpDefinition, bool), StoreError>;
+
+    /// One version of a definition, or the latest (highest version) when `version` is `None`.
+    async fn get_definition(
+        &self,
+        id: &str,
+        version: Option<&str>,
+    ) -> Result<Option<OpDefinition>, StoreError>;
+
+    /// Every version of every definition, by id then creation.
+    async fn list_definitions(&self) -> Result<Vec<OpDefinition>, StoreError>;
+
+    /// Stores a new run.
+    async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError>;
+
+    /// A run with all its attempts.
+    async fn get_run(&self, id: &str) -> Result<Option<OpRun>, StoreError>;
+
+    /// A page of runs, newest first.
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueryError>;
+
+    /// Applies `mutation` to a run atomically and returns the result; `Ok(None)` when there is
+    /// no such run, `Err(StoreError::Rule)` when the mutation refused (nothing is written).
+    async fn update_run(
+        &self,
+        id: &str,
+        mutation: RunMutation,
+    ) -> Result<Option<OpRun>, StoreError>;
+
+    /// Up to `limit` runs claimable at `now`, highest priority first, oldest first within a
+    /// priority.
+    async fn pending_window(&self, now: Timestamp, limit: usize) -> Result<Vec<OpRun>, StoreError>;
+
+    /// The runs whose current attempt is ASSIGNED to or RUNNING on `worker_id`.
+    async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError>;
+
+    /// Registers or refreshes a worker from a heartbeat received at `now`.
+    async fn heartbeat(
+        &self,
+        heartbeat: HeartbeatRequest,
+        now: Timestamp,
+    ) -> Result<Worker, StoreError>;
+
+    /// A worker by id.
+    async fn get_worker(&self, id: &str) -> Result<Option<Worker>, StoreError>;
+
+    /// Every worker, active or not, by id.
+    async fn list_workers(&self) -> Result<Vec<Worker>, StoreError>;
+}
