@@ -909,7 +909,7 @@ mod tests {
             run.current().execution_summary.error_message.as_deref(),
             Some("crashed")
         );
-        assert!(run.is_claimable(t0()) == false);
+        assert!(!run.is_claimable(t0()));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! an atomic store update that refuses unless the run is still PENDING, so concurrent claims,
 //! from this process or another server on the same database, never share a run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use gyoza_core::{Capacity, OpRun, Worker, WorkerOpRun};
 
@@ -16,6 +16,9 @@ use crate::store::StoreError;
 
 /// How many claimable runs a scheduler is shown per claim, best first.
 pub const PENDING_WINDOW: usize = 1_000;
+
+/// How often a claim that lost races to other claimers asks the scheduler again.
+const CLAIM_ROUNDS: usize = 4;
 
 /// What a scheduler decides from.
 #[derive(Debug)]
@@ -81,49 +84,61 @@ pub async fn claim(
     };
     let held = state.store.runs_on_worker(worker_id).await?;
     let mut free = Capacity::free(&worker.resources, &held);
-    let pending = state.store.pending_window(now, PENDING_WINDOW).await?;
-    let chosen = state.scheduler.select(&ClaimRequest {
-        worker: &worker,
-        free: free.clone(),
-        pending: &pending,
-        max,
-    });
-
-    let mut candidates: HashMap<&str, &OpRun> =
-        pending.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut pending = state.store.pending_window(now, PENDING_WINDOW).await?;
     let mut claimed = Vec::new();
-    for id in &chosen {
-        if claimed.len() >= max {
-            break;
-        }
-        let Some(run) = candidates.remove(id.as_str()) else {
-            tracing::warn!(scheduler = state.scheduler.name(), run_id = %id, "scheduler chose an unknown or duplicate run; ignored");
-            continue;
-        };
-        let Some(gpu) = free.fit(&run.constraints) else {
-            tracing::warn!(scheduler = state.scheduler.name(), run_id = %id, "scheduler chose a run that does not fit the worker; ignored");
-            continue;
-        };
-        let owner = worker_id.to_owned();
-        let assigned = state
-            .store
-            .update_run(id, Box::new(move |run| run.assign(&owner, now)))
-            .await;
-        match assigned {
-            Ok(Some(run)) => {
-                free.take(&run.constraints, gpu);
-                claimed.push(WorkerOpRun::from_run(&run));
-            }
-            // Gone, or taken by another claimer since the window was read.
-            Ok(None) | Err(StoreError::Rule(_)) => {}
-            Err(e) => {
-                if claimed.is_empty() {
-                    return Err(e.into());
-                }
-                tracing::error!(error = %e, "store failed during a claim; returning the runs assigned so far");
+    // Concurrent claimers see the same window and race for its best runs. A claimer that
+    // loses a race asks the scheduler again without the runs it lost, a few times, so that
+    // it does not come back empty-handed while work is pending.
+    for _round in 0..CLAIM_ROUNDS {
+        let wanted = max - claimed.len();
+        let chosen = state.scheduler.select(&ClaimRequest {
+            worker: &worker,
+            free: free.clone(),
+            pending: &pending,
+            max: wanted,
+        });
+        let mut candidates: HashMap<&str, &OpRun> =
+            pending.iter().map(|r| (r.id.as_str(), r)).collect();
+        let mut settled: HashSet<String> = HashSet::new();
+        let mut lost_a_race = false;
+        for id in &chosen {
+            if claimed.len() >= max {
                 break;
             }
+            let Some(run) = candidates.remove(id.as_str()) else {
+                tracing::warn!(scheduler = state.scheduler.name(), run_id = %id, "scheduler chose an unknown or duplicate run; ignored");
+                continue;
+            };
+            let Some(gpu) = free.fit(&run.constraints) else {
+                tracing::warn!(scheduler = state.scheduler.name(), run_id = %id, "scheduler chose a run that does not fit the worker; ignored");
+                continue;
+            };
+            let owner = worker_id.to_owned();
+            let assigned = state
+                .store
+                .update_run(id, Box::new(move |run| run.assign(&owner, now)))
+                .await;
+            settled.insert(id.clone());
+            match assigned {
+                Ok(Some(run)) => {
+                    free.take(&run.constraints, gpu);
+                    claimed.push(WorkerOpRun::from_run(&run));
+                }
+                // Gone, or taken by another claimer since the window was read.
+                Ok(None) | Err(StoreError::Rule(_)) => lost_a_race = true,
+                Err(e) => {
+                    if claimed.is_empty() {
+                        return Err(e.into());
+                    }
+                    tracing::error!(error = %e, "store failed during a claim; returning the runs assigned so far");
+                    return Ok(claimed);
+                }
+            }
         }
+        if !lost_a_race || claimed.len() >= max {
+            break;
+        }
+        pending.retain(|run| !settled.contains(&run.id));
     }
     Ok(claimed)
 }

@@ -27,25 +27,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Parses a JSON document with the error policy's statuses.
+/// Parses a JSON document with the error policy's statuses: syntax first (400), then shape
+/// (422, naming the offending field).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let inner = e.inner();
-        if inner.is_syntax() || inner.is_eof() || inner.is_io() {
-            ApiError::BadRequest(format!("Malformed JSON body: {inner}"))
-        } else {
-            let path = e.path().to_string();
-            if path == "." {
-                ApiError::Unprocessable(format!("Invalid request body: {inner}"))
-            } else {
-                ApiError::Unprocessable(format!("Invalid request body at '{path}': {inner}"))
-            }
-        }
-    })?;
-    de.end()
+    let document: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("Malformed JSON body: {e}")))?;
-    Ok(value)
+    serde_path_to_error::deserialize(document).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::Unprocessable(format!("Invalid request body: {inner}"))
+        } else {
+            ApiError::Unprocessable(format!("Invalid request body at '{path}': {inner}"))
+        }
+    })
 }
 
 /// Query parameters; a malformed query string is a 422.

@@ -57,6 +57,9 @@ pub struct ListParams {
     created_lt: Option<String>,
 }
 
+/// Builds a `created_at` bound from microseconds.
+type BoundFn = fn(i64) -> CreatedBound;
+
 /// Earliest and latest UNIX seconds a timestamp filter may name (years 1 to 9999).
 const SECONDS_RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
 
@@ -102,7 +105,7 @@ impl ListParams {
             (None, None) => Cursor::Start,
         };
         let mut created = Vec::new();
-        let bounds: [(&str, Option<String>, fn(i64) -> CreatedBound); 4] = [
+        let bounds: [(&str, Option<String>, BoundFn); 4] = [
             ("created[gte]", self.created_gte, CreatedBound::Gte),
             ("created[lte]", self.created_lte, CreatedBound::Lte),
             ("created[gt]", self.created_gt, CreatedBound::Gt),
