@@ -6,6 +6,7 @@
 mod definitions;
 pub mod extract;
 mod runs;
+mod strategies;
 mod workers;
 
 use std::sync::{Arc, LazyLock};
@@ -14,7 +15,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use gyoza_core::api::Health;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
@@ -62,6 +63,8 @@ pub fn app(state: AppState) -> Router {
         .route("/workers", get(workers::list))
         .route("/workers/heartbeat", post(workers::heartbeat))
         .route("/workers/{id}/claim", post(workers::claim))
+        .route("/strategies", get(strategies::list))
+        .route("/strategies/active", put(strategies::activate))
         .route("/openapi.json", get(openapi_json))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -133,6 +136,8 @@ impl utoipa::Modify for SecurityAddon {
         workers::list,
         workers::heartbeat,
         workers::claim,
+        strategies::list,
+        strategies::activate,
     ),
     modifiers(&SecurityAddon),
     security(("api_key" = []))

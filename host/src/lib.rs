@@ -13,6 +13,8 @@
 //! - [`error`]: [`error::ApiError`] and the error policy of the API.
 //! - [`store`]: the [`store::Store`] trait and the embedded SQLite store.
 //! - [`scheduler`]: the scheduling seam and the claim protocol (atomic PENDING → ASSIGNED).
+//! - [`strategy`]: scheduling strategies as WebAssembly components (the only wasmtime user):
+//!   the engine, plugin loading and hot reload, limits, fail policy, `/strategies`.
 //! - [`clock`]: the time source, replaceable in tests.
 
 pub mod api;
@@ -23,6 +25,7 @@ pub mod error;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod strategy;
 
 pub use config::ServerConfig;
 
@@ -35,6 +38,9 @@ pub enum HostError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
+    /// The scheduling strategies could not be loaded.
+    #[error("strategies: {0}")]
+    Strategy(#[from] strategy::StrategyError),
     /// A socket failed.
     #[error("{context}: {source}")]
     Io {

@@ -9,8 +9,8 @@ use crate::HostError;
 use crate::api::{AppState, app};
 use crate::clock::SystemClock;
 use crate::config::ServerConfig;
-use crate::scheduler::GreedyPriority;
 use crate::store::SqliteStore;
+use crate::strategy::StrategyHost;
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes in-flight requests.
 pub async fn serve(
@@ -23,14 +23,19 @@ pub async fn serve(
         .await
 }
 
-/// The state a server built from `config` runs with (embedded store, built-in scheduler).
+/// The state a server built from `config` runs with (embedded store, wasm strategies).
 pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostError> {
     let api_key = config.require_api_key()?;
     let store = SqliteStore::open(config.database_path()).await?;
     tracing::info!(database = %store.path().display(), "embedded store open");
+    let settings = config.strategy_settings();
+    // Compiling the built-in strategies takes a moment of CPU: off the async threads.
+    let strategies = tokio::task::spawn_blocking(move || StrategyHost::start(settings))
+        .await
+        .map_err(|e| HostError::Config(format!("strategy loader stopped: {e}")))??;
     Ok(AppState {
         store: Arc::new(store),
-        scheduler: Arc::new(GreedyPriority),
+        scheduler: Arc::new(strategies),
         clock: Arc::new(SystemClock),
         api_key: api_key.into(),
         worker_timeout: chrono::Duration::seconds(config.worker_timeout as i64),

@@ -148,6 +148,17 @@ pub trait Store: Send + Sync + 'static {
     /// The runs whose current attempt is ASSIGNED to or RUNNING on `worker_id`.
     async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError>;
 
+    /// Every run ASSIGNED or RUNNING on any worker (what the cluster holds, for strategies
+    /// that place runs across workers). The default asks worker by worker; stores override it
+    /// with one query.
+    async fn held_runs(&self) -> Result<Vec<OpRun>, StoreError> {
+        let mut runs = Vec::new();
+        for worker in self.list_workers().await? {
+            runs.extend(self.runs_on_worker(&worker.id).await?);
+        }
+        Ok(runs)
+    }
+
     /// Registers or refreshes a worker from a heartbeat received at `now`.
     async fn heartbeat(
         &self,
