@@ -68,9 +68,9 @@ fn build(manifest: &Path, target_dir: &Path) {
         Ok(status) if status.success() => {}
         Ok(status) => {
             eprintln!(
-                "error: building the wasm guests in {} failed ({status}).\n\
-                 The server embeds strategies built for {TARGET}: install the target with \
-                 `rustup target add {TARGET}` (scripts/setup.d/10-wasm.sh does).",
+                "error: building the wasm guests in {} failed ({status}); cargo's output is above.\n\
+                 The server embeds strategies built for {TARGET}: if the target is missing, \
+                 install it with `rustup target add {TARGET}` (scripts/setup.d/10-wasm.sh does).",
                 manifest.display()
             );
             exit(1);

@@ -32,6 +32,9 @@ enum Command {
     /// Run the gyoza server.
     #[command(subcommand)]
     Server(ServerCommand),
+    /// Check and try out scheduling strategy plugins (.wasm components).
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
     /// Run a gyoza worker.
     #[command(subcommand)]
     Worker(WorkerCommand),
@@ -42,6 +45,31 @@ enum WorkerCommand {
     /// Start a worker: heartbeat, claim runs and execute them as Docker containers until
     /// SIGINT or SIGTERM (running containers are then stopped and their runs reported FAILED).
     Start(WorkerConfig),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// Check that FILE is a strategy plugin the server can load, and which WIT version it
+    /// implements.
+    Check {
+        /// The plugin (.wasm component).
+        file: std::path::PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decide a scenario (a JSON cluster and pending runs) with FILE: the assignments, the
+    /// reasons for runs left pending, and the latency per call.
+    Simulate {
+        /// The plugin (.wasm component).
+        file: std::path::PathBuf,
+        /// The scenario file (see examples/strategy-template/scenario.json).
+        #[arg(long)]
+        scenario: std::path::PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +123,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(ServerCommand::Start(config)) => {
             gyoza_host::server::run(config, shutdown_signal()).await?;
+        }
+        Command::Plugins(command) => {
+            // Plugins run on a blocking thread: WASI's synchronous bindings refuse async ones.
+            let text = tokio::task::spawn_blocking(move || match command {
+                PluginsCommand::Check { file, json } => {
+                    gyoza_host::strategy::scenario::check_command(&file, json)
+                }
+                PluginsCommand::Simulate {
+                    file,
+                    scenario,
+                    json,
+                } => gyoza_host::strategy::scenario::simulate_command(&file, &scenario, json),
+            })
+            .await??;
+            println!("{text}");
         }
         Command::Worker(WorkerCommand::Start(config)) => {
             gyoza_worker::run(config, shutdown_signal()).await?;

@@ -446,6 +446,21 @@ impl StrategyHost {
         }
     }
 
+    /// [`StrategyHost::decide`] on the current thread, without the fail policy: for callers
+    /// outside an async runtime that measure or try a strategy (the benchmark). Must not run
+    /// on an async thread (WASI's synchronous bindings would refuse).
+    pub fn decide_blocking(&self, request: &ClaimRequest<'_>) -> Result<Vec<String>, CallFailure> {
+        let plugin = {
+            let active = read(&self.inner.active);
+            read(&self.inner.plugins).get(active.as_str()).cloned()
+        };
+        let plugin =
+            plugin.ok_or_else(|| CallFailure::Refused("active strategy is not loaded".into()))?;
+        let claim = convert::claim(request);
+        let decision = plugin.schedule(&claim)?;
+        Ok(convert::check(request, &decision).ids)
+    }
+
     async fn fail_over(
         &self,
         request: &ClaimRequest<'_>,

@@ -101,9 +101,12 @@ impl Plugin {
             reason,
         };
         let sha256 = sha256_hex(bytes);
-        let component = runtime
-            .compile(bytes, &sha256)
-            .map_err(|e| invalid(format!("not a valid WebAssembly component: {e}")))?;
+        let component = runtime.compile(bytes, &sha256).map_err(|e| {
+            invalid(format!(
+                "is not a valid WebAssembly component: {}",
+                first_line(&e)
+            ))
+        })?;
         let wit_version = world_version(runtime, &component, name)?;
         let instance_pre = runtime.linker.instantiate_pre(&component).map_err(|e| {
             invalid(format!(

@@ -232,3 +232,63 @@ pub fn simulate(
     }
     Ok(report)
 }
+
+/// `gyoza plugins check FILE`: what the plugin is, as text (or JSON).
+pub fn check_command(file: &Path, json: bool) -> Result<String, ScenarioError> {
+    let info = super::check_file(file)?;
+    if json {
+        return serde_json::to_string_pretty(&info)
+            .map_err(|e| ScenarioError::Scenario(e.to_string()));
+    }
+    Ok(format!(
+        "ok: {} implements {}/strategy@{} (world `strategy`)\nsha256: {}\ncopy it into the server's plugins directory to load it as strategy '{}'",
+        file.display(),
+        super::WIT_PACKAGE,
+        info.wit_version,
+        info.sha256,
+        info.name
+    ))
+}
+
+/// `gyoza plugins simulate FILE --scenario SCENARIO`: the decision, as text (or JSON).
+pub fn simulate_command(file: &Path, scenario: &Path, json: bool) -> Result<String, ScenarioError> {
+    let text = std::fs::read_to_string(scenario)
+        .map_err(|e| ScenarioError::Scenario(format!("cannot read {}: {e}", scenario.display())))?;
+    let scenario: Scenario = serde_json::from_str(&text)
+        .map_err(|e| ScenarioError::Scenario(format!("{}: {e}", scenario.display())))?;
+    let report = simulate(file, &scenario)?;
+    if json {
+        return serde_json::to_string_pretty(&report)
+            .map_err(|e| ScenarioError::Scenario(e.to_string()));
+    }
+    let mut out = format!(
+        "plugin {} ({}@{}), requester {}, max {}\n",
+        report.plugin,
+        super::WIT_PACKAGE,
+        report.wit_version,
+        scenario.requester,
+        scenario.max
+    );
+    if let Some(failure) = &report.failure {
+        out.push_str(&format!("FAILED: the plugin {failure}\n"));
+    }
+    out.push_str(&format!(
+        "assigned ({}): {}\n",
+        report.assigned.len(),
+        report.assigned.join(", ")
+    ));
+    for (run, reason) in &report.reasons {
+        out.push_str(&format!("  pending {run}: {reason}\n"));
+    }
+    if report.dropped > 0 {
+        out.push_str(&format!(
+            "dropped by the host's checks: {}\n",
+            report.dropped
+        ));
+    }
+    out.push_str(&format!(
+        "latency over {} calls: min {} us, p50 {} us, max {} us\n",
+        report.calls, report.latency_min_us, report.latency_p50_us, report.latency_max_us
+    ));
+    Ok(out)
+}

@@ -1,0 +1,281 @@
+//! Bin-packing as a wasm component vs the same algorithm compiled natively.
+//!
+//! Run: `cargo bench -p gyoza-host --bench strategy`. Not a test: it prints figures (see
+//! BENCHMARKS.md, section "Strategies").
+//!
+//! Both sides decide the same claim (100 active workers, 10 / 1,000 / 10,000 pending runs)
+//! from the same `ClaimRequest`, end to end as the server does: build the WIT records, run
+//! the bin-packing plan, check the answer against the requester's capacity. The wasm side
+//! is `StrategyHost::decide_blocking` with the embedded `bin-packing` component (reused
+//! instance, epoch deadline and memory limit on). The native side compiles
+//! `plugins/bin-packing/src/plan.rs` and the SDK's `model.rs` (the very files the component
+//! is built from) against plain copies of the WIT records.
+
+// The records mirror the WIT in full and the SDK helpers are included whole; the plan reads
+// only some of them; the SDK implements Default by hand because its records are generated.
+#![allow(dead_code, clippy::derivable_impls)]
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use gyoza_core::run::NewRun;
+use gyoza_core::{
+    Capacity as CoreCapacity, Constraints, Gpu as CoreGpu, OpRun, Resources, Worker as CoreWorker,
+};
+use gyoza_host::scheduler::{ActiveWorker, ClaimRequest};
+use gyoza_host::strategy::{StrategyHost, StrategySettings};
+
+// The WIT records as plain Rust, and the guest's code compiled natively against them. At the
+// crate root because the included files name the records as `super::...`.
+pub struct PendingRun {
+    pub priority: i64,
+    pub cpu: u32,
+    pub ram_mb: u64,
+    pub vram_mb: u64,
+    pub waited_ms: u64,
+}
+pub struct Gpu {
+    pub id: u32,
+    pub vram_mb: u64,
+    pub free_vram_mb: i64,
+}
+pub struct Worker {
+    pub cpu_cores: u32,
+    pub ram_mb: u64,
+    pub free_cpu: i64,
+    pub free_ram_mb: i64,
+    pub gpu_start: u32,
+    pub gpu_count: u32,
+    pub running: u32,
+}
+pub struct Claim {
+    pub requester: u32,
+    pub max: u32,
+    pub workers: Vec<Worker>,
+    pub gpus: Vec<Gpu>,
+    pub pending: Vec<PendingRun>,
+}
+pub struct Deferral {
+    pub run: u32,
+    pub reason: String,
+}
+pub struct Decision {
+    pub assign: Vec<u32>,
+    pub deferred: Vec<Deferral>,
+}
+
+#[path = "../../plugins/sdk/src/model.rs"]
+mod model;
+pub use model::{Capacity, Placement, reason};
+
+#[path = "../../plugins/bin-packing/src/plan.rs"]
+pub mod plan;
+
+const WORKERS: usize = 100;
+
+fn cluster() -> Vec<ActiveWorker> {
+    (0..WORKERS)
+        .map(|i| {
+            let gpus = match i % 4 {
+                0 => vec![8192, 8192],
+                1 => vec![24576],
+                _ => vec![],
+            };
+            let resources = Resources {
+                cpu_cores: 8 << (i % 3),
+                ram_mb: 16384 << (i % 3),
+                gpus: gpus
+                    .iter()
+                    .enumerate()
+                    .map(|(id, vram)| CoreGpu {
+                        id: id as u32,
+                        vram_mb: *vram,
+                        tags: vec![],
+                    })
+                    .collect(),
+            };
+            ActiveWorker {
+                id: format!("w{i}"),
+                free: CoreCapacity::free(&resources, &[]),
+                resources,
+                running: 0,
+            }
+        })
+        .collect()
+}
+
+fn pending(n: usize) -> Vec<OpRun> {
+    let now = Utc::now();
+    (0..n)
+        .map(|i| {
+            OpRun::new(
+                NewRun {
+                    image: "x".into(),
+                    priority: (n - i) as i64 / 100,
+                    constraints: Constraints {
+                        cpu: Some(1 + (i % 8) as u32),
+                        ram_mb: Some(512 * (1 + (i % 16) as u64)),
+                        vram_mb: (i % 5 == 0).then_some(2048 * (1 + (i % 6) as u64)),
+                    },
+                    ..NewRun::default()
+                },
+                now - chrono::Duration::milliseconds(i as i64),
+            )
+            .expect("a valid run")
+        })
+        .collect()
+}
+
+fn record(worker: &ActiveWorker, free: &CoreCapacity, gpus: &mut Vec<Gpu>) -> Worker {
+    let start = gpus.len() as u32;
+    for &(id, free_vram) in &free.gpus {
+        let total = worker
+            .resources
+            .gpus
+            .iter()
+            .find(|g| g.id == id)
+            .map_or(0, |g| g.vram_mb);
+        gpus.push(Gpu {
+            id,
+            vram_mb: total,
+            free_vram_mb: free_vram,
+        });
+    }
+    Worker {
+        cpu_cores: worker.resources.cpu_cores,
+        ram_mb: worker.resources.ram_mb,
+        free_cpu: free.cpu,
+        free_ram_mb: free.ram_mb,
+        gpu_start: start,
+        gpu_count: gpus.len() as u32 - start,
+        running: worker.running as u32,
+    }
+}
+
+/// What the host does around a native strategy: the same records, the same checks.
+fn native_decide(request: &ClaimRequest<'_>) -> Vec<String> {
+    let mut gpus = Vec::new();
+    let mut requester = 0;
+    let workers = request
+        .cluster
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if w.id == request.worker.id {
+                requester = i;
+                record(w, &request.free, &mut gpus)
+            } else {
+                record(w, &w.free, &mut gpus)
+            }
+        })
+        .collect();
+    let claim = Claim {
+        requester: requester as u32,
+        max: request.max as u32,
+        workers,
+        gpus,
+        pending: request
+            .pending
+            .iter()
+            .map(|run| PendingRun {
+                priority: run.priority,
+                cpu: run.constraints.cpu.unwrap_or(0),
+                ram_mb: run.constraints.ram_mb.unwrap_or(0),
+                vram_mb: run.constraints.vram_mb.unwrap_or(0),
+                waited_ms: (request.now - run.created_at).num_milliseconds().max(0) as u64,
+            })
+            .collect(),
+    };
+    let decision = plan::plan(&claim);
+    let mut free = request.free.clone();
+    let mut seen = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    for &index in &decision.assign {
+        let Some(run) = request.pending.get(index as usize) else {
+            continue;
+        };
+        if !seen.insert(index) || ids.len() >= request.max {
+            continue;
+        }
+        if let Some(gpu) = free.fit(&run.constraints) {
+            free.take(&run.constraints, gpu);
+            ids.push(run.id.clone());
+        }
+    }
+    ids
+}
+
+/// Median time of `f` over `iterations` calls, after a warm-up.
+fn median(iterations: usize, mut f: impl FnMut() -> usize) -> (Duration, usize) {
+    let mut answer = 0;
+    for _ in 0..(iterations / 10).max(2) {
+        answer = f();
+    }
+    let mut times: Vec<Duration> = (0..iterations)
+        .map(|_| {
+            let started = Instant::now();
+            answer = std::hint::black_box(f());
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    (times[times.len() / 2], answer)
+}
+
+fn main() {
+    let host = match StrategyHost::start(StrategySettings::builtin(
+        &std::env::var("GYOZA_BENCH_STRATEGY").unwrap_or_else(|_| "bin-packing".into()),
+    )) {
+        Ok(host) => host,
+        Err(e) => {
+            eprintln!("cannot start the strategy host: {e}");
+            std::process::exit(1);
+        }
+    };
+    let cluster = cluster();
+    // The requester is mid-sized, so that most runs are placed on other workers and the plan
+    // walks the whole pending list (the expensive case).
+    let me = &cluster[2];
+    let worker = CoreWorker {
+        id: me.id.clone(),
+        resources: me.resources.clone(),
+        tags: vec![],
+        running_ops: vec![],
+        created_at: Utc::now(),
+        last_heartbeat_at: Utc::now(),
+    };
+    println!("bin-packing, {WORKERS} workers, claim max 10: median time per decision");
+    println!(
+        "{:>8} {:>12} {:>12} {:>8} {:>9}",
+        "pending", "native", "wasm", "ratio", "assigned"
+    );
+    for (n, iterations) in [(10, 2000), (1_000, 200), (10_000, 20)] {
+        let runs = pending(n);
+        let request = ClaimRequest {
+            worker: &worker,
+            free: me.free.clone(),
+            pending: &runs,
+            max: 10,
+            now: Utc::now(),
+            cluster: &cluster,
+        };
+        let (native, native_ids) = median(iterations, || native_decide(&request).len());
+        let (wasm, wasm_ids) = median(iterations, || match host.decide_blocking(&request) {
+            Ok(ids) => ids.len(),
+            Err(e) => {
+                eprintln!("wasm call failed: {e}");
+                std::process::exit(1);
+            }
+        });
+        if std::env::var_os("GYOZA_BENCH_STRATEGY").is_none() {
+            assert_eq!(native_ids, wasm_ids, "both sides must decide the same");
+        }
+        println!(
+            "{n:>8} {:>10.1}us {:>10.1}us {:>7.2}x {:>9}",
+            native.as_secs_f64() * 1e6,
+            wasm.as_secs_f64() * 1e6,
+            wasm.as_secs_f64() / native.as_secs_f64(),
+            wasm_ids
+        );
+    }
+}
