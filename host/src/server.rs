@@ -8,9 +8,10 @@ use tokio::net::TcpListener;
 use crate::HostError;
 use crate::api::{AppState, app};
 use crate::clock::SystemClock;
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, StoreKind};
 use crate::scheduler::GreedyPriority;
-use crate::store::SqliteStore;
+use crate::store::mongo::redact;
+use crate::store::{MongoStore, SqliteStore, Store};
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes in-flight requests.
 pub async fn serve(
@@ -23,13 +24,23 @@ pub async fn serve(
         .await
 }
 
-/// The state a server built from `config` runs with (embedded store, built-in scheduler).
+/// The state a server built from `config` runs with (its store, the built-in scheduler).
 pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostError> {
     let api_key = config.require_api_key()?;
-    let store = SqliteStore::open(config.database_path()).await?;
-    tracing::info!(database = %store.path().display(), "embedded store open");
+    let store: Arc<dyn Store> = match config.store_kind()? {
+        StoreKind::Sqlite(path) => {
+            let store = SqliteStore::open(path).await?;
+            tracing::info!(database = %store.path().display(), "embedded store open");
+            Arc::new(store)
+        }
+        StoreKind::Mongo { url, database } => {
+            let store = MongoStore::connect(&url, &database).await?;
+            tracing::info!(url = %redact(&url), database, "MongoDB store open");
+            Arc::new(store)
+        }
+    };
     Ok(AppState {
-        store: Arc::new(store),
+        store,
         scheduler: Arc::new(GreedyPriority),
         clock: Arc::new(SystemClock),
         api_key: api_key.into(),

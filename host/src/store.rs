@@ -6,6 +6,7 @@
 //! mutation atomically (a transaction in SQLite), and a claim is such an update whose mutation
 //! refuses unless the run is still PENDING: two claimers never get the same run.
 
+pub mod mongo;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use gyoza_core::api::HeartbeatRequest;
 use gyoza_core::time::Timestamp;
 use gyoza_core::{DomainError, OpDefinition, OpRun, OpRunState, Worker};
 
+pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed.
@@ -147,6 +149,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// The runs whose current attempt is ASSIGNED to or RUNNING on `worker_id`.
     async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError>;
+
+    /// Every run ASSIGNED or RUNNING on any worker (what the cluster holds, for strategies
+    /// that place runs across workers). The default asks worker by worker; stores override it
+    /// with one query.
+    async fn held_runs(&self) -> Result<Vec<OpRun>, StoreError> {
+        let mut runs = Vec::new();
+        for worker in self.list_workers().await? {
+            runs.extend(self.runs_on_worker(&worker.id).await?);
+        }
+        Ok(runs)
+    }
 
     /// Registers or refreshes a worker from a heartbeat received at `now`.
     async fn heartbeat(
