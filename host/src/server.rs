@@ -39,14 +39,15 @@ pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostEr
             Arc::new(store)
         }
     };
-    Ok(AppState {
+    let mut state = AppState::new(
         store,
-        scheduler: Arc::new(GreedyPriority),
-        clock: Arc::new(SystemClock),
-        api_key: api_key.into(),
-        worker_timeout: chrono::Duration::seconds(config.worker_timeout as i64),
-        max_body_bytes: config.max_body_bytes,
-    })
+        Arc::new(GreedyPriority),
+        Arc::new(SystemClock),
+        &api_key,
+    );
+    state.worker_timeout = chrono::Duration::seconds(config.worker_timeout as i64);
+    state.max_body_bytes = config.max_body_bytes;
+    Ok(state)
 }
 
 /// Opens the store, binds the configured address and serves until `shutdown`.

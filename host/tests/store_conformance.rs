@@ -457,6 +457,42 @@ mod cases {
         assert!(store.get_worker("nobody").await.unwrap().is_none());
     }
 
+    pub async fn logs_keep_a_tail_per_attempt(store: Arc<dyn Store>) {
+        assert!(store.get_log("r", 1).await.unwrap().is_none());
+        store.append_log("r", 1, "one\n", 12).await.unwrap();
+        store.append_log("r", 1, "two\nthree\n", 12).await.unwrap();
+        store.append_log("r", 2, "other\n", 12).await.unwrap();
+        let tail = store.get_log("r", 1).await.unwrap().unwrap();
+        assert_eq!((tail.text.as_str(), tail.total_bytes), ("two\nthree\n", 14));
+        assert_eq!(
+            store.get_log("r", 2).await.unwrap().unwrap().text,
+            "other\n"
+        );
+    }
+
+    pub async fn runs_are_counted_by_state(store: Arc<dyn Store>) {
+        for i in 0..3 {
+            let mut run = run_at(t(i), "img", 1);
+            if i == 0 {
+                run.set_state(OpRunState::Failed, t(i)).unwrap();
+            }
+            store.insert_run(&run).await.unwrap();
+        }
+        let counts: Vec<(OpRunState, u64)> = store
+            .count_runs_by_state()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let mut counts = counts;
+        counts.sort_by_key(|(s, _)| s.as_str());
+        assert_eq!(
+            counts,
+            vec![(OpRunState::Failed, 1), (OpRunState::Pending, 2)]
+        );
+    }
+
     pub async fn concurrent_assignment_is_exactly_once(store: Arc<dyn Store>) {
         let mut runs = Vec::new();
         for i in 0..20 {
@@ -522,6 +558,8 @@ macro_rules! suite {
                 pending_window_orders_by_priority_and_respects_backoff,
                 runs_on_worker_are_its_assigned_and_running_runs,
                 heartbeats_register_and_refresh_workers,
+                logs_keep_a_tail_per_attempt,
+                runs_are_counted_by_state,
                 concurrent_assignment_is_exactly_once,
             );
         )+

@@ -7,7 +7,7 @@
 //! `{_id, rev}` in the filter): a claim that read a PENDING run only succeeds if nobody
 //! changed the run since, so across any number of server replicas a run is assigned once.
 //!
-//! Collections: `definitions` (unique on id + version), `runs`, `workers`.
+//! Collections: `definitions` (unique on id + version), `runs`, `workers`, `run_logs`.
 
 use std::time::Duration;
 
@@ -16,12 +16,14 @@ use futures_util::TryStreamExt;
 use gyoza_core::api::HeartbeatRequest;
 use gyoza_core::definition::compare_versions;
 use gyoza_core::time::{Timestamp, to_micros};
-use gyoza_core::{OpDefinition, OpRun, Worker};
+use gyoza_core::{OpDefinition, OpRun, OpRunState, Worker};
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
-use super::{CreatedBound, Cursor, QueryError, RunMutation, RunPage, RunQuery, Store, StoreError};
+use super::{
+    CreatedBound, Cursor, LogTail, QueryError, RunMutation, RunPage, RunQuery, Store, StoreError,
+};
 
 /// How often an update retries after losing a compare-and-set to a concurrent writer.
 const MAX_CONFLICT_RETRIES: usize = 100;
@@ -33,6 +35,7 @@ pub struct MongoStore {
     definitions: Collection<Document>,
     runs: Collection<Document>,
     workers: Collection<Document>,
+    logs: Collection<Document>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -114,6 +117,7 @@ impl MongoStore {
             definitions: database.collection("definitions"),
             runs: database.collection("runs"),
             workers: database.collection("workers"),
+            logs: database.collection("run_logs"),
             database,
         };
         store.create_indexes().await?;
@@ -460,6 +464,57 @@ impl Store for MongoStore {
             .await
             .map_err(backend)?;
         collect(cursor).await?.iter().map(decode).collect()
+    }
+
+    async fn count_runs_by_state(&self) -> Result<Vec<(OpRunState, u64)>, StoreError> {
+        let mut counts = Vec::new();
+        for state in OpRunState::ALL {
+            let n = self
+                .runs
+                .count_documents(doc! {"state": state.as_str()})
+                .await
+                .map_err(backend)?;
+            counts.push((state, n));
+        }
+        Ok(counts)
+    }
+
+    async fn append_log(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        text: &str,
+        cap: usize,
+    ) -> Result<(), StoreError> {
+        // One worker ships an attempt's log, in order: a read-modify-write is enough.
+        let key = format!("{run_id}:{attempt}");
+        let mut tail = self.get_log(run_id, attempt).await?.unwrap_or_default();
+        tail.append(text, cap);
+        self.logs
+            .replace_one(
+                doc! {"_id": &key},
+                doc! {"_id": &key, "total_bytes": tail.total_bytes as i64, "text": tail.text},
+            )
+            .upsert(true)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError> {
+        let key = format!("{run_id}:{attempt}");
+        let Some(document) = self
+            .logs
+            .find_one(doc! {"_id": &key})
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(LogTail {
+            text: document.get_str("text").map_err(backend)?.to_owned(),
+            total_bytes: document.get_i64("total_bytes").map_err(backend)? as u64,
+        }))
     }
 }
 
