@@ -1,7 +1,7 @@
 //! `gyoza`: the command-line tool of the gyoza job scheduler.
 //!
 //! Thin by design: it parses arguments, sets up logging and signals, and calls the libraries
-//! (`gyoza-host` for the server).
+//! (`gyoza-host` for the server, `gyoza-worker` for the worker).
 //!
 //! # Layout
 //! - [`Cli`] / [`Command`]: the argument grammar (clap derive).
@@ -12,6 +12,7 @@ use std::io::IsTerminal;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gyoza_host::ServerConfig;
+use gyoza_worker::WorkerConfig;
 use tracing_subscriber::EnvFilter;
 
 /// gyoza: a job scheduler for containerised operations, with WebAssembly scheduling strategies.
@@ -31,6 +32,16 @@ enum Command {
     /// Run the gyoza server.
     #[command(subcommand)]
     Server(ServerCommand),
+    /// Run a gyoza worker.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkerCommand {
+    /// Start a worker: heartbeat, claim runs and execute them as Docker containers until
+    /// SIGINT or SIGTERM (running containers are then stopped and their runs reported FAILED).
+    Start(WorkerConfig),
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +95,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(ServerCommand::Start(config)) => {
             gyoza_host::server::run(config, shutdown_signal()).await?;
+        }
+        Command::Worker(WorkerCommand::Start(config)) => {
+            gyoza_worker::run(config, shutdown_signal()).await?;
         }
     }
     Ok(())

@@ -287,6 +287,22 @@ pub struct OpRunView {
     pub current_attempt: u32,
     /// Every attempt, oldest first.
     pub attempts: Vec<OpAttempt>,
+    /// Why a PENDING run waits, as the scheduling strategy last said (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling: Option<RunScheduling>,
+}
+
+/// What the scheduler last said about a pending run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RunScheduling {
+    /// Why it was left pending, e.g. "needs 16384 MB VRAM; largest free GPU has 8192 MB".
+    pub reason: String,
+    /// The strategy that said so.
+    pub strategy: String,
+    /// When (the claim that decided).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub decided_at: String,
 }
 
 impl From<&OpRun> for OpRunView {
@@ -312,6 +328,7 @@ impl From<&OpRun> for OpRunView {
             available_at: run.available_at.as_ref().map(time::to_wire),
             current_attempt: current.attempt,
             attempts: run.attempts.clone(),
+            scheduling: None,
         }
     }
 }

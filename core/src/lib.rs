@@ -17,8 +17,11 @@
 //! - [`run`]: [`OpRun`], [`OpAttempt`], states, events and the rules that connect them.
 //! - [`worker`]: [`Worker`], [`WorkerOpRun`] and the free capacity of a worker.
 //! - [`api`]: request and response bodies of the REST API.
+//! - `client` (feature `client`): the typed async HTTP client of that API.
 
 pub mod api;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod definition;
 pub mod error;
 pub mod resources;

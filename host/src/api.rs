@@ -9,6 +9,7 @@ pub mod extract;
 mod logs;
 mod observe;
 mod runs;
+mod strategies;
 mod stream;
 mod workers;
 
@@ -18,7 +19,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use gyoza_core::api::Health;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
@@ -134,6 +135,8 @@ pub fn app(state: AppState) -> Router {
         .route("/workers", get(workers::list))
         .route("/workers/heartbeat", post(workers::heartbeat))
         .route("/workers/{id}/claim", post(workers::claim))
+        .route("/strategies", get(strategies::list))
+        .route("/strategies/active", put(strategies::activate))
         .route("/openapi.json", get(openapi_json))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -214,6 +217,8 @@ impl utoipa::Modify for SecurityAddon {
         workers::list,
         workers::heartbeat,
         workers::claim,
+        strategies::list,
+        strategies::activate,
     ),
     modifiers(&SecurityAddon),
     security(("api_key" = []))

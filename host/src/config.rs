@@ -10,6 +10,12 @@
 //! | `--mongo-db` | `GYOZA_MONGO_DB` | `gyoza` | database name on a MongoDB store |
 //! | `--worker-timeout` | `GYOZA_WORKER_TIMEOUT` | `60` | seconds without a heartbeat after which a worker is inactive |
 //! | `--max-body-bytes` | `GYOZA_MAX_BODY_BYTES` | `10485760` | largest request body accepted (413 beyond) |
+//! | `--plugins-dir` | `GYOZA_PLUGINS_DIR` | `<data dir>/plugins` | directory watched for strategy plugins (`*.wasm`) |
+//! | `--strategy` | `GYOZA_STRATEGY` | `bin-packing` | active scheduling strategy (`direct`, `priority`, `bin-packing` or a plugin's file stem) |
+//! | `--strategy-config` | `GYOZA_STRATEGY_CONFIG` | empty | configuration string passed to every strategy's `init` (e.g. `backfill=true`) |
+//! | `--strategy-fail-policy` | `GYOZA_STRATEGY_FAIL_POLICY` | `fallback` | on a trap, timeout or error: `fallback` (built-in priority) or `none` (assign nothing) |
+//! | `--strategy-deadline-ms` | `GYOZA_STRATEGY_DEADLINE_MS` | `100` | longest a strategy call may run |
+//! | `--strategy-memory-mb` | `GYOZA_STRATEGY_MEMORY_MB` | `64` | largest memory of a strategy instance, in MiB |
 //!
 //! `GYOZA_LOG_LEVEL` (default `info`) is read by the `gyoza` binary, which sets up logging.
 //! Prefer the environment variable to `--api-key`: a flag is visible in the process list.
@@ -69,6 +75,29 @@ pub struct ServerConfig {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "GYOZA_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Directory watched for strategy plugins (*.wasm) [default: <data dir>/plugins].
+    #[arg(long, env = "GYOZA_PLUGINS_DIR")]
+    pub plugins_dir: Option<PathBuf>,
+    /// Active scheduling strategy: direct, priority, bin-packing, or a plugin's file stem.
+    #[arg(long, env = "GYOZA_STRATEGY", default_value = "bin-packing")]
+    pub strategy: String,
+    /// Configuration string passed to every strategy's init (e.g. "backfill=true").
+    #[arg(long, env = "GYOZA_STRATEGY_CONFIG", default_value = "")]
+    pub strategy_config: String,
+    /// What a claim gets when the strategy traps, times out or returns an error.
+    #[arg(
+        long,
+        env = "GYOZA_STRATEGY_FAIL_POLICY",
+        value_enum,
+        default_value = "fallback"
+    )]
+    pub strategy_fail_policy: crate::strategy::FailPolicy,
+    /// Longest a strategy call may run, in milliseconds.
+    #[arg(long, env = "GYOZA_STRATEGY_DEADLINE_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub strategy_deadline_ms: u64,
+    /// Largest memory of a strategy instance, in MiB.
+    #[arg(long, env = "GYOZA_STRATEGY_MEMORY_MB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub strategy_memory_mb: u64,
 }
 
 impl ServerConfig {
@@ -105,5 +134,26 @@ impl ServerConfig {
     /// The embedded store's file.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("gyoza.db")
+    }
+
+    /// The directory watched for strategy plugins.
+    pub fn plugins_path(&self) -> PathBuf {
+        self.plugins_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+
+    /// How the strategy host runs: plugins directory, compiled-plugin cache (in the data
+    /// directory), active strategy, configuration, fail policy and limits.
+    pub fn strategy_settings(&self) -> crate::strategy::StrategySettings {
+        crate::strategy::StrategySettings {
+            plugins_dir: Some(self.plugins_path()),
+            cache_dir: Some(self.data_dir.join("cache").join("strategies")),
+            active: self.strategy.clone(),
+            config: self.strategy_config.clone(),
+            fail_policy: self.strategy_fail_policy,
+            deadline: std::time::Duration::from_millis(self.strategy_deadline_ms),
+            memory_limit: (self.strategy_memory_mb as usize) << 20,
+        }
     }
 }

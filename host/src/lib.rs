@@ -15,6 +15,8 @@
 //! - [`scheduler`]: the scheduling seam and the claim protocol (atomic PENDING → ASSIGNED).
 //! - [`metrics`]: Prometheus counters and histograms (`GET /metrics`).
 //! - [`delivery`]: POSTing run events to their topic URLs, with retries.
+//! - [`strategy`]: scheduling strategies as WebAssembly components (the only wasmtime user):
+//!   the engine, plugin loading and hot reload, limits, fail policy, `/strategies`.
 //! - [`clock`]: the time source, replaceable in tests.
 
 pub mod api;
@@ -27,6 +29,7 @@ pub mod metrics;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod strategy;
 
 pub use config::ServerConfig;
 
@@ -39,6 +42,9 @@ pub enum HostError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
+    /// The scheduling strategies could not be loaded.
+    #[error("strategies: {0}")]
+    Strategy(#[from] strategy::StrategyError),
     /// A socket failed.
     #[error("{context}: {source}")]
     Io {

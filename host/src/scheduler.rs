@@ -8,7 +8,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use gyoza_core::{Capacity, OpRun, Worker, WorkerOpRun};
+use gyoza_core::time::Timestamp;
+use gyoza_core::{Capacity, OpRun, Resources, Worker, WorkerOpRun};
 
 use crate::api::AppState;
 use crate::error::ApiError;
@@ -31,41 +32,60 @@ pub struct ClaimRequest<'a> {
     pub pending: &'a [OpRun],
     /// At most this many runs should be chosen.
     pub max: usize,
+    /// When the claim was made.
+    pub now: Timestamp,
+    /// Every active worker (the requester included) with its free capacity, for strategies
+    /// that place runs across the cluster.
+    pub cluster: &'a [ActiveWorker],
+}
+
+/// An active worker as a strategy sees it.
+#[derive(Debug, Clone)]
+pub struct ActiveWorker {
+    /// Worker id.
+    pub id: String,
+    /// Its hardware.
+    pub resources: Resources,
+    /// Its free capacity after the runs it holds.
+    pub free: Capacity,
+    /// How many runs it holds (ASSIGNED or RUNNING).
+    pub running: usize,
+}
+
+/// Why a strategy left a run pending, kept for `GET /runs/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingNote {
+    /// The strategy that decided.
+    pub strategy: String,
+    /// Its reason, e.g. "needs 16384 MB VRAM; largest free GPU has 8192 MB".
+    pub reason: String,
+    /// When it decided.
+    pub at: Timestamp,
 }
 
 /// A scheduling policy: picks run ids for a claim, best first.
+///
+/// Async because a strategy is a wasm call that may run up to its deadline: implementations
+/// run it on the blocking pool rather than on the server's async threads.
+#[async_trait::async_trait]
 pub trait Scheduler: Send + Sync + 'static {
     /// Name shown in logs.
     fn name(&self) -> &str;
     /// The ids of the runs the worker should take, in order of preference.
-    fn select(&self, request: &ClaimRequest<'_>) -> Vec<String>;
-}
-
-/// Highest priority first (FIFO within a priority), as long as each run fits the worker's
-/// remaining free capacity; a run that does not fit is skipped, not waited for.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct GreedyPriority;
-
-impl Scheduler for GreedyPriority {
-    fn name(&self) -> &str {
-        "greedy-priority"
+    async fn select(&self, request: &ClaimRequest<'_>) -> Vec<String>;
+    /// Why the run `run_id` was last left pending, if the scheduler said.
+    fn pending_note(&self, _run_id: &str) -> Option<PendingNote> {
+        None
     }
-
-    fn select(&self, request: &ClaimRequest<'_>) -> Vec<String> {
-        let mut free = request.free.clone();
-        let mut chosen = Vec::new();
-        for run in request.pending {
-            if chosen.len() >= request.max {
-                break;
-            }
-            if let Some(gpu) = free.fit(&run.constraints) {
-                free.take(&run.constraints, gpu);
-                chosen.push(run.id.clone());
-            }
-        }
-        chosen
+    /// The wasm strategy host behind this scheduler, for the `/strategies` API.
+    fn strategies(&self) -> Option<&crate::strategy::StrategyHost> {
+        None
     }
 }
+
+/// The former native scheduler's name, kept for existing callers: it is now the built-in
+/// wasm `priority` strategy with backfill (see [`crate::strategy::PriorityBackfill`]).
+pub use crate::strategy::PriorityBackfill as GreedyPriority;
 
 /// Assigns up to `max` pending runs to `worker_id` and returns them.
 ///
@@ -85,18 +105,24 @@ pub async fn claim(
     let held = state.store.runs_on_worker(worker_id).await?;
     let mut free = Capacity::free(&worker.resources, &held);
     let mut pending = state.store.pending_window(now, PENDING_WINDOW).await?;
+    let cluster = active_workers(state, &worker, &free, held.len()).await?;
     let mut claimed = Vec::new();
     // Concurrent claimers see the same window and race for its best runs. A claimer that
     // loses a race asks the scheduler again without the runs it lost, a few times, so that
     // it does not come back empty-handed while work is pending.
     for _round in 0..CLAIM_ROUNDS {
         let wanted = max - claimed.len();
-        let chosen = state.scheduler.select(&ClaimRequest {
-            worker: &worker,
-            free: free.clone(),
-            pending: &pending,
-            max: wanted,
-        });
+        let chosen = state
+            .scheduler
+            .select(&ClaimRequest {
+                worker: &worker,
+                free: free.clone(),
+                pending: &pending,
+                max: wanted,
+                now,
+                cluster: &cluster,
+            })
+            .await;
         let mut candidates: HashMap<&str, &OpRun> =
             pending.iter().map(|r| (r.id.as_str(), r)).collect();
         let mut settled: HashSet<String> = HashSet::new();
@@ -141,4 +167,40 @@ pub async fn claim(
         pending.retain(|run| !settled.contains(&run.id));
     }
     Ok(claimed)
+}
+
+/// Every active worker with its free capacity; the requester first-hand (it may be the only
+/// one whose heartbeat is fresh enough) and the others from the store.
+async fn active_workers(
+    state: &AppState,
+    requester: &Worker,
+    requester_free: &Capacity,
+    requester_running: usize,
+) -> Result<Vec<ActiveWorker>, ApiError> {
+    let now = state.clock.now();
+    let mut held: HashMap<String, Vec<OpRun>> = HashMap::new();
+    for run in state.store.held_runs().await? {
+        if let Some(worker) = run.worker_id() {
+            held.entry(worker.to_owned()).or_default().push(run);
+        }
+    }
+    let mut cluster = vec![ActiveWorker {
+        id: requester.id.clone(),
+        resources: requester.resources.clone(),
+        free: requester_free.clone(),
+        running: requester_running,
+    }];
+    for worker in state.store.list_workers().await? {
+        if worker.id == requester.id || !worker.is_active(now, state.worker_timeout) {
+            continue;
+        }
+        let runs = held.remove(&worker.id).unwrap_or_default();
+        cluster.push(ActiveWorker {
+            free: Capacity::free(&worker.resources, &runs),
+            running: runs.len(),
+            id: worker.id,
+            resources: worker.resources,
+        });
+    }
+    Ok(cluster)
 }

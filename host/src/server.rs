@@ -9,9 +9,9 @@ use crate::HostError;
 use crate::api::{AppState, app};
 use crate::clock::SystemClock;
 use crate::config::{ServerConfig, StoreKind};
-use crate::scheduler::GreedyPriority;
 use crate::store::mongo::redact;
 use crate::store::{MongoStore, SqliteStore, Store};
+use crate::strategy::StrategyHost;
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes in-flight requests.
 pub async fn serve(
@@ -24,7 +24,7 @@ pub async fn serve(
         .await
 }
 
-/// The state a server built from `config` runs with (its store, the built-in scheduler).
+/// The state a server built from `config` runs with (its store, the wasm strategies).
 pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostError> {
     let api_key = config.require_api_key()?;
     let store: Arc<dyn Store> = match config.store_kind()? {
@@ -39,12 +39,12 @@ pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostEr
             Arc::new(store)
         }
     };
-    let mut state = AppState::new(
-        store,
-        Arc::new(GreedyPriority),
-        Arc::new(SystemClock),
-        &api_key,
-    );
+    let settings = config.strategy_settings();
+    // Compiling the built-in strategies takes a moment of CPU: off the async threads.
+    let strategies = tokio::task::spawn_blocking(move || StrategyHost::start(settings))
+        .await
+        .map_err(|e| HostError::Config(format!("strategy loader stopped: {e}")))??;
+    let mut state = AppState::new(store, Arc::new(strategies), Arc::new(SystemClock), &api_key);
     state.worker_timeout = chrono::Duration::seconds(config.worker_timeout as i64);
     state.max_body_bytes = config.max_body_bytes;
     Ok(state)

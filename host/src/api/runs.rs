@@ -12,6 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use gyoza_core::api::{
     AddEventRequest, ErrorBody, EventsResponse, OpRunCreate, OpRunList, OpRunUpdate, OpRunView,
+    RunScheduling,
 };
 use gyoza_core::{DomainError, EventType, OpAttempt, OpRun, OpRunState};
 use serde::Deserialize;
@@ -147,7 +148,11 @@ pub async fn list(
     let page = state.store.list_runs(&query).await?;
     Ok(Json(OpRunList {
         object: "list".into(),
-        data: page.runs.iter().map(OpRunView::from).collect(),
+        data: page
+            .runs
+            .iter()
+            .map(|run| with_scheduling(&state, run))
+            .collect(),
         has_more: page.has_more,
         url: "/runs".into(),
     }))
@@ -209,7 +214,24 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<OpRunView>, ApiError> {
-    Ok(Json(OpRunView::from(&load(&state, &id).await?)))
+    let run = load(&state, &id).await?;
+    Ok(Json(with_scheduling(&state, &run)))
+}
+
+/// The run's view, with the scheduler's latest reason while it is PENDING.
+fn with_scheduling(state: &AppState, run: &OpRun) -> OpRunView {
+    let mut view = OpRunView::from(run);
+    if run.state == OpRunState::Pending {
+        view.scheduling = state
+            .scheduler
+            .pending_note(&run.id)
+            .map(|note| RunScheduling {
+                reason: note.reason,
+                strategy: note.strategy,
+                decided_at: gyoza_core::time::to_wire(&note.at),
+            });
+    }
+    view
 }
 
 /// Changes a run's state, outputs or priority (an operator's tool: prefer events).

@@ -555,6 +555,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn held_runs(&self) -> Result<Vec<OpRun>, StoreError> {
+        self.read(|conn| {
+            read_runs(
+                conn,
+                "SELECT id, doc FROM runs WHERE state IN ('ASSIGNED', 'RUNNING')",
+                &[],
+            )
+        })
+        .await
+    }
+
     async fn heartbeat(
         &self,
         heartbeat: HeartbeatRequest,

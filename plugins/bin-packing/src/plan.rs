@@ -6,21 +6,29 @@ use super::{Capacity, Claim, Decision, Placement, reason};
 /// How many waiting runs get a reason per claim (the host keeps only a few anyway).
 const REASONS: usize = 8;
 
-/// How tightly a run fills a worker: the fraction of each resource left free after placing
-/// it, summed (lower is tighter). VRAM counts on the GPU the run would use.
-fn leftover(claim: &Claim, worker: usize, free: &Capacity, run_index: usize, gpu: Placement) -> f64 {
+/// How tightly a run fills a worker, lower is tighter: first the VRAM left on the GPU it
+/// would use (in MB: best fit among GPUs), then the fractions of the worker's CPU and RAM left
+/// free after placing it (summed, so that workers of different sizes compare).
+fn leftover(
+    claim: &Claim,
+    worker: usize,
+    free: &Capacity,
+    run_index: usize,
+    gpu: Placement,
+) -> (i64, f64) {
     let run = &claim.pending[run_index];
     let total = &claim.workers[worker];
     let fraction = |left: i64, total: u64| {
-        if total == 0 { 0.0 } else { left as f64 / total as f64 }
+        if total == 0 {
+            0.0
+        } else {
+            left as f64 / total as f64
+        }
     };
-    let mut score = fraction(free.cpu - i64::from(run.cpu), u64::from(total.cpu_cores))
+    let vram_left = gpu.map_or(0, |g| free.gpus[g] - run.vram_mb as i64);
+    let rest = fraction(free.cpu - i64::from(run.cpu), u64::from(total.cpu_cores))
         + fraction(free.ram_mb - run.ram_mb as i64, total.ram_mb);
-    if let Some(g) = gpu {
-        let gpu_total = claim.gpus_of(total).get(g).map_or(0, |g| g.vram_mb);
-        score += fraction(free.gpus[g] - run.vram_mb as i64, gpu_total);
-    }
-    score
+    (vram_left, rest)
 }
 
 /// Places runs in queue order, each on the active worker it fits most tightly, and hands the
@@ -29,15 +37,19 @@ fn leftover(claim: &Claim, worker: usize, free: &Capacity, run_index: usize, gpu
 /// shown capacity that a tighter worker is already expected to use.
 pub fn plan(claim: &Claim) -> Decision {
     let requester = claim.requester as usize;
-    let mut free: Vec<Capacity> = (0..claim.workers.len()).map(|w| claim.capacity(w)).collect();
+    let mut free: Vec<Capacity> = (0..claim.workers.len())
+        .map(|w| claim.capacity(w))
+        .collect();
     let mut decision = Decision::default();
     for (index, run) in claim.pending.iter().enumerate() {
         if decision.assign.len() >= claim.max as usize {
             break;
         }
-        let mut best: Option<(usize, Placement, f64)> = None;
+        let mut best: Option<(usize, Placement, (i64, f64))> = None;
         for (worker, capacity) in free.iter().enumerate() {
-            let Some(gpu) = capacity.fit(run) else { continue };
+            let Some(gpu) = capacity.fit(run) else {
+                continue;
+            };
             let score = leftover(claim, worker, capacity, index, gpu);
             // Ties go to the requester, so that identical idle workers all get work.
             let better = match best {

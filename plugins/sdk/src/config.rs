@@ -22,6 +22,8 @@ pub fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
     match value.to_ascii_lowercase().as_str() {
         "true" | "yes" | "on" | "1" => Ok(true),
         "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err(format!("config '{key}' must be true or false, got '{value}'")),
+        _ => Err(format!(
+            "config '{key}' must be true or false, got '{value}'"
+        )),
     }
 }

@@ -60,9 +60,7 @@ mod model;
 
 pub use model::{Capacity, Placement, reason};
 
-pub use bindings::gyoza::scheduler::types::{
-    Claim, Decision, Deferral, Gpu, PendingRun, Worker,
-};
+pub use bindings::gyoza::scheduler::types::{Claim, Decision, Deferral, Gpu, PendingRun, Worker};
 
 /// The WIT package version this SDK implements.
 pub const WIT_VERSION: &str = "0.1.0";
@@ -99,21 +97,25 @@ macro_rules! export_strategy {
             struct Export;
 
             impl $crate::__private::Guest for Export {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
                     let strategy = <$strategy as $crate::Strategy>::init(&config)?;
                     STATE.with(|state| *state.borrow_mut() = ::std::option::Option::Some(strategy));
                     ::std::result::Result::Ok(())
                 }
 
-                fn schedule(claim: $crate::Claim) -> ::std::result::Result<$crate::Decision, ::std::string::String> {
+                fn schedule(
+                    claim: $crate::Claim,
+                ) -> ::std::result::Result<$crate::Decision, ::std::string::String> {
                     STATE.with(|state| match state.borrow_mut().as_mut() {
                         ::std::option::Option::Some(strategy) => {
                             <$strategy as $crate::Strategy>::schedule(strategy, &claim)
                         }
-                        ::std::option::Option::None => ::std::result::Result::Err(
-                            "schedule called before init".into(),
-                        ),
-                    })
+                        ::std::option::Option::None => {
+                            ::std::result::Result::Err("schedule called before init".into())
+                        }
+            })
                 }
             }
 

@@ -113,7 +113,11 @@ pub mod reason {
     /// "needs 16384 MB VRAM; largest free GPU has 8192 MB"; `None` when the run fits.
     pub fn does_not_fit(run: &PendingRun, free: &Capacity) -> Option<String> {
         if i64::from(run.cpu) > free.cpu {
-            return Some(format!("needs {} CPU cores; {} free", run.cpu, free.cpu.max(0)));
+            return Some(format!(
+                "needs {} CPU cores; {} free",
+                run.cpu,
+                free.cpu.max(0)
+            ));
         }
         if run.ram_mb as i64 > free.ram_mb {
             return Some(format!(

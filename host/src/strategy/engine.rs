@@ -1,0 +1,151 @@
+//! The one wasmtime `Engine` and `Linker` of the process, the epoch ticker that enforces call
+//! deadlines, and the on-disk cache of precompiled plugins.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::StrategyError;
+
+/// How often the engine's epoch advances. A deadline of D is D / TICK epochs, so a call is
+/// stopped between D and D + TICK after it started.
+pub(super) const TICK: Duration = Duration::from_millis(5);
+
+/// Per-store state: an empty WASI context (a wasip2 guest imports wasi:io/cli even when it
+/// never uses them; it gets no files, network, environment or clocks of note) and the limits.
+pub(super) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The engine, the linker and where compiled plugins are cached.
+pub(super) struct Runtime {
+    pub(super) engine: Engine,
+    pub(super) linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+}
+
+impl Runtime {
+    /// Builds the engine (component model, epoch interruption) and starts its epoch ticker.
+    pub(super) fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, StrategyError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| StrategyError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| StrategyError::Engine(format!("cannot link WASI: {e:#}")))?;
+        if let Some(dir) = &cache_dir {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot create the plugin cache directory; compiling without a cache");
+            }
+        }
+        // A thread, not a tokio task: deadlines must hold even when every runtime thread is
+        // busy, and the scheduler is also used outside a runtime (the CLI's simulate).
+        let weak = engine.weak();
+        let spawned = std::thread::Builder::new()
+            .name("gyoza-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            });
+        if let Err(e) = spawned {
+            return Err(StrategyError::Engine(format!(
+                "cannot start the deadline ticker: {e}"
+            )));
+        }
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            cache_dir,
+        }))
+    }
+
+    /// A store with the memory limit, trapping (rather than failing the growth quietly) so
+    /// that running out is reported as such.
+    pub(super) fn store(&self, memory_limit: usize) -> Store<HostState> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory_limit)
+            .instances(16)
+            .tables(64)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                wasi: WasiCtxBuilder::new().build(),
+                table: ResourceTable::new(),
+                limits,
+            },
+        );
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Compiles `bytes` (whose sha256 is `sha256`), through the cache when there is one.
+    pub(super) fn compile(&self, bytes: &[u8], sha256: &str) -> Result<Component, String> {
+        let Some(dir) = &self.cache_dir else {
+            return Component::new(&self.engine, bytes).map_err(|e| format!("{e:#}"));
+        };
+        let path = dir.join(format!("{sha256}-{:016x}.cwasm", self.compatibility()));
+        if path.exists() {
+            // SAFETY: the cache directory is written only by this server (below), and the
+            // file name carries both the wasm's hash and the engine's compatibility hash;
+            // wasmtime also checks the artifact's header against this engine. Whoever can
+            // write there can already replace the server binary.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "unusable cached plugin artifact; recompiling");
+                }
+            }
+        }
+        let compiled = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| format!("{e:#}"))?;
+        if let Err(e) = write_atomically(&path, &compiled) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot cache the compiled plugin");
+        }
+        // SAFETY: `compiled` was produced just now by this very engine.
+        unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| format!("{e:#}"))
+    }
+
+    /// A short hash of everything that makes a compiled artifact usable by this engine
+    /// (wasmtime version, target, settings).
+    fn compatibility(&self) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+/// Writes through a temporary file and a rename, so that a crash never leaves half an artifact
+/// under the final name.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,394 @@
+//! gyoza-e2e: the harness of the end-to-end tests, which start real processes.
+//!
+//! The tests in `tests/` run the real `gyoza` binary — `gyoza server start` on a free port and
+//! `gyoza worker start` against it — on a real Docker engine, with the example op images of
+//! `examples/ops/` (built by `scripts/setup.d/20-docker.sh`, or here when missing). Nothing is
+//! mocked.
+//!
+//! Docker policy: a test that needs Docker calls [`docker_or_skip`]. Under `CI=true` a missing
+//! engine fails the test (CI installs and starts one, so its absence is a bug); elsewhere the
+//! test is skipped with a loud message, so that the rest of the suite runs on a laptop without
+//! dockerd.
+//!
+//! # Layout
+//! - [`gyoza_bin`]: the `gyoza` binary, built on first use.
+//! - [`Server`]: a `gyoza server start` process on a free port, with a client for it.
+//! - [`Worker`]: a `gyoza worker start` process.
+//! - [`docker_or_skip`], [`container_running`]: the Docker engine, as the tests see it.
+//! - [`wait_for_run`]: polling a run until a condition holds.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use gyoza_core::api::OpRunView;
+use gyoza_core::client::Client;
+
+/// The API key of every test server.
+pub const API_KEY: &str = "e2e-secret";
+
+/// The example op images the tests run.
+pub const EXAMPLE_OPS: [&str; 5] = ["echo", "progress", "fail", "sleep", "memhog"];
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// The `gyoza` binary: `$GYOZA_BIN` if set, else built with cargo (once per test process; a
+/// no-op when it is up to date).
+pub fn gyoza_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(bin) = std::env::var("GYOZA_BIN") {
+            return PathBuf::from(bin);
+        }
+        let root = workspace_root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "gyoza-cli", "--bin", "gyoza"])
+            .current_dir(&root)
+            .status()
+            .expect("cannot run cargo to build the gyoza binary");
+        assert!(status.success(), "building the gyoza binary failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
+        target.join("debug").join("gyoza")
+    })
+    .clone()
+}
+
+/// Output lines of a child process, collected by a thread.
+#[derive(Clone, Default)]
+pub struct Output(Arc<Mutex<Vec<String>>>);
+
+impl Output {
+    fn collect(&self, stream: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<()> {
+        let lines = Arc::clone(&self.0);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        })
+    }
+
+    /// Everything so far, one line each.
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+    }
+
+    /// Whether a line containing `needle` has been printed.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+}
+
+fn terminate(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    // SIGTERM first: the processes under test shut down gracefully on it.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A `gyoza server start` process on a free port, with its own data directory.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// What it printed.
+    pub output: Output,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server and waits until it listens.
+    pub fn start() -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new(gyoza_bin())
+            .args(["server", "start", "--port", "0", "--host", "127.0.0.1"])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("GYOZA_API_KEY", API_KEY)
+            .env("GYOZA_LOG_LEVEL", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start gyoza server");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut reader = BufReader::new(stderr);
+        let output = Output::default();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut line = String::new();
+        let url = loop {
+            line.clear();
+            let read = reader.read_line(&mut line).unwrap_or(0);
+            assert!(
+                read > 0 && Instant::now() < deadline,
+                "gyoza server exited before listening:\n{}",
+                output.text()
+            );
+            output
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(line.trim_end().to_owned());
+            if let Some(at) = line.find("gyoza server listening on ") {
+                let rest = &line[at + "gyoza server listening on ".len()..];
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        };
+        // Detached: the server's output is only read on failure.
+        drop(output.collect(reader.into_inner()));
+        Self {
+            child,
+            url,
+            output,
+            _data: data,
+        }
+    }
+
+    /// A client of this server with the right key.
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, Some(API_KEY)).expect("client")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!("---- server output ----\n{}", self.output.text());
+        }
+    }
+}
+
+/// A `gyoza worker start` process.
+pub struct Worker {
+    child: Child,
+    /// Its worker id.
+    pub id: String,
+    /// What it printed.
+    pub output: Output,
+    reader: Option<std::thread::JoinHandle<()>>,
+    _work: tempfile::TempDir,
+}
+
+impl Worker {
+    /// Starts a worker for `server` with fast heartbeats and cancellation checks; `extra`
+    /// flags are appended (and win over the defaults here).
+    pub fn start(server: &Server, name: &str, extra: &[&str]) -> Self {
+        let work = tempfile::tempdir().expect("temp dir");
+        let id = format!("e2e-{name}-{}", std::process::id());
+        let mut child = Command::new(gyoza_bin())
+            .args(["worker", "start", "--heartbeat-interval", "0.3"])
+            .args(["--cancel-check-interval", "0.3"])
+            .arg("--work-dir")
+            .arg(work.path())
+            .args(extra)
+            .env("GYOZA_SERVER_URL", &server.url)
+            .env("GYOZA_API_KEY", API_KEY)
+            .env("GYOZA_WORKER_ID", &id)
+            .env("GYOZA_LOG_LEVEL", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start gyoza worker");
+        let output = Output::default();
+        let reader = output.collect(child.stderr.take().expect("piped stderr"));
+        Self {
+            child,
+            id,
+            output,
+            reader: Some(reader),
+            _work: work,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to end; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        terminate(&mut self.child);
+        let success = self.child.wait().is_ok_and(|s| s.success());
+        self.finish_output();
+        success
+    }
+
+    /// Waits until everything the (exited) process printed has been read.
+    fn finish_output(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+        if exited {
+            self.finish_output();
+        }
+        exited
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!(
+                "---- worker {} output ----\n{}",
+                self.id,
+                self.output.text()
+            );
+        }
+    }
+}
+
+fn docker(args: &[&str]) -> Option<String> {
+    let output = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Whether a Docker engine answers, with the example images built (building them if needed).
+/// Under `CI=true` a missing engine is a failure; elsewhere the caller should skip.
+pub fn docker_or_skip(test: &str) -> bool {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = READY.get_or_init(|| {
+        docker(&["info"]).ok_or_else(|| "no Docker engine answers `docker info`".to_owned())?;
+        let missing = EXAMPLE_OPS.iter().any(|op| {
+            docker(&["image", "inspect", &format!("gyoza-example/{op}:latest")]).is_none()
+        });
+        if missing {
+            let status = Command::new("bash")
+                .arg(workspace_root().join("examples/ops/build.sh"))
+                .status()
+                .map_err(|e| format!("cannot run examples/ops/build.sh: {e}"))?;
+            if !status.success() {
+                return Err("examples/ops/build.sh failed".into());
+            }
+        }
+        Ok(())
+    });
+    match ready {
+        Ok(()) => true,
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test}: Docker is required under CI=true but is unusable: {why}")
+        }
+        Err(why) => {
+            eprintln!(
+                "\n*** SKIPPED {test}: {why}. Start dockerd (scripts/setup.d/20-docker.sh does) \
+                 to run the end-to-end tests. ***\n"
+            );
+            false
+        }
+    }
+}
+
+/// Whether a container of run `run_id` is running.
+pub fn container_running(run_id: &str) -> bool {
+    docker(&[
+        "ps",
+        "--quiet",
+        "--filter",
+        &format!("label=gyoza.run_id={run_id}"),
+    ])
+    .is_some_and(|out| !out.trim().is_empty())
+}
+
+/// Polls run `id` until `done` holds for it, or panics after `timeout` with the last view.
+pub async fn wait_for_run(
+    client: &Client,
+    id: &str,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&OpRunView) -> bool,
+) -> OpRunView {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let run = client.get_run(id).await.expect("get run");
+        if done(&run) {
+            return run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {id} did not reach '{what}' within {timeout:?}; last seen:\n{}",
+            serde_json::to_string_pretty(&run).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// The built example step plugin `gyoza_step_<name>.wasm` (from `plugins/steps/`), building
+/// the plugins workspace for wasm32-wasip2 when it is missing.
+pub fn step_plugin(name: &str) -> PathBuf {
+    wasm_plugin(&format!("gyoza_step_{name}"))
+}
+
+/// A built `.wasm` of the plugins workspace, by crate file name (e.g. `gyoza_strategy_direct`).
+pub fn wasm_plugin(file_stem: &str) -> PathBuf {
+    let root = workspace_root();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"))
+        .join("wasm-plugins");
+    let path = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{file_stem}.wasm"));
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--locked",
+                "--target",
+                "wasm32-wasip2",
+            ])
+            .arg("--manifest-path")
+            .arg(root.join("plugins/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .env_remove("CARGO_TARGET_DIR")
+            .status()
+            .expect("cannot run cargo to build the wasm plugins");
+        assert!(
+            status.success(),
+            "building the wasm plugins failed (is the wasm32-wasip2 target installed?)"
+        );
+    }
+    path
+}

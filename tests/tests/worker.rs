@@ -1,0 +1,368 @@
+//! End-to-end: the real server, a real worker, real containers on a real Docker engine.
+
+use std::time::{Duration, Instant};
+
+use gyoza_core::api::{OpDefinitionCreate, OpRunCreate, OpRunCreateFromDefinition};
+use gyoza_core::{Constraints, EventType, OpRunState, RetryPolicy};
+use gyoza_e2e::{Server, Worker, container_running, docker_or_skip, wait_for_run};
+use serde_json::{Map, Value, json};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        other => panic!("not an object: {other}"),
+    }
+}
+
+fn definition(id: &str, image: &str, extra: Value) -> OpDefinitionCreate {
+    let mut body = json!({"id": id, "version": "1.0.0", "image": image});
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    serde_json::from_value(body).expect("definition")
+}
+
+fn terminal(run: &gyoza_core::api::OpRunView) -> bool {
+    run.state.is_terminal()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_from_a_definition_completes_with_the_outputs_its_container_wrote() {
+    if !docker_or_skip("a_run_from_a_definition_completes") {
+        return;
+    }
+    let server = Server::start();
+    let client = server.client();
+    let worker = Worker::start(&server, "complete", &[]);
+    client
+        .upsert_definition(&definition(
+            "progress",
+            "gyoza-example/progress:latest",
+            json!({
+                "input_specs": {"name": {"type": "string"}, "size": {"type": "int", "required": false, "default": 3}},
+                "output_specs": {"steps": {"type": "int"}, "echo": {"type": "object"}},
+            }),
+        ))
+        .await
+        .expect("upsert");
+    let run = client
+        .create_run_from_definition(
+            "progress",
+            None,
+            &OpRunCreateFromDefinition {
+                inputs: object(json!({"name": "gyoza"})),
+                priority: 5,
+            },
+        )
+        .await
+        .expect("create run");
+
+    let run = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", terminal).await;
+    assert_eq!(
+        run.state,
+        OpRunState::Completed,
+        "{:?}",
+        run.execution_summary
+    );
+    assert_eq!(run.outputs["steps"], json!(4));
+    // The container saw the inputs with the definition's default applied.
+    assert_eq!(run.outputs["echo"], json!({"name": "gyoza", "size": 3}));
+    assert_eq!(run.progress, 100);
+    let types: Vec<EventType> = run.events.iter().map(|e| e.event_type).collect();
+    assert_eq!(types.first(), Some(&EventType::Started), "{types:?}");
+    assert_eq!(types.last(), Some(&EventType::Completed), "{types:?}");
+    assert!(types.contains(&EventType::Info), "{types:?}");
+    let progress: Vec<&Value> = run
+        .events
+        .iter()
+        .filter(|e| e.event_type == EventType::Progress)
+        .map(|e| &e.msg)
+        .collect();
+    assert_eq!(progress, [&json!(10), &json!(40), &json!(70), &json!(100)]);
+    assert!(
+        run.events
+            .iter()
+            .any(|e| e.event_type == EventType::Info && e.msg == json!("warming up"))
+    );
+    assert_eq!(
+        run.execution_summary.worker_id.as_deref(),
+        Some(worker.id.as_str())
+    );
+    assert!(run.execution_summary.duration_ms.is_some());
+    let started = &run.events[0];
+    assert_eq!(started.payload["worker_id"], json!(worker.id));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_op_is_retried_and_ends_failed_with_its_exit_code() {
+    if !docker_or_skip("a_failing_op_is_retried") {
+        return;
+    }
+    let server = Server::start();
+    let client = server.client();
+    let _worker = Worker::start(&server, "fail", &[]);
+    client
+        .upsert_definition(&definition(
+            "fail",
+            "gyoza-example/fail:latest",
+            json!({"retry_policy": {"max_attempts": 2, "backoff_ms": 0}}),
+        ))
+        .await
+        .expect("upsert");
+    let run = client
+        .create_run_from_definition(
+            "fail",
+            None,
+            &OpRunCreateFromDefinition {
+                inputs: object(json!({"exit_code": 3})),
+                priority: 5,
+            },
+        )
+        .await
+        .expect("create run");
+
+    let run = wait_for_run(&client, &run.id, RUN_TIMEOUT, "FAILED", |r| {
+        r.state == OpRunState::Failed
+    })
+    .await;
+    assert_eq!(run.attempts.len(), 2, "two attempts, then FAILED");
+    for attempt in &run.attempts {
+        assert_eq!(attempt.state, OpRunState::Failed);
+        let error = attempt
+            .execution_summary
+            .error_message
+            .as_deref()
+            .unwrap_or_default();
+        assert!(error.contains("exited with code 3"), "{error}");
+        // The last log lines, stdout and stderr, are quoted.
+        assert!(error.contains("fail: about to fail"), "{error}");
+        assert!(error.contains("the input file was unusable"), "{error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_running_run_stops_its_container_and_it_stays_cancelled() {
+    if !docker_or_skip("cancelling_a_running_run") {
+        return;
+    }
+    let server = Server::start();
+    let client = server.client();
+    let worker = Worker::start(&server, "cancel", &[]);
+    let run = client
+        .create_run(&OpRunCreate {
+            image: "gyoza-example/sleep:latest".into(),
+            priority: 5,
+            inputs: object(json!({"seconds": 300})),
+            constraints: None,
+            retry_policy: None,
+            event_delivery: None,
+        })
+        .await
+        .expect("create run");
+    wait_for_run(&client, &run.id, RUN_TIMEOUT, "RUNNING", |r| {
+        r.state == OpRunState::Running
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !container_running(&run.id) {
+        assert!(Instant::now() < deadline, "the container never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let cancelled_at = Instant::now();
+    let answer = client.cancel_run(&run.id).await.expect("cancel");
+    assert_eq!(answer.state, OpRunState::Cancelled);
+    while container_running(&run.id) {
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(5),
+            "the container still runs 5 s after the cancellation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopped_after = cancelled_at.elapsed();
+    // Give the worker time to (wrongly) report anything, then check nothing changed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let run = client.get_run(&run.id).await.expect("get run");
+    assert_eq!(run.state, OpRunState::Cancelled);
+    assert_eq!(
+        run.events.last().map(|e| e.event_type),
+        Some(EventType::Cancelled)
+    );
+    assert!(
+        worker.output.contains("stopping the run"),
+        "the worker said nothing about stopping (stopped after {stopped_after:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_exceeds_its_memory_limit_fails_as_oom_killed() {
+    if !docker_or_skip("a_run_that_exceeds_its_memory_limit") {
+        return;
+    }
+    let server = Server::start();
+    let client = server.client();
+    let _worker = Worker::start(&server, "oom", &[]);
+    let run = client
+        .create_run(&OpRunCreate {
+            image: "gyoza-example/memhog:latest".into(),
+            priority: 5,
+            inputs: object(json!({"mb": 256})),
+            constraints: Some(Constraints {
+                ram_mb: Some(32),
+                ..Constraints::default()
+            }),
+            retry_policy: Some(RetryPolicy::default()),
+            event_delivery: None,
+        })
+        .await
+        .expect("create run");
+    let run = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", terminal).await;
+    assert_eq!(run.state, OpRunState::Failed);
+    let error = run.execution_summary.error_message.unwrap_or_default();
+    assert!(error.contains("OOM-killed"), "{error}");
+    assert!(error.contains("32 MB"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outputs_that_break_the_output_specs_fail_the_run() {
+    if !docker_or_skip("outputs_that_break_the_output_specs") {
+        return;
+    }
+    let server = Server::start();
+    let client = server.client();
+    let _worker = Worker::start(&server, "specs", &[]);
+    client
+        .upsert_definition(&definition(
+            "echo",
+            "gyoza-example/echo:latest",
+            json!({"output_specs": {"echo": {"type": "object"}, "count": {"type": "int"}, "run_id": {"type": "int"}}}),
+        ))
+        .await
+        .expect("upsert");
+    let run = client
+        .create_run_from_definition("echo", None, &OpRunCreateFromDefinition::default())
+        .await
+        .expect("create run");
+    let run = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", terminal).await;
+    assert_eq!(run.state, OpRunState::Failed);
+    let error = run.execution_summary.error_message.unwrap_or_default();
+    assert!(error.contains("echo@1.0.0"), "{error}");
+    assert!(error.contains("missing output 'count' (int)"), "{error}");
+    assert!(
+        error.contains("output 'run_id' must be int, got string"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_image_that_may_not_be_pulled_fails_with_a_hint() {
+    if !docker_or_skip("a_missing_image") {
+        return;
+    }
+    let server = Server::start();
+    let client = server.client();
+    let _worker = Worker::start(&server, "noimage", &["--pull", "never"]);
+    let run = client
+        .create_run(&OpRunCreate {
+            image: "gyoza-example/no-such-op:1".into(),
+            priority: 5,
+            inputs: Map::new(),
+            constraints: None,
+            retry_policy: None,
+            event_delivery: None,
+        })
+        .await
+        .expect("create run");
+    let run = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", terminal).await;
+    assert_eq!(run.state, OpRunState::Failed);
+    let error = run.execution_summary.error_message.unwrap_or_default();
+    assert!(
+        error.contains("'gyoza-example/no-such-op:1' is not present on this worker"),
+        "{error}"
+    );
+    assert!(error.contains("--pull"), "{error}");
+    // Nothing was started: the failure happened before STARTED.
+    assert!(
+        !run.events
+            .iter()
+            .any(|e| e.event_type == EventType::Started)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_offers_its_overridden_resources_and_stops_on_sigterm() {
+    if !docker_or_skip("the_worker_offers_its_overridden_resources") {
+        return;
+    }
+    let server = Server::start();
+    let client = server.client();
+    let mut worker = Worker::start(
+        &server,
+        "resources",
+        &[
+            "--cpu-cores",
+            "3",
+            "--ram-mb",
+            "2048",
+            "--gpu",
+            "0:8192:cuda,fake",
+            "--tags",
+            "e2e,docker",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let view = loop {
+        let workers = client.list_workers().await.expect("list workers");
+        if let Some(view) = workers.into_iter().find(|w| w.worker.id == worker.id) {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "the worker never heartbeated");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(view.active);
+    assert_eq!(view.worker.resources.cpu_cores, 3);
+    assert_eq!(view.worker.resources.ram_mb, 2048);
+    assert_eq!(view.worker.resources.gpus.len(), 1);
+    assert_eq!(view.worker.resources.gpus[0].vram_mb, 8192);
+    assert_eq!(view.worker.resources.gpus[0].tags, ["cuda", "fake"]);
+    assert_eq!(view.worker.tags, ["e2e", "docker"]);
+    assert!(worker.stop(), "the worker did not exit cleanly on SIGTERM");
+    assert!(worker.output.contains("gyoza worker stopped"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_keeps_going_while_the_server_is_unreachable() {
+    if !docker_or_skip("the_worker_keeps_going") {
+        return;
+    }
+    // A port where nothing listens: every heartbeat fails.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let server = Server::start();
+    let mut worker = {
+        let mut unreachable = Worker::start(
+            &server,
+            "offline",
+            &["--server-url", &format!("http://127.0.0.1:{port}")],
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !unreachable.has_exited(),
+            "the worker gave up:\n{}",
+            unreachable.output.text()
+        );
+        assert!(
+            unreachable.output.contains(&format!(
+                "cannot reach the gyoza server at http://127.0.0.1:{port}"
+            )),
+            "{}",
+            unreachable.output.text()
+        );
+        unreachable
+    };
+    assert!(worker.stop());
+}

@@ -1,0 +1,447 @@
+//! The Docker engine, as the pipeline needs it: images, and one container run at a time.
+//!
+//! Everything that touches `bollard` lives here. Containers run with `init: true` (so that an
+//! op's shell gets a real PID 1 that forwards SIGTERM: busybox `sh` ignores it as PID 1), with
+//! the run's limits, labelled with the run and worker so that leftovers of a crashed worker
+//! can be found and removed.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use crate::WorkerError;
+use crate::config::PullPolicy;
+
+/// Label carrying the run id on each container the worker starts.
+pub const RUN_LABEL: &str = "gyoza.run_id";
+/// Label carrying the worker id on each container the worker starts.
+pub const WORKER_LABEL: &str = "gyoza.worker_id";
+
+/// A connected Docker engine.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    docker: Docker,
+}
+
+/// Which stream a line of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output (where event lines are read).
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    /// Container name (unique per run attempt).
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// `KEY=value` environment.
+    pub env: Vec<String>,
+    /// `host:container[:mode]` bind mounts.
+    pub binds: Vec<String>,
+    /// Memory limit in MB (also the memory+swap limit: no swap).
+    pub memory_mb: Option<u64>,
+    /// CPU limit in cores.
+    pub cpus: Option<u32>,
+    /// GPU to expose (by index), for runs that asked for VRAM.
+    pub gpu: Option<u32>,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerExit {
+    /// Exit code of its main process (137 when killed).
+    pub exit_code: i64,
+    /// Whether the kernel's OOM killer killed a process of the container.
+    pub oom_killed: bool,
+    /// Whether the worker stopped it (cancellation or shutdown).
+    pub stopped: bool,
+}
+
+/// A failure of the engine while running a container, worded for the run's error message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFailure(pub String);
+
+fn docker_message(e: &BollardError) -> String {
+    match e {
+        BollardError::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// `repo[:tag]` → (`repo`, `tag`), the tag defaulting to `latest`; a digest stays whole in
+/// the repository part (the engine takes `repo@sha256:…` as is).
+pub fn split_image(image: &str) -> (String, String) {
+    if image.contains('@') {
+        return (image.to_owned(), String::new());
+    }
+    // A ':' after the last '/' is a tag; one before it is a registry port.
+    let name_start = image.rfind('/').map_or(0, |i| i + 1);
+    match image[name_start..].rfind(':') {
+        Some(i) => {
+            let split = name_start + i;
+            (image[..split].to_owned(), image[split + 1..].to_owned())
+        }
+        None => (image.to_owned(), "latest".to_owned()),
+    }
+}
+
+impl Engine {
+    /// Connects to `host` (`unix://…`, `tcp://…`), or as `DOCKER_HOST` says (default: the
+    /// local socket), and agrees on an API version the engine speaks.
+    pub async fn connect(host: Option<&str>) -> Result<Self, WorkerError> {
+        let shown = host
+            .map(str::to_owned)
+            .or_else(|| std::env::var("DOCKER_HOST").ok())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+        let docker = match host {
+            Some(host) => Docker::connect_with_host(host),
+            None => Docker::connect_with_defaults(),
+        }
+        .map_err(|source| WorkerError::Docker {
+            context: format!("cannot use the Docker engine address '{shown}'"),
+            source,
+        })?;
+        // An older engine refuses requests in a newer API version: talk its version.
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|source| WorkerError::Docker {
+                context: format!(
+                    "cannot reach the Docker engine at {shown} (is dockerd running? set DOCKER_HOST to its address)"
+                ),
+                source,
+            })?;
+        Ok(Self { docker })
+    }
+
+    /// Makes sure `image` is present as `policy` says; the error is a message for the run.
+    pub async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RunFailure> {
+        let present = match self.docker.inspect_image(image).await {
+            Ok(_) => true,
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => {
+                return Err(RunFailure(format!(
+                    "cannot inspect image '{image}': {}",
+                    docker_message(&e)
+                )));
+            }
+        };
+        match (policy, present) {
+            (PullPolicy::Missing, true) | (PullPolicy::Never, true) => Ok(()),
+            (PullPolicy::Never, false) => Err(RunFailure(format!(
+                "image '{image}' is not present on this worker and the worker does not pull \
+                 images (--pull never): build or load it on the worker, or use --pull missing"
+            ))),
+            (PullPolicy::Always, _) | (PullPolicy::Missing, false) => {
+                match self.pull(image).await {
+                    Ok(()) => Ok(()),
+                    Err(message) if present => {
+                        tracing::warn!(image, error = %message, "pull failed; using the local copy");
+                        Ok(())
+                    }
+                    Err(message) => Err(RunFailure(format!(
+                        "image '{image}' is not present on this worker and could not be pulled: \
+                         {message} (check the image name, or build/load it on the worker)"
+                    ))),
+                }
+            }
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), String> {
+        let (repo, tag) = split_image(image);
+        let mut options = CreateImageOptionsBuilder::default().from_image(&repo);
+        if !tag.is_empty() {
+            options = options.tag(&tag);
+        }
+        tracing::info!(image, "pulling image");
+        let mut progress = self.docker.create_image(Some(options.build()), None, None);
+        while let Some(step) = progress.next().await {
+            match step {
+                Ok(info) => {
+                    if let Some(error) = info.error_detail.and_then(|d| d.message) {
+                        return Err(error);
+                    }
+                }
+                Err(e) => return Err(docker_message(&e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the containers a previous life of worker `worker_id` left behind.
+    pub async fn remove_leftovers(&self, worker_id: &str) {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{WORKER_LABEL}={worker_id}")],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        match self.docker.list_containers(Some(options)).await {
+            Ok(containers) => {
+                for container in containers {
+                    if let Some(id) = container.id {
+                        tracing::warn!(container = %id, "removing a container left by an earlier run of this worker");
+                        self.remove(&id).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list leftover containers"),
+        }
+    }
+
+    /// Removes a container, running or not; a missing one is fine.
+    pub async fn remove(&self, name: &str) {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => tracing::warn!(container = name, error = %e, "cannot remove container"),
+        }
+    }
+
+    /// Runs `spec` to its end: every line of output goes to `on_line` as it comes; when
+    /// `stop` completes first the container is stopped (SIGTERM, SIGKILL after
+    /// `stop_timeout_s`). The container is removed afterwards, whatever happened.
+    pub async fn run(
+        &self,
+        spec: &ContainerSpec,
+        stop_timeout_s: u32,
+        on_line: &mut (dyn FnMut(Stream, String) + Send),
+        stop: impl Future<Output = ()>,
+    ) -> Result<ContainerExit, RunFailure> {
+        // A container of the same name is a leftover of an earlier try of this attempt.
+        self.remove(&spec.name).await;
+        let result = self.run_inner(spec, stop_timeout_s, on_line, stop).await;
+        self.remove(&spec.name).await;
+        result
+    }
+
+    async fn run_inner(
+        &self,
+        spec: &ContainerSpec,
+        stop_timeout_s: u32,
+        on_line: &mut (dyn FnMut(Stream, String) + Send),
+        stop: impl Future<Output = ()>,
+    ) -> Result<ContainerExit, RunFailure> {
+        let memory = spec
+            .memory_mb
+            .filter(|mb| *mb > 0)
+            .map(|mb| i64::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX));
+        let host_config = HostConfig {
+            init: Some(true),
+            binds: Some(spec.binds.clone()),
+            memory,
+            // Equal to `memory`: a run that exceeds its RAM is killed, not swapped.
+            memory_swap: memory,
+            nano_cpus: spec
+                .cpus
+                .filter(|c| *c > 0)
+                .map(|c| i64::from(c) * 1_000_000_000),
+            device_requests: spec.gpu.map(|gpu| {
+                vec![DeviceRequest {
+                    driver: Some("nvidia".into()),
+                    device_ids: Some(vec![gpu.to_string()]),
+                    capabilities: Some(vec![vec!["gpu".into()]]),
+                    ..DeviceRequest::default()
+                }]
+            }),
+            ..HostConfig::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            host_config: Some(host_config),
+            ..ContainerCreateBody::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| {
+                RunFailure(format!(
+                    "cannot create the container: {}",
+                    docker_message(&e)
+                ))
+            })?;
+        // Attach before starting, so that not a line of output is missed.
+        let attach = AttachContainerOptionsBuilder::default()
+            .stream(true)
+            .stdout(true)
+            .stderr(true)
+            .logs(true)
+            .build();
+        let mut output = self
+            .docker
+            .attach_container(&spec.name, Some(attach))
+            .await
+            .map_err(|e| {
+                RunFailure(format!(
+                    "cannot attach to the container: {}",
+                    docker_message(&e)
+                ))
+            })?
+            .output;
+        self.docker
+            .start_container(&spec.name, None)
+            .await
+            .map_err(|e| {
+                RunFailure(format!(
+                    "cannot start the container: {}",
+                    docker_message(&e)
+                ))
+            })?;
+
+        let mut stdout = crate::events::LineSplitter::default();
+        let mut stderr = crate::events::LineSplitter::default();
+        let mut stopped = false;
+        let stop = std::pin::pin!(stop);
+        let mut stop = stop;
+        loop {
+            tokio::select! {
+                chunk = output.next() => match chunk {
+                    Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+                        for line in stdout.push(&message) { on_line(Stream::Stdout, line); }
+                    }
+                    Some(Ok(LogOutput::StdErr { message })) => {
+                        for line in stderr.push(&message) { on_line(Stream::Stderr, line); }
+                    }
+                    Some(Ok(LogOutput::StdIn { .. })) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(container = %spec.name, error = %e, "output stream broke; waiting for the container");
+                        break;
+                    }
+                    None => break,
+                },
+                () = &mut stop, if !stopped => {
+                    stopped = true;
+                    self.stop(&spec.name, stop_timeout_s).await;
+                }
+            }
+        }
+        if let Some(line) = stdout.finish() {
+            on_line(Stream::Stdout, line);
+        }
+        if let Some(line) = stderr.finish() {
+            on_line(Stream::Stderr, line);
+        }
+
+        // The stream also ends if the connection broke: wait for the real end. bollard reports
+        // a non-zero exit code as an error; that is an outcome, not a failure of the wait.
+        let wait = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let mut waiting = self.docker.wait_container(&spec.name, Some(wait));
+        loop {
+            tokio::select! {
+                next = waiting.next() => match next {
+                    Some(Ok(_)) | None | Some(Err(BollardError::DockerContainerWaitError { .. })) => break,
+                    Some(Err(e)) => return Err(RunFailure(format!("lost track of the container: {}", docker_message(&e)))),
+                },
+                () = &mut stop, if !stopped => {
+                    stopped = true;
+                    self.stop(&spec.name, stop_timeout_s).await;
+                }
+            }
+        }
+        let inspected = self
+            .docker
+            .inspect_container(&spec.name, None)
+            .await
+            .map_err(|e| {
+                RunFailure(format!(
+                    "cannot inspect the finished container: {}",
+                    docker_message(&e)
+                ))
+            })?;
+        let state = inspected.state.unwrap_or_default();
+        Ok(ContainerExit {
+            exit_code: state.exit_code.unwrap_or(-1),
+            oom_killed: state.oom_killed.unwrap_or(false),
+            stopped,
+        })
+    }
+
+    async fn stop(&self, name: &str, timeout_s: u32) {
+        let options = StopContainerOptionsBuilder::default()
+            .t(i32::try_from(timeout_s).unwrap_or(i32::MAX))
+            .build();
+        match self.docker.stop_container(name, Some(options)).await {
+            Ok(()) => tracing::info!(container = name, "container stopped"),
+            // 304: it had already stopped; 404: already gone.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
+            }) => {}
+            Err(e) => {
+                tracing::warn!(container = name, error = %e, "cannot stop container; killing it");
+                self.remove(name).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_split_into_repository_and_tag() {
+        let split = |s| split_image(s);
+        assert_eq!(split("busybox"), ("busybox".into(), "latest".into()));
+        assert_eq!(
+            split("gyoza-example/echo:1"),
+            ("gyoza-example/echo".into(), "1".into())
+        );
+        assert_eq!(
+            split("registry:5000/team/op"),
+            ("registry:5000/team/op".into(), "latest".into())
+        );
+        assert_eq!(
+            split("registry:5000/team/op:2.1"),
+            ("registry:5000/team/op".into(), "2.1".into())
+        );
+        assert_eq!(
+            split("op@sha256:abc"),
+            ("op@sha256:abc".into(), String::new())
+        );
+    }
+}

@@ -1,0 +1,35 @@
+//! gyoza-worker: the process that runs users' work.
+//!
+//! A worker offers its hardware to a gyoza server, claims runs that fit, and executes each one
+//! as a Docker container through a pipeline of steps (seed `gyoza.worker`): pull the image,
+//! prepare the inputs in a per-run directory mounted at `/gyoza`, report STARTED, run the
+//! container while turning its `GYOZA_EVENT` lines into events, then report COMPLETED with
+//! the outputs it wrote or FAILED with a message that says what to fix, and clean up. Wasm
+//! steps from a pipeline file can run before and after the container.
+//!
+//! [`run`] is the whole worker; `gyoza worker start` calls it with a [`WorkerConfig`].
+//!
+//! # Layout
+//! - [`config`]: every setting with its flag, environment variable and default.
+//! - [`resources`]: CPU/RAM (sysinfo) and GPUs (NVML) offered, with overrides.
+//! - [`agent`]: the heartbeat → claim → dispatch loop, cancellation watchers, shutdown.
+//! - [`pipeline`]: one run from claim to cleanup; the execution context steps share.
+//! - [`docker`]: the Docker engine (bollard): images, running one container, stopping it.
+//! - [`events`]: the container protocol's lines: `GYOZA_EVENT` parsing, line reassembly.
+//! - [`outputs`]: reading `outputs.json` and checking it against output specs.
+//! - [`steps`]: the pipeline file and its wasm steps.
+//! - [`error`]: [`WorkerError`] and the error policy.
+
+pub mod agent;
+pub mod config;
+pub mod docker;
+pub mod error;
+pub mod events;
+pub mod outputs;
+pub mod pipeline;
+pub mod resources;
+pub mod steps;
+
+pub use agent::run;
+pub use config::{PullPolicy, WorkerConfig};
+pub use error::WorkerError;

@@ -1,0 +1,516 @@
+//! One run, from claim to cleanup: the seed's pipeline, in its order.
+//!
+//! ```text
+//! pull image → prepare inputs → [steps before] → STARTED → run container
+//!   (stream logs, GYOZA_EVENT lines → events) → [steps after] → COMPLETED | FAILED → cleanup
+//! ```
+//!
+//! Whatever goes wrong with the run becomes a FAILED event whose message tells the op's author
+//! what to do; nothing here brings the worker down. A 400/409 answer to STARTED, COMPLETED or
+//! FAILED means the server moved on (the run was cancelled, retried or reclaimed): it is
+//! logged, not treated as a failure. A run cancelled on the server has its container stopped
+//! and reports nothing (the server already says CANCELLED).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gyoza_core::api::AddEventRequest;
+use gyoza_core::client::{Client, ClientError};
+use gyoza_core::{Constraints, OutputSpec, WorkerOpRun};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::Shared;
+use crate::docker::{ContainerSpec, RUN_LABEL, Stream, WORKER_LABEL};
+use crate::events::{LogTail, parse_event_line, payload};
+use crate::outputs::{check_outputs, read_outputs};
+
+/// Where the run directory is mounted in the container.
+pub const MOUNT_POINT: &str = "/gyoza";
+/// How many trailing log lines a failure message quotes.
+const TAIL_LINES: usize = 20;
+/// Most log text kept in the context for steps.
+const MAX_LOG_BYTES: usize = 1024 * 1024;
+
+/// Everything the steps of one run share (the seed's `ExecutionContext`). This is also what
+/// a wasm step receives and returns.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionContext {
+    /// The run.
+    pub run_id: String,
+    /// The image to run.
+    pub image: String,
+    /// Hardware limits.
+    pub constraints: Constraints,
+    /// Inputs (written to inputs.json).
+    pub inputs: Map<String, Value>,
+    /// Outputs (read from outputs.json).
+    pub outputs: Map<String, Value>,
+    /// The container's environment.
+    pub env_vars: BTreeMap<String, String>,
+    /// Bind mounts, host path → container path.
+    pub volumes: BTreeMap<String, String>,
+    /// The container's output (the first MiB).
+    pub logs: String,
+    /// The container's exit code, once it ran.
+    pub exit_code: Option<i64>,
+    /// Free-form values steps pass to each other.
+    pub extras: Map<String, Value>,
+}
+
+/// A pipeline step besides the built-in ones (a wasm step).
+pub trait Step: Send + Sync {
+    /// Its name, for logs and failure messages.
+    fn name(&self) -> &str;
+    /// Changes the context, or refuses with a message (which fails the run).
+    fn run(&self, context: ExecutionContext) -> Result<ExecutionContext, String>;
+}
+
+/// Steps around the container run.
+#[derive(Clone, Default)]
+pub struct Steps {
+    /// Run after inputs are prepared, before STARTED.
+    pub before: Vec<Arc<dyn Step>>,
+    /// Run after the container, before COMPLETED/FAILED.
+    pub after: Vec<Arc<dyn Step>>,
+}
+
+impl std::fmt::Debug for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |steps: &[Arc<dyn Step>]| {
+            steps
+                .iter()
+                .map(|s| s.name().to_owned())
+                .collect::<Vec<_>>()
+        };
+        f.debug_struct("Steps")
+            .field("before", &names(&self.before))
+            .field("after", &names(&self.after))
+            .finish()
+    }
+}
+
+/// How a run ended on this worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Reported COMPLETED with these outputs.
+    Completed(Map<String, Value>),
+    /// Reported FAILED with this message.
+    Failed(String),
+    /// Cancelled or reclaimed on the server; the container was stopped, nothing reported.
+    Abandoned(String),
+}
+
+/// Why the pipeline did not reach a normal end.
+enum Stop {
+    /// Fail the run with this message.
+    Fail(String),
+    /// The server moved on; report nothing.
+    Abandon(String),
+}
+
+/// Runs `op` to its end and reports the result. `cancel` fires when the server cancelled or
+/// reclaimed the run; `shutdown` when the worker is stopping (the run then fails, so that
+/// the server can retry it elsewhere).
+pub async fn execute(
+    shared: Arc<Shared>,
+    op: WorkerOpRun,
+    gpu: Option<u32>,
+    cancel: CancellationToken,
+    shutdown: CancellationToken,
+) -> Outcome {
+    let attempt = op.attempt.unwrap_or(1);
+    let run_dir = shared.work_dir.join(format!("{}-{attempt}", op.id));
+    let container = format!("gyoza-{}-{attempt}", op.id);
+    let started = std::time::Instant::now();
+    let result = stages(&shared, &op, gpu, &run_dir, &container, &cancel, &shutdown).await;
+    let outcome = match result {
+        Ok(outputs) => match report(&shared.client, &op.id, completed(&outputs)).await {
+            Reported::Yes => Outcome::Completed(outputs),
+            Reported::Refused(why) => Outcome::Abandoned(why),
+        },
+        Err(Stop::Fail(message)) => match report(&shared.client, &op.id, failed(&message)).await {
+            Reported::Yes => Outcome::Failed(message),
+            Reported::Refused(why) => Outcome::Abandoned(why),
+        },
+        Err(Stop::Abandon(why)) => Outcome::Abandoned(why),
+    };
+    // Cleanup: the container is already removed by the engine wrapper.
+    if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(run_id = %op.id, dir = %run_dir.display(), error = %e, "cannot remove the run directory");
+        }
+    }
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match &outcome {
+        Outcome::Completed(_) => {
+            tracing::info!(run_id = %op.id, attempt, elapsed_ms, "run completed")
+        }
+        Outcome::Failed(message) => {
+            tracing::warn!(run_id = %op.id, attempt, elapsed_ms, error = %message, "run failed")
+        }
+        Outcome::Abandoned(why) => {
+            tracing::info!(run_id = %op.id, attempt, elapsed_ms, reason = %why, "run abandoned: the server moved on")
+        }
+    }
+    outcome
+}
+
+fn completed(outputs: &Map<String, Value>) -> AddEventRequest {
+    AddEventRequest {
+        event_type: "COMPLETED".into(),
+        msg: json!("Completed"),
+        payload: Some(payload([("outputs", Value::Object(outputs.clone()))])),
+    }
+}
+
+fn failed(message: &str) -> AddEventRequest {
+    AddEventRequest {
+        event_type: "FAILED".into(),
+        msg: json!(first_line(message)),
+        payload: Some(payload([("error_message", json!(message))])),
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
+
+async fn stages(
+    shared: &Arc<Shared>,
+    op: &WorkerOpRun,
+    gpu: Option<u32>,
+    run_dir: &std::path::Path,
+    container: &str,
+    cancel: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<Map<String, Value>, Stop> {
+    // 1. Pull image.
+    shared
+        .engine
+        .ensure_image(&op.image, shared.pull)
+        .await
+        .map_err(|f| Stop::Fail(f.0))?;
+
+    // 2. Prepare inputs: a directory of its own, mounted at /gyoza.
+    let mut context = ExecutionContext {
+        run_id: op.id.clone(),
+        image: op.image.clone(),
+        constraints: op.constraints.clone(),
+        inputs: op.inputs.clone(),
+        ..ExecutionContext::default()
+    };
+    tokio::fs::create_dir_all(run_dir).await.map_err(|e| {
+        Stop::Fail(format!(
+            "worker error: cannot create the run directory {}: {e}",
+            run_dir.display()
+        ))
+    })?;
+    let host_dir = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf());
+    context
+        .volumes
+        .insert(host_dir.display().to_string(), MOUNT_POINT.to_owned());
+    context.env_vars.extend([
+        (
+            "GYOZA_INPUT_PATH".to_owned(),
+            format!("{MOUNT_POINT}/inputs.json"),
+        ),
+        (
+            "GYOZA_OUTPUT_PATH".to_owned(),
+            format!("{MOUNT_POINT}/outputs.json"),
+        ),
+        ("GYOZA_RUN_ID".to_owned(), op.id.clone()),
+    ]);
+    context
+        .extras
+        .insert("gyoza_dir".into(), json!(host_dir.display().to_string()));
+
+    // 3. Steps before the container; they may change inputs, environment, mounts, image.
+    context = run_steps(&shared.steps.before, context).await?;
+    write_inputs(run_dir, &context.inputs).await?;
+    if context.image != op.image {
+        shared
+            .engine
+            .ensure_image(&context.image, shared.pull)
+            .await
+            .map_err(|f| Stop::Fail(f.0))?;
+    }
+    let output_specs = output_specs(&shared.client, &op.id).await;
+
+    // 4. STARTED.
+    let mut started = payload([("worker_id", json!(shared.worker_id))]);
+    if let Some(gpu) = gpu {
+        started.insert("gpu_id".into(), json!(gpu));
+    }
+    let event = AddEventRequest {
+        event_type: "STARTED".into(),
+        msg: json!(format!("Started on worker {}", shared.worker_id)),
+        payload: Some(started),
+    };
+    if let Reported::Refused(why) = report(&shared.client, &op.id, event).await {
+        return Err(Stop::Abandon(why));
+    }
+    if cancel.is_cancelled() {
+        return Err(Stop::Abandon(
+            "cancelled before its container started".into(),
+        ));
+    }
+
+    // 5. Run the container, forwarding event lines in order as they come.
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel::<AddEventRequest>(1024);
+    let forwarder = tokio::spawn(forward_events(
+        shared.client.clone(),
+        op.id.clone(),
+        events_rx,
+    ));
+    let mut tail = LogTail::new(TAIL_LINES);
+    let mut logs = String::new();
+    let run_id = op.id.clone();
+    let mut on_line = |stream: Stream, line: String| {
+        tail.push(&line);
+        if logs.len() + line.len() < MAX_LOG_BYTES {
+            logs.push_str(&line);
+            logs.push('\n');
+        }
+        if stream == Stream::Stdout {
+            match parse_event_line(&line) {
+                Ok(Some(event)) => {
+                    if events_tx.try_send(event).is_err() {
+                        tracing::warn!(run_id = %run_id, "too many events queued; one dropped");
+                    }
+                    return;
+                }
+                Ok(None) => {}
+                Err(why) => tracing::warn!(run_id = %run_id, line = %line, "{why}"),
+            }
+        }
+        tracing::info!(target: "gyoza_worker::container", run_id = %run_id, stream = ?stream, "{line}");
+    };
+    let spec = ContainerSpec {
+        name: container.to_owned(),
+        image: context.image.clone(),
+        env: context
+            .env_vars
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        binds: context
+            .volumes
+            .iter()
+            .map(|(host, target)| format!("{host}:{target}"))
+            .collect(),
+        memory_mb: context.constraints.ram_mb,
+        cpus: context.constraints.cpu,
+        gpu,
+        labels: HashMap::from([
+            (RUN_LABEL.to_owned(), op.id.clone()),
+            (WORKER_LABEL.to_owned(), shared.worker_id.clone()),
+        ]),
+    };
+    let stop = async {
+        tokio::select! {
+            () = cancel.cancelled() => {},
+            () = shutdown.cancelled() => {},
+        }
+    };
+    let exit = shared
+        .engine
+        .run(&spec, shared.stop_timeout, &mut on_line, stop)
+        .await;
+    // Closing the channel ends the forwarder once it has sent what the container printed.
+    drop(events_tx);
+    if forwarder.await.is_err() {
+        tracing::warn!(run_id = %op.id, "event forwarder ended abnormally");
+    }
+    let exit = exit.map_err(|f| Stop::Fail(f.0))?;
+    if cancel.is_cancelled() {
+        return Err(Stop::Abandon(
+            "cancelled on the server; container stopped".into(),
+        ));
+    }
+    if exit.stopped {
+        return Err(Stop::Fail(format!(
+            "the worker '{}' was stopped while the run was executing; its container was stopped",
+            shared.worker_id
+        )));
+    }
+    context.exit_code = Some(exit.exit_code);
+    context.logs = logs;
+
+    // The outcome of the container, before steps see it.
+    let mut container_error = None;
+    if exit.oom_killed {
+        container_error = Some(match context.constraints.ram_mb {
+            Some(mb) if mb > 0 => format!(
+                "the container was OOM-killed: it exceeded its memory limit of {mb} MB \
+                 (constraints.ram_mb); raise ram_mb or make the op use less memory"
+            ),
+            _ => "the container was OOM-killed by the kernel: the worker ran out of memory \
+                  (the run had no memory limit; set constraints.ram_mb)"
+                .to_owned(),
+        });
+    } else if exit.exit_code != 0 {
+        let signal = if exit.exit_code > 128 && exit.exit_code < 160 {
+            format!(" (killed by signal {})", exit.exit_code - 128)
+        } else {
+            String::new()
+        };
+        let lines = if tail.is_empty() {
+            "(the container printed nothing)".to_owned()
+        } else {
+            tail.text()
+        };
+        container_error = Some(format!(
+            "the container exited with code {}{signal}; last log lines:\n{lines}",
+            exit.exit_code
+        ));
+    } else {
+        match read_outputs(&run_dir.join("outputs.json")) {
+            Ok(outputs) => context.outputs = outputs,
+            Err(message) => container_error = Some(message),
+        }
+    }
+
+    // 6. Steps after the container.
+    context = run_steps(&shared.steps.after, context).await?;
+    if let Some(message) = container_error {
+        return Err(Stop::Fail(message));
+    }
+    if let Some((definition, specs)) = output_specs {
+        if let Err(problems) = check_outputs(&specs, &context.outputs) {
+            return Err(Stop::Fail(format!(
+                "the outputs do not match the output specs of definition {definition}: {}",
+                problems.join("; ")
+            )));
+        }
+    }
+    Ok(context.outputs)
+}
+
+async fn write_inputs(run_dir: &std::path::Path, inputs: &Map<String, Value>) -> Result<(), Stop> {
+    let text = serde_json::to_vec_pretty(inputs)
+        .map_err(|e| Stop::Fail(format!("worker error: cannot encode the inputs: {e}")))?;
+    tokio::fs::write(run_dir.join("inputs.json"), text)
+        .await
+        .map_err(|e| Stop::Fail(format!("worker error: cannot write inputs.json: {e}")))
+}
+
+/// Runs `steps` in order on a blocking thread each (a wasm step computes, it does not await).
+async fn run_steps(
+    steps: &[Arc<dyn Step>],
+    mut context: ExecutionContext,
+) -> Result<ExecutionContext, Stop> {
+    for step in steps {
+        let step = Arc::clone(step);
+        let name = step.name().to_owned();
+        let result = tokio::task::spawn_blocking(move || step.run(context)).await;
+        context = match result {
+            Ok(Ok(context)) => context,
+            Ok(Err(message)) => {
+                return Err(Stop::Fail(format!(
+                    "pipeline step '{name}' failed: {message}"
+                )));
+            }
+            Err(_) => {
+                return Err(Stop::Fail(format!("pipeline step '{name}' crashed")));
+            }
+        };
+    }
+    Ok(context)
+}
+
+/// The output specs of the run's definition, if it has one. Best effort: when the server
+/// cannot say, the outputs go unchecked rather than a good run failing.
+async fn output_specs(
+    client: &Client,
+    run_id: &str,
+) -> Option<(String, BTreeMap<String, OutputSpec>)> {
+    let run = match client.get_run(run_id).await {
+        Ok(run) => run,
+        Err(e) => {
+            tracing::warn!(run_id, error = %e, "cannot read the run; its outputs will not be checked");
+            return None;
+        }
+    };
+    let name = run.op_definition?;
+    match client
+        .get_definition(&name, run.op_definition_version.as_deref())
+        .await
+    {
+        Ok(definition) if definition.output_specs.is_empty() => None,
+        Ok(definition) => Some((
+            format!("{}@{}", definition.id, definition.version),
+            definition.output_specs,
+        )),
+        Err(e) => {
+            tracing::warn!(run_id, definition = %name, error = %e, "cannot read the definition; outputs will not be checked");
+            None
+        }
+    }
+}
+
+/// Whether the server took an event.
+enum Reported {
+    /// Recorded (or, after every retry, not deliverable: logged, nothing more to do).
+    Yes,
+    /// Refused with 400/404/409: the run is no longer ours to report on.
+    Refused(String),
+}
+
+/// Delivers an event, retrying with backoff while the server is unreachable (a run's result
+/// must not be lost to a short outage). Refusals are returned, not retried.
+async fn report(client: &Client, run_id: &str, event: AddEventRequest) -> Reported {
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1..=10 {
+        match client.add_event(run_id, &event).await {
+            Ok(_) => return Reported::Yes,
+            Err(e) if refused(&e) => {
+                let detail = e.detail().unwrap_or_default().to_owned();
+                tracing::info!(run_id, event = %event.event_type, detail = %detail, "the server refused the event: the run was cancelled, retried or reclaimed meanwhile");
+                return Reported::Refused(detail);
+            }
+            Err(e) if e.is_transient() && attempt < 10 => {
+                tracing::warn!(run_id, event = %event.event_type, attempt, error = %e, "cannot report; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                tracing::error!(run_id, event = %event.event_type, error = %e, "cannot report the event; giving up");
+                return Reported::Yes;
+            }
+        }
+    }
+    Reported::Yes
+}
+
+fn refused(e: &ClientError) -> bool {
+    e.status()
+        .is_some_and(|s| matches!(s.as_u16(), 400 | 404 | 409))
+}
+
+/// Sends the container's events in order; a refused or undeliverable one is logged and
+/// skipped (an op's progress report is not worth stalling its run for).
+async fn forward_events(
+    client: Client,
+    run_id: String,
+    mut events: tokio::sync::mpsc::Receiver<AddEventRequest>,
+) {
+    while let Some(event) = events.recv().await {
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1..=3 {
+            match client.add_event(&run_id, &event).await {
+                Ok(_) => break,
+                Err(e) if e.is_transient() && attempt < 3 => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = %run_id, event = %event.event_type, error = %e, "container event not recorded");
+                    break;
+                }
+            }
+        }
+    }
+}
