@@ -3,10 +3,14 @@
 //! [`app`] builds the router; handlers live in one module per resource. Paths, methods,
 //! field names and status codes are those of the original gyoza server.
 
+mod dashboard;
 mod definitions;
 pub mod extract;
+mod logs;
+mod observe;
 mod runs;
 mod strategies;
+mod stream;
 mod workers;
 
 use std::sync::{Arc, LazyLock};
@@ -20,8 +24,12 @@ use gyoza_core::api::Health;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 
+use tokio::sync::broadcast;
+
 use crate::clock::Clock;
+use crate::delivery::{Deliverer, DeliveryConfig};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 
@@ -40,6 +48,67 @@ pub struct AppState {
     pub worker_timeout: chrono::Duration,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Counters and histograms of this process.
+    pub metrics: Arc<Metrics>,
+    /// Ids of runs that changed in this process (wakes event streams and log followers).
+    pub changes: broadcast::Sender<String>,
+    /// Sends run events to their topic URLs.
+    pub deliverer: Arc<Deliverer>,
+}
+
+impl AppState {
+    /// A state with default limits (60 s worker timeout, 10 MiB bodies, default delivery);
+    /// starts the event delivery loop, so it must be called within a tokio runtime.
+    pub fn new(
+        store: Arc<dyn Store>,
+        scheduler: Arc<dyn Scheduler>,
+        clock: Arc<dyn Clock>,
+        api_key: &str,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        Self {
+            store,
+            scheduler,
+            clock,
+            api_key: api_key.into(),
+            worker_timeout: chrono::Duration::seconds(60),
+            max_body_bytes: 10 * 1024 * 1024,
+            deliverer: Deliverer::start(DeliveryConfig::default(), metrics.clone()),
+            metrics,
+            changes: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Waits until `run_id` may have changed: a notification from this process, a lagged
+    /// channel, or `poll` passing (changes made by other replicas are only seen by looking).
+    pub async fn wait_for_change(
+        changes: &mut broadcast::Receiver<String>,
+        run_id: &str,
+        poll: std::time::Duration,
+    ) {
+        let deadline = tokio::time::sleep(poll);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => return,
+                news = changes.recv() => match news {
+                    Ok(id) if id == run_id => return,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        (&mut deadline).await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Tells event streams and log followers in this process that `run_id` changed.
+    pub fn notify(&self, run_id: &str) {
+        // No receivers is normal: nobody is watching.
+        let _ = self.changes.send(run_id.to_owned());
+    }
 }
 
 /// The router of the whole API.
@@ -60,6 +129,9 @@ pub fn app(state: AppState) -> Router {
             get(runs::poll_events).post(runs::add_event),
         )
         .route("/runs/{id}/attempts", get(runs::attempts))
+        .route("/runs/{id}/events/stream", get(stream::events))
+        .route("/runs/{id}/logs", get(logs::get).post(logs::append))
+        .route("/metrics", get(observe::metrics))
         .route("/workers", get(workers::list))
         .route("/workers/heartbeat", post(workers::heartbeat))
         .route("/workers/{id}/claim", post(workers::claim))
@@ -72,10 +144,15 @@ pub fn app(state: AppState) -> Router {
         ));
     Router::new()
         .route("/health", get(health))
+        .route("/dashboard", get(dashboard::page))
         .merge(protected)
         .fallback(|| async { ApiError::NotFound("Not Found".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::count_requests,
+        ))
         .with_state(state)
 }
 
@@ -133,6 +210,10 @@ impl utoipa::Modify for SecurityAddon {
         runs::poll_events,
         runs::add_event,
         runs::attempts,
+        stream::events,
+        logs::get,
+        logs::append,
+        observe::metrics,
         workers::list,
         workers::heartbeat,
         workers::claim,

@@ -6,6 +6,8 @@
 //! | `--port` | `GYOZA_PORT` | `5555` | port to listen on (0 picks a free one) |
 //! | `--api-key` | `GYOZA_API_KEY` | none, required | key every request but `/health` must send as `X-API-Key` |
 //! | `--data-dir` | `GYOZA_DATA_DIR` | `./.gyoza` | where the embedded store (`gyoza.db`) lives |
+//! | `--store` | `GYOZA_MONGO_URL` | `sqlite` | `sqlite` (embedded), or a `mongodb://` / `mongodb+srv://` URL |
+//! | `--mongo-db` | `GYOZA_MONGO_DB` | `gyoza` | database name on a MongoDB store |
 //! | `--worker-timeout` | `GYOZA_WORKER_TIMEOUT` | `60` | seconds without a heartbeat after which a worker is inactive |
 //! | `--max-body-bytes` | `GYOZA_MAX_BODY_BYTES` | `10485760` | largest request body accepted (413 beyond) |
 //! | `--plugins-dir` | `GYOZA_PLUGINS_DIR` | `<data dir>/plugins` | directory watched for strategy plugins (`*.wasm`) |
@@ -22,6 +24,20 @@ use std::path::PathBuf;
 
 use crate::HostError;
 
+/// The store a configuration selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The embedded SQLite file.
+    Sqlite(PathBuf),
+    /// A MongoDB deployment.
+    Mongo {
+        /// Connection URL (may hold credentials: never log it unredacted).
+        url: String,
+        /// Database name.
+        database: String,
+    },
+}
+
 /// Settings of `gyoza server start`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerConfig {
@@ -37,6 +53,17 @@ pub struct ServerConfig {
     /// Directory of the embedded store.
     #[arg(long, env = "GYOZA_DATA_DIR", default_value = ".gyoza")]
     pub data_dir: PathBuf,
+    /// Store: `sqlite` (the embedded default) or a `mongodb://` / `mongodb+srv://` URL.
+    #[arg(
+        long = "store",
+        env = "GYOZA_MONGO_URL",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
+    pub store: String,
+    /// Database name on a MongoDB store.
+    #[arg(long, env = "GYOZA_MONGO_DB", default_value = "gyoza")]
+    pub mongo_db: String,
     /// Seconds without a heartbeat after which a worker counts as inactive.
     #[arg(
         long,
@@ -83,6 +110,24 @@ impl ServerConfig {
                  Set GYOZA_API_KEY (or pass --api-key) to a secret that clients send as X-API-Key."
                     .to_owned(),
             )),
+        }
+    }
+
+    /// Which store the settings select.
+    pub fn store_kind(&self) -> Result<StoreKind, HostError> {
+        let store = self.store.trim();
+        if store.is_empty() || store.eq_ignore_ascii_case("sqlite") {
+            Ok(StoreKind::Sqlite(self.database_path()))
+        } else if store.starts_with("mongodb://") || store.starts_with("mongodb+srv://") {
+            Ok(StoreKind::Mongo {
+                url: store.to_owned(),
+                database: self.mongo_db.clone(),
+            })
+        } else {
+            Err(HostError::Config(format!(
+                "--store / GYOZA_MONGO_URL must be 'sqlite' or a mongodb:// or mongodb+srv:// URL, got '{}'",
+                crate::store::mongo::redact(store)
+            )))
         }
     }
 

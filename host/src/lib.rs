@@ -13,6 +13,8 @@
 //! - [`error`]: [`error::ApiError`] and the error policy of the API.
 //! - [`store`]: the [`store::Store`] trait and the embedded SQLite store.
 //! - [`scheduler`]: the scheduling seam and the claim protocol (atomic PENDING → ASSIGNED).
+//! - [`metrics`]: Prometheus counters and histograms (`GET /metrics`).
+//! - [`delivery`]: POSTing run events to their topic URLs, with retries.
 //! - [`strategy`]: scheduling strategies as WebAssembly components (the only wasmtime user):
 //!   the engine, plugin loading and hot reload, limits, fail policy, `/strategies`.
 //! - [`clock`]: the time source, replaceable in tests.
@@ -21,7 +23,9 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod delivery;
 pub mod error;
+pub mod metrics;
 pub mod scheduler;
 pub mod server;
 pub mod store;

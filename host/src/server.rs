@@ -8,8 +8,9 @@ use tokio::net::TcpListener;
 use crate::HostError;
 use crate::api::{AppState, app};
 use crate::clock::SystemClock;
-use crate::config::ServerConfig;
-use crate::store::SqliteStore;
+use crate::config::{ServerConfig, StoreKind};
+use crate::store::mongo::redact;
+use crate::store::{MongoStore, SqliteStore, Store};
 use crate::strategy::StrategyHost;
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes in-flight requests.
@@ -23,24 +24,30 @@ pub async fn serve(
         .await
 }
 
-/// The state a server built from `config` runs with (embedded store, wasm strategies).
+/// The state a server built from `config` runs with (its store, the wasm strategies).
 pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostError> {
     let api_key = config.require_api_key()?;
-    let store = SqliteStore::open(config.database_path()).await?;
-    tracing::info!(database = %store.path().display(), "embedded store open");
+    let store: Arc<dyn Store> = match config.store_kind()? {
+        StoreKind::Sqlite(path) => {
+            let store = SqliteStore::open(path).await?;
+            tracing::info!(database = %store.path().display(), "embedded store open");
+            Arc::new(store)
+        }
+        StoreKind::Mongo { url, database } => {
+            let store = MongoStore::connect(&url, &database).await?;
+            tracing::info!(url = %redact(&url), database, "MongoDB store open");
+            Arc::new(store)
+        }
+    };
     let settings = config.strategy_settings();
     // Compiling the built-in strategies takes a moment of CPU: off the async threads.
     let strategies = tokio::task::spawn_blocking(move || StrategyHost::start(settings))
         .await
         .map_err(|e| HostError::Config(format!("strategy loader stopped: {e}")))??;
-    Ok(AppState {
-        store: Arc::new(store),
-        scheduler: Arc::new(strategies),
-        clock: Arc::new(SystemClock),
-        api_key: api_key.into(),
-        worker_timeout: chrono::Duration::seconds(config.worker_timeout as i64),
-        max_body_bytes: config.max_body_bytes,
-    })
+    let mut state = AppState::new(store, Arc::new(strategies), Arc::new(SystemClock), &api_key);
+    state.worker_timeout = chrono::Duration::seconds(config.worker_timeout as i64);
+    state.max_body_bytes = config.max_body_bytes;
+    Ok(state)
 }
 
 /// Opens the store, binds the configured address and serves until `shutdown`.

@@ -6,6 +6,7 @@
 //! mutation atomically (a transaction in SQLite), and a claim is such an update whose mutation
 //! refuses unless the run is still PENDING: two claimers never get the same run.
 
+pub mod mongo;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use gyoza_core::api::HeartbeatRequest;
 use gyoza_core::time::Timestamp;
 use gyoza_core::{DomainError, OpDefinition, OpRun, OpRunState, Worker};
 
+pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed.
@@ -171,4 +173,69 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every worker, active or not, by id.
     async fn list_workers(&self) -> Result<Vec<Worker>, StoreError>;
+
+    /// How many runs are in each state (states without runs may be left out).
+    async fn count_runs_by_state(&self) -> Result<Vec<(OpRunState, u64)>, StoreError>;
+
+    /// Appends `text` to the log of attempt `attempt` of run `run_id`, keeping only the last
+    /// `cap` bytes (cut at a line start where possible).
+    async fn append_log(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        text: &str,
+        cap: usize,
+    ) -> Result<(), StoreError>;
+
+    /// The kept tail of an attempt's log, and how many bytes were ever appended to it.
+    async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError>;
+}
+
+/// The kept end of an attempt's log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogTail {
+    /// The last bytes of the log.
+    pub text: String,
+    /// Bytes ever appended (so a follower can tell what is new and what was dropped).
+    pub total_bytes: u64,
+}
+
+impl LogTail {
+    /// Appends `more` and drops the oldest bytes beyond `cap`, at a line start when there is
+    /// one in the part kept, else at a character boundary.
+    pub fn append(&mut self, more: &str, cap: usize) {
+        self.text.push_str(more);
+        self.total_bytes += more.len() as u64;
+        if self.text.len() > cap {
+            let mut cut = self.text.len() - cap;
+            while !self.text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            if let Some(newline) = self.text[cut..].find('\n') {
+                if newline + 1 < self.text.len() - cut {
+                    cut += newline + 1;
+                }
+            }
+            self.text.drain(..cut);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogTail;
+
+    #[test]
+    fn a_log_tail_keeps_the_last_bytes_from_a_line_start() {
+        let mut tail = LogTail::default();
+        tail.append("alpha\nbravo\n", 100);
+        tail.append("charlie\ndelta\n", 16);
+        assert_eq!(tail.text, "charlie\ndelta\n");
+        assert_eq!(tail.total_bytes, 26);
+        // No line start in the kept part: cut at a character boundary instead.
+        let mut tail = LogTail::default();
+        tail.append("ééééé", 5);
+        assert_eq!(tail.text, "éé");
+        assert_eq!(tail.total_bytes, 10);
+    }
 }

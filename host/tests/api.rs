@@ -36,14 +36,14 @@ impl Api {
         let store = SqliteStore::open(dir.path().join("gyoza.db"))
             .await
             .unwrap();
-        let app = app(AppState {
-            store: Arc::new(store),
-            scheduler: Arc::new(GreedyPriority),
-            clock: clock.clone(),
-            api_key: KEY.into(),
-            worker_timeout: Duration::seconds(60),
-            max_body_bytes,
-        });
+        let mut state = AppState::new(
+            Arc::new(store),
+            Arc::new(GreedyPriority),
+            clock.clone(),
+            KEY,
+        );
+        state.max_body_bytes = max_body_bytes;
+        let app = app(state);
         Self { app, clock, dir }
     }
 

@@ -81,16 +81,16 @@ impl Api {
         let store = SqliteStore::open(dir.path().join("gyoza.db"))
             .await
             .unwrap();
-        let app = app(AppState {
-            store: Arc::new(store),
-            scheduler: Arc::new(host.clone()),
-            clock: Arc::new(ManualClock::new(
+        let mut state = AppState::new(
+            Arc::new(store),
+            Arc::new(host.clone()),
+            Arc::new(ManualClock::new(
                 Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
             )),
-            api_key: KEY.into(),
-            worker_timeout: chrono::Duration::seconds(60),
-            max_body_bytes: 1 << 20,
-        });
+            KEY,
+        );
+        state.max_body_bytes = 1 << 20;
+        let app = app(state);
         Self {
             app,
             host,

@@ -12,11 +12,18 @@ pub struct Server {
 }
 
 impl Server {
+    #[allow(dead_code)] // not every including test uses every constructor
     /// Starts `gyoza server start` on a free port with `data_dir`, waiting until it listens.
     pub fn start(data_dir: &Path, key: &str) -> Self {
+        Self::start_with(data_dir, key, &[])
+    }
+
+    /// As [`Server::start`], with more `gyoza server start` arguments.
+    pub fn start_with(data_dir: &Path, key: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gyoza"))
             .args(["server", "start", "--port", "0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("GYOZA_API_KEY", key)
             .env("GYOZA_LOG_LEVEL", "info")
             .stdout(Stdio::null())

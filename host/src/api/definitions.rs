@@ -97,5 +97,9 @@ pub async fn create_run(
     let definition = find(&state, &name, query.version.as_deref()).await?;
     let run = request.into_run(&definition, state.clock.now())?;
     state.store.insert_run(&run).await?;
+    state
+        .metrics
+        .run_creations
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok((StatusCode::CREATED, Json(OpRunView::from(&run))))
 }

@@ -4,6 +4,9 @@
 //! newest first, with `state` (alias `status`), `op_definition`, `image` and `created[...]`
 //! filters.
 
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -18,6 +21,7 @@ use utoipa::IntoParams;
 
 use super::AppState;
 use super::extract::{ApiJson, ApiQuery, int_param};
+use crate::delivery;
 use crate::error::ApiError;
 use crate::store::{CreatedBound, Cursor, RunMutation, RunQuery};
 
@@ -165,10 +169,11 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<OpRunView>), ApiError> {
     let run = request.into_run(state.clock.now())?;
     state.store.insert_run(&run).await?;
+    state.metrics.run_creations.fetch_add(1, Ordering::Relaxed);
     Ok((StatusCode::CREATED, Json(OpRunView::from(&run))))
 }
 
-async fn load(state: &AppState, id: &str) -> Result<OpRun, ApiError> {
+pub(super) async fn load(state: &AppState, id: &str) -> Result<OpRun, ApiError> {
     state
         .store
         .get_run(id)
@@ -176,17 +181,27 @@ async fn load(state: &AppState, id: &str) -> Result<OpRun, ApiError> {
         .ok_or_else(|| ApiError::run_not_found(id))
 }
 
-/// Applies a domain change to a run atomically and answers with the run.
+/// Applies a domain change to a run atomically and answers with the run; then delivers the
+/// events the change added and wakes this process's watchers of the run.
 async fn mutate(
     state: &AppState,
     id: &str,
-    mutation: RunMutation,
+    mut mutation: RunMutation,
 ) -> Result<Json<OpRunView>, ApiError> {
+    let before = Arc::new(Mutex::new(delivery::Mark::default()));
+    let seen = before.clone();
+    let tracked: RunMutation = Box::new(move |run| {
+        *seen.lock().unwrap_or_else(|p| p.into_inner()) = delivery::mark(run);
+        mutation(run)
+    });
     let run = state
         .store
-        .update_run(id, mutation)
+        .update_run(id, tracked)
         .await?
         .ok_or_else(|| ApiError::run_not_found(id))?;
+    let before = *before.lock().unwrap_or_else(|p| p.into_inner());
+    state.deliverer.enqueue_new(&run, before);
+    state.notify(&run.id);
     Ok(Json(OpRunView::from(&run)))
 }
 

@@ -1,5 +1,7 @@
 //! `/workers`: heartbeats, the worker list, and claims.
 
+use std::sync::atomic::Ordering;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use gyoza_core::Worker;
@@ -64,6 +66,16 @@ pub async fn claim(
             "Query parameter 'max' must be between 1 and 100, got {max}"
         )));
     }
+    let started = std::time::Instant::now();
     let ops = crate::scheduler::claim(&state, &id, max as usize).await?;
+    let metrics = &state.metrics;
+    metrics.claim_latency.observe(started.elapsed());
+    metrics.claims.fetch_add(1, Ordering::Relaxed);
+    metrics
+        .placements
+        .fetch_add(ops.len() as u64, Ordering::Relaxed);
+    for op in &ops {
+        state.notify(&op.id);
+    }
     Ok(Json(ClaimResponse { ops }))
 }

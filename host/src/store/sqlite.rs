@@ -17,19 +17,22 @@ use async_trait::async_trait;
 use gyoza_core::api::HeartbeatRequest;
 use gyoza_core::definition::compare_versions;
 use gyoza_core::time::{Timestamp, to_micros};
-use gyoza_core::{OpDefinition, OpRun, Worker};
+use gyoza_core::{OpDefinition, OpRun, OpRunState, Worker};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, TransactionBehavior, params, params_from_iter,
 };
 
-use super::{CreatedBound, Cursor, QueryError, RunMutation, RunPage, RunQuery, Store, StoreError};
+use super::{
+    CreatedBound, Cursor, LogTail, QueryError, RunMutation, RunPage, RunQuery, Store, StoreError,
+};
 
 /// Parallel read connections.
 const READERS: usize = 4;
 
 /// The schema; `user_version` says which of these statements a database has seen.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE definitions (
     id         TEXT NOT NULL,
     version    TEXT NOT NULL,
@@ -59,7 +62,17 @@ CREATE TABLE workers (
     last_heartbeat_at INTEGER NOT NULL,
     doc               TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE run_logs (
+    run_id      TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    total_bytes INTEGER NOT NULL,
+    text        TEXT NOT NULL,
+    PRIMARY KEY (run_id, attempt)
+);
+"#,
+];
 
 /// The SQLite [`Store`].
 #[derive(Clone)]
@@ -621,6 +634,79 @@ impl Store for SqliteStore {
                 workers.push(decode(&id, &doc)?);
             }
             Ok(workers)
+        })
+        .await
+    }
+
+    async fn count_runs_by_state(&self) -> Result<Vec<(OpRunState, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT state, COUNT(*) FROM runs GROUP BY state")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(backend)?;
+            let mut counts = Vec::new();
+            for row in rows {
+                let (state, count) = row.map_err(backend)?;
+                let state = state
+                    .parse::<OpRunState>()
+                    .map_err(|e| StoreError::Corrupt {
+                        id: "runs.state".into(),
+                        reason: e.to_string(),
+                    })?;
+                counts.push((state, count as u64));
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn append_log(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        text: &str,
+        cap: usize,
+    ) -> Result<(), StoreError> {
+        let (run_id, text) = (run_id.to_owned(), text.to_owned());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let mut tail = tx
+                .query_row(
+                    "SELECT text, total_bytes FROM run_logs WHERE run_id = ?1 AND attempt = ?2",
+                    params![run_id, attempt],
+                    |r| Ok(LogTail { text: r.get(0)?, total_bytes: r.get::<_, i64>(1)? as u64 }),
+                )
+                .optional()
+                .map_err(backend)?
+                .unwrap_or_default();
+            tail.append(&text, cap);
+            tx.execute(
+                "INSERT OR REPLACE INTO run_logs (run_id, attempt, total_bytes, text) VALUES (?1, ?2, ?3, ?4)",
+                params![run_id, attempt, tail.total_bytes as i64, tail.text],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError> {
+        let run_id = run_id.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT text, total_bytes FROM run_logs WHERE run_id = ?1 AND attempt = ?2",
+                params![run_id, attempt],
+                |r| {
+                    Ok(LogTail {
+                        text: r.get(0)?,
+                        total_bytes: r.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
         })
         .await
     }

@@ -1,0 +1,103 @@
+//! `GET /metrics` and the request-counting middleware.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use gyoza_core::OpRunState;
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::metrics::{Gauge, label};
+
+/// Counts every answered request by method, route pattern and status.
+pub async fn count_requests(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    // The route pattern, not the path: run ids would make every path a new series.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    state.metrics.record_request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Metrics in the Prometheus text format (needs the API key, like the rest of the API).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let counts = state.store.count_runs_by_state().await?;
+    let runs = Gauge {
+        name: "gyoza_runs",
+        help: "Runs by state.",
+        samples: OpRunState::ALL
+            .iter()
+            .map(|s| {
+                let n = counts
+                    .iter()
+                    .find(|(state, _)| state == s)
+                    .map_or(0, |(_, n)| *n);
+                (format!("state=\"{s}\""), n as f64)
+            })
+            .collect(),
+    };
+    let now = state.clock.now();
+    let workers = state.store.list_workers().await?;
+    let active: Vec<_> = workers
+        .iter()
+        .filter(|w| w.is_active(now, state.worker_timeout))
+        .collect();
+    let capacity = |pick: fn(&gyoza_core::Worker) -> f64| -> Vec<(String, f64)> {
+        active
+            .iter()
+            .map(|w| (format!("worker=\"{}\"", label(&w.id)), pick(w)))
+            .collect()
+    };
+    let gauges = [
+        runs,
+        Gauge {
+            name: "gyoza_workers_active",
+            help: "Workers that heartbeated within the worker timeout.",
+            samples: vec![(String::new(), active.len() as f64)],
+        },
+        Gauge {
+            name: "gyoza_worker_cpu_cores",
+            help: "CPU cores of each active worker.",
+            samples: capacity(|w| f64::from(w.resources.cpu_cores)),
+        },
+        Gauge {
+            name: "gyoza_worker_ram_mb",
+            help: "RAM of each active worker, in MB.",
+            samples: capacity(|w| w.resources.ram_mb as f64),
+        },
+        Gauge {
+            name: "gyoza_worker_vram_mb",
+            help: "VRAM of each active worker (all GPUs), in MB.",
+            samples: capacity(|w| w.resources.gpus.iter().map(|g| g.vram_mb as f64).sum()),
+        },
+        Gauge {
+            name: "gyoza_worker_running_ops",
+            help: "Runs each active worker reported as running in its last heartbeat.",
+            samples: capacity(|w| w.running_ops.len() as f64),
+        },
+    ];
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(&gauges),
+    ))
+}

@@ -1,0 +1,185 @@
+//! Event delivery: a run whose `event_delivery.topic` is an `http://` or `https://` URL has
+//! each of its events POSTed there as JSON.
+//!
+//! Delivery never blocks a run: events are queued (bounded; when the queue is full an event
+//! is dropped, logged and counted) and sent by background tasks, each retried with
+//! exponential backoff. Deliveries are at-least-once per server process and may arrive out
+//! of order: the body carries the attempt and the event's index so a receiver can order and
+//! deduplicate. Topics that are not URLs are left alone.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use gyoza_core::{EventEntry, OpRun};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::metrics::Metrics;
+
+/// How deliveries are attempted.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Tries per event, the first included.
+    pub tries: u32,
+    /// Wait before the first retry; doubled for each next one.
+    pub backoff: Duration,
+    /// Time limit of one POST.
+    pub timeout: Duration,
+    /// Events waiting to be sent before new ones are dropped.
+    pub queue: usize,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            tries: 6,
+            backoff: Duration::from_millis(500),
+            timeout: Duration::from_secs(10),
+            queue: 10_000,
+            concurrency: 16,
+        }
+    }
+}
+
+/// The JSON body POSTed to a topic URL.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventMessage {
+    /// The run.
+    pub run_id: String,
+    /// The attempt the event belongs to.
+    pub attempt: u32,
+    /// The event's index in that attempt's timeline.
+    pub index: usize,
+    /// The run's state after the event.
+    pub state: String,
+    /// The run's definition, if any.
+    pub op_definition: Option<String>,
+    /// The event.
+    pub event: EventEntry,
+    /// `event_delivery.attributes` of the run.
+    pub attributes: Map<String, Value>,
+}
+
+struct Delivery {
+    url: String,
+    message: EventMessage,
+}
+
+/// Queues and sends event deliveries.
+pub struct Deliverer {
+    queue: mpsc::Sender<Delivery>,
+    metrics: Arc<Metrics>,
+}
+
+/// Where a run's timeline stood before a change: (attempts, events in the last attempt).
+pub type Mark = (usize, usize);
+
+/// The mark of `run` now.
+pub fn mark(run: &OpRun) -> Mark {
+    (
+        run.attempts.len(),
+        run.attempts.last().map_or(0, |a| a.events.len()),
+    )
+}
+
+fn is_url(topic: &str) -> bool {
+    topic.starts_with("http://") || topic.starts_with("https://")
+}
+
+impl Deliverer {
+    /// Starts the delivery loop on the current tokio runtime.
+    pub fn start(config: DeliveryConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        let (queue, mut receiver) = mpsc::channel::<Delivery>(config.queue);
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .user_agent(concat!("gyoza/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        let slots = Arc::new(Semaphore::new(config.concurrency));
+        let loop_metrics = metrics.clone();
+        tokio::spawn(async move {
+            while let Some(delivery) = receiver.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let (client, config, metrics) =
+                    (client.clone(), config.clone(), loop_metrics.clone());
+                tokio::spawn(async move {
+                    send(&client, &config, &metrics, delivery).await;
+                    drop(slot);
+                });
+            }
+        });
+        Arc::new(Self { queue, metrics })
+    }
+
+    /// Queues the events `run` gained since `before`, if its topic is a URL.
+    pub fn enqueue_new(&self, run: &OpRun, before: Mark) {
+        if !is_url(&run.event_delivery.topic) {
+            return;
+        }
+        for attempt in run.attempts.iter().skip(before.0.saturating_sub(1)) {
+            let first = if attempt.attempt as usize == before.0 {
+                before.1
+            } else {
+                0
+            };
+            for (index, event) in attempt.events.iter().enumerate().skip(first) {
+                let delivery = Delivery {
+                    url: run.event_delivery.topic.clone(),
+                    message: EventMessage {
+                        run_id: run.id.clone(),
+                        attempt: attempt.attempt,
+                        index,
+                        state: run.state.as_str().to_owned(),
+                        op_definition: run.op_definition.clone(),
+                        event: event.clone(),
+                        attributes: run.event_delivery.attributes.clone(),
+                    },
+                };
+                if self.queue.try_send(delivery).is_err() {
+                    self.metrics
+                        .deliveries_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(run_id = %run.id, "event delivery queue full; event dropped");
+                }
+            }
+        }
+    }
+}
+
+async fn send(
+    client: &reqwest::Client,
+    config: &DeliveryConfig,
+    metrics: &Metrics,
+    delivery: Delivery,
+) {
+    let mut wait = config.backoff;
+    for attempt in 1..=config.tries {
+        let outcome = client
+            .post(&delivery.url)
+            .json(&delivery.message)
+            .send()
+            .await;
+        let error = match outcome {
+            Ok(response) if response.status().is_success() => {
+                metrics.deliveries_ok.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(response) => format!("HTTP {}", response.status()),
+            Err(e) => e.to_string(),
+        };
+        if attempt == config.tries {
+            metrics.deliveries_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(url = %delivery.url, run_id = %delivery.message.run_id, %error, "event delivery failed; giving up");
+            return;
+        }
+        tracing::debug!(url = %delivery.url, %error, "event delivery failed; retrying");
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+    }
+}

@@ -1,0 +1,533 @@
+//! The MongoDB store, for production and for several server replicas on one database.
+//!
+//! Each run is one document: the columns that queries filter and sort on, a revision number,
+//! and the run aggregate (with its attempts, so that an attempt is always loaded with its run
+//! and changes with it atomically) as JSON, which round-trips every value exactly.
+//! Every change of a run is a compare-and-set on its revision (`replaceOne` with
+//! `{_id, rev}` in the filter): a claim that read a PENDING run only succeeds if nobody
+//! changed the run since, so across any number of server replicas a run is assigned once.
+//!
+//! Collections: `definitions` (unique on id + version), `runs`, `workers`, `run_logs`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use gyoza_core::api::HeartbeatRequest;
+use gyoza_core::definition::compare_versions;
+use gyoza_core::time::{Timestamp, to_micros};
+use gyoza_core::{OpDefinition, OpRun, OpRunState, Worker};
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use super::{
+    CreatedBound, Cursor, LogTail, QueryError, RunMutation, RunPage, RunQuery, Store, StoreError,
+};
+
+/// How often an update retries after losing a compare-and-set to a concurrent writer.
+const MAX_CONFLICT_RETRIES: usize = 100;
+
+/// The MongoDB [`Store`].
+#[derive(Clone)]
+pub struct MongoStore {
+    database: Database,
+    definitions: Collection<Document>,
+    runs: Collection<Document>,
+    workers: Collection<Document>,
+    logs: Collection<Document>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// The URL without credentials, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(document: &Document) -> Result<T, StoreError> {
+    let id = document
+        .get("_id")
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let json = document.get_str("doc").map_err(|e| StoreError::Corrupt {
+        id: id.clone(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        id,
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(backend)
+}
+
+fn optional(value: Option<impl Into<Bson>>) -> Bson {
+    value.map_or(Bson::Null, Into::into)
+}
+
+fn run_document(run: &OpRun, rev: i64) -> Result<Document, StoreError> {
+    Ok(doc! {
+        "_id": &run.id,
+        "state": run.state.as_str(),
+        "priority": run.priority,
+        "created_us": to_micros(&run.created_at),
+        "available_us": optional(run.available_at.as_ref().map(to_micros)),
+        "op_definition": optional(run.op_definition.clone()),
+        "image": &run.image,
+        "worker_id": optional(run.worker_id().map(str::to_owned)),
+        "rev": rev,
+        "doc": encode(run)?,
+    })
+}
+
+async fn collect(cursor: mongodb::Cursor<Document>) -> Result<Vec<Document>, StoreError> {
+    cursor.try_collect().await.map_err(backend)
+}
+
+impl MongoStore {
+    /// Connects to `url`, uses database `database`, checks that the server answers and
+    /// creates the indexes the queries need.
+    pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
+        let shown = redact(url);
+        let mut options = ClientOptions::parse(url)
+            .await
+            .map_err(|e| StoreError::Backend(format!("invalid MongoDB URL {shown}: {e}")))?;
+        options.app_name.get_or_insert_with(|| "gyoza".to_owned());
+        // Fail start-up within seconds, not the driver's default 30 s, when nothing answers.
+        options
+            .server_selection_timeout
+            .get_or_insert(Duration::from_secs(10));
+        let client = Client::with_options(options).map_err(backend)?;
+        let database = client.database(database);
+        database
+            .run_command(doc! {"ping": 1})
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot reach MongoDB at {shown}: {e}")))?;
+        let store = Self {
+            definitions: database.collection("definitions"),
+            runs: database.collection("runs"),
+            workers: database.collection("workers"),
+            logs: database.collection("run_logs"),
+            database,
+        };
+        store.create_indexes().await?;
+        Ok(store)
+    }
+
+    /// The database in use.
+    pub fn database_name(&self) -> &str {
+        self.database.name()
+    }
+
+    async fn create_indexes(&self) -> Result<(), StoreError> {
+        let index = |keys: Document| IndexModel::builder().keys(keys).build();
+        self.definitions
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"id": 1, "version": 1})
+                    .options(IndexOptions::builder().unique(true).build())
+                    .build(),
+            )
+            .await
+            .map_err(backend)?;
+        self.runs
+            .create_indexes([
+                // The pending window: claimable runs by priority, oldest first.
+                index(doc! {"state": 1, "priority": -1, "created_us": 1, "_id": 1}),
+                // Pagination, newest first, alone and with each filter.
+                index(doc! {"created_us": -1, "_id": -1}),
+                index(doc! {"state": 1, "created_us": -1, "_id": -1}),
+                index(doc! {"op_definition": 1, "created_us": -1, "_id": -1}),
+                index(doc! {"image": 1, "created_us": -1, "_id": -1}),
+                // Free capacity of a worker.
+                index(doc! {"worker_id": 1, "state": 1}),
+            ])
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn run_key(&self, param: &'static str, id: &str) -> Result<(i64, String), QueryError> {
+        let found = self
+            .runs
+            .find_one(doc! {"_id": id})
+            .projection(doc! {"created_us": 1})
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| QueryError::UnknownCursor {
+                param,
+                id: id.to_owned(),
+            })?;
+        let created = found
+            .get_i64("created_us")
+            .map_err(|e| StoreError::Corrupt {
+                id: id.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok((created, id.to_owned()))
+    }
+}
+
+fn run_filter(query: &RunQuery) -> Document {
+    let mut filter = Document::new();
+    if let Some(state) = query.state {
+        filter.insert("state", state.as_str());
+    }
+    if let Some(definition) = &query.op_definition {
+        filter.insert("op_definition", definition);
+    }
+    if let Some(image) = &query.image {
+        filter.insert("image", image);
+    }
+    if !query.created.is_empty() {
+        let mut range = Document::new();
+        for bound in &query.created {
+            let (op, micros) = match *bound {
+                CreatedBound::Gte(m) => ("$gte", m),
+                CreatedBound::Lte(m) => ("$lte", m),
+                CreatedBound::Gt(m) => ("$gt", m),
+                CreatedBound::Lt(m) => ("$lt", m),
+            };
+            range.insert(op, micros);
+        }
+        filter.insert("created_us", range);
+    }
+    filter
+}
+
+/// Runs strictly before (`$lt`) or after (`$gt`) `(created, id)` in (created_us, _id) order.
+fn beyond(op: &str, created: i64, id: &str) -> Document {
+    doc! {"$or": [
+        {"created_us": {op: created}},
+        {"created_us": created, "_id": {op: id}},
+    ]}
+}
+
+fn and(a: Document, b: Document) -> Document {
+    doc! {"$and": [a, b]}
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn upsert_definition(
+        &self,
+        mut definition: OpDefinition,
+    ) -> Result<(OpDefinition, bool), StoreError> {
+        let key = doc! {"id": &definition.id, "version": &definition.version};
+        let existing = self
+            .definitions
+            .find_one(key.clone())
+            .await
+            .map_err(backend)?;
+        let created = match existing {
+            Some(document) => {
+                let old: OpDefinition = decode(&document)?;
+                definition.created_at = old.created_at;
+                false
+            }
+            None => true,
+        };
+        let document = doc! {
+            "id": &definition.id,
+            "version": &definition.version,
+            "created_us": to_micros(&definition.created_at),
+            "doc": encode(&definition)?,
+        };
+        self.definitions
+            .replace_one(key, document)
+            .upsert(true)
+            .await
+            .map_err(backend)?;
+        Ok((definition, created))
+    }
+
+    async fn get_definition(
+        &self,
+        id: &str,
+        version: Option<&str>,
+    ) -> Result<Option<OpDefinition>, StoreError> {
+        if let Some(version) = version {
+            let found = self
+                .definitions
+                .find_one(doc! {"id": id, "version": version})
+                .await
+                .map_err(backend)?;
+            return found.as_ref().map(decode).transpose();
+        }
+        let all = collect(
+            self.definitions
+                .find(doc! {"id": id})
+                .await
+                .map_err(backend)?,
+        )
+        .await?;
+        let mut latest: Option<OpDefinition> = None;
+        for document in &all {
+            let definition: OpDefinition = decode(document)?;
+            if latest
+                .as_ref()
+                .is_none_or(|best| compare_versions(&definition.version, &best.version).is_gt())
+            {
+                latest = Some(definition);
+            }
+        }
+        Ok(latest)
+    }
+
+    async fn list_definitions(&self) -> Result<Vec<OpDefinition>, StoreError> {
+        let cursor = self
+            .definitions
+            .find(doc! {})
+            .sort(doc! {"id": 1, "created_us": 1, "version": 1})
+            .await
+            .map_err(backend)?;
+        collect(cursor).await?.iter().map(decode).collect()
+    }
+
+    async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError> {
+        self.runs
+            .insert_one(run_document(run, 0)?)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Option<OpRun>, StoreError> {
+        let found = self
+            .runs
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(backend)?;
+        found.as_ref().map(decode).transpose()
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueryError> {
+        let filters = run_filter(query);
+        let (filter, ascending) = match &query.cursor {
+            Cursor::Start => (filters.clone(), false),
+            Cursor::StartingAfter(id) => {
+                let (created, id) = self.run_key("starting_after", id).await?;
+                (and(filters.clone(), beyond("$lt", created, &id)), false)
+            }
+            Cursor::EndingBefore(id) => {
+                let (created, id) = self.run_key("ending_before", id).await?;
+                (and(filters.clone(), beyond("$gt", created, &id)), true)
+            }
+        };
+        let direction = if ascending { 1 } else { -1 };
+        let cursor = self
+            .runs
+            .find(filter)
+            .sort(doc! {"created_us": direction, "_id": direction})
+            .limit(query.limit as i64)
+            .await
+            .map_err(backend)?;
+        let mut documents = collect(cursor).await?;
+        if ascending {
+            documents.reverse();
+        }
+        let boundary = if ascending {
+            documents.first()
+        } else {
+            documents.last()
+        };
+        let has_more = match boundary {
+            None => false,
+            Some(document) => {
+                let created = document.get_i64("created_us").map_err(backend)?;
+                let id = document.get_str("_id").map_err(backend)?;
+                let op = if ascending { "$gt" } else { "$lt" };
+                self.runs
+                    .find_one(and(filters, beyond(op, created, id)))
+                    .projection(doc! {"_id": 1})
+                    .await
+                    .map_err(backend)?
+                    .is_some()
+            }
+        };
+        let runs = documents.iter().map(decode).collect::<Result<_, _>>()?;
+        Ok(RunPage { runs, has_more })
+    }
+
+    async fn update_run(
+        &self,
+        id: &str,
+        mut mutation: RunMutation,
+    ) -> Result<Option<OpRun>, StoreError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let Some(document) = self
+                .runs
+                .find_one(doc! {"_id": id})
+                .await
+                .map_err(backend)?
+            else {
+                return Ok(None);
+            };
+            let rev = document.get_i64("rev").map_err(backend)?;
+            let mut run: OpRun = decode(&document)?;
+            mutation(&mut run)?;
+            let replaced = self
+                .runs
+                .replace_one(doc! {"_id": id, "rev": rev}, run_document(&run, rev + 1)?)
+                .await
+                .map_err(backend)?;
+            if replaced.matched_count == 1 {
+                return Ok(Some(run));
+            }
+            // Someone changed the run since we read it: read it again and re-apply.
+        }
+        Err(StoreError::Backend(format!(
+            "run '{id}' changed concurrently {MAX_CONFLICT_RETRIES} times in a row; giving up"
+        )))
+    }
+
+    async fn pending_window(&self, now: Timestamp, limit: usize) -> Result<Vec<OpRun>, StoreError> {
+        let filter = doc! {
+            "state": "PENDING",
+            "$or": [{"available_us": Bson::Null}, {"available_us": {"$lte": to_micros(&now)}}],
+        };
+        let cursor = self
+            .runs
+            .find(filter)
+            .sort(doc! {"priority": -1, "created_us": 1, "_id": 1})
+            .limit(limit as i64)
+            .await
+            .map_err(backend)?;
+        collect(cursor).await?.iter().map(decode).collect()
+    }
+
+    async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError> {
+        let filter = doc! {"worker_id": worker_id, "state": {"$in": ["ASSIGNED", "RUNNING"]}};
+        let cursor = self.runs.find(filter).await.map_err(backend)?;
+        collect(cursor).await?.iter().map(decode).collect()
+    }
+
+    async fn heartbeat(
+        &self,
+        heartbeat: HeartbeatRequest,
+        now: Timestamp,
+    ) -> Result<Worker, StoreError> {
+        let existing = self
+            .workers
+            .find_one(doc! {"_id": &heartbeat.worker_id})
+            .await
+            .map_err(backend)?;
+        let existing: Option<Worker> = existing.as_ref().map(decode).transpose()?;
+        let worker = Worker {
+            created_at: existing.as_ref().map_or(now, |w| w.created_at),
+            running_ops: match heartbeat.running_ops {
+                Some(ops) => ops,
+                None => existing.map(|w| w.running_ops).unwrap_or_default(),
+            },
+            id: heartbeat.worker_id,
+            resources: heartbeat.resources,
+            tags: heartbeat.tags,
+            last_heartbeat_at: now,
+        };
+        let document = doc! {
+            "_id": &worker.id,
+            "last_heartbeat_us": to_micros(&now),
+            "doc": encode(&worker)?,
+        };
+        self.workers
+            .replace_one(doc! {"_id": &worker.id}, document)
+            .upsert(true)
+            .await
+            .map_err(backend)?;
+        Ok(worker)
+    }
+
+    async fn get_worker(&self, id: &str) -> Result<Option<Worker>, StoreError> {
+        let found = self
+            .workers
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(backend)?;
+        found.as_ref().map(decode).transpose()
+    }
+
+    async fn list_workers(&self) -> Result<Vec<Worker>, StoreError> {
+        let cursor = self
+            .workers
+            .find(doc! {})
+            .sort(doc! {"_id": 1})
+            .await
+            .map_err(backend)?;
+        collect(cursor).await?.iter().map(decode).collect()
+    }
+
+    async fn count_runs_by_state(&self) -> Result<Vec<(OpRunState, u64)>, StoreError> {
+        let mut counts = Vec::new();
+        for state in OpRunState::ALL {
+            let n = self
+                .runs
+                .count_documents(doc! {"state": state.as_str()})
+                .await
+                .map_err(backend)?;
+            counts.push((state, n));
+        }
+        Ok(counts)
+    }
+
+    async fn append_log(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        text: &str,
+        cap: usize,
+    ) -> Result<(), StoreError> {
+        // One worker ships an attempt's log, in order: a read-modify-write is enough.
+        let key = format!("{run_id}:{attempt}");
+        let mut tail = self.get_log(run_id, attempt).await?.unwrap_or_default();
+        tail.append(text, cap);
+        self.logs
+            .replace_one(
+                doc! {"_id": &key},
+                doc! {"_id": &key, "total_bytes": tail.total_bytes as i64, "text": tail.text},
+            )
+            .upsert(true)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError> {
+        let key = format!("{run_id}:{attempt}");
+        let Some(document) = self
+            .logs
+            .find_one(doc! {"_id": &key})
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(LogTail {
+            text: document.get_str("text").map_err(backend)?.to_owned(),
+            total_bytes: document.get_i64("total_bytes").map_err(backend)? as u64,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn credentials_are_not_shown() {
+        assert_eq!(
+            redact("mongodb://user:pw@db:27017/x"),
+            "mongodb://***@db:27017/x"
+        );
+        assert_eq!(redact("mongodb://db:27017"), "mongodb://db:27017");
+    }
+}

@@ -1,0 +1,569 @@
+//! One conformance suite, the same test functions, run against every [`Store`]:
+//! the embedded SQLite store and the MongoDB store (on a real MongoDB-wire-protocol server,
+//! `GYOZA_TEST_MONGO_URL`, default `mongodb://127.0.0.1:27117`, which `scripts/test.sh`
+//! starts). The MongoDB half fails when no server answers: set `GYOZA_TEST_SKIP_MONGO=1` to
+//! leave it out knowingly.
+
+use std::sync::Arc;
+
+use chrono::{Duration, TimeZone, Utc};
+use gyoza_core::api::HeartbeatRequest;
+use gyoza_core::run::NewRun;
+use gyoza_core::time::Timestamp;
+use gyoza_core::{DomainError, OpDefinition, OpRun, OpRunState, Resources, WorkerOpRun};
+use gyoza_host::store::{
+    CreatedBound, Cursor, MongoStore, QueryError, RunQuery, SqliteStore, Store, StoreError,
+};
+
+/// A store under test and what keeps it alive (a temp dir, a database to drop).
+struct Fixture {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Option<Fixture> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("gyoza.db"))
+        .await
+        .unwrap();
+    Some(Fixture {
+        store: Arc::new(store),
+        _dir: Some(dir),
+    })
+}
+
+async fn mongodb() -> Option<Fixture> {
+    if std::env::var("GYOZA_TEST_SKIP_MONGO").is_ok_and(|v| v == "1") {
+        eprintln!("GYOZA_TEST_SKIP_MONGO=1: MongoDB conformance left out");
+        return None;
+    }
+    let url = std::env::var("GYOZA_TEST_MONGO_URL")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27117".into());
+    // A database per test: tests run in parallel and must not see each other's data.
+    let database = format!("gyoza_test_{}", uuid_like());
+    let store = MongoStore::connect(&url, &database).await.unwrap_or_else(|e| {
+        panic!("no MongoDB-wire server at {url} ({e}); run scripts/setup.d/30-mongo.sh or set GYOZA_TEST_SKIP_MONGO=1")
+    });
+    Some(Fixture {
+        store: Arc::new(store),
+        _dir: None,
+    })
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        Utc::now().timestamp_micros(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn t(seconds: i64) -> Timestamp {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + Duration::seconds(seconds)
+}
+
+fn run_at(at: Timestamp, image: &str, priority: i64) -> OpRun {
+    OpRun::new(
+        NewRun {
+            image: image.into(),
+            priority,
+            ..NewRun::default()
+        },
+        at,
+    )
+    .unwrap()
+}
+
+fn definition(version: &str, image: &str, at: Timestamp) -> OpDefinition {
+    serde_json::from_value(serde_json::json!({
+        "id": "op", "version": version, "image": image,
+        "created_at": gyoza_core::time::to_wire(&at), "updated_at": gyoza_core::time::to_wire(&at)
+    }))
+    .unwrap()
+}
+
+fn query(limit: usize, cursor: Cursor) -> RunQuery {
+    RunQuery {
+        limit,
+        cursor,
+        state: None,
+        op_definition: None,
+        image: None,
+        created: Vec::new(),
+    }
+}
+
+fn ids(runs: &[OpRun]) -> Vec<String> {
+    runs.iter().map(|r| r.id.clone()).collect()
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn definitions_upsert_and_latest(store: Arc<dyn Store>) {
+        let (first, created) = store
+            .upsert_definition(definition("1.9.0", "a", t(0)))
+            .await
+            .unwrap();
+        assert!(created);
+        let (replaced, created) = store
+            .upsert_definition(definition("1.9.0", "b", t(10)))
+            .await
+            .unwrap();
+        assert!(!created, "same id + version replaces");
+        assert_eq!(
+            replaced.created_at, first.created_at,
+            "first creation time is kept"
+        );
+        assert_eq!(replaced.image, "b");
+        store
+            .upsert_definition(definition("1.10.0", "c", t(20)))
+            .await
+            .unwrap();
+        store
+            .upsert_definition(definition("1.2.0", "d", t(30)))
+            .await
+            .unwrap();
+
+        let latest = store.get_definition("op", None).await.unwrap().unwrap();
+        assert_eq!(latest.version, "1.10.0");
+        let pinned = store
+            .get_definition("op", Some("1.9.0"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(pinned.image, "b");
+        assert_eq!(pinned.created_at, t(0));
+        assert!(
+            store
+                .get_definition("op", Some("3"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.get_definition("nope", None).await.unwrap().is_none());
+        let versions: Vec<String> = store
+            .list_definitions()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.version)
+            .collect();
+        assert_eq!(
+            versions,
+            vec!["1.9.0", "1.10.0", "1.2.0"],
+            "by id, then creation"
+        );
+    }
+
+    pub async fn runs_round_trip(store: Arc<dyn Store>) {
+        let mut run = run_at(t(0), "img", 3);
+        run.inputs.insert("big".into(), serde_json::json!(u64::MAX));
+        run.inputs.insert(
+            "nested".into(),
+            serde_json::json!({"a": [1, 2.5, null, "x"]}),
+        );
+        store.insert_run(&run).await.unwrap();
+        assert_eq!(
+            store.get_run(&run.id).await.unwrap(),
+            Some(run.clone()),
+            "every value round-trips"
+        );
+        assert_eq!(store.get_run("missing").await.unwrap(), None);
+        assert!(store.insert_run(&run).await.is_err(), "a run id is unique");
+    }
+
+    pub async fn list_runs_pages_both_ways_with_filters(store: Arc<dyn Store>) {
+        let mut runs = Vec::new();
+        for i in 0..12 {
+            let mut run = run_at(t(i), if i % 3 == 0 { "three" } else { "other" }, 1);
+            if i % 2 == 0 {
+                run.set_state(OpRunState::Cancelled, t(i)).unwrap();
+            }
+            store.insert_run(&run).await.unwrap();
+            runs.push(run);
+        }
+        let newest: Vec<String> = runs.iter().rev().map(|r| r.id.clone()).collect();
+
+        let page = store.list_runs(&query(5, Cursor::Start)).await.unwrap();
+        assert_eq!(
+            (ids(&page.runs), page.has_more),
+            (newest[0..5].to_vec(), true)
+        );
+        let page = store
+            .list_runs(&query(5, Cursor::StartingAfter(newest[4].clone())))
+            .await
+            .unwrap();
+        assert_eq!(
+            (ids(&page.runs), page.has_more),
+            (newest[5..10].to_vec(), true)
+        );
+        let page = store
+            .list_runs(&query(5, Cursor::StartingAfter(newest[9].clone())))
+            .await
+            .unwrap();
+        assert_eq!(
+            (ids(&page.runs), page.has_more),
+            (newest[10..12].to_vec(), false)
+        );
+        let page = store
+            .list_runs(&query(5, Cursor::EndingBefore(newest[10].clone())))
+            .await
+            .unwrap();
+        assert_eq!(
+            (ids(&page.runs), page.has_more),
+            (newest[5..10].to_vec(), true)
+        );
+        let page = store
+            .list_runs(&query(5, Cursor::EndingBefore(newest[5].clone())))
+            .await
+            .unwrap();
+        assert_eq!(
+            (ids(&page.runs), page.has_more),
+            (newest[0..5].to_vec(), false)
+        );
+        let page = store
+            .list_runs(&query(5, Cursor::EndingBefore(newest[0].clone())))
+            .await
+            .unwrap();
+        assert_eq!((page.runs.len(), page.has_more), (0, false));
+
+        let mut filtered = query(100, Cursor::Start);
+        filtered.state = Some(OpRunState::Cancelled);
+        filtered.image = Some("three".into());
+        let page = store.list_runs(&filtered).await.unwrap();
+        assert_eq!(
+            ids(&page.runs),
+            vec![runs[6].id.clone(), runs[0].id.clone()]
+        );
+
+        let mut window = query(2, Cursor::Start);
+        let second = |s: i64| t(s).timestamp_micros();
+        window.created = vec![CreatedBound::Gte(second(3)), CreatedBound::Lt(second(7))];
+        let page = store.list_runs(&window).await.unwrap();
+        assert_eq!(
+            (ids(&page.runs), page.has_more),
+            (vec![runs[6].id.clone(), runs[5].id.clone()], true)
+        );
+        window.cursor = Cursor::StartingAfter(runs[5].id.clone());
+        let page = store.list_runs(&window).await.unwrap();
+        assert_eq!(
+            (ids(&page.runs), page.has_more),
+            (vec![runs[4].id.clone(), runs[3].id.clone()], false)
+        );
+        window.created = vec![CreatedBound::Gt(second(3)), CreatedBound::Lte(second(4))];
+        window.cursor = Cursor::Start;
+        assert_eq!(
+            ids(&store.list_runs(&window).await.unwrap().runs),
+            vec![runs[4].id.clone()]
+        );
+
+        let unknown = store
+            .list_runs(&query(5, Cursor::StartingAfter("nope".into())))
+            .await;
+        assert!(matches!(
+            unknown,
+            Err(QueryError::UnknownCursor {
+                param: "starting_after",
+                ..
+            })
+        ));
+    }
+
+    pub async fn runs_created_at_the_same_instant_page_without_loss(store: Arc<dyn Store>) {
+        let mut all = Vec::new();
+        for _ in 0..15 {
+            let run = run_at(t(5), "same", 0);
+            store.insert_run(&run).await.unwrap();
+            all.push(run.id);
+        }
+        let mut seen = Vec::new();
+        let mut cursor = Cursor::Start;
+        loop {
+            let page = store.list_runs(&query(4, cursor)).await.unwrap();
+            seen.extend(ids(&page.runs));
+            if !page.has_more {
+                break;
+            }
+            cursor = Cursor::StartingAfter(seen.last().unwrap().clone());
+        }
+        let mut walked_back = Vec::new();
+        let mut cursor = Cursor::EndingBefore(seen.last().unwrap().clone());
+        loop {
+            let page = store.list_runs(&query(4, cursor)).await.unwrap();
+            let mut page_ids = ids(&page.runs);
+            page_ids.append(&mut walked_back);
+            walked_back = page_ids;
+            if !page.has_more {
+                break;
+            }
+            cursor = Cursor::EndingBefore(walked_back[0].clone());
+        }
+        assert_eq!(
+            walked_back,
+            seen[..14].to_vec(),
+            "backwards walk sees the same order"
+        );
+        seen.sort();
+        all.sort();
+        assert_eq!(seen, all, "every run exactly once");
+    }
+
+    pub async fn update_run_is_atomic_and_refusals_write_nothing(store: Arc<dyn Store>) {
+        let run = run_at(t(0), "img", 1);
+        store.insert_run(&run).await.unwrap();
+        let updated = store
+            .update_run(&run.id, Box::new(|r| r.assign("w1", t(1))))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(updated.state, OpRunState::Assigned);
+        let refused = store
+            .update_run(&run.id, Box::new(|r| r.assign("w2", t(2))))
+            .await;
+        assert!(matches!(
+            refused,
+            Err(StoreError::Rule(DomainError::InvalidTransition { .. }))
+        ));
+        let stored = store.get_run(&run.id).await.unwrap().unwrap();
+        assert_eq!(stored, updated, "a refused mutation wrote nothing");
+        assert!(
+            store
+                .update_run("missing", Box::new(|_| Ok(())))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    pub async fn pending_window_orders_by_priority_and_respects_backoff(store: Arc<dyn Store>) {
+        let low = run_at(t(0), "img", 1);
+        let high_late = run_at(t(2), "img", 9);
+        let high_early = run_at(t(1), "img", 9);
+        let mut backing_off = run_at(t(0), "img", 50);
+        backing_off.available_at = Some(t(100));
+        let mut done = run_at(t(0), "img", 99);
+        done.set_state(OpRunState::Completed, t(0)).unwrap();
+        for run in [&low, &high_late, &high_early, &backing_off, &done] {
+            store.insert_run(run).await.unwrap();
+        }
+        let window = store.pending_window(t(10), 10).await.unwrap();
+        assert_eq!(
+            ids(&window),
+            vec![high_early.id.clone(), high_late.id.clone(), low.id.clone()]
+        );
+        let window = store.pending_window(t(100), 2).await.unwrap();
+        assert_eq!(
+            ids(&window),
+            vec![backing_off.id.clone(), high_early.id.clone()]
+        );
+    }
+
+    pub async fn runs_on_worker_are_its_assigned_and_running_runs(store: Arc<dyn Store>) {
+        let mut ids_on_w1 = Vec::new();
+        for i in 0..4 {
+            let run = run_at(t(i), "img", 1);
+            store.insert_run(&run).await.unwrap();
+            let worker = if i == 3 { "w2" } else { "w1" };
+            store
+                .update_run(&run.id, Box::new(move |r| r.assign(worker, t(5))))
+                .await
+                .unwrap();
+            if i < 3 {
+                ids_on_w1.push(run.id);
+            }
+        }
+        store
+            .update_run(
+                &ids_on_w1[1],
+                Box::new(|r| r.set_state(OpRunState::Running, t(6))),
+            )
+            .await
+            .unwrap();
+        store
+            .update_run(
+                &ids_on_w1[2],
+                Box::new(|r| r.set_state(OpRunState::Completed, t(7))),
+            )
+            .await
+            .unwrap();
+        let mut held = ids(&store.runs_on_worker("w1").await.unwrap());
+        held.sort();
+        let mut expected = ids_on_w1[..2].to_vec();
+        expected.sort();
+        assert_eq!(held, expected);
+        assert!(store.runs_on_worker("nobody").await.unwrap().is_empty());
+    }
+
+    pub async fn heartbeats_register_and_refresh_workers(store: Arc<dyn Store>) {
+        let resources = Resources {
+            cpu_cores: 4,
+            ram_mb: 1024,
+            gpus: vec![],
+        };
+        let op = WorkerOpRun {
+            id: "r1".into(),
+            image: "img".into(),
+            inputs: Default::default(),
+            constraints: Default::default(),
+            attempt: None,
+        };
+        let beat = |ops: Option<Vec<WorkerOpRun>>, cpu| HeartbeatRequest {
+            worker_id: "w1".into(),
+            resources: Resources {
+                cpu_cores: cpu,
+                ..resources.clone()
+            },
+            tags: vec!["gpu".into()],
+            running_ops: ops,
+        };
+        let first = store
+            .heartbeat(beat(Some(vec![op.clone()]), 4), t(0))
+            .await
+            .unwrap();
+        assert_eq!(first.created_at, t(0));
+        let second = store.heartbeat(beat(None, 8), t(5)).await.unwrap();
+        assert_eq!(second.created_at, t(0), "first heartbeat time is kept");
+        assert_eq!(second.last_heartbeat_at, t(5));
+        assert_eq!(second.resources.cpu_cores, 8);
+        assert_eq!(
+            second.running_ops,
+            vec![op],
+            "no running_ops in a heartbeat keeps the last list"
+        );
+        store
+            .heartbeat(
+                HeartbeatRequest {
+                    worker_id: "a0".into(),
+                    ..beat(Some(vec![]), 1)
+                },
+                t(6),
+            )
+            .await
+            .unwrap();
+        let stored = store.get_worker("w1").await.unwrap().unwrap();
+        assert_eq!(stored, second);
+        let listed: Vec<String> = store
+            .list_workers()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        assert_eq!(listed, vec!["a0", "w1"]);
+        assert!(store.get_worker("nobody").await.unwrap().is_none());
+    }
+
+    pub async fn logs_keep_a_tail_per_attempt(store: Arc<dyn Store>) {
+        assert!(store.get_log("r", 1).await.unwrap().is_none());
+        store.append_log("r", 1, "one\n", 12).await.unwrap();
+        store.append_log("r", 1, "two\nthree\n", 12).await.unwrap();
+        store.append_log("r", 2, "other\n", 12).await.unwrap();
+        let tail = store.get_log("r", 1).await.unwrap().unwrap();
+        assert_eq!((tail.text.as_str(), tail.total_bytes), ("two\nthree\n", 14));
+        assert_eq!(
+            store.get_log("r", 2).await.unwrap().unwrap().text,
+            "other\n"
+        );
+    }
+
+    pub async fn runs_are_counted_by_state(store: Arc<dyn Store>) {
+        for i in 0..3 {
+            let mut run = run_at(t(i), "img", 1);
+            if i == 0 {
+                run.set_state(OpRunState::Failed, t(i)).unwrap();
+            }
+            store.insert_run(&run).await.unwrap();
+        }
+        let counts: Vec<(OpRunState, u64)> = store
+            .count_runs_by_state()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let mut counts = counts;
+        counts.sort_by_key(|(s, _)| s.as_str());
+        assert_eq!(
+            counts,
+            vec![(OpRunState::Failed, 1), (OpRunState::Pending, 2)]
+        );
+    }
+
+    pub async fn concurrent_assignment_is_exactly_once(store: Arc<dyn Store>) {
+        let mut runs = Vec::new();
+        for i in 0..20 {
+            let run = run_at(t(i), "img", 1);
+            store.insert_run(&run).await.unwrap();
+            runs.push(run.id);
+        }
+        let runs = Arc::new(runs);
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let (store, runs) = (store.clone(), runs.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut won = Vec::new();
+                for id in runs.iter() {
+                    let worker = format!("w{w}");
+                    match store
+                        .update_run(id, Box::new(move |r| r.assign(&worker, t(30))))
+                        .await
+                    {
+                        Ok(Some(_)) => won.push(id.clone()),
+                        Err(StoreError::Rule(_)) => {}
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                won
+            }));
+        }
+        let mut won = Vec::new();
+        for task in tasks {
+            won.extend(task.await.unwrap());
+        }
+        won.sort();
+        let mut expected = runs.to_vec();
+        expected.sort();
+        assert_eq!(won, expected, "each run assigned exactly once");
+    }
+}
+
+macro_rules! conformance {
+    ($backend:ident: $($case:ident),+ $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    if let Some(fixture) = super::$backend().await {
+                        super::cases::$case(fixture.store.clone()).await;
+                    }
+                }
+            )+
+        }
+    };
+}
+
+macro_rules! suite {
+    ($($backend:ident),+) => {
+        $(
+            conformance!($backend:
+                definitions_upsert_and_latest,
+                runs_round_trip,
+                list_runs_pages_both_ways_with_filters,
+                runs_created_at_the_same_instant_page_without_loss,
+                update_run_is_atomic_and_refusals_write_nothing,
+                pending_window_orders_by_priority_and_respects_backoff,
+                runs_on_worker_are_its_assigned_and_running_runs,
+                heartbeats_register_and_refresh_workers,
+                logs_keep_a_tail_per_attempt,
+                runs_are_counted_by_state,
+                concurrent_assignment_is_exactly_once,
+            );
+        )+
+    };
+}
+
+suite!(sqlite, mongodb);
