@@ -225,11 +225,16 @@ pub struct AddEventRequest {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub payload: Option<Map<String, Value>>,
+    /// The attempt the sender works on (workers send it): an event for an attempt that is no
+    /// longer current is refused with 409 and changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 impl AddEventRequest {
     /// Applies the event to `run`.
     pub fn apply(self, run: &mut OpRun, now: Timestamp) -> Result<(), DomainError> {
+        run.check_attempt(self.attempt)?;
         let event_type: EventType = self.event_type.parse()?;
         let msg = match self.msg {
             Value::Null => Value::String(String::new()),

@@ -51,6 +51,18 @@ pub enum DomainError {
     /// A definition that cannot be stored as sent (empty id, unknown input type, bad default...).
     #[error("Invalid definition: {}", .0.join("; "))]
     InvalidDefinition(Vec<String>),
+    /// A call for an attempt that is no longer the run's current attempt (fencing).
+    #[error(
+        "attempt {attempt} of OpRun '{run_id}' is no longer current (the current attempt is {current}); the run was retried or reclaimed"
+    )]
+    StaleAttempt {
+        /// The run.
+        run_id: String,
+        /// The attempt the caller named.
+        attempt: u32,
+        /// The current attempt.
+        current: u32,
+    },
     /// A retry without force when every attempt of the retry policy has been used.
     #[error("OpRun '{run_id}' has used all {max_attempts} attempt(s) of its retry policy")]
     RetriesExhausted {

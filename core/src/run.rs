@@ -229,6 +229,10 @@ pub struct OpAttempt {
     #[serde(with = "time::wire_opt", default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub finished_at: Option<Timestamp>,
+    /// It ended because its worker stopped heartbeating. Such attempts do not count against
+    /// the retry policy (the op did not fail; its worker vanished).
+    #[serde(default)]
+    pub worker_lost: bool,
 }
 
 impl OpAttempt {
@@ -246,6 +250,7 @@ impl OpAttempt {
             constraints: run.constraints.clone(),
             started_at: None,
             finished_at: None,
+            worker_lost: false,
         }
     }
 
@@ -370,6 +375,76 @@ impl OpRun {
     /// The current attempt's number (1-based).
     pub fn current_attempt(&self) -> u32 {
         self.current().attempt
+    }
+
+    /// Attempts that count against the retry policy: all but those whose worker was lost.
+    pub fn attempts_used(&self) -> usize {
+        self.attempts.iter().filter(|a| !a.worker_lost).count()
+    }
+
+    /// Refuses a call made for an attempt that is no longer the current one (fencing: a
+    /// worker that lost its run, to a retry or a reclaim, must not change the new attempt).
+    pub fn check_attempt(&self, attempt: Option<u32>) -> Result<(), DomainError> {
+        match attempt {
+            Some(attempt) if attempt != self.current_attempt() => Err(DomainError::StaleAttempt {
+                run_id: self.id.clone(),
+                attempt,
+                current: self.current_attempt(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends the current attempt of a run whose worker `worker_id` went silent for
+    /// `silent_secs`: the attempt FAILS with "worker <id> lost (no heartbeat for Ns)" and the
+    /// run is requeued as a new attempt without using its retry budget, at most
+    /// `max_requeues` times (then the run FAILS).
+    ///
+    /// Refused unless the run is still ASSIGNED to or RUNNING on that worker, so that
+    /// applying it twice (two server replicas, say) changes nothing the second time.
+    pub fn worker_lost(
+        &mut self,
+        worker_id: &str,
+        silent_secs: i64,
+        max_requeues: usize,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        self.check_unlocked()?;
+        if !matches!(self.state, OpRunState::Assigned | OpRunState::Running) {
+            return Err(self.transition_error("worker lost", "ASSIGNED or RUNNING"));
+        }
+        if self.worker_id() != Some(worker_id) {
+            return Err(DomainError::InvalidEvent(format!(
+                "OpRun '{}' is not held by worker '{worker_id}'",
+                self.id
+            )));
+        }
+        let message = format!("worker {worker_id} lost (no heartbeat for {silent_secs}s)");
+        let attempt = self.current_mut();
+        attempt.worker_lost = true;
+        attempt.execution_summary.error_message = Some(message.clone());
+        attempt.finish(OpRunState::Failed, now);
+        attempt.events.push(EventEntry {
+            t: now,
+            event_type: EventType::Failed,
+            msg: Value::String(message.clone()),
+            payload: Map::from_iter([("error_message".to_owned(), Value::String(message.clone()))]),
+        });
+        self.updated_at = now;
+        let lost = self.attempts.iter().filter(|a| a.worker_lost).count();
+        if lost <= max_requeues {
+            let msg = format!("Requeued after its worker was lost ({lost} of {max_requeues})");
+            let payload = Map::from_iter([
+                ("force".to_owned(), Value::Bool(false)),
+                ("reason".to_owned(), Value::String("worker_lost".into())),
+                ("previous_error".to_owned(), Value::String(message)),
+            ]);
+            self.start_new_attempt(Value::String(msg), payload, now);
+            self.available_at = None;
+        } else {
+            self.state = OpRunState::Failed;
+        }
+        Ok(())
     }
 
     /// Whether the run is in a terminal state and refuses changes.
@@ -531,8 +606,8 @@ impl OpRun {
                 attempt.finish(OpRunState::Failed, now);
                 attempt.events.push(entry);
                 self.updated_at = now;
-                if self.attempts.len() < self.retry_policy.max_attempts as usize {
-                    let next = self.attempts.len() + 1;
+                if self.attempts_used() < self.retry_policy.max_attempts as usize {
+                    let next = self.attempts_used() + 1;
                     let msg = format!(
                         "Automatic retry: attempt {next} of {} after failure",
                         self.retry_policy.max_attempts
@@ -633,7 +708,7 @@ impl OpRun {
             }
             OpRunState::Failed | OpRunState::Cancelled => {}
         }
-        if !force && self.attempts.len() >= self.retry_policy.max_attempts as usize {
+        if !force && self.attempts_used() >= self.retry_policy.max_attempts as usize {
             return Err(DomainError::RetriesExhausted {
                 run_id: self.id.clone(),
                 max_attempts: self.retry_policy.max_attempts,
@@ -956,6 +1031,81 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, DomainError::InvalidTransition { .. }));
+    }
+
+    #[test]
+    fn a_lost_worker_requeues_without_using_the_retry_budget() {
+        let mut run = run_with(1, 0);
+        started(&mut run);
+        run.worker_lost("w1", 75, 3, t0()).unwrap();
+        assert_eq!(run.state, OpRunState::Pending);
+        assert_eq!(run.attempts.len(), 2);
+        assert!(run.attempts[0].worker_lost);
+        assert_eq!(
+            run.attempts[0].execution_summary.error_message.as_deref(),
+            Some("worker w1 lost (no heartbeat for 75s)")
+        );
+        assert_eq!(run.attempts_used(), 1, "the lost attempt is not counted");
+        assert!(
+            run.worker_lost("w1", 75, 3, t0()).is_err(),
+            "applying it twice changes nothing"
+        );
+        // The op's own failure still gets its single attempt's worth of budget: none left.
+        started(&mut run);
+        event(&mut run, EventType::Failed, json!("boom"), json!({})).unwrap();
+        assert_eq!(run.state, OpRunState::Failed);
+    }
+
+    #[test]
+    fn lost_worker_requeues_are_capped() {
+        let mut run = run_with(5, 0);
+        for _ in 0..3 {
+            started(&mut run);
+            run.worker_lost("w1", 61, 3, t0()).unwrap();
+            assert_eq!(run.state, OpRunState::Pending);
+        }
+        started(&mut run);
+        run.worker_lost("w1", 61, 3, t0()).unwrap();
+        assert_eq!(
+            run.state,
+            OpRunState::Failed,
+            "the fourth loss ends the run"
+        );
+        assert_eq!(run.attempts.len(), 4);
+    }
+
+    #[test]
+    fn only_the_holding_worker_can_be_lost() {
+        let mut run = run_with(1, 0);
+        assert!(
+            run.worker_lost("w1", 61, 3, t0()).is_err(),
+            "PENDING runs are held by no one"
+        );
+        started(&mut run);
+        assert!(run.worker_lost("w2", 61, 3, t0()).is_err());
+        assert_eq!(run.state, OpRunState::Running);
+    }
+
+    #[test]
+    fn calls_for_an_old_attempt_are_fenced() {
+        let mut run = run_with(2, 0);
+        started(&mut run);
+        event(&mut run, EventType::Failed, json!("boom"), json!({})).unwrap();
+        assert_eq!(run.current_attempt(), 2);
+        let err = run.check_attempt(Some(1)).unwrap_err();
+        assert!(matches!(
+            err,
+            DomainError::StaleAttempt {
+                attempt: 1,
+                current: 2,
+                ..
+            }
+        ));
+        assert!(run.check_attempt(Some(2)).is_ok());
+        assert!(
+            run.check_attempt(None).is_ok(),
+            "callers that do not say are not fenced"
+        );
     }
 
     #[test]

@@ -27,11 +27,12 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use tokio::sync::broadcast;
 
 use crate::clock::Clock;
-use crate::delivery::{Deliverer, DeliveryConfig};
+use crate::delivery::{self, Deliverer, DeliveryConfig};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
-use crate::store::Store;
+use crate::store::{RunMutation, Store, StoreError};
+use gyoza_core::OpRun;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -102,6 +103,28 @@ impl AppState {
                 },
             }
         }
+    }
+
+    /// Applies a domain change to a run atomically, then delivers the events it added to the
+    /// run's topic and wakes this process's watchers of the run. `Ok(None)`: no such run.
+    pub async fn update_run(
+        &self,
+        id: &str,
+        mut mutation: RunMutation,
+    ) -> Result<Option<OpRun>, StoreError> {
+        let before = Arc::new(std::sync::Mutex::new(delivery::Mark::default()));
+        let seen = before.clone();
+        let tracked: RunMutation = Box::new(move |run| {
+            *seen.lock().unwrap_or_else(|p| p.into_inner()) = delivery::mark(run);
+            mutation(run)
+        });
+        let Some(run) = self.store.update_run(id, tracked).await? else {
+            return Ok(None);
+        };
+        let before = *before.lock().unwrap_or_else(|p| p.into_inner());
+        self.deliverer.enqueue_new(&run, before);
+        self.notify(&run.id);
+        Ok(Some(run))
     }
 
     /// Tells event streams and log followers in this process that `run_id` changed.

@@ -8,6 +8,8 @@
 //! - 401: missing or wrong `X-API-Key`;
 //! - 404: no such definition, run or route;
 //! - 405: the route exists, the method does not;
+//! - 409: a worker's call for an attempt that is no longer current (the run was retried or
+//!   reclaimed meanwhile); nothing changed;
 //! - 413: the body is larger than the server accepts;
 //! - 422: well-formed JSON or query parameters of the wrong shape or type;
 //! - 500: the store failed. The cause is logged; the answer says only that the server
@@ -32,6 +34,9 @@ pub enum ApiError {
     /// 401: missing or wrong API key.
     #[error("Invalid or missing API key (send it in the X-API-Key header)")]
     Unauthorized,
+    /// 409: the call was for an attempt that is no longer current (fencing).
+    #[error("{0}")]
+    Conflict(String),
     /// 404: the named thing does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -60,6 +65,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -70,7 +76,10 @@ impl ApiError {
 
 impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
-        Self::BadRequest(e.to_string())
+        match e {
+            DomainError::StaleAttempt { .. } => Self::Conflict(e.to_string()),
+            other => Self::BadRequest(other.to_string()),
+        }
     }
 }
 

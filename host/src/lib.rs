@@ -15,6 +15,7 @@
 //! - [`scheduler`]: the scheduling seam and the claim protocol (atomic PENDING → ASSIGNED).
 //! - [`metrics`]: Prometheus counters and histograms (`GET /metrics`).
 //! - [`delivery`]: POSTing run events to their topic URLs, with retries.
+//! - [`reaper`]: runs of workers that stopped heartbeating are requeued.
 //! - [`strategy`]: scheduling strategies as WebAssembly components (the only wasmtime user):
 //!   the engine, plugin loading and hot reload, limits, fail policy, `/strategies`.
 //! - [`clock`]: the time source, replaceable in tests.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod metrics;
+pub mod reaper;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -68,12 +68,13 @@ pub async fn run(
         source,
     })?;
     tracing::info!("gyoza server listening on http://{local}");
-    serve(listener, state, shutdown)
-        .await
-        .map_err(|source| HostError::Io {
-            context: "server stopped with an error".into(),
-            source,
-        })?;
+    let reaper = crate::reaper::spawn(state.clone());
+    let served = serve(listener, state, shutdown).await;
+    reaper.abort();
+    served.map_err(|source| HostError::Io {
+        context: "server stopped with an error".into(),
+        source,
+    })?;
     tracing::info!("gyoza server stopped");
     Ok(())
 }

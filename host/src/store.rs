@@ -174,6 +174,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every worker, active or not, by id.
     async fn list_workers(&self) -> Result<Vec<Worker>, StoreError>;
 
+    /// Workers whose last heartbeat is older than `cutoff`.
+    async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<Worker>, StoreError>;
+
     /// How many runs are in each state (states without runs may be left out).
     async fn count_runs_by_state(&self) -> Result<Vec<(OpRunState, u64)>, StoreError>;
 

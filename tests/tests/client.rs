@@ -77,6 +77,7 @@ async fn runs_round_trip_through_every_run_endpoint() {
                 event_type: "INFO".into(),
                 msg: json!("hello"),
                 payload: None,
+                attempt: None,
             },
         )
         .await

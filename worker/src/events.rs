@@ -50,6 +50,7 @@ pub fn parse_event_line(line: &str) -> Result<Option<AddEventRequest>, String> {
         event_type,
         msg: object.remove("msg").unwrap_or(Value::String(String::new())),
         payload,
+        attempt: None,
     }))
 }
 

@@ -127,11 +127,11 @@ pub async fn execute(
     let started = std::time::Instant::now();
     let result = stages(&shared, &op, gpu, &run_dir, &container, &cancel, &shutdown).await;
     let outcome = match result {
-        Ok(outputs) => match report(&shared.client, &op.id, completed(&outputs)).await {
+        Ok(outputs) => match report(&shared.client, &op, completed(&outputs)).await {
             Reported::Yes => Outcome::Completed(outputs),
             Reported::Refused(why) => Outcome::Abandoned(why),
         },
-        Err(Stop::Fail(message)) => match report(&shared.client, &op.id, failed(&message)).await {
+        Err(Stop::Fail(message)) => match report(&shared.client, &op, failed(&message)).await {
             Reported::Yes => Outcome::Failed(message),
             Reported::Refused(why) => Outcome::Abandoned(why),
         },
@@ -163,6 +163,7 @@ fn completed(outputs: &Map<String, Value>) -> AddEventRequest {
         event_type: "COMPLETED".into(),
         msg: json!("Completed"),
         payload: Some(payload([("outputs", Value::Object(outputs.clone()))])),
+        attempt: None,
     }
 }
 
@@ -171,6 +172,7 @@ fn failed(message: &str) -> AddEventRequest {
         event_type: "FAILED".into(),
         msg: json!(first_line(message)),
         payload: Some(payload([("error_message", json!(message))])),
+        attempt: None,
     }
 }
 
@@ -248,8 +250,9 @@ async fn stages(
         event_type: "STARTED".into(),
         msg: json!(format!("Started on worker {}", shared.worker_id)),
         payload: Some(started),
+        attempt: None,
     };
-    if let Reported::Refused(why) = report(&shared.client, &op.id, event).await {
+    if let Reported::Refused(why) = report(&shared.client, op, event).await {
         return Err(Stop::Abandon(why));
     }
     if cancel.is_cancelled() {
@@ -263,6 +266,7 @@ async fn stages(
     let forwarder = tokio::spawn(forward_events(
         shared.client.clone(),
         op.id.clone(),
+        op.attempt,
         events_rx,
     ));
     let mut tail = LogTail::new(TAIL_LINES);
@@ -459,9 +463,12 @@ enum Reported {
     Refused(String),
 }
 
-/// Delivers an event, retrying with backoff while the server is unreachable (a run's result
-/// must not be lost to a short outage). Refusals are returned, not retried.
-async fn report(client: &Client, run_id: &str, event: AddEventRequest) -> Reported {
+/// Delivers an event for `op`'s attempt, retrying with backoff while the server is
+/// unreachable (a run's result must not be lost to a short outage). Refusals are returned,
+/// not retried: 409 means the attempt is no longer current (fencing).
+async fn report(client: &Client, op: &WorkerOpRun, mut event: AddEventRequest) -> Reported {
+    let run_id = op.id.as_str();
+    event.attempt = op.attempt;
     let mut delay = Duration::from_millis(500);
     for attempt in 1..=10 {
         match client.add_event(run_id, &event).await {
@@ -495,9 +502,11 @@ fn refused(e: &ClientError) -> bool {
 async fn forward_events(
     client: Client,
     run_id: String,
+    attempt: Option<u32>,
     mut events: tokio::sync::mpsc::Receiver<AddEventRequest>,
 ) {
-    while let Some(event) = events.recv().await {
+    while let Some(mut event) = events.recv().await {
+        event.attempt = attempt;
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=3 {
             match client.add_event(&run_id, &event).await {

@@ -5,7 +5,6 @@
 //! filters.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -21,7 +20,6 @@ use utoipa::IntoParams;
 
 use super::AppState;
 use super::extract::{ApiJson, ApiQuery, int_param};
-use crate::delivery;
 use crate::error::ApiError;
 use crate::store::{CreatedBound, Cursor, RunMutation, RunQuery};
 
@@ -181,27 +179,16 @@ pub(super) async fn load(state: &AppState, id: &str) -> Result<OpRun, ApiError> 
         .ok_or_else(|| ApiError::run_not_found(id))
 }
 
-/// Applies a domain change to a run atomically and answers with the run; then delivers the
-/// events the change added and wakes this process's watchers of the run.
+/// Applies a domain change to a run (see [`AppState::update_run`]) and answers with the run.
 async fn mutate(
     state: &AppState,
     id: &str,
-    mut mutation: RunMutation,
+    mutation: RunMutation,
 ) -> Result<Json<OpRunView>, ApiError> {
-    let before = Arc::new(Mutex::new(delivery::Mark::default()));
-    let seen = before.clone();
-    let tracked: RunMutation = Box::new(move |run| {
-        *seen.lock().unwrap_or_else(|p| p.into_inner()) = delivery::mark(run);
-        mutation(run)
-    });
     let run = state
-        .store
-        .update_run(id, tracked)
+        .update_run(id, mutation)
         .await?
         .ok_or_else(|| ApiError::run_not_found(id))?;
-    let before = *before.lock().unwrap_or_else(|p| p.into_inner());
-    state.deliverer.enqueue_new(&run, before);
-    state.notify(&run.id);
     Ok(Json(OpRunView::from(&run)))
 }
 

@@ -466,6 +466,16 @@ impl Store for MongoStore {
         collect(cursor).await?.iter().map(decode).collect()
     }
 
+    async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<Worker>, StoreError> {
+        let cursor = self
+            .workers
+            .find(doc! {"last_heartbeat_us": {"$lt": to_micros(&cutoff)}})
+            .sort(doc! {"_id": 1})
+            .await
+            .map_err(backend)?;
+        collect(cursor).await?.iter().map(decode).collect()
+    }
+
     async fn count_runs_by_state(&self) -> Result<Vec<(OpRunState, u64)>, StoreError> {
         let mut counts = Vec::new();
         for state in OpRunState::ALL {

@@ -638,6 +638,29 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<Worker>, StoreError> {
+        let cutoff = to_micros(&cutoff);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, doc FROM workers WHERE last_heartbeat_at < ?1 ORDER BY id",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([cutoff], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(backend)?;
+            let mut workers = Vec::new();
+            for row in rows {
+                let (id, doc) = row.map_err(backend)?;
+                workers.push(decode(&id, &doc)?);
+            }
+            Ok(workers)
+        })
+        .await
+    }
+
     async fn count_runs_by_state(&self) -> Result<Vec<(OpRunState, u64)>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn

@@ -1,0 +1,273 @@
+//! Dead workers lose their runs, exactly once, and a worker that comes back is fenced.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::{Duration, TimeZone, Utc};
+use gyoza_host::api::{AppState, app};
+use gyoza_host::clock::ManualClock;
+use gyoza_host::reaper::reap_lost_workers;
+use gyoza_host::scheduler::GreedyPriority;
+use gyoza_host::store::SqliteStore;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const KEY: &str = "reliability-key";
+
+struct Api {
+    state: AppState,
+    app: Router,
+    clock: Arc<ManualClock>,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+impl Api {
+    async fn new() -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let clock = Arc::new(ManualClock::new(
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        ));
+        Self::on(dir, clock).await
+    }
+
+    /// Another server replica on the same database file and clock.
+    async fn on(dir: Arc<tempfile::TempDir>, clock: Arc<ManualClock>) -> Self {
+        let store = SqliteStore::open(dir.path().join("gyoza.db"))
+            .await
+            .unwrap();
+        let state = AppState::new(
+            Arc::new(store),
+            Arc::new(GreedyPriority),
+            clock.clone(),
+            KEY,
+        );
+        Self {
+            app: app(state.clone()),
+            state,
+            clock,
+            _dir: dir,
+        }
+    }
+
+    async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("x-api-key", KEY)
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn ok(&self, method: &str, uri: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.call(method, uri, body).await;
+        assert!(status.is_success(), "{method} {uri}: {status} {value}");
+        value
+    }
+
+    async fn heartbeat(&self, worker: &str) {
+        self.ok(
+            "POST",
+            "/workers/heartbeat",
+            Some(json!({"worker_id": worker, "resources": {"cpu_cores": 4, "ram_mb": 4096}})),
+        )
+        .await;
+    }
+
+    /// A run claimed by and started on `worker`.
+    async fn running_on(&self, worker: &str, retry: Value) -> String {
+        self.heartbeat(worker).await;
+        let run = self
+            .ok(
+                "POST",
+                "/runs",
+                Some(json!({"image": "x", "retry_policy": retry})),
+            )
+            .await;
+        let id = run["id"].as_str().unwrap().to_owned();
+        let claim = self
+            .ok("POST", &format!("/workers/{worker}/claim"), None)
+            .await;
+        assert_eq!(claim["ops"][0]["id"], id.as_str());
+        assert_eq!(claim["ops"][0]["attempt"], 1);
+        self.ok(
+            "POST",
+            &format!("/runs/{id}/events"),
+            Some(json!({"type": "STARTED", "msg": "", "payload": {"worker_id": worker}, "attempt": 1})),
+        )
+        .await;
+        id
+    }
+}
+
+#[tokio::test]
+async fn a_silent_worker_loses_its_runs_and_is_fenced_when_it_returns() {
+    let api = Api::new().await;
+    let id = api.running_on("w1", json!({"max_attempts": 1})).await;
+    api.clock.advance(Duration::seconds(30));
+    api.heartbeat("w2").await;
+    assert_eq!(
+        reap_lost_workers(&api.state).await.unwrap(),
+        0,
+        "w1 is within its timeout"
+    );
+
+    api.clock.advance(Duration::seconds(45));
+    api.heartbeat("w2").await;
+    assert_eq!(reap_lost_workers(&api.state).await.unwrap(), 1);
+    let run = api.ok("GET", &format!("/runs/{id}"), None).await;
+    assert_eq!(
+        run["state"], "PENDING",
+        "requeued although max_attempts is 1"
+    );
+    assert_eq!(run["current_attempt"], 2);
+    assert_eq!(run["attempts"][0]["state"], "FAILED");
+    assert_eq!(run["attempts"][0]["worker_lost"], true);
+    assert_eq!(
+        run["attempts"][0]["execution_summary"]["error_message"],
+        "worker w1 lost (no heartbeat for 75s)"
+    );
+    assert_eq!(
+        reap_lost_workers(&api.state).await.unwrap(),
+        0,
+        "reaping twice is harmless"
+    );
+
+    // w1 comes back and reports on its old attempt: refused, nothing changes.
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/runs/{id}/events"),
+            Some(json!({"type": "COMPLETED", "msg": "late", "payload": {"outputs": {"x": 1}}, "attempt": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no longer current"),
+        "{body}"
+    );
+    let after = api.ok("GET", &format!("/runs/{id}"), None).await;
+    assert_eq!(after["state"], "PENDING");
+    assert_eq!(after["events"], run["events"]);
+
+    // Another worker takes the new attempt and finishes it.
+    let claim = api.ok("POST", "/workers/w2/claim", None).await;
+    assert_eq!(
+        (
+            claim["ops"][0]["id"].as_str(),
+            claim["ops"][0]["attempt"].as_u64()
+        ),
+        (Some(id.as_str()), Some(2))
+    );
+    api.ok(
+        "POST",
+        &format!("/runs/{id}/events"),
+        Some(json!({"type": "STARTED", "msg": "", "payload": {"worker_id": "w2"}, "attempt": 2})),
+    )
+    .await;
+    let done = api
+        .ok(
+            "POST",
+            &format!("/runs/{id}/events"),
+            Some(json!({"type": "COMPLETED", "msg": "ok", "attempt": 2})),
+        )
+        .await;
+    assert_eq!(done["state"], "COMPLETED");
+}
+
+#[tokio::test]
+async fn requeues_after_lost_workers_are_capped() {
+    let api = Api::new().await;
+    let id = api.running_on("w0", json!({"max_attempts": 5})).await;
+    for round in 1..=4 {
+        api.clock.advance(Duration::seconds(61));
+        assert_eq!(reap_lost_workers(&api.state).await.unwrap(), 1);
+        let run = api.ok("GET", &format!("/runs/{id}"), None).await;
+        if round < 4 {
+            assert_eq!(run["state"], "PENDING", "round {round}");
+            let worker = format!("w{round}");
+            api.heartbeat(&worker).await;
+            api.ok("POST", &format!("/workers/{worker}/claim"), None)
+                .await;
+        } else {
+            assert_eq!(run["state"], "FAILED", "the fourth loss ends the run");
+            assert_eq!(run["attempts"].as_array().unwrap().len(), 4);
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_reaping_at_once_requeue_a_run_once() {
+    let first = Api::new().await;
+    let second = Api::on(first._dir.clone(), first.clock.clone()).await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(first.running_on("doomed", json!({"max_attempts": 1})).await);
+    }
+    first.clock.advance(Duration::seconds(120));
+    let (a, b) = tokio::join!(
+        reap_lost_workers(&first.state),
+        reap_lost_workers(&second.state)
+    );
+    assert_eq!(
+        a.unwrap() + b.unwrap(),
+        10,
+        "each run requeued by exactly one replica"
+    );
+    for id in &ids {
+        let run = second.ok("GET", &format!("/runs/{id}"), None).await;
+        assert_eq!(
+            run["attempts"].as_array().unwrap().len(),
+            2,
+            "{id} requeued once"
+        );
+    }
+}
+
+#[tokio::test]
+async fn events_for_the_current_attempt_pass_the_fence() {
+    let api = Api::new().await;
+    let id = api.running_on("w1", json!({"max_attempts": 3})).await;
+    api.ok(
+        "POST",
+        &format!("/runs/{id}/events"),
+        Some(json!({"type": "PROGRESS", "msg": 10, "attempt": 1})),
+    )
+    .await;
+    api.ok(
+        "POST",
+        &format!("/runs/{id}/events"),
+        Some(json!({"type": "FAILED", "msg": "x", "attempt": 1})),
+    )
+    .await;
+    let (status, _) = api
+        .call(
+            "POST",
+            &format!("/runs/{id}/events"),
+            Some(json!({"type": "PROGRESS", "msg": 20, "attempt": 1})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "attempt 1 ended with its failure"
+    );
+    api.ok(
+        "POST",
+        &format!("/runs/{id}/events"),
+        Some(json!({"type": "INFO", "msg": "hi", "attempt": 2})),
+    )
+    .await;
+}
