@@ -219,7 +219,6 @@ pub struct AddEventRequest {
     pub event_type: String,
     /// Message, or the percentage of a PROGRESS event.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub msg: Value,
     /// Event-specific data.
     #[serde(default)]
@@ -365,7 +364,6 @@ pub struct EventView {
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub t: String,
     /// Message.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub msg: Value,
     /// The run's state now.
     pub state: OpRunState,

@@ -90,7 +90,6 @@ pub struct InputSpec {
     pub required: bool,
     /// Value used when a run does not provide the input.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = Object, nullable))]
     pub default: Option<Value>,
 }
 

@@ -169,7 +169,6 @@ pub struct EventEntry {
     #[serde(rename = "type")]
     pub event_type: EventType,
     /// A message, or the percentage of a PROGRESS event.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub msg: Value,
     /// Event-specific data.
     #[serde(default)]
