@@ -182,6 +182,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_pipeline_file_parses() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/steps/pipeline.example.toml");
+        let file = parse_pipeline(&path).unwrap();
+        let names: Vec<&str> = file.step.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["inject-env", "require-outputs"]);
+        assert_eq!(file.step[1].stage, Stage::After);
+        assert!(file.step[0].wasm.ends_with("gyoza_step_inject_env.wasm"));
+    }
+
+    #[test]
     fn bad_pipeline_files_are_explained() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
