@@ -13,6 +13,12 @@
 //! listed as rejected, and ignored. A claim holds an `Arc` of the plugin it started with, so
 //! in-flight claims finish on the old instance.
 //!
+//! Reasons a strategy gives for runs it leaves pending are kept in this process's memory (the
+//! latest per run, a bounded number) and joined into `GET /runs` as `scheduling`: they are
+//! hints that every claim refreshes, so writing them to the store on each claim would cost
+//! far more than they are worth. With several replicas, a run shows the reason of the replica
+//! that last decided about it, if the request reaches that replica.
+//!
 //! # Layout
 //! - `engine`: the `Engine`, the `Linker` (WASI with an empty context), the epoch ticker that
 //!   enforces deadlines, the on-disk cache of precompiled components.

@@ -557,3 +557,15 @@ fn a_file_that_is_not_a_strategy_is_refused_with_a_reason() {
         "{error}"
     );
 }
+
+#[test]
+fn a_plugin_for_an_unknown_wit_major_version_is_refused_clearly() {
+    let error = gyoza_host::strategy::check_file(&fixture("future"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("was built against gyoza:scheduler@1.0.0")
+            && error.contains("this server supports gyoza:scheduler@0.1.0"),
+        "{error}"
+    );
+}

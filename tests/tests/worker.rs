@@ -366,3 +366,46 @@ async fn the_worker_keeps_going_while_the_server_is_unreachable() {
     };
     assert!(worker.stop());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stopped_mid_run_stops_the_container_and_fails_the_attempt() {
+    if !docker_or_skip("a_worker_stopped_mid_run") {
+        return;
+    }
+    let server = Server::start();
+    let client = server.client();
+    let mut worker = Worker::start(&server, "shutdown", &[]);
+    let run = client
+        .create_run(&OpRunCreate {
+            image: "gyoza-example/sleep:latest".into(),
+            priority: 5,
+            inputs: object(json!({"seconds": 300})),
+            constraints: None,
+            retry_policy: None,
+            event_delivery: None,
+        })
+        .await
+        .expect("create run");
+    wait_for_run(&client, &run.id, RUN_TIMEOUT, "RUNNING", |r| {
+        r.state == OpRunState::Running
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !container_running(&run.id) {
+        assert!(Instant::now() < deadline, "the container never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert!(worker.stop(), "the worker did not exit cleanly on SIGTERM");
+    assert!(
+        !container_running(&run.id),
+        "the container outlived its worker"
+    );
+    let run = client.get_run(&run.id).await.expect("get run");
+    assert_eq!(run.state, OpRunState::Failed);
+    let error = run.execution_summary.error_message.unwrap_or_default();
+    assert!(
+        error.contains(&format!("the worker '{}' was stopped", worker.id)),
+        "{error}"
+    );
+}

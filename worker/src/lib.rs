@@ -17,7 +17,8 @@
 //! - [`docker`]: the Docker engine (bollard): images, running one container, stopping it.
 //! - [`events`]: the container protocol's lines: `GYOZA_EVENT` parsing, line reassembly.
 //! - [`outputs`]: reading `outputs.json` and checking it against output specs.
-//! - [`steps`]: the pipeline file and its wasm steps.
+//! - [`steps`]: the pipeline file: which wasm steps run where, with what limits.
+//! - [`wasm`]: the wasm step runtime (wasmtime): the only module that touches it.
 //! - [`error`]: [`WorkerError`] and the error policy.
 
 pub mod agent;
@@ -29,6 +30,7 @@ pub mod outputs;
 pub mod pipeline;
 pub mod resources;
 pub mod steps;
+pub mod wasm;
 
 pub use agent::run;
 pub use config::{PullPolicy, WorkerConfig};

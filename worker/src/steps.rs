@@ -107,16 +107,43 @@ pub fn parse_pipeline(path: &Path) -> Result<PipelineFile, WorkerError> {
     Ok(file)
 }
 
-/// Loads the steps of a pipeline file.
+/// Loads the steps of a pipeline file: each is compiled and checked now, so that a bad file
+/// stops the worker before it claims anything.
 pub fn load_pipeline(path: &Path) -> Result<Steps, WorkerError> {
     let file = parse_pipeline(path)?;
+    let mut steps = Steps::default();
     if file.step.is_empty() {
-        return Ok(Steps::default());
+        return Ok(steps);
     }
-    Err(WorkerError::Pipeline(format!(
-        "{}: wasm steps are not supported by this build of the worker",
-        path.display()
-    )))
+    let runtime = crate::wasm::StepRuntime::new()?;
+    for step in &file.step {
+        let wasm = std::fs::read(&step.wasm).map_err(|source| WorkerError::Io {
+            context: format!("step '{}': cannot read {}", step.name, step.wasm.display()),
+            source,
+        })?;
+        let config = match serde_json::to_value(&step.config) {
+            Ok(serde_json::Value::Object(config)) => config,
+            _ => {
+                return Err(WorkerError::Pipeline(format!(
+                    "step '{}': its config cannot be given as JSON",
+                    step.name
+                )));
+            }
+        };
+        let loaded = runtime.load(
+            &step.name,
+            &wasm,
+            &config,
+            std::time::Duration::from_millis(step.deadline_ms),
+            step.memory_mb,
+        )?;
+        let loaded: std::sync::Arc<dyn crate::pipeline::Step> = std::sync::Arc::new(loaded);
+        match step.stage {
+            Stage::Before => steps.before.push(loaded),
+            Stage::After => steps.after.push(loaded),
+        }
+    }
+    Ok(steps)
 }
 
 #[cfg(test)]
@@ -152,6 +179,17 @@ mod tests {
         assert_eq!(file.step[0].config["GREETING"].as_str(), Some("hi"));
         assert_eq!(file.step[1].stage, Stage::After);
         assert_eq!(file.step[1].wasm, PathBuf::from("/abs/check.wasm"));
+    }
+
+    #[test]
+    fn the_example_pipeline_file_parses() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/steps/pipeline.example.toml");
+        let file = parse_pipeline(&path).unwrap();
+        let names: Vec<&str> = file.step.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["inject-env", "require-outputs"]);
+        assert_eq!(file.step[1].stage, Stage::After);
+        assert!(file.step[0].wasm.ends_with("gyoza_step_inject_env.wasm"));
     }
 
     #[test]

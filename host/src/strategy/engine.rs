@@ -1,9 +1,9 @@
 //! The one wasmtime `Engine` and `Linker` of the process, the epoch ticker that enforces call
-//! deadlines, and the on-disk cache of precompiled plugins.
+//! deadlines, and the on-disk cache of precompiled plugins (one per host, in its data dir).
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -33,48 +33,64 @@ impl WasiView for HostState {
     }
 }
 
-/// The engine, the linker and where compiled plugins are cached.
+/// The engine and linker of the process, shared by every [`Runtime`]: one engine per
+/// process, one ticker thread.
+struct Shared {
+    engine: Engine,
+    linker: Linker<HostState>,
+}
+
+fn shared() -> Result<&'static Shared, StrategyError> {
+    static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
+    SHARED
+        .get_or_init(build_shared)
+        .as_ref()
+        .map_err(|e| StrategyError::Engine(e.clone()))
+}
+
+/// Builds the engine (component model, epoch interruption), links WASI, starts the ticker.
+fn build_shared() -> Result<Shared, String> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+    let mut linker = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        .map_err(|e| format!("cannot link WASI: {e:#}"))?;
+    // A thread, not a tokio task: deadlines must hold even when every runtime thread is
+    // busy, and plugins also run outside a runtime (the CLI, the benchmark).
+    let ticker = engine.clone();
+    std::thread::Builder::new()
+        .name("gyoza-epoch".into())
+        .spawn(move || {
+            loop {
+                ticker.increment_epoch();
+                std::thread::sleep(TICK);
+            }
+        })
+        .map_err(|e| format!("cannot start the deadline ticker: {e}"))?;
+    Ok(Shared { engine, linker })
+}
+
+/// The process's engine and linker, and where this host caches compiled plugins.
 pub(super) struct Runtime {
     pub(super) engine: Engine,
-    pub(super) linker: Linker<HostState>,
+    pub(super) linker: &'static Linker<HostState>,
     cache_dir: Option<PathBuf>,
 }
 
 impl Runtime {
-    /// Builds the engine (component model, epoch interruption) and starts its epoch ticker.
+    /// The shared engine with `cache_dir` as the compiled-plugin cache.
     pub(super) fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, StrategyError> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| StrategyError::Engine(format!("{e:#}")))?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| StrategyError::Engine(format!("cannot link WASI: {e:#}")))?;
+        let shared = shared()?;
         if let Some(dir) = &cache_dir {
             if let Err(e) = std::fs::create_dir_all(dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot create the plugin cache directory; compiling without a cache");
             }
         }
-        // A thread, not a tokio task: deadlines must hold even when every runtime thread is
-        // busy, and the scheduler is also used outside a runtime (the CLI's simulate).
-        let weak = engine.weak();
-        let spawned = std::thread::Builder::new()
-            .name("gyoza-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(TICK);
-                }
-            });
-        if let Err(e) = spawned {
-            return Err(StrategyError::Engine(format!(
-                "cannot start the deadline ticker: {e}"
-            )));
-        }
         Ok(Arc::new(Self {
-            engine,
-            linker,
+            engine: shared.engine.clone(),
+            linker: &shared.linker,
             cache_dir,
         }))
     }

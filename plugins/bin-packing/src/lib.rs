@@ -7,7 +7,7 @@
 
 mod plan;
 
-use gyoza_plugin_sdk::{Capacity, Claim, Decision, Placement, Strategy, export_strategy, reason};
+use gyoza_plugin_sdk::{Capacity, Claim, Decision, Strategy, export_strategy, reason};
 
 struct BinPacking;
 

@@ -42,6 +42,8 @@
 //!   did not fit" messages. Plain Rust over the WIT records, so that the host's benchmark can
 //!   compile the very same code natively.
 //! - [`config`]: a `key=value,key=value` parser for configuration strings.
+//! - [`step`]: worker pipeline steps (`gyoza:pipeline@0.1.0`): [`step::Step`] and
+//!   [`export_step!`].
 
 #[doc(hidden)]
 pub mod bindings {
@@ -56,6 +58,7 @@ pub mod bindings {
 }
 
 pub mod config;
+pub mod step;
 mod model;
 
 pub use model::{Capacity, Placement, reason};
