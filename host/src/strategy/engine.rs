@@ -161,7 +161,11 @@ impl Runtime {
 /// Writes through a temporary file and a rename, so that a crash never leaves half an artifact
 /// under the final name.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per process and per write: two hosts compiling the same plugin at once must not
+    // share a temporary file (interleaved writes would make a corrupt artifact).
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
