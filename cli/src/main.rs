@@ -6,6 +6,20 @@
 //! # Layout
 //! - [`Cli`] / [`Command`]: the argument grammar (clap derive).
 //! - [`shutdown_signal`]: SIGINT / SIGTERM → graceful shutdown.
+//! - `remote`: commands that talk to a server (runs, definitions, workers, strategies, run).
+//! - `deploy`: the deploy file format and `gyoza deploy`.
+//! - `watch`: following a run's live event stream.
+//! - `up`: a server and a local worker in one process.
+//! - `table`: human-readable tables.
+//!
+//! Exit codes: 0 success; 1 an error, or a waited-for run that FAILED; 2 a usage error;
+//! 3 a waited-for run that was CANCELLED.
+
+mod deploy;
+mod remote;
+mod table;
+mod up;
+mod watch;
 
 use std::io::IsTerminal;
 
@@ -38,6 +52,60 @@ enum Command {
     /// Run a gyoza worker.
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// A server and one local worker in one process (embedded store in ./.gyoza, built-in
+    /// strategies); prints the URL and, if none is set, a generated API key. Ctrl-C stops both.
+    Up(up::UpArgs),
+    /// Create or replace the definitions of a deploy file (see `gyoza deploy --help`).
+    Deploy {
+        /// The deploy file (YAML; its format is documented in the README).
+        #[arg(short = 'f', long = "file", default_value = "gyoza.yaml")]
+        file: std::path::PathBuf,
+        /// Build each definition's image (its `build:` section) with `docker build` first.
+        #[arg(long)]
+        build: bool,
+        #[command(flatten)]
+        conn: remote::Connection,
+    },
+    /// Submit a run of a definition (or of an image with --image); --follow shows it live.
+    Run {
+        #[command(flatten)]
+        args: remote::RunArgs,
+        #[command(flatten)]
+        conn: remote::Connection,
+    },
+    /// Runs: list, get, cancel, retry, events, attempts, watch, logs.
+    Runs {
+        #[command(subcommand)]
+        command: remote::RunsCommand,
+        #[command(flatten)]
+        conn: remote::Connection,
+    },
+    /// Definitions: list, get.
+    Definitions {
+        #[command(subcommand)]
+        command: remote::DefinitionsCommand,
+        #[command(flatten)]
+        conn: remote::Connection,
+    },
+    /// Workers: list.
+    Workers {
+        #[command(subcommand)]
+        command: remote::WorkersCommand,
+        #[command(flatten)]
+        conn: remote::Connection,
+    },
+    /// Scheduling strategies: list, use.
+    Strategies {
+        #[command(subcommand)]
+        command: remote::StrategiesCommand,
+        #[command(flatten)]
+        conn: remote::Connection,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,9 +186,20 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<remote::Outcome> {
     init_logging(&cli.log_level)?;
     match cli.command {
+        Command::Up(args) => up::up(args, shutdown_signal()).await?,
+        Command::Deploy { file, build, conn } => return deploy::deploy(&conn, &file, build).await,
+        Command::Run { args, conn } => return remote::run(&conn, args).await,
+        Command::Runs { command, conn } => return remote::runs(&conn, command).await,
+        Command::Definitions { command, conn } => return remote::definitions(&conn, command).await,
+        Command::Workers { command, conn } => return remote::workers(&conn, command).await,
+        Command::Strategies { command, conn } => return remote::strategies(&conn, command).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "gyoza", &mut std::io::stdout());
+        }
         Command::Server(ServerCommand::Start(config)) => {
             gyoza_host::server::run(config, shutdown_signal()).await?;
         }
@@ -143,15 +222,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             gyoza_worker::run(config, shutdown_signal()).await?;
         }
     }
-    Ok(())
+    Ok(remote::Outcome::Done)
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run(Cli::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(remote::Outcome::Done) => std::process::ExitCode::SUCCESS,
+        Ok(remote::Outcome::RunFailed) => std::process::ExitCode::from(1),
+        Ok(remote::Outcome::RunCancelled) => std::process::ExitCode::from(3),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A server's refusal is shown as its `detail`, on one line.
+            match e.downcast_ref::<gyoza_core::client::ClientError>() {
+                Some(client) if client.detail().is_some() => {
+                    let status = client.status().map(|s| s.as_u16()).unwrap_or_default();
+                    eprintln!(
+                        "error: {} (HTTP {status})",
+                        client.detail().unwrap_or_default()
+                    );
+                }
+                _ => eprintln!("error: {e:#}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -483,6 +483,98 @@ impl Client {
             .await?;
         Ok(response.ops)
     }
+
+    /// Sends `request` and returns the answer once its status is 2xx, its body unread
+    /// (for text and streams); anything else becomes a [`ClientError`].
+    async fn send(&self, request: RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let request = request
+            .build()
+            .map_err(|e| ClientError::Config(format!("cannot build the request: {e}")))?;
+        let method = request.method().clone();
+        let url = request.url().to_string();
+        let response =
+            self.http
+                .execute(request)
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    url: url.clone(),
+                    source,
+                })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        Err(ClientError::Api {
+            method,
+            url,
+            status,
+            detail: detail_of(&body),
+        })
+    }
+
+    /// `GET /strategies`: loaded strategies, their statistics and the active one.
+    pub async fn strategies(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(self.request(Method::GET, &["strategies"])).await
+    }
+
+    /// `PUT /strategies/active`: makes a loaded strategy the active one.
+    pub async fn activate_strategy(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(
+            self.request(Method::PUT, &["strategies", "active"])
+                .json(&serde_json::json!({ "name": name })),
+        )
+        .await
+    }
+
+    /// `GET /runs/{id}/logs`: an attempt's output (the current attempt when `None`).
+    pub async fn logs(&self, id: &str, attempt: Option<u32>) -> Result<String, ClientError> {
+        let mut request = self.request(Method::GET, &["runs", id, "logs"]);
+        if let Some(attempt) = attempt {
+            request = request.query(&[("attempt", attempt)]);
+        }
+        let url = self.url(&["runs", id, "logs"]).to_string();
+        let response = self.send(request).await?;
+        response
+            .text()
+            .await
+            .map_err(|source| ClientError::Unreachable { url, source })
+    }
+
+    /// `POST /runs/{id}/logs`: appends a batch of output to an attempt's log.
+    pub async fn append_log(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        text: &str,
+    ) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "attempt": attempt, "text": text });
+        self.send(
+            self.request(Method::POST, &["runs", id, "logs"])
+                .json(&body),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// A streaming `GET` with no time limit on the body: `/runs/{id}/logs?follow=true`
+    /// (`path` = `["runs", id, "logs"]`, `query` = `[("follow", "true")]`) or the event
+    /// stream (`["runs", id, "events", "stream"]`, resuming after `last_event_id`). Read it
+    /// with [`reqwest::Response::chunk`].
+    pub async fn stream(
+        &self,
+        path: &[&str],
+        query: &[(&str, &str)],
+        last_event_id: Option<&str>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut request = self.request(Method::GET, path).query(query);
+        // The client's timeout covers whole requests: a stream may last as long as its run.
+        request = request.timeout(Duration::from_secs(365 * 24 * 3600));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        self.send(request).await
+    }
 }
 
 /// The `detail` of an error body, or the start of the body when it is not a gyoza error.

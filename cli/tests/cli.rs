@@ -1,0 +1,338 @@
+//! The real `gyoza` binary against a real server process, one test per command group:
+//! tables, `--json`, errors shown as the server's `detail`, and exit codes.
+
+#[path = "support/server.rs"]
+mod server;
+
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+use server::Server;
+
+const KEY: &str = "cli-test-key";
+
+fn gyoza(server: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gyoza"))
+        .args(args)
+        .env("GYOZA_SERVER_URL", server)
+        .env("GYOZA_API_KEY", KEY)
+        .env("GYOZA_LOG_LEVEL", "warn")
+        .output()
+        .expect("run gyoza")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs gyoza, expects success, returns stdout.
+fn ok(server: &str, args: &[&str]) -> String {
+    let output = gyoza(server, args);
+    assert!(
+        output.status.success(),
+        "gyoza {args:?} failed: {}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+fn json_of(server: &str, args: &[&str]) -> Value {
+    let text = ok(server, args);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("gyoza {args:?}: not JSON ({e}): {text}"))
+}
+
+/// Runs gyoza, expects failure with `code`, returns stderr.
+fn fails(server: &str, args: &[&str], code: i32) -> String {
+    let output = gyoza(server, args);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "gyoza {args:?}: {}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    stderr(&output)
+}
+
+const DEPLOY_FILE: &str = r#"
+definitions:
+  - id: resize
+    version: 1.0.0
+    image: resize:1
+    inputs:
+      width: {type: integer}
+      format: {type: string, required: false, default: png}
+    outputs:
+      path: {type: string}
+    constraints: {cpu: 1, ram_mb: 128}
+    retry_policy: {max_attempts: 2, backoff_ms: 0}
+"#;
+
+/// Plays a client or a worker for set-up: one API call, blocking.
+fn api(server: &Server, method: &str, path: &str, body: Value) -> Value {
+    let url = format!("{}{path}", server.url);
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let mut request = reqwest::Client::new()
+            .request(method, url)
+            .header("x-api-key", KEY);
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        request
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(Value::Null)
+    })
+}
+
+#[test]
+fn deploy_definitions_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), KEY);
+    let url = server.url.as_str();
+    let file = dir.path().join("gyoza.yaml");
+    std::fs::write(&file, DEPLOY_FILE).unwrap();
+    let file = file.to_str().unwrap();
+
+    assert_eq!(
+        ok(url, &["deploy", "-f", file]),
+        "created resize 1.0.0 (resize:1)\n"
+    );
+    let again = json_of(url, &["deploy", "-f", file, "--json"]);
+    assert_eq!(again[0]["created"], false, "{again}");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "definitions:\n  - id: x\n    version: '1'\n    image: i\n    retries: 3\n",
+    )
+    .unwrap();
+    let err = fails(url, &["deploy", "-f", bad.to_str().unwrap()], 1);
+    assert!(err.contains("retries"), "{err}");
+
+    let table = ok(url, &["definitions", "list"]);
+    assert!(
+        table.starts_with("ID ") && table.contains("resize") && table.contains("1.0.0"),
+        "{table}"
+    );
+    let got = json_of(url, &["definitions", "get", "resize", "--json"]);
+    assert_eq!(got["input_specs"]["format"]["default"], "png");
+    let err = fails(url, &["definitions", "get", "nope"], 1);
+    assert_eq!(
+        err.trim(),
+        "error: OpDefinition 'nope' not found (HTTP 404)"
+    );
+
+    let run = json_of(
+        url,
+        &[
+            "run",
+            "resize",
+            "--input",
+            "width=640",
+            "--priority",
+            "7",
+            "--json",
+        ],
+    );
+    assert_eq!(run["inputs"], json!({"width": 640, "format": "png"}));
+    assert_eq!(run["priority"], 7);
+    let id = run["id"].as_str().unwrap().to_owned();
+    let err = fails(url, &["run", "resize", "--input", "width=wide"], 1);
+    assert!(
+        err.contains("input 'width' must be integer, got string") && err.contains("HTTP 400"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+
+    let inputs = dir.path().join("inputs.json");
+    std::fs::write(&inputs, r#"{"a": {"b": [1, 2]}}"#).unwrap();
+    let adhoc_id = ok(
+        url,
+        &[
+            "run",
+            "--image",
+            "busybox:latest",
+            "--inputs-file",
+            inputs.to_str().unwrap(),
+            "--cpu",
+            "1",
+        ],
+    );
+    let adhoc_id = adhoc_id.trim();
+    let adhoc = json_of(url, &["runs", "get", adhoc_id, "--json"]);
+    assert_eq!(
+        (
+            adhoc["inputs"]["a"]["b"][1].clone(),
+            adhoc["constraints"]["cpu"].clone()
+        ),
+        (json!(2), json!(1))
+    );
+
+    let list = json_of(url, &["runs", "list", "--json"]);
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    let table = ok(url, &["runs", "list", "--state", "PENDING", "--limit", "1"]);
+    assert!(
+        table.contains(adhoc_id) && table.contains("(more: --starting-after"),
+        "{table}"
+    );
+    let detail = ok(url, &["runs", "get", &id]);
+    assert!(
+        detail.contains("state        PENDING") && detail.contains("resize 1.0.0"),
+        "{detail}"
+    );
+    let err = fails(url, &["runs", "list", "--state", "DONE"], 1);
+    assert!(err.contains("Invalid state 'DONE'"), "{err}");
+
+    let cancelled = json_of(url, &["runs", "cancel", &id, "--json"]);
+    assert_eq!(cancelled["state"], "CANCELLED");
+    let err = fails(url, &["runs", "cancel", &id], 1);
+    assert!(err.contains("already in terminal state CANCELLED"), "{err}");
+    assert!(ok(url, &["runs", "retry", &id]).contains("PENDING (attempt 2)"));
+    let attempts = json_of(url, &["runs", "attempts", &id, "--json"]);
+    assert_eq!(attempts.as_array().unwrap().len(), 2);
+    let events = ok(url, &["runs", "events", &id]);
+    assert!(
+        events.contains("RETRIED") && events.contains("Manual retry"),
+        "{events}"
+    );
+    let events = json_of(url, &["runs", "events", &id, "--json", "--after", "0"]);
+    assert_eq!(events["events"], json!([]));
+}
+
+#[test]
+fn workers_strategies_and_failures_to_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), KEY);
+    let url = server.url.as_str();
+    api(
+        &server,
+        "POST",
+        "/workers/heartbeat",
+        json!({"worker_id": "w-cli", "resources": {"cpu_cores": 3, "ram_mb": 2048, "gpus": [{"id": 0, "vram_mb": 8192}]}}),
+    );
+    let table = ok(url, &["workers", "list"]);
+    assert!(
+        table.contains("w-cli") && table.contains("active") && table.contains("0:8192MB"),
+        "{table}"
+    );
+    let workers = json_of(url, &["workers", "list", "--json"]);
+    assert_eq!(workers[0]["resources"]["cpu_cores"], 3);
+
+    let strategies = json_of(url, &["strategies", "list", "--json"]);
+    assert_eq!(strategies["active"], "bin-packing");
+    let table = ok(url, &["strategies", "use", "priority"]);
+    assert!(table.contains("* priority"), "{table}");
+    let err = fails(url, &["strategies", "use", "nope"], 1);
+    assert!(err.contains("HTTP 404"), "{err}");
+
+    let err = fails("http://127.0.0.1:1", &["runs", "list"], 1);
+    assert!(
+        err.contains("http://127.0.0.1:1"),
+        "the failing URL is named: {err}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_gyoza"))
+        .args(["runs", "list", "--server", url, "--api-key", "wrong"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("Invalid or missing API key"),
+        "{}",
+        stderr(&output)
+    );
+
+    let script = ok(url, &["completions", "bash"]);
+    assert!(
+        script.contains("gyoza") && script.contains("complete"),
+        "{script}"
+    );
+}
+
+#[test]
+fn waiting_on_a_run_reports_how_it_ended_in_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), KEY);
+    let url = server.url.clone();
+    api(
+        &server,
+        "POST",
+        "/workers/heartbeat",
+        json!({"worker_id": "w", "resources": {"cpu_cores": 8, "ram_mb": 8192}}),
+    );
+    for (ending, code) in [("FAILED", 1), ("CANCELLED", 3), ("COMPLETED", 0)] {
+        let mode = if ending == "COMPLETED" {
+            "--follow"
+        } else {
+            "--wait"
+        };
+        let waiter = Command::new(env!("CARGO_BIN_EXE_gyoza"))
+            .args(["run", "--image", "x", mode])
+            .env("GYOZA_SERVER_URL", &url)
+            .env("GYOZA_API_KEY", KEY)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Play the worker: claim the run, then end it.
+        let mut claimed = Value::Null;
+        for _ in 0..100 {
+            claimed = api(&server, "POST", "/workers/w/claim", Value::Null);
+            if !claimed["ops"].as_array().unwrap().is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let id = claimed["ops"][0]["id"]
+            .as_str()
+            .expect("the run was created")
+            .to_owned();
+        let event = |body: Value| api(&server, "POST", &format!("/runs/{id}/events"), body);
+        event(json!({"type": "STARTED", "msg": "", "payload": {"worker_id": "w"}}));
+        event(json!({"type": "PROGRESS", "msg": 50}));
+        match ending {
+            "FAILED" => event(json!({"type": "FAILED", "msg": "boom"})),
+            "CANCELLED" => api(&server, "POST", &format!("/runs/{id}/cancel"), Value::Null),
+            _ => event(
+                json!({"type": "COMPLETED", "msg": "ok", "payload": {"outputs": {"answer": 42}}}),
+            ),
+        };
+        let output = waiter.wait_with_output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{ending}: {}{}",
+            stdout(&output),
+            stderr(&output)
+        );
+        if ending == "COMPLETED" {
+            let outputs: Value = serde_json::from_str(&stdout(&output)).unwrap();
+            assert_eq!(outputs, json!({"answer": 42}));
+            assert!(
+                stderr(&output).contains("STARTED"),
+                "events are shown: {}",
+                stderr(&output)
+            );
+        }
+    }
+    // `runs watch` on a finished run prints its history and the ending.
+    let list = json_of(&url, &["runs", "list", "--json", "--state", "COMPLETED"]);
+    let done = list["data"][0]["id"].as_str().unwrap().to_owned();
+    let watched = ok(&url, &["runs", "watch", &done]);
+    assert!(
+        watched.contains("PROGRESS") && watched.trim_end().ends_with("ended COMPLETED"),
+        "{watched}"
+    );
+}
