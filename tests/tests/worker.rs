@@ -93,6 +93,13 @@ async fn a_run_from_a_definition_completes_with_the_outputs_its_container_wrote(
     assert!(run.execution_summary.duration_ms.is_some());
     let started = &run.events[0];
     assert_eq!(started.payload["worker_id"], json!(worker.id));
+    // The worker shipped the container's output to the server.
+    let logs = client.logs(&run.id, None).await.expect("logs");
+    assert!(logs.contains("progress: starting"), "{logs}");
+    assert!(
+        logs.contains("GYOZA_EVENT"),
+        "event lines are part of the log too: {logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

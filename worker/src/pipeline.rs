@@ -269,11 +269,22 @@ async fn stages(
         op.attempt,
         events_rx,
     ));
+    // The container's output also goes to the server, in batches, while the run goes.
+    let (log_tx, log_rx) = tokio::sync::mpsc::channel::<String>(4096);
+    let shipper = tokio::spawn(ship_logs(
+        shared.client.clone(),
+        op.id.clone(),
+        op.attempt,
+        log_rx,
+    ));
     let mut tail = LogTail::new(TAIL_LINES);
     let mut logs = String::new();
     let run_id = op.id.clone();
     let mut on_line = |stream: Stream, line: String| {
         tail.push(&line);
+        if log_tx.try_send(format!("{line}\n")).is_err() {
+            tracing::warn!(run_id = %run_id, "log shipping is behind; a line was not sent to the server");
+        }
         if logs.len() + line.len() < MAX_LOG_BYTES {
             logs.push_str(&line);
             logs.push('\n');
@@ -323,10 +334,15 @@ async fn stages(
         .engine
         .run(&spec, shared.stop_timeout, &mut on_line, stop)
         .await;
-    // Closing the channel ends the forwarder once it has sent what the container printed.
+    // Closing the channels ends the forwarder and the shipper once they have sent what the
+    // container printed.
     drop(events_tx);
+    drop(log_tx);
     if forwarder.await.is_err() {
         tracing::warn!(run_id = %op.id, "event forwarder ended abnormally");
+    }
+    if shipper.await.is_err() {
+        tracing::warn!(run_id = %op.id, "log shipper ended abnormally");
     }
     let exit = exit.map_err(|f| Stop::Fail(f.0))?;
     if cancel.is_cancelled() {
@@ -495,6 +511,52 @@ async fn report(client: &Client, op: &WorkerOpRun, mut event: AddEventRequest) -
 fn refused(e: &ClientError) -> bool {
     e.status()
         .is_some_and(|s| matches!(s.as_u16(), 400 | 404 | 409))
+}
+
+/// Bytes of output sent in one batch at most.
+const LOG_BATCH_BYTES: usize = 64 * 1024;
+
+/// Sends the container's output to the server (`POST /runs/{id}/logs`) in batches: whatever
+/// arrived within half a second, or 64 KiB. A batch that cannot be delivered after a few
+/// tries is dropped with a warning: the run must not wait on its log.
+async fn ship_logs(
+    client: Client,
+    run_id: String,
+    attempt: Option<u32>,
+    mut lines: tokio::sync::mpsc::Receiver<String>,
+) {
+    let mut open = true;
+    while open {
+        let Some(first) = lines.recv().await else {
+            break;
+        };
+        let mut batch = first;
+        let deadline = tokio::time::sleep(Duration::from_millis(500));
+        tokio::pin!(deadline);
+        while batch.len() < LOG_BATCH_BYTES {
+            tokio::select! {
+                () = &mut deadline => break,
+                line = lines.recv() => match line {
+                    Some(line) => batch.push_str(&line),
+                    None => { open = false; break }
+                },
+            }
+        }
+        let mut delay = Duration::from_millis(200);
+        for attempt_no in 1..=3 {
+            match client.append_log(&run_id, attempt, &batch).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() && attempt_no < 3 => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = %run_id, error = %e, bytes = batch.len(), "container output not sent to the server");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Sends the container's events in order; a refused or undeliverable one is logged and
