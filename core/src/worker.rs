@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::api::HeartbeatRequest;
 use crate::resources::{Constraints, Resources};
 use crate::run::OpRun;
 use crate::time::{self, Timestamp};
@@ -65,6 +66,26 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// The worker after `heartbeat` arrived at `now`: first-seen time kept from `existing`,
+    /// and its running ops too when the heartbeat does not list them.
+    pub fn from_heartbeat(
+        existing: Option<Worker>,
+        heartbeat: HeartbeatRequest,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            created_at: existing.as_ref().map_or(now, |w| w.created_at),
+            running_ops: match heartbeat.running_ops {
+                Some(ops) => ops,
+                None => existing.map(|w| w.running_ops).unwrap_or_default(),
+            },
+            id: heartbeat.worker_id,
+            resources: heartbeat.resources,
+            tags: heartbeat.tags,
+            last_heartbeat_at: now,
+        }
+    }
+
     /// Whether the worker heartbeated within `timeout` of `now`.
     pub fn is_active(&self, now: Timestamp, timeout: chrono::Duration) -> bool {
         now - self.last_heartbeat_at <= timeout

@@ -423,17 +423,7 @@ impl Store for MongoStore {
             .await
             .map_err(backend)?;
         let existing: Option<Worker> = existing.as_ref().map(decode).transpose()?;
-        let worker = Worker {
-            created_at: existing.as_ref().map_or(now, |w| w.created_at),
-            running_ops: match heartbeat.running_ops {
-                Some(ops) => ops,
-                None => existing.map(|w| w.running_ops).unwrap_or_default(),
-            },
-            id: heartbeat.worker_id,
-            resources: heartbeat.resources,
-            tags: heartbeat.tags,
-            last_heartbeat_at: now,
-        };
+        let worker = Worker::from_heartbeat(existing, heartbeat, now);
         let document = doc! {
             "_id": &worker.id,
             "last_heartbeat_us": to_micros(&now),

@@ -166,19 +166,24 @@ fn write_run(conn: &Connection, run: &OpRun, insert: bool) -> Result<(), StoreEr
     Ok(())
 }
 
-fn read_runs(conn: &Connection, sql: &str, params: &[SqlValue]) -> Result<Vec<OpRun>, StoreError> {
+/// Decodes the documents a query selects as `(key, doc)` rows.
+fn read_docs<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    params: &[SqlValue],
+) -> Result<Vec<T>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
     let rows = stmt
         .query_map(params_from_iter(params.iter()), |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
         })
         .map_err(backend)?;
-    let mut runs = Vec::new();
+    let mut docs = Vec::new();
     for row in rows {
         let (id, doc) = row.map_err(backend)?;
-        runs.push(decode(&id, &doc)?);
+        docs.push(decode(&id, &doc)?);
     }
-    Ok(runs)
+    Ok(docs)
 }
 
 impl SqliteStore {
@@ -455,18 +460,11 @@ impl Store for SqliteStore {
 
     async fn list_definitions(&self) -> Result<Vec<OpDefinition>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT id, doc FROM definitions ORDER BY id, created_at, version")
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(backend)?;
-            let mut definitions = Vec::new();
-            for row in rows {
-                let (id, doc) = row.map_err(backend)?;
-                definitions.push(decode(&id, &doc)?);
-            }
-            Ok(definitions)
+            read_docs(
+                conn,
+                "SELECT id, doc FROM definitions ORDER BY id, created_at, version",
+                &[],
+            )
         })
         .await
     }
@@ -532,7 +530,7 @@ impl Store for SqliteStore {
     async fn pending_window(&self, now: Timestamp, limit: usize) -> Result<Vec<OpRun>, StoreError> {
         let now = to_micros(&now);
         self.read(move |conn| {
-            read_runs(
+            read_docs(
                 conn,
                 "SELECT id, doc FROM runs
                  WHERE state = 'PENDING' AND (available_at IS NULL OR available_at <= ?1)
@@ -546,7 +544,7 @@ impl Store for SqliteStore {
     async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError> {
         let worker_id = worker_id.to_owned();
         self.read(move |conn| {
-            read_runs(
+            read_docs(
                 conn,
                 "SELECT id, doc FROM runs WHERE worker_id = ?1 AND state IN ('ASSIGNED', 'RUNNING')",
                 &[SqlValue::Text(worker_id)],
@@ -557,7 +555,7 @@ impl Store for SqliteStore {
 
     async fn held_runs(&self) -> Result<Vec<OpRun>, StoreError> {
         self.read(|conn| {
-            read_runs(
+            read_docs(
                 conn,
                 "SELECT id, doc FROM runs WHERE state IN ('ASSIGNED', 'RUNNING')",
                 &[],
@@ -586,17 +584,7 @@ impl Store for SqliteStore {
             let existing: Option<Worker> = existing
                 .map(|doc| decode(&heartbeat.worker_id, &doc))
                 .transpose()?;
-            let worker = Worker {
-                created_at: existing.as_ref().map_or(now, |w| w.created_at),
-                running_ops: match heartbeat.running_ops {
-                    Some(ops) => ops,
-                    None => existing.map(|w| w.running_ops).unwrap_or_default(),
-                },
-                id: heartbeat.worker_id,
-                resources: heartbeat.resources,
-                tags: heartbeat.tags,
-                last_heartbeat_at: now,
-            };
+            let worker = Worker::from_heartbeat(existing, heartbeat, now);
             tx.execute(
                 "INSERT OR REPLACE INTO workers (id, last_heartbeat_at, doc) VALUES (?1, ?2, ?3)",
                 params![worker.id, to_micros(&now), encode(&worker)?],
@@ -621,42 +609,18 @@ impl Store for SqliteStore {
     }
 
     async fn list_workers(&self) -> Result<Vec<Worker>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT id, doc FROM workers ORDER BY id")
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(backend)?;
-            let mut workers = Vec::new();
-            for row in rows {
-                let (id, doc) = row.map_err(backend)?;
-                workers.push(decode(&id, &doc)?);
-            }
-            Ok(workers)
-        })
-        .await
+        self.read(|conn| read_docs(conn, "SELECT id, doc FROM workers ORDER BY id", &[]))
+            .await
     }
 
     async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<Worker>, StoreError> {
-        let cutoff = to_micros(&cutoff);
+        let cutoff = SqlValue::Integer(to_micros(&cutoff));
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, doc FROM workers WHERE last_heartbeat_at < ?1 ORDER BY id",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map([cutoff], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .map_err(backend)?;
-            let mut workers = Vec::new();
-            for row in rows {
-                let (id, doc) = row.map_err(backend)?;
-                workers.push(decode(&id, &doc)?);
-            }
-            Ok(workers)
+            read_docs(
+                conn,
+                "SELECT id, doc FROM workers WHERE last_heartbeat_at < ?1 ORDER BY id",
+                &[cutoff],
+            )
         })
         .await
     }
