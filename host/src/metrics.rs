@@ -84,6 +84,7 @@ pub struct Metrics {
 }
 
 /// A gauge family computed at scrape time: name, help, and (labels, value) samples.
+#[derive(Debug, Clone)]
 pub struct Gauge {
     /// Metric name.
     pub name: &'static str,
