@@ -125,11 +125,17 @@ pub struct Server {
 impl Server {
     /// Starts a server and waits until it listens.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`Server::start`], with more `gyoza server start` flags.
+    pub fn start_with(extra: &[&str]) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
         let mut child = Command::new(gyoza_bin())
             .args(["server", "start", "--port", "0", "--host", "127.0.0.1"])
             .arg("--data-dir")
             .arg(data.path())
+            .args(extra)
             .env("GYOZA_API_KEY", API_KEY)
             .env("GYOZA_LOG_LEVEL", "info")
             .env("NO_COLOR", "1")
@@ -245,6 +251,14 @@ impl Worker {
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
+    }
+
+    /// Kills the process with SIGKILL (a crash: no goodbye to the server, containers left
+    /// behind) and waits for it to end.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.finish_output();
     }
 
     /// Whether the process has exited.
