@@ -105,6 +105,8 @@ fn build_image(image: &str, build: &Build, base: &Path) -> anyhow::Result<()> {
         .arg("--file")
         .arg(&dockerfile)
         .arg(&context)
+        // Build output is progress for a person: keep stdout for the command's own result.
+        .stdout(std::process::Stdio::from(std::io::stderr()))
         .status()
         .context(
             "cannot run `docker build` (is the Docker CLI installed and the engine running?)",

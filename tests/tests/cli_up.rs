@@ -99,3 +99,52 @@ fn up_then_run_follow_completes_an_example_op() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn deploy_build_builds_the_image_then_upserts_the_definition() {
+    if !docker_or_skip("deploy_build_builds_the_image") {
+        return;
+    }
+    let server = gyoza_e2e::Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let context = dir.path().join("op");
+    std::fs::create_dir(&context).unwrap();
+    std::fs::copy("/bin/busybox", context.join("busybox")).expect("busybox-static is installed");
+    std::fs::write(
+        context.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\", \"true\"]\n",
+    )
+    .unwrap();
+    let tag = format!("gyoza-test/deploy-build:{}", std::process::id());
+    let file = dir.path().join("gyoza.yaml");
+    std::fs::write(
+        &file,
+        format!("definitions:\n  - id: built\n    version: 1.0.0\n    image: {tag}\n    build:\n      context: op\n"),
+    )
+    .unwrap();
+    let output = Command::new(gyoza_bin())
+        .args(["deploy", "--build", "--json", "-f"])
+        .arg(&file)
+        .env("GYOZA_SERVER_URL", &server.url)
+        .env("GYOZA_API_KEY", gyoza_e2e::API_KEY)
+        // The legacy builder needs no buildx plugin, which Debian's docker.io does not ship.
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let deployed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(deployed[0]["built"], true, "{deployed}");
+    assert_eq!(deployed[0]["image"], tag.as_str());
+    let inspect = Command::new("docker")
+        .args(["image", "inspect", &tag])
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "the image was not built");
+    let _ = Command::new("docker")
+        .args(["image", "rm", "-f", &tag])
+        .output();
+}
