@@ -1,0 +1,278 @@
+//! gyoza-bench: starts a real `gyoza server` process and drives it over HTTP.
+//!
+//! ```text
+//! cargo build --release -p gyoza-cli
+//! cargo run --release -p gyoza-bench -- create  [--store URL]   # POST /runs, 32 clients
+//! cargo run --release -p gyoza-bench -- claims  [--store URL]   # 10,000 runs, 50 workers
+//! cargo run --release -p gyoza-bench -- memory                  # RSS idle and with 100,000 runs
+//! ```
+//!
+//! The server binary is `target/release/gyoza` (or `GYOZA_BIN`); `--store` is passed to it
+//! (default: the embedded SQLite store in a temporary directory). Each scenario prints its
+//! figures; BENCHMARKS.md records them with the method.
+//!
+//! # Layout
+//! - [`Server`]: the server process (free port, temp data dir, killed on drop).
+//! - one `async fn` per scenario; [`Latencies`] for percentiles.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use gyoza_core::api::{AddEventRequest, HeartbeatRequest, OpRunCreate};
+use gyoza_core::client::Client;
+use gyoza_core::{Constraints, Resources};
+use serde_json::json;
+
+const KEY: &str = "bench-key";
+
+/// A server process for one scenario.
+struct Server {
+    child: Child,
+    url: String,
+    _data: std::path::PathBuf,
+}
+
+impl Server {
+    fn start(store: Option<&str>) -> anyhow::Result<Self> {
+        let bin = std::env::var("GYOZA_BIN").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/gyoza").to_owned()
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let data = std::env::temp_dir().join(format!("gyoza-bench-{}-{port}", std::process::id()));
+        let mut command = Command::new(&bin);
+        command
+            .args(["server", "start", "--port", &port.to_string(), "--data-dir"])
+            .arg(&data)
+            .env("GYOZA_API_KEY", KEY)
+            .env("GYOZA_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(store) = store {
+            command.args(["--store", store, "--mongo-db", &format!("bench_{port}")]);
+        }
+        let child = command.spawn().with_context(|| {
+            format!("cannot start {bin} (build it: cargo build --release -p gyoza-cli)")
+        })?;
+        Ok(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _data: data,
+        })
+    }
+
+    async fn client(&self) -> anyhow::Result<Client> {
+        let client = Client::new(&self.url, Some(KEY))?;
+        for _ in 0..600 {
+            if client.health().await.is_ok() {
+                return Ok(client);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the server did not answer within 30 s")
+    }
+
+    fn rss_mb(&self) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS")?;
+        Ok(kb / 1024.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._data);
+    }
+}
+
+/// Latency samples.
+#[derive(Default)]
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn percentile(&mut self, p: f64) -> f64 {
+        self.0.sort();
+        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    }
+}
+
+fn ad_hoc(i: usize) -> OpRunCreate {
+    // Mixed sizes: 1–4 CPUs, 256–2048 MB.
+    OpRunCreate {
+        image: "bench:latest".into(),
+        priority: (i % 10) as i64,
+        inputs: serde_json::from_value(json!({"i": i})).unwrap_or_default(),
+        constraints: Some(Constraints {
+            cpu: Some(1 + (i % 4) as u32),
+            ram_mb: Some(256 << (i % 4)),
+            vram_mb: None,
+        }),
+        retry_policy: None,
+        event_delivery: None,
+    }
+}
+
+/// Creates `total` runs with `clients` concurrent clients; returns (runs/s, latencies).
+async fn create_runs(
+    client: &Client,
+    total: usize,
+    clients: usize,
+) -> anyhow::Result<(f64, Latencies)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, next) = (client.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let t = Instant::now();
+                client.create_run(&ad_hoc(i)).await?;
+                latencies.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Latencies::default();
+    for task in tasks {
+        all.0.extend(task.await??);
+    }
+    Ok((total as f64 / started.elapsed().as_secs_f64(), all))
+}
+
+async fn create(store: Option<&str>) -> anyhow::Result<()> {
+    let server = Server::start(store)?;
+    let client = server.client().await?;
+    let (rate, mut latencies) = create_runs(&client, 20_000, 32).await?;
+    println!(
+        "create: 20000 runs, 32 clients: {rate:.0} runs/s, latency p50 {:.2} ms, p99 {:.2} ms",
+        latencies.percentile(0.5),
+        latencies.percentile(0.99)
+    );
+    Ok(())
+}
+
+async fn claims(store: Option<&str>) -> anyhow::Result<()> {
+    const RUNS: usize = 10_000;
+    const WORKERS: usize = 50;
+    let server = Server::start(store)?;
+    let client = server.client().await?;
+    create_runs(&client, RUNS, 32).await?;
+    let heartbeat = |w: usize| HeartbeatRequest {
+        worker_id: format!("bench-{w}"),
+        resources: Resources {
+            cpu_cores: 16,
+            ram_mb: 65_536,
+            gpus: vec![],
+        },
+        tags: vec![],
+        running_ops: Some(vec![]),
+    };
+    for w in 0..WORKERS {
+        client.heartbeat(&heartbeat(w)).await?;
+    }
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let (client, done) = (client.clone(), done.clone());
+        let beat = heartbeat(w);
+        tasks.push(tokio::spawn(async move {
+            let (mut mine, mut latencies, mut empty) = (Vec::new(), Vec::new(), 0);
+            while done.load(Ordering::Relaxed) < RUNS && empty < 50 {
+                client.heartbeat(&beat).await?;
+                let t = Instant::now();
+                let ops = client.claim(&beat.worker_id, 8).await?;
+                latencies.push(t.elapsed());
+                if ops.is_empty() {
+                    empty += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                empty = 0;
+                for op in ops {
+                    let event = |kind: &str| AddEventRequest {
+                        event_type: kind.into(),
+                        msg: json!(""),
+                        payload: Some(
+                            serde_json::from_value(json!({"worker_id": beat.worker_id}))
+                                .unwrap_or_default(),
+                        ),
+                        attempt: op.attempt,
+                    };
+                    client.add_event(&op.id, &event("STARTED")).await?;
+                    client.add_event(&op.id, &event("COMPLETED")).await?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    mine.push(op.id);
+                }
+            }
+            Ok::<_, anyhow::Error>((mine, latencies))
+        }));
+    }
+    let (mut placed, mut latencies) = (Vec::new(), Latencies::default());
+    for task in tasks {
+        let (mine, lat) = task.await??;
+        placed.extend(mine);
+        latencies.0.extend(lat);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let total = placed.len();
+    placed.sort();
+    placed.dedup();
+    if placed.len() != total {
+        bail!("{} runs were assigned twice", total - placed.len());
+    }
+    println!(
+        "claims: {RUNS} runs, {WORKERS} workers (heartbeat + claim + STARTED + COMPLETED): {} placed once each, {:.0} placements/s, claim p50 {:.2} ms, p99 {:.2} ms",
+        total,
+        total as f64 / elapsed,
+        latencies.percentile(0.5),
+        latencies.percentile(0.99)
+    );
+    if total != RUNS {
+        bail!("only {total} of {RUNS} runs were placed");
+    }
+    Ok(())
+}
+
+async fn memory() -> anyhow::Result<()> {
+    let server = Server::start(None)?;
+    let client = server.client().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = server.rss_mb()?;
+    create_runs(&client, 100_000, 32).await?;
+    let loaded = server.rss_mb()?;
+    println!("memory: server RSS idle {idle:.1} MB, with 100000 runs stored {loaded:.1} MB");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let store = args
+        .iter()
+        .position(|a| a == "--store")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
+    match args.first().map(String::as_str) {
+        Some("create") => create(store).await,
+        Some("claims") => claims(store).await,
+        Some("memory") => memory().await,
+        _ => bail!("usage: gyoza-bench create|claims|memory [--store URL]"),
+    }
+}
