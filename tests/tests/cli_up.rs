@@ -83,6 +83,8 @@ fn up_then_run_follow_completes_an_example_op() {
     for event in ["STARTED", "PROGRESS", "COMPLETED"] {
         assert!(err.contains(event), "{event} not shown: {err}");
     }
+    // Each line the container printed is one event, however fast it printed.
+    assert_eq!(err.matches("warming up").count(), 1, "{err}");
 
     // Ctrl-C stops both.
     Command::new("kill")

@@ -302,12 +302,15 @@ impl Engine {
                     docker_message(&e)
                 ))
             })?;
-        // Attach before starting, so that not a line of output is missed.
+        // Attach before starting, so that not a line of output is missed. Without `logs`:
+        // replaying the log as well as streaming it delivered a fast container's first lines
+        // twice (seen: its first INFO and PROGRESS events recorded twice), and before the
+        // start there is no log to replay.
         let attach = AttachContainerOptionsBuilder::default()
             .stream(true)
             .stdout(true)
             .stderr(true)
-            .logs(true)
+            .logs(false)
             .build();
         let mut output = self
             .docker
