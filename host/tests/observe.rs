@@ -355,12 +355,23 @@ async fn metrics_describe_runs_claims_workers_and_requests() {
         "gyoza_http_requests_total{method=\"GET\",route=\"/runs/{id}\",status=\"200\"} 1",
         "gyoza_http_requests_total{method=\"GET\",route=\"/runs/{id}\",status=\"404\"} 1",
         "gyoza_http_requests_total{method=\"POST\",route=\"/runs\",status=\"201\"} 2",
+        "gyoza_strategy_active{strategy=\"priority\"} 1",
     ] {
         assert!(
             text.lines().any(|l| l == line),
             "missing `{line}` in:\n{text}"
         );
     }
+    // The claim above called the active (wasm) strategy.
+    let calls = text
+        .lines()
+        .find_map(|l| l.strip_prefix("gyoza_strategy_calls{strategy=\"priority\"} "))
+        .unwrap_or_else(|| panic!("no strategy call count in:\n{text}"));
+    assert!(calls.parse::<f64>().unwrap() >= 1.0, "{calls}");
+    assert!(
+        text.contains("gyoza_strategy_latency_p99_seconds{strategy=\"priority\"}"),
+        "{text}"
+    );
     let (status, _) = api
         .app
         .clone()

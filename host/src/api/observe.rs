@@ -11,6 +11,7 @@ use gyoza_core::OpRunState;
 use super::AppState;
 use crate::error::ApiError;
 use crate::metrics::{Gauge, label};
+use crate::strategy::StrategyInfo;
 
 /// Counts every answered request by method, route pattern and status.
 pub async fn count_requests(
@@ -65,7 +66,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             .map(|w| (format!("worker=\"{}\"", label(&w.id)), pick(w)))
             .collect()
     };
-    let gauges = [
+    let mut gauges = vec![
         runs,
         Gauge {
             name: "gyoza_workers_active",
@@ -93,6 +94,47 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             samples: capacity(|w| w.running_ops.len() as f64),
         },
     ];
+    if let Some(host) = state.scheduler.strategies() {
+        let list = host.list();
+        let per_plugin = |value: fn(&StrategyInfo) -> Option<f64>| -> Vec<(String, f64)> {
+            list.strategies
+                .iter()
+                .filter_map(|s| value(s).map(|v| (format!("strategy=\"{}\"", label(&s.name)), v)))
+                .collect()
+        };
+        gauges.extend([
+            Gauge {
+                name: "gyoza_strategy_calls",
+                help: "Calls made to each loaded strategy since it was loaded.",
+                samples: per_plugin(|s| Some(s.calls as f64)),
+            },
+            Gauge {
+                name: "gyoza_strategy_failures",
+                help: "Calls that trapped, timed out or failed, per strategy.",
+                samples: per_plugin(|s| Some(s.failures as f64)),
+            },
+            Gauge {
+                name: "gyoza_strategy_dropped_choices",
+                help: "Unknown, duplicate or over-capacity choices dropped from answers, per strategy.",
+                samples: per_plugin(|s| Some(s.dropped as f64)),
+            },
+            Gauge {
+                name: "gyoza_strategy_latency_p50_seconds",
+                help: "Median latency of recent calls, per strategy.",
+                samples: per_plugin(|s| s.latency_p50_ms.map(|ms| ms / 1000.0)),
+            },
+            Gauge {
+                name: "gyoza_strategy_latency_p99_seconds",
+                help: "99th-percentile latency of recent calls, per strategy.",
+                samples: per_plugin(|s| s.latency_p99_ms.map(|ms| ms / 1000.0)),
+            },
+            Gauge {
+                name: "gyoza_strategy_active",
+                help: "1 for the active strategy, 0 for the others.",
+                samples: per_plugin(|s| Some(if s.active { 1.0 } else { 0.0 })),
+            },
+        ]);
+    }
     Ok((
         [(
             header::CONTENT_TYPE,
