@@ -33,4 +33,4 @@ pub use definition::{InputSpec, OpDefinition, OutputSpec, ValueType};
 pub use error::DomainError;
 pub use resources::{Constraints, EventDelivery, Gpu, Resources, RetryPolicy};
 pub use run::{EventEntry, EventType, ExecutionSummary, OpAttempt, OpRun, OpRunState};
-pub use worker::{Capacity, Worker, WorkerOpRun};
+pub use worker::{Capacity, HeldRun, PendingRun, Worker, WorkerOpRun};

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::api::HeartbeatRequest;
 use crate::resources::{Constraints, Resources};
-use crate::run::OpRun;
+use crate::run::{OpRun, OpRunState};
 use crate::time::{self, Timestamp};
 
 /// What a worker needs to execute a run (a claim answer, or a heartbeat's running op).
@@ -38,6 +38,60 @@ impl WorkerOpRun {
             constraints: run.constraints.clone(),
             attempt: Some(run.current_attempt()),
         }
+    }
+}
+
+/// The scheduling view of a pending run: what a strategy decides from, without the run's
+/// inputs and history (stores read it from an index, not from the run document).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingRun {
+    /// The run's id.
+    pub id: String,
+    /// Scheduling priority; higher first.
+    pub priority: i64,
+    /// Creation time (FIFO within a priority).
+    pub created_at: Timestamp,
+    /// Hardware requirements.
+    pub constraints: Constraints,
+}
+
+impl From<&OpRun> for PendingRun {
+    fn from(run: &OpRun) -> Self {
+        Self {
+            id: run.id.clone(),
+            priority: run.priority,
+            created_at: run.created_at,
+            constraints: run.constraints.clone(),
+        }
+    }
+}
+
+/// A run a worker holds (its current attempt ASSIGNED or RUNNING), as capacity accounting
+/// sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldRun {
+    /// The run's id.
+    pub id: String,
+    /// The worker holding it.
+    pub worker_id: String,
+    /// Hardware requirements.
+    pub constraints: Constraints,
+    /// The GPU it runs on, once the worker reported it.
+    pub gpu_id: Option<u32>,
+}
+
+impl HeldRun {
+    /// The held view of `run`, or `None` when no worker holds it.
+    pub fn of(run: &OpRun) -> Option<Self> {
+        if !matches!(run.state, OpRunState::Assigned | OpRunState::Running) {
+            return None;
+        }
+        Some(Self {
+            id: run.id.clone(),
+            worker_id: run.worker_id()?.to_owned(),
+            constraints: run.constraints.clone(),
+            gpu_id: run.current().execution_summary.gpu_id,
+        })
     }
 }
 
@@ -108,7 +162,7 @@ pub struct Capacity {
 
 impl Capacity {
     /// The free capacity of `resources` once `held` (runs claimed by the worker) are placed.
-    pub fn free(resources: &Resources, held: &[OpRun]) -> Self {
+    pub fn free(resources: &Resources, held: &[HeldRun]) -> Self {
         let mut capacity = Self {
             cpu: i64::from(resources.cpu_cores),
             ram_mb: resources.ram_mb as i64,
@@ -119,12 +173,10 @@ impl Capacity {
                 .collect(),
         };
         // Runs whose GPU is known first, so that the rest are placed on what remains.
-        let (known, unknown): (Vec<&OpRun>, Vec<&OpRun>) = held
-            .iter()
-            .partition(|run| run.current().execution_summary.gpu_id.is_some());
+        let (known, unknown): (Vec<&HeldRun>, Vec<&HeldRun>) =
+            held.iter().partition(|run| run.gpu_id.is_some());
         for run in known.into_iter().chain(unknown) {
-            let gpu = run.current().execution_summary.gpu_id;
-            capacity.take(&run.constraints, gpu);
+            capacity.take(&run.constraints, run.gpu_id);
         }
         capacity
     }
@@ -197,20 +249,34 @@ mod tests {
         }
     }
 
-    fn run(cpu: u32, ram: u64, vram: Option<u64>) -> OpRun {
-        OpRun::new(
+    fn run(cpu: u32, ram: u64, vram: Option<u64>) -> HeldRun {
+        HeldRun {
+            id: format!("r{cpu}"),
+            worker_id: "w1".into(),
+            constraints: Constraints {
+                cpu: Some(cpu),
+                ram_mb: Some(ram),
+                vram_mb: vram,
+            },
+            gpu_id: None,
+        }
+    }
+
+    #[test]
+    fn only_assigned_and_running_runs_are_held() {
+        let now = chrono::Utc::now();
+        let mut run = OpRun::new(
             NewRun {
                 image: "x".into(),
-                constraints: Constraints {
-                    cpu: Some(cpu),
-                    ram_mb: Some(ram),
-                    vram_mb: vram,
-                },
                 ..NewRun::default()
             },
-            chrono::Utc::now(),
+            now,
         )
-        .unwrap()
+        .unwrap();
+        assert_eq!(HeldRun::of(&run), None);
+        run.assign("w1", now).unwrap();
+        let held = HeldRun::of(&run).unwrap();
+        assert_eq!((held.worker_id.as_str(), held.gpu_id), ("w1", None));
     }
 
     #[test]

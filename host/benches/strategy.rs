@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use gyoza_core::run::NewRun;
 use gyoza_core::{
-    Capacity as CoreCapacity, Constraints, Gpu as CoreGpu, OpRun, Resources, Worker as CoreWorker,
+    Capacity as CoreCapacity, Constraints, Gpu as CoreGpu, OpRun, PendingRun as CorePendingRun,
+    Resources, Worker as CoreWorker,
 };
 use gyoza_host::scheduler::{ActiveWorker, ClaimRequest};
 use gyoza_host::strategy::{StrategyHost, StrategySettings};
@@ -104,7 +105,7 @@ fn cluster() -> Vec<ActiveWorker> {
         .collect()
 }
 
-fn pending(n: usize) -> Vec<OpRun> {
+fn pending(n: usize) -> Vec<CorePendingRun> {
     let now = Utc::now();
     (0..n)
         .map(|i| {
@@ -121,6 +122,7 @@ fn pending(n: usize) -> Vec<OpRun> {
                 },
                 now - chrono::Duration::milliseconds(i as i64),
             )
+            .map(|run| CorePendingRun::from(&run))
             .expect("a valid run")
         })
         .collect()

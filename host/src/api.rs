@@ -55,6 +55,8 @@ pub struct AppState {
     pub changes: broadcast::Sender<String>,
     /// Sends run events to their topic URLs.
     pub deliverer: Arc<Deliverer>,
+    /// Runs that claims in this process are assigning right now (see [`crate::scheduler`]).
+    pub claims_in_flight: Arc<crate::scheduler::InFlight>,
 }
 
 impl AppState {
@@ -77,6 +79,7 @@ impl AppState {
             deliverer: Deliverer::start(DeliveryConfig::default(), metrics.clone()),
             metrics,
             changes: broadcast::channel(1024).0,
+            claims_in_flight: Arc::default(),
         }
     }
 

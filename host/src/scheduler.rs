@@ -5,11 +5,17 @@
 //! free capacity are dropped (and logged). Each chosen run then moves PENDING → ASSIGNED in
 //! an atomic store update that refuses unless the run is still PENDING, so concurrent claims,
 //! from this process or another server on the same database, never share a run.
+//!
+//! Concurrent claims in one process would otherwise all be shown the same window and race for
+//! its best runs, losing most of those races in the store. So a claim reserves the runs it is
+//! about to assign ([`InFlight`]) and the others are shown the window without them; the store's
+//! refusal remains the guarantee (and resolves races with other replicas).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use gyoza_core::time::Timestamp;
-use gyoza_core::{Capacity, OpRun, Resources, Worker, WorkerOpRun};
+use gyoza_core::{Capacity, HeldRun, PendingRun, Resources, Worker, WorkerOpRun};
 
 use crate::api::AppState;
 use crate::error::ApiError;
@@ -21,6 +27,59 @@ pub const PENDING_WINDOW: usize = 1_000;
 /// How often a claim that lost races to other claimers asks the scheduler again.
 const CLAIM_ROUNDS: usize = 4;
 
+/// The runs that claims in this process are assigning at the moment.
+#[derive(Debug, Default)]
+pub struct InFlight(std::sync::Mutex<HashSet<String>>);
+
+impl InFlight {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Drops from `pending` the runs other claims are assigning.
+    fn hide_taken(&self, pending: &mut Vec<PendingRun>) {
+        let set = self.set();
+        if !set.is_empty() {
+            pending.retain(|run| !set.contains(&run.id));
+        }
+    }
+
+    /// Reserves those of `ids` nobody else has reserved; returns them and a guard that
+    /// releases them.
+    fn reserve(
+        &self,
+        ids: Vec<(String, Option<u32>)>,
+    ) -> (Vec<(String, Option<u32>)>, Reserved<'_>) {
+        let mut set = self.set();
+        let mine: Vec<_> = ids
+            .into_iter()
+            .filter(|(id, _)| set.insert(id.clone()))
+            .collect();
+        let guard = Reserved {
+            in_flight: self,
+            ids: mine.iter().map(|(id, _)| id.clone()).collect(),
+        };
+        (mine, guard)
+    }
+}
+
+/// Releases reserved runs when dropped (also when a claim's future is dropped midway).
+struct Reserved<'a> {
+    in_flight: &'a InFlight,
+    ids: Vec<String>,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let mut set = self.in_flight.set();
+        for id in &self.ids {
+            set.remove(id);
+        }
+    }
+}
+
 /// What a scheduler decides from.
 #[derive(Debug)]
 pub struct ClaimRequest<'a> {
@@ -29,7 +88,7 @@ pub struct ClaimRequest<'a> {
     /// Its free capacity, after the runs it already holds.
     pub free: Capacity,
     /// Claimable runs, highest priority first and oldest first within a priority.
-    pub pending: &'a [OpRun],
+    pub pending: &'a [PendingRun],
     /// At most this many runs should be chosen.
     pub max: usize,
     /// When the claim was made.
@@ -102,15 +161,21 @@ pub async fn claim(
         tracing::warn!(worker_id, "claim from a worker that never sent a heartbeat");
         return Ok(Vec::new());
     };
-    let held = state.store.runs_on_worker(worker_id).await?;
-    let mut free = Capacity::free(&worker.resources, &held);
+    let held = state.store.held_runs().await?;
+    let mine: Vec<HeldRun> = held
+        .iter()
+        .filter(|run| run.worker_id == worker_id)
+        .cloned()
+        .collect();
+    let mut free = Capacity::free(&worker.resources, &mine);
     let mut pending = state.store.pending_window(now, PENDING_WINDOW).await?;
-    let cluster = active_workers(state, &worker, &free, held.len()).await?;
+    let cluster = active_workers(state, &worker, &free, held).await?;
     let mut claimed = Vec::new();
     // Concurrent claimers see the same window and race for its best runs. A claimer that
     // loses a race asks the scheduler again without the runs it lost, a few times, so that
     // it does not come back empty-handed while work is pending.
     for _round in 0..CLAIM_ROUNDS {
+        state.claims_in_flight.hide_taken(&mut pending);
         let wanted = max - claimed.len();
         let chosen = state
             .scheduler
@@ -123,43 +188,61 @@ pub async fn claim(
                 cluster: &cluster,
             })
             .await;
-        let mut candidates: HashMap<&str, &OpRun> =
+        // Check the answer against the window and the worker's free capacity, then assign
+        // every run that passes in one store write.
+        let mut candidates: HashMap<&str, &PendingRun> =
             pending.iter().map(|r| (r.id.as_str(), r)).collect();
-        let mut settled: HashSet<String> = HashSet::new();
-        let mut lost_a_race = false;
+        let mut fits = free.clone();
+        let mut picked = Vec::new();
         for id in &chosen {
-            if claimed.len() >= max {
+            if claimed.len() + picked.len() >= max {
                 break;
             }
             let Some(run) = candidates.remove(id.as_str()) else {
                 tracing::warn!(scheduler = state.scheduler.name(), run_id = %id, "scheduler chose an unknown or duplicate run; ignored");
                 continue;
             };
-            let Some(gpu) = free.fit(&run.constraints) else {
+            let Some(gpu) = fits.fit(&run.constraints) else {
                 tracing::warn!(scheduler = state.scheduler.name(), run_id = %id, "scheduler chose a run that does not fit the worker; ignored");
                 continue;
             };
-            let owner = worker_id.to_owned();
-            let assigned = state
-                .store
-                .update_run(id, Box::new(move |run| run.assign(&owner, now)))
-                .await;
-            settled.insert(id.clone());
-            match assigned {
+            fits.take(&run.constraints, gpu);
+            picked.push((run.id.clone(), gpu));
+        }
+        if picked.is_empty() {
+            break;
+        }
+        let chosen_count = picked.len();
+        let (picked, _reserved) = state.claims_in_flight.reserve(picked);
+        let reserved_all = picked.len() == chosen_count;
+        let owner = worker_id.to_owned();
+        let ids: Vec<String> = picked.iter().map(|(id, _)| id.clone()).collect();
+        let answers = state
+            .store
+            .update_runs(ids, Arc::new(move |run| run.assign(&owner, now)))
+            .await;
+        let mut settled: HashSet<String> = HashSet::new();
+        // Runs another claim reserved first count as lost races.
+        let mut lost_a_race = !reserved_all;
+        let mut failure = None;
+        for ((id, gpu), answer) in picked.into_iter().zip(answers) {
+            match answer {
                 Ok(Some(run)) => {
                     free.take(&run.constraints, gpu);
                     claimed.push(WorkerOpRun::from_run(&run));
                 }
                 // Gone, or taken by another claimer since the window was read.
                 Ok(None) | Err(StoreError::Rule(_)) => lost_a_race = true,
-                Err(e) => {
-                    if claimed.is_empty() {
-                        return Err(e.into());
-                    }
-                    tracing::error!(error = %e, "store failed during a claim; returning the runs assigned so far");
-                    return Ok(claimed);
-                }
+                Err(e) => failure = Some(e),
             }
+            settled.insert(id);
+        }
+        if let Some(e) = failure {
+            if claimed.is_empty() {
+                return Err(e.into());
+            }
+            tracing::error!(error = %e, "store failed during a claim; returning the runs assigned so far");
+            return Ok(claimed);
         }
         if !lost_a_race || claimed.len() >= max {
             break;
@@ -175,20 +258,18 @@ async fn active_workers(
     state: &AppState,
     requester: &Worker,
     requester_free: &Capacity,
-    requester_running: usize,
+    held_runs: Vec<HeldRun>,
 ) -> Result<Vec<ActiveWorker>, ApiError> {
     let now = state.clock.now();
-    let mut held: HashMap<String, Vec<OpRun>> = HashMap::new();
-    for run in state.store.held_runs().await? {
-        if let Some(worker) = run.worker_id() {
-            held.entry(worker.to_owned()).or_default().push(run);
-        }
+    let mut held: HashMap<String, Vec<HeldRun>> = HashMap::new();
+    for run in held_runs {
+        held.entry(run.worker_id.clone()).or_default().push(run);
     }
     let mut cluster = vec![ActiveWorker {
         id: requester.id.clone(),
         resources: requester.resources.clone(),
         free: requester_free.clone(),
-        running: requester_running,
+        running: held.get(&requester.id).map_or(0, Vec::len),
     }];
     for worker in state.store.list_workers().await? {
         if worker.id == requester.id || !worker.is_active(now, state.worker_timeout) {
@@ -203,4 +284,38 @@ async fn active_workers(
         });
     }
     Ok(cluster)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(ids: &[&str]) -> Vec<PendingRun> {
+        ids.iter()
+            .map(|id| PendingRun {
+                id: (*id).to_owned(),
+                priority: 0,
+                created_at: chrono::Utc::now(),
+                constraints: Default::default(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reserved_run_is_hidden_from_other_claims_until_released() {
+        let in_flight = InFlight::default();
+        let (mine, guard) = in_flight.reserve(vec![("a".into(), None), ("b".into(), Some(0))]);
+        assert_eq!(mine.len(), 2);
+        // A second claim cannot reserve them, and does not see them.
+        let (theirs, _) = in_flight.reserve(vec![("b".into(), None), ("c".into(), None)]);
+        assert_eq!(theirs, vec![("c".to_owned(), None)]);
+        let mut pending = window(&["a", "b", "d"]);
+        in_flight.hide_taken(&mut pending);
+        let ids: Vec<&str> = pending.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["d"]);
+        drop(guard);
+        let mut pending = window(&["a", "b", "d"]);
+        in_flight.hide_taken(&mut pending);
+        assert_eq!(pending.len(), 3, "released with the claim");
+    }
 }

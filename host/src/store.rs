@@ -12,7 +12,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 use gyoza_core::api::HeartbeatRequest;
 use gyoza_core::time::Timestamp;
-use gyoza_core::{DomainError, OpDefinition, OpRun, OpRunState, Worker};
+use gyoza_core::{DomainError, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun, Worker};
 
 pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
@@ -39,6 +39,10 @@ pub enum StoreError {
 /// A mutation of a run, applied inside the store's atomic update. It may be called more than
 /// once (optimistic stores retry on conflict), so it must not have side effects.
 pub type RunMutation = Box<dyn FnMut(&mut OpRun) -> Result<(), DomainError> + Send + 'static>;
+
+/// A mutation applied to several runs (see [`Store::update_runs`]).
+pub type SharedRunMutation =
+    std::sync::Arc<dyn Fn(&mut OpRun) -> Result<(), DomainError> + Send + Sync + 'static>;
 
 /// A `created_at` bound of a run listing, in microseconds since the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,9 +147,32 @@ pub trait Store: Send + Sync + 'static {
         mutation: RunMutation,
     ) -> Result<Option<OpRun>, StoreError>;
 
+    /// Applies `mutation` to each of `ids`, each run atomically on its own (one refusal does
+    /// not stop the others); the answers are in the order of `ids`. The default updates them
+    /// one by one; a store may write them in one transaction.
+    async fn update_runs(
+        &self,
+        ids: Vec<String>,
+        mutation: SharedRunMutation,
+    ) -> Vec<Result<Option<OpRun>, StoreError>> {
+        let mut answers = Vec::with_capacity(ids.len());
+        for id in ids {
+            let mutation = mutation.clone();
+            answers.push(
+                self.update_run(&id, Box::new(move |run| mutation(run)))
+                    .await,
+            );
+        }
+        answers
+    }
+
     /// Up to `limit` runs claimable at `now`, highest priority first, oldest first within a
-    /// priority.
-    async fn pending_window(&self, now: Timestamp, limit: usize) -> Result<Vec<OpRun>, StoreError>;
+    /// priority: only what scheduling needs of them.
+    async fn pending_window(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<PendingRun>, StoreError>;
 
     /// The runs whose current attempt is ASSIGNED to or RUNNING on `worker_id`.
     async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError>;
@@ -153,10 +180,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every run ASSIGNED or RUNNING on any worker (what the cluster holds, for strategies
     /// that place runs across workers). The default asks worker by worker; stores override it
     /// with one query.
-    async fn held_runs(&self) -> Result<Vec<OpRun>, StoreError> {
+    async fn held_runs(&self) -> Result<Vec<HeldRun>, StoreError> {
         let mut runs = Vec::new();
         for worker in self.list_workers().await? {
-            runs.extend(self.runs_on_worker(&worker.id).await?);
+            let held = self.runs_on_worker(&worker.id).await?;
+            runs.extend(held.iter().filter_map(HeldRun::of));
         }
         Ok(runs)
     }

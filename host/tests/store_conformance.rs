@@ -10,7 +10,10 @@ use chrono::{Duration, TimeZone, Utc};
 use gyoza_core::api::HeartbeatRequest;
 use gyoza_core::run::NewRun;
 use gyoza_core::time::Timestamp;
-use gyoza_core::{DomainError, OpDefinition, OpRun, OpRunState, Resources, WorkerOpRun};
+use gyoza_core::{
+    Constraints, DomainError, EventType, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun,
+    Resources, WorkerOpRun,
+};
 use gyoza_host::store::{
     CreatedBound, Cursor, MongoStore, QueryError, RunQuery, SqliteStore, Store, StoreError,
 };
@@ -98,6 +101,26 @@ fn query(limit: usize, cursor: Cursor) -> RunQuery {
 
 fn ids(runs: &[OpRun]) -> Vec<String> {
     runs.iter().map(|r| r.id.clone()).collect()
+}
+
+fn window_ids(runs: &[PendingRun]) -> Vec<String> {
+    runs.iter().map(|r| r.id.clone()).collect()
+}
+
+fn sized(at: Timestamp, cpu: u32, ram_mb: u64, vram_mb: Option<u64>) -> OpRun {
+    OpRun::new(
+        NewRun {
+            image: "img".into(),
+            constraints: Constraints {
+                cpu: Some(cpu),
+                ram_mb: Some(ram_mb),
+                vram_mb,
+            },
+            ..NewRun::default()
+        },
+        at,
+    )
+    .unwrap()
 }
 
 mod cases {
@@ -352,12 +375,12 @@ mod cases {
         }
         let window = store.pending_window(t(10), 10).await.unwrap();
         assert_eq!(
-            ids(&window),
+            window_ids(&window),
             vec![high_early.id.clone(), high_late.id.clone(), low.id.clone()]
         );
         let window = store.pending_window(t(100), 2).await.unwrap();
         assert_eq!(
-            ids(&window),
+            window_ids(&window),
             vec![backing_off.id.clone(), high_early.id.clone()]
         );
     }
@@ -396,6 +419,99 @@ mod cases {
         expected.sort();
         assert_eq!(held, expected);
         assert!(store.runs_on_worker("nobody").await.unwrap().is_empty());
+    }
+
+    pub async fn scheduling_views_carry_constraints_and_gpus(store: Arc<dyn Store>) {
+        let gpu_run = sized(t(0), 2, 4096, Some(8192));
+        let plain = sized(t(1), 1, 256, None);
+        let unconstrained = run_at(t(2), "img", 0);
+        for run in [&gpu_run, &plain, &unconstrained] {
+            store.insert_run(run).await.unwrap();
+        }
+        let window = store.pending_window(t(10), 10).await.unwrap();
+        assert_eq!(
+            window,
+            vec![
+                PendingRun::from(&gpu_run),
+                PendingRun::from(&plain),
+                PendingRun::from(&unconstrained)
+            ],
+            "the window carries id, priority, creation time and constraints as stored"
+        );
+        // Held: assigned to w1, then RUNNING on GPU 1 (the worker says so in STARTED).
+        store
+            .update_run(&gpu_run.id, Box::new(|r| r.assign("w1", t(11))))
+            .await
+            .unwrap();
+        store
+            .update_run(
+                &gpu_run.id,
+                Box::new(move |r| {
+                    let payload = serde_json::json!({"worker_id": "w1", "gpu_id": 1});
+                    let payload = payload.as_object().cloned().unwrap_or_default();
+                    r.add_event(EventType::Started, "".into(), payload, t(12))
+                }),
+            )
+            .await
+            .unwrap();
+        store
+            .update_run(&plain.id, Box::new(|r| r.assign("w2", t(11))))
+            .await
+            .unwrap();
+        let mut held = store.held_runs().await.unwrap();
+        held.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        assert_eq!(
+            held,
+            vec![
+                HeldRun {
+                    id: gpu_run.id.clone(),
+                    worker_id: "w1".into(),
+                    constraints: gpu_run.constraints.clone(),
+                    gpu_id: Some(1),
+                },
+                HeldRun {
+                    id: plain.id.clone(),
+                    worker_id: "w2".into(),
+                    constraints: plain.constraints.clone(),
+                    gpu_id: None,
+                },
+            ]
+        );
+        assert_eq!(
+            window_ids(&store.pending_window(t(20), 10).await.unwrap()),
+            vec![unconstrained.id.clone()],
+            "held runs leave the window"
+        );
+    }
+
+    pub async fn update_runs_applies_each_run_on_its_own(store: Arc<dyn Store>) {
+        let free = run_at(t(0), "img", 1);
+        let mut taken = run_at(t(1), "img", 1);
+        taken.assign("other", t(1)).unwrap();
+        for run in [&free, &taken] {
+            store.insert_run(run).await.unwrap();
+        }
+        let answers = store
+            .update_runs(
+                vec![taken.id.clone(), "missing".into(), free.id.clone()],
+                Arc::new(|r| r.assign("w1", t(5))),
+            )
+            .await;
+        assert_eq!(answers.len(), 3);
+        assert!(
+            matches!(answers[0], Err(StoreError::Rule(_))),
+            "{:?}",
+            answers[0]
+        );
+        assert!(matches!(answers[1], Ok(None)), "{:?}", answers[1]);
+        let assigned = answers[2].as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(assigned.worker_id(), Some("w1"));
+        // What the answers say is what is stored: the refusal wrote nothing, the rest did.
+        let stored = store.get_run(&taken.id).await.unwrap().unwrap();
+        assert_eq!(stored.worker_id(), Some("other"));
+        let stored = store.get_run(&free.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, OpRunState::Assigned);
+        assert_eq!(stored.worker_id(), Some("w1"));
     }
 
     pub async fn heartbeats_register_and_refresh_workers(store: Arc<dyn Store>) {
@@ -557,6 +673,8 @@ macro_rules! suite {
                 update_run_is_atomic_and_refusals_write_nothing,
                 pending_window_orders_by_priority_and_respects_backoff,
                 runs_on_worker_are_its_assigned_and_running_runs,
+                scheduling_views_carry_constraints_and_gpus,
+                update_runs_applies_each_run_on_its_own,
                 heartbeats_register_and_refresh_workers,
                 logs_keep_a_tail_per_attempt,
                 runs_are_counted_by_state,

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use gyoza_core::api::HeartbeatRequest;
 use gyoza_core::definition::compare_versions;
-use gyoza_core::time::{Timestamp, to_micros};
-use gyoza_core::{OpDefinition, OpRun, OpRunState, Worker};
+use gyoza_core::time::{Timestamp, from_micros, to_micros};
+use gyoza_core::{Constraints, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun, Worker};
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
@@ -86,8 +86,67 @@ fn run_document(run: &OpRun, rev: i64) -> Result<Document, StoreError> {
         "image": &run.image,
         "worker_id": optional(run.worker_id().map(str::to_owned)),
         "rev": rev,
+        "sched": {
+            "cpu": optional(run.constraints.cpu.map(i64::from)),
+            "ram_mb": optional(run.constraints.ram_mb.map(|v| v as i64)),
+            "vram_mb": optional(run.constraints.vram_mb.map(|v| v as i64)),
+            "gpu_id": optional(run.current().execution_summary.gpu_id.map(i64::from)),
+        },
         "doc": encode(run)?,
     })
+}
+
+/// What scheduling reads of a run: its `sched` fields, so that a claim does not decode run
+/// documents. `None` for a document written before those fields existed.
+fn sched_fields(document: &Document) -> Option<(Constraints, Option<u32>)> {
+    let sched = document.get_document("sched").ok()?;
+    let number = |key: &str| match sched.get(key) {
+        Some(Bson::Int64(v)) => Some(*v),
+        Some(Bson::Int32(v)) => Some(i64::from(*v)),
+        _ => None,
+    };
+    Some((
+        Constraints {
+            cpu: number("cpu").map(|v| v as u32),
+            ram_mb: number("ram_mb").map(|v| v as u64),
+            vram_mb: number("vram_mb").map(|v| v as u64),
+        },
+        number("gpu_id").map(|v| v as u32),
+    ))
+}
+
+/// The pending view of a run document (decoding the run only for an old document).
+fn pending_run(document: &Document) -> Result<PendingRun, StoreError> {
+    let fields = || {
+        let (constraints, _) = sched_fields(document)?;
+        Some(PendingRun {
+            id: document.get_str("_id").ok()?.to_owned(),
+            priority: document.get_i64("priority").ok()?,
+            created_at: from_micros(document.get_i64("created_us").ok()?),
+            constraints,
+        })
+    };
+    match fields() {
+        Some(run) => Ok(run),
+        None => Ok(PendingRun::from(&decode::<OpRun>(document)?)),
+    }
+}
+
+/// The held view of a run document (decoding the run only for an old document).
+fn held_run(document: &Document) -> Result<Option<HeldRun>, StoreError> {
+    let fields = || {
+        let (constraints, gpu_id) = sched_fields(document)?;
+        Some(HeldRun {
+            id: document.get_str("_id").ok()?.to_owned(),
+            worker_id: document.get_str("worker_id").ok()?.to_owned(),
+            constraints,
+            gpu_id,
+        })
+    };
+    match fields() {
+        Some(run) => Ok(Some(run)),
+        None => Ok(HeldRun::of(&decode::<OpRun>(document)?)),
+    }
 }
 
 async fn collect(cursor: mongodb::Cursor<Document>) -> Result<Vec<Document>, StoreError> {
@@ -155,6 +214,27 @@ impl MongoStore {
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    /// The whole document of a run listed without its `doc` field.
+    async fn whole(&self, listed: &Document) -> Result<Document, StoreError> {
+        let id = listed.get_str("_id").map_err(|e| StoreError::Corrupt {
+            id: "runs._id".into(),
+            reason: e.to_string(),
+        })?;
+        self.runs
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| StoreError::Backend(format!("run '{id}' vanished while listed")))
+    }
+
+    async fn pending_of_old(&self, listed: &Document) -> Result<PendingRun, StoreError> {
+        pending_run(&self.whole(listed).await?)
+    }
+
+    async fn held_of_old(&self, listed: &Document) -> Result<Option<HeldRun>, StoreError> {
+        held_run(&self.whole(listed).await?)
     }
 
     async fn run_key(&self, param: &'static str, id: &str) -> Result<(i64, String), QueryError> {
@@ -391,7 +471,11 @@ impl Store for MongoStore {
         )))
     }
 
-    async fn pending_window(&self, now: Timestamp, limit: usize) -> Result<Vec<OpRun>, StoreError> {
+    async fn pending_window(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<PendingRun>, StoreError> {
         let filter = doc! {
             "state": "PENDING",
             "$or": [{"available_us": Bson::Null}, {"available_us": {"$lte": to_micros(&now)}}],
@@ -401,9 +485,37 @@ impl Store for MongoStore {
             .find(filter)
             .sort(doc! {"priority": -1, "created_us": 1, "_id": 1})
             .limit(limit as i64)
+            .projection(doc! {"doc": 0})
             .await
             .map_err(backend)?;
-        collect(cursor).await?.iter().map(decode).collect()
+        let documents = collect(cursor).await?;
+        let mut window = Vec::with_capacity(documents.len());
+        for document in documents {
+            match pending_run(&document) {
+                Ok(run) => window.push(run),
+                // An old document without `sched`: read it whole.
+                Err(_) => window.push(self.pending_of_old(&document).await?),
+            }
+        }
+        Ok(window)
+    }
+
+    async fn held_runs(&self) -> Result<Vec<HeldRun>, StoreError> {
+        let filter = doc! {"state": {"$in": ["ASSIGNED", "RUNNING"]}};
+        let cursor = self
+            .runs
+            .find(filter)
+            .projection(doc! {"doc": 0})
+            .await
+            .map_err(backend)?;
+        let mut held = Vec::new();
+        for document in collect(cursor).await? {
+            match held_run(&document) {
+                Ok(run) => held.extend(run),
+                Err(_) => held.extend(self.held_of_old(&document).await?),
+            }
+        }
+        Ok(held)
     }
 
     async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError> {

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gyoza_core::run::NewRun;
-use gyoza_core::{Capacity, Constraints, OpRun, Resources, Worker};
+use gyoza_core::{Capacity, Constraints, HeldRun, OpRun, PendingRun, Resources, Worker};
 use serde::{Deserialize, Serialize};
 
 use super::engine::Runtime;
@@ -144,15 +144,17 @@ pub fn simulate(
         )
         .map_err(|e| ScenarioError::Scenario(format!("run '{}': {e}", run.id)))?;
         op.id = run.id.clone();
-        pending.push(op);
+        pending.push(PendingRun::from(&op));
     }
     pending.sort_by_key(|run| std::cmp::Reverse(run.priority));
     let mut cluster = Vec::new();
     for worker in &scenario.workers {
-        let held: Vec<OpRun> = worker
+        let held: Vec<HeldRun> = worker
             .running
             .iter()
-            .map(|constraints| {
+            .enumerate()
+            .map(|(i, constraints)| {
+                // Validated as a run would be.
                 OpRun::new(
                     NewRun {
                         image: "held".into(),
@@ -161,6 +163,12 @@ pub fn simulate(
                     },
                     now,
                 )
+                .map(|_| HeldRun {
+                    id: format!("{}-held-{i}", worker.id),
+                    worker_id: worker.id.clone(),
+                    constraints: constraints.clone(),
+                    gpu_id: None,
+                })
             })
             .collect::<Result<_, _>>()
             .map_err(|e| ScenarioError::Scenario(format!("worker '{}': {e}", worker.id)))?;
