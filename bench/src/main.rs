@@ -5,6 +5,7 @@
 //! cargo run --release -p gyoza-bench -- create  [--store URL]   # POST /runs, 32 clients
 //! cargo run --release -p gyoza-bench -- claims  [--store URL]   # 10,000 runs, 50 workers
 //! cargo run --release -p gyoza-bench -- memory                  # RSS idle and with 100,000 runs
+//! cargo run --release -p gyoza-bench -- worker                  # claim → container start vs docker run
 //! ```
 //!
 //! The server binary is `target/release/gyoza` (or `GYOZA_BIN`); `--store` is passed to it
@@ -28,6 +29,13 @@ use serde_json::json;
 
 const KEY: &str = "bench-key";
 
+/// The gyoza binary: `GYOZA_BIN`, else the workspace's release build.
+fn server_bin() -> String {
+    std::env::var("GYOZA_BIN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/gyoza").to_owned()
+    })
+}
+
 /// A server process for one scenario.
 struct Server {
     child: Child,
@@ -37,9 +45,7 @@ struct Server {
 
 impl Server {
     fn start(store: Option<&str>) -> anyhow::Result<Self> {
-        let bin = std::env::var("GYOZA_BIN").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/gyoza").to_owned()
-        });
+        let bin = server_bin();
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -250,6 +256,191 @@ async fn claims(store: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Container start times (nanoseconds since the epoch) by container name, from `docker events`.
+struct ContainerStarts {
+    child: Child,
+    seen: Arc<std::sync::Mutex<std::collections::HashMap<String, i128>>>,
+}
+
+impl ContainerStarts {
+    fn listen() -> anyhow::Result<Self> {
+        let mut child = Command::new("docker")
+            .args([
+                "events",
+                "--filter",
+                "type=container",
+                "--filter",
+                "event=start",
+                "--format",
+                "{{.Actor.Attributes.name}} {{.TimeNano}}",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot run `docker events` (is the docker CLI installed?)")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some((name, nanos)) = line.rsplit_once(' ')
+                    && let Ok(nanos) = nanos.parse::<i128>()
+                    && let Ok(mut seen) = sink.lock()
+                {
+                    seen.insert(name.to_owned(), nanos);
+                }
+            }
+        });
+        Ok(Self { child, seen })
+    }
+
+    /// When container `name` started, waiting up to 10 s for docker to tell.
+    async fn of(&self, name: &str) -> anyhow::Result<i128> {
+        for _ in 0..1000 {
+            if let Some(nanos) = self.seen.lock().ok().and_then(|s| s.get(name).copied()) {
+                return Ok(nanos);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        bail!("docker reported no start of container {name}")
+    }
+}
+
+impl Drop for ContainerStarts {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn epoch_nanos(t: std::time::SystemTime) -> i128 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+fn median_ms(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A `gyoza worker` process against `server`, killed on drop.
+struct WorkerProcess(Child);
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn worker_start() -> anyhow::Result<()> {
+    const SAMPLES: usize = 15;
+    let image =
+        std::env::var("GYOZA_BENCH_IMAGE").unwrap_or_else(|_| "gyoza-example/echo:latest".into());
+    let inspected = Command::new("docker")
+        .args(["image", "inspect", &image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("cannot run docker")?;
+    if !inspected.success() {
+        bail!("image {image} is not on this machine: build it with examples/ops/build.sh echo");
+    }
+    let server = Server::start(None)?;
+    let client = server.client().await?;
+    let starts = ContainerStarts::listen()?;
+    let work = std::env::temp_dir().join(format!("gyoza-bench-work-{}", std::process::id()));
+    let _worker = WorkerProcess(
+        Command::new(server_bin())
+            .args([
+                "worker",
+                "start",
+                "--server-url",
+                &server.url,
+                "--worker-id",
+                "bench-worker",
+            ])
+            .env("GYOZA_API_KEY", KEY)
+            .env("GYOZA_WORK_DIR", &work)
+            .env("GYOZA_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start the worker")?,
+    );
+    for _ in 0..300 {
+        if !client.list_workers().await?.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One run first, not counted: the first container of a worker pays for warming caches.
+    let mut gyoza = Vec::new();
+    for i in 0..=SAMPLES {
+        let run = client
+            .create_run(&OpRunCreate {
+                image: image.clone(),
+                priority: 0,
+                inputs: serde_json::from_value(json!({"i": i})).unwrap_or_default(),
+                constraints: None,
+                retry_policy: None,
+                event_delivery: None,
+            })
+            .await?;
+        let done = wait_until_finished(&client, &run.id).await?;
+        let attempt = done.attempts.last().context("a run without attempts")?;
+        let assigned = attempt
+            .assigned_at
+            .context("the attempt has no assigned_at")?;
+        let container = format!("gyoza-{}-{}", run.id, attempt.attempt);
+        let started = starts.of(&container).await?;
+        let assigned = i128::from(assigned.timestamp_nanos_opt().unwrap_or(0));
+        if i > 0 {
+            gyoza.push((started - assigned) as f64 / 1e6);
+        }
+    }
+    let mut docker = Vec::new();
+    for i in 0..=SAMPLES {
+        let name = format!("gyoza-bench-docker-run-{}-{i}", std::process::id());
+        let invoked = epoch_nanos(std::time::SystemTime::now());
+        let status = Command::new("docker")
+            .args(["run", "--rm", "--name", &name, &image])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        let started = starts.of(&name).await?;
+        if i > 0 {
+            docker.push((started - invoked) as f64 / 1e6);
+        }
+        let _ = status;
+    }
+    let (gyoza_ms, docker_ms) = (median_ms(gyoza), median_ms(docker));
+    println!(
+        "worker: claim → container start median {gyoza_ms:.1} ms; `docker run` → container start median {docker_ms:.1} ms; ratio {:.2} ({SAMPLES} runs each, {image})",
+        gyoza_ms / docker_ms
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+async fn wait_until_finished(
+    client: &Client,
+    id: &str,
+) -> anyhow::Result<gyoza_core::api::OpRunView> {
+    for _ in 0..6000 {
+        let run = client.get_run(id).await?;
+        if run.state.is_terminal() {
+            return Ok(run);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("run {id} did not finish within 60 s")
+}
+
 async fn memory() -> anyhow::Result<()> {
     let server = Server::start(None)?;
     let client = server.client().await?;
@@ -273,6 +464,7 @@ async fn main() -> anyhow::Result<()> {
         Some("create") => create(store).await,
         Some("claims") => claims(store).await,
         Some("memory") => memory().await,
-        _ => bail!("usage: gyoza-bench create|claims|memory [--store URL]"),
+        Some("worker") => worker_start().await,
+        _ => bail!("usage: gyoza-bench create|claims|memory|worker [--store URL]"),
     }
 }

@@ -220,6 +220,11 @@ pub struct OpAttempt {
     pub execution_summary: ExecutionSummary,
     /// Hardware constraints at the time.
     pub constraints: Constraints,
+    /// When a worker claimed it (PENDING → ASSIGNED); absent in runs stored before gyoza
+    /// recorded it.
+    #[serde(with = "time::wire_opt", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub assigned_at: Option<Timestamp>,
     /// When its container started (STARTED).
     #[serde(with = "time::wire_opt", default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
@@ -247,6 +252,7 @@ impl OpAttempt {
             outputs: Map::new(),
             execution_summary: ExecutionSummary::default(),
             constraints: run.constraints.clone(),
+            assigned_at: None,
             started_at: None,
             finished_at: None,
             worker_lost: false,
@@ -499,6 +505,7 @@ impl OpRun {
         }
         self.set_run_and_attempt_state(OpRunState::Assigned);
         self.current_mut().execution_summary.worker_id = Some(worker_id.to_owned());
+        self.current_mut().assigned_at = Some(now);
         self.available_at = None;
         self.updated_at = now;
         Ok(())
@@ -864,6 +871,11 @@ mod tests {
             Some("w1")
         );
         assert_eq!(run.current().execution_summary.gpu_id, Some(0));
+        assert_eq!(
+            run.current().assigned_at,
+            Some(t0()),
+            "the claim time is kept"
+        );
         assert_eq!(run.current().started_at, Some(t0()));
         assert!(event(&mut run, EventType::Started, json!(""), json!({})).is_err());
     }

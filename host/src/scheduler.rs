@@ -19,7 +19,7 @@ use gyoza_core::{Capacity, HeldRun, PendingRun, Resources, Worker, WorkerOpRun};
 
 use crate::api::AppState;
 use crate::error::ApiError;
-use crate::store::StoreError;
+use crate::store::{ClaimView, StoreError};
 
 /// How many claimable runs a scheduler is shown per claim, best first.
 pub const PENDING_WINDOW: usize = 1_000;
@@ -157,19 +157,27 @@ pub async fn claim(
     max: usize,
 ) -> Result<Vec<WorkerOpRun>, ApiError> {
     let now = state.clock.now();
-    let Some(worker) = state.store.get_worker(worker_id).await? else {
+    let Some(view) = state
+        .store
+        .claim_view(worker_id, now, PENDING_WINDOW)
+        .await?
+    else {
         tracing::warn!(worker_id, "claim from a worker that never sent a heartbeat");
         return Ok(Vec::new());
     };
-    let held = state.store.held_runs().await?;
+    let ClaimView {
+        worker,
+        held,
+        mut pending,
+        workers,
+    } = view;
     let mine: Vec<HeldRun> = held
         .iter()
         .filter(|run| run.worker_id == worker_id)
         .cloned()
         .collect();
     let mut free = Capacity::free(&worker.resources, &mine);
-    let mut pending = state.store.pending_window(now, PENDING_WINDOW).await?;
-    let cluster = active_workers(state, &worker, &free, held).await?;
+    let cluster = active_workers(state, &worker, &free, held, workers);
     let mut claimed = Vec::new();
     // Concurrent claimers see the same window and race for its best runs. A claimer that
     // loses a race asks the scheduler again without the runs it lost, a few times, so that
@@ -254,12 +262,13 @@ pub async fn claim(
 
 /// Every active worker with its free capacity; the requester first-hand (it may be the only
 /// one whose heartbeat is fresh enough) and the others from the store.
-async fn active_workers(
+fn active_workers(
     state: &AppState,
     requester: &Worker,
     requester_free: &Capacity,
     held_runs: Vec<HeldRun>,
-) -> Result<Vec<ActiveWorker>, ApiError> {
+    workers: Vec<Worker>,
+) -> Vec<ActiveWorker> {
     let now = state.clock.now();
     let mut held: HashMap<String, Vec<HeldRun>> = HashMap::new();
     for run in held_runs {
@@ -271,7 +280,7 @@ async fn active_workers(
         free: requester_free.clone(),
         running: held.get(&requester.id).map_or(0, Vec::len),
     }];
-    for worker in state.store.list_workers().await? {
+    for worker in workers {
         if worker.id == requester.id || !worker.is_active(now, state.worker_timeout) {
             continue;
         }
@@ -283,7 +292,7 @@ async fn active_workers(
             resources: worker.resources,
         });
     }
-    Ok(cluster)
+    cluster
 }
 
 #[cfg(test)]

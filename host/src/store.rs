@@ -40,6 +40,19 @@ pub enum StoreError {
 /// once (optimistic stores retry on conflict), so it must not have side effects.
 pub type RunMutation = Box<dyn FnMut(&mut OpRun) -> Result<(), DomainError> + Send + 'static>;
 
+/// What a claim decides from (see [`Store::claim_view`]).
+#[derive(Debug, Clone)]
+pub struct ClaimView {
+    /// The claiming worker.
+    pub worker: Worker,
+    /// Every run held by any worker.
+    pub held: Vec<HeldRun>,
+    /// The pending window, best first.
+    pub pending: Vec<PendingRun>,
+    /// Every known worker, active or not.
+    pub workers: Vec<Worker>,
+}
+
 /// A mutation applied to several runs (see [`Store::update_runs`]).
 pub type SharedRunMutation =
     std::sync::Arc<dyn Fn(&mut OpRun) -> Result<(), DomainError> + Send + Sync + 'static>;
@@ -187,6 +200,26 @@ pub trait Store: Send + Sync + 'static {
             runs.extend(held.iter().filter_map(HeldRun::of));
         }
         Ok(runs)
+    }
+
+    /// What a claim by `worker_id` decides from: `None` for a worker that never sent a
+    /// heartbeat. The default reads the parts one by one; a store may read them in one
+    /// snapshot.
+    async fn claim_view(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        window: usize,
+    ) -> Result<Option<ClaimView>, StoreError> {
+        let Some(worker) = self.get_worker(worker_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(ClaimView {
+            worker,
+            held: self.held_runs().await?,
+            pending: self.pending_window(now, window).await?,
+            workers: self.list_workers().await?,
+        }))
     }
 
     /// Registers or refreshes a worker from a heartbeat received at `now`.

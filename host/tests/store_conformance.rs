@@ -484,6 +484,44 @@ mod cases {
         );
     }
 
+    pub async fn claim_view_is_the_parts_read_together(store: Arc<dyn Store>) {
+        let resources = Resources {
+            cpu_cores: 8,
+            ram_mb: 8192,
+            gpus: vec![],
+        };
+        assert!(
+            store.claim_view("w1", t(10), 10).await.unwrap().is_none(),
+            "no view for a worker that never sent a heartbeat"
+        );
+        for id in ["w1", "w2"] {
+            let beat = HeartbeatRequest {
+                worker_id: id.into(),
+                resources: resources.clone(),
+                tags: vec![],
+                running_ops: None,
+            };
+            store.heartbeat(beat, t(1)).await.unwrap();
+        }
+        let held = sized(t(0), 2, 512, None);
+        let pending = sized(t(1), 1, 256, None);
+        for run in [&held, &pending] {
+            store.insert_run(run).await.unwrap();
+        }
+        store
+            .update_run(&held.id, Box::new(|r| r.assign("w2", t(2))))
+            .await
+            .unwrap();
+        let view = store.claim_view("w1", t(10), 10).await.unwrap().unwrap();
+        assert_eq!(view.worker.id, "w1");
+        assert_eq!(window_ids(&view.pending), vec![pending.id.clone()]);
+        assert_eq!(view.held, store.held_runs().await.unwrap());
+        assert_eq!(view.held.len(), 1);
+        let mut workers: Vec<String> = view.workers.iter().map(|w| w.id.clone()).collect();
+        workers.sort();
+        assert_eq!(workers, ["w1", "w2"]);
+    }
+
     pub async fn update_runs_applies_each_run_on_its_own(store: Arc<dyn Store>) {
         let free = run_at(t(0), "img", 1);
         let mut taken = run_at(t(1), "img", 1);
@@ -675,6 +713,7 @@ macro_rules! suite {
                 runs_on_worker_are_its_assigned_and_running_runs,
                 scheduling_views_carry_constraints_and_gpus,
                 update_runs_applies_each_run_on_its_own,
+                claim_view_is_the_parts_read_together,
                 heartbeats_register_and_refresh_workers,
                 logs_keep_a_tail_per_attempt,
                 runs_are_counted_by_state,

@@ -29,8 +29,8 @@ use rusqlite::{
 };
 
 use super::{
-    CreatedBound, Cursor, LogTail, QueryError, RunMutation, RunPage, RunQuery, SharedRunMutation,
-    Store, StoreError,
+    ClaimView, CreatedBound, Cursor, LogTail, QueryError, RunMutation, RunPage, RunQuery,
+    SharedRunMutation, Store, StoreError,
 };
 
 /// Parallel read connections.
@@ -228,6 +228,66 @@ fn update_run_blocking(
     mutation(&mut run)?;
     write_run(conn, &run, false)?;
     Ok(Some(run))
+}
+
+/// Claimable runs at `now`, best first, from the partial index `runs_pending` alone (see the
+/// migrations).
+fn pending_window_blocking(
+    conn: &Connection,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<PendingRun>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, priority, created_at, cpu, ram_mb, vram_mb
+             FROM runs INDEXED BY runs_pending
+             WHERE state = 'PENDING' AND (available_at IS NULL OR available_at <= ?1)
+             ORDER BY priority DESC, created_at ASC, seq ASC LIMIT ?2",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map(params![to_micros(&now), limit as i64], |r| {
+            Ok(PendingRun {
+                id: r.get(0)?,
+                priority: r.get(1)?,
+                created_at: from_micros(r.get(2)?),
+                constraints: constraints(r, 3)?,
+            })
+        })
+        .map_err(backend)?;
+    rows.collect::<Result<_, _>>().map_err(backend)
+}
+
+/// Every held run, from the partial index `runs_held` alone.
+fn held_runs_blocking(conn: &Connection) -> Result<Vec<HeldRun>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id
+             FROM runs INDEXED BY runs_held
+             WHERE state IN ('ASSIGNED', 'RUNNING') AND worker_id IS NOT NULL",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(HeldRun {
+                id: r.get(0)?,
+                worker_id: r.get(1)?,
+                constraints: constraints(r, 2)?,
+                gpu_id: r.get(5)?,
+            })
+        })
+        .map_err(backend)?;
+    rows.collect::<Result<_, _>>().map_err(backend)
+}
+
+fn get_worker_blocking(conn: &Connection, id: &str) -> Result<Option<Worker>, StoreError> {
+    let doc: Option<String> = conn
+        .prepare_cached("SELECT doc FROM workers WHERE id = ?1")
+        .map_err(backend)?
+        .query_row([id], |r| r.get(0))
+        .optional()
+        .map_err(backend)?;
+    doc.map(|doc| decode(id, &doc)).transpose()
 }
 
 /// The constraints in columns `first..first + 3` (cpu, ram_mb, vram_mb) of a row.
@@ -702,30 +762,8 @@ impl Store for SqliteStore {
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<PendingRun>, StoreError> {
-        let now = to_micros(&now);
-        self.read(move |conn| {
-            // Answered from the partial index `runs_pending` alone (see the migrations).
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, priority, created_at, cpu, ram_mb, vram_mb
-                     FROM runs INDEXED BY runs_pending
-                     WHERE state = 'PENDING' AND (available_at IS NULL OR available_at <= ?1)
-                     ORDER BY priority DESC, created_at ASC, seq ASC LIMIT ?2",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![now, limit as i64], |r| {
-                    Ok(PendingRun {
-                        id: r.get(0)?,
-                        priority: r.get(1)?,
-                        created_at: from_micros(r.get(2)?),
-                        constraints: constraints(r, 3)?,
-                    })
-                })
-                .map_err(backend)?;
-            rows.collect::<Result<_, _>>().map_err(backend)
-        })
-        .await
+        self.read(move |conn| pending_window_blocking(conn, now, limit))
+            .await
     }
 
     async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError> {
@@ -741,26 +779,28 @@ impl Store for SqliteStore {
     }
 
     async fn held_runs(&self) -> Result<Vec<HeldRun>, StoreError> {
-        self.read(|conn| {
-            // Answered from the partial index `runs_held` alone.
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id
-                     FROM runs INDEXED BY runs_held
-                     WHERE state IN ('ASSIGNED', 'RUNNING') AND worker_id IS NOT NULL",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(HeldRun {
-                        id: r.get(0)?,
-                        worker_id: r.get(1)?,
-                        constraints: constraints(r, 2)?,
-                        gpu_id: r.get(5)?,
-                    })
-                })
-                .map_err(backend)?;
-            rows.collect::<Result<_, _>>().map_err(backend)
+        self.read(|conn| held_runs_blocking(conn)).await
+    }
+
+    async fn claim_view(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        window: usize,
+    ) -> Result<Option<ClaimView>, StoreError> {
+        let worker_id = worker_id.to_owned();
+        self.read(move |conn| {
+            // One read transaction: the four reads see one state of the database.
+            let tx = conn.transaction().map_err(backend)?;
+            let Some(worker) = get_worker_blocking(&tx, &worker_id)? else {
+                return Ok(None);
+            };
+            Ok(Some(ClaimView {
+                held: held_runs_blocking(&tx)?,
+                pending: pending_window_blocking(&tx, now, window)?,
+                workers: read_docs(&tx, "SELECT id, doc FROM workers ORDER BY id", &[])?,
+                worker,
+            }))
         })
         .await
     }
@@ -794,14 +834,7 @@ impl Store for SqliteStore {
 
     async fn get_worker(&self, id: &str) -> Result<Option<Worker>, StoreError> {
         let id = id.to_owned();
-        self.read(move |conn| {
-            let doc: Option<String> = conn
-                .query_row("SELECT doc FROM workers WHERE id = ?1", [&id], |r| r.get(0))
-                .optional()
-                .map_err(backend)?;
-            doc.map(|doc| decode(&id, &doc)).transpose()
-        })
-        .await
+        self.read(move |conn| get_worker_blocking(conn, &id)).await
     }
 
     async fn list_workers(&self) -> Result<Vec<Worker>, StoreError> {
