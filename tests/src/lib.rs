@@ -49,9 +49,12 @@ pub fn gyoza_bin() -> PathBuf {
         }
         let root = workspace_root();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        build
             .args(["build", "--quiet", "-p", "gyoza-cli", "--bin", "gyoza"])
-            .current_dir(&root)
+            .current_dir(&root);
+        without_test_env(&mut build);
+        let status = build
             .status()
             .expect("cannot run cargo to build the gyoza binary");
         assert!(status.success(), "building the gyoza binary failed");
@@ -61,6 +64,26 @@ pub fn gyoza_bin() -> PathBuf {
         target.join("debug").join("gyoza")
     })
     .clone()
+}
+
+/// Removes the variables `cargo test` sets for the running test binary (`CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_*`, …) from a nested cargo's environment. Some build scripts (ring's) rerun
+/// when one of them changes, so inheriting them made the nested build and every ordinary
+/// build rebuild half the dependency tree in turn.
+fn without_test_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name == "CARGO_MANIFEST_DIR"
+            || name == "CARGO_MANIFEST_PATH"
+            || name == "CARGO_CRATE_NAME"
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_TARGET_TMPDIR"
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+        {
+            command.env_remove(name);
+        }
+    }
 }
 
 /// Output lines of a child process, collected by a thread.
