@@ -243,6 +243,54 @@ impl AddEventRequest {
     }
 }
 
+/// Longest `reason` a [`ReleaseRequest`] may give, in characters.
+pub const MAX_RELEASE_REASON_CHARS: usize = 1000;
+
+/// `POST /runs/{id}/release`: a worker hands back a run it cannot finish (it is shutting
+/// down, or its Docker engine went away). The attempt ends FAILED with "worker <id> handed the
+/// run back: <reason>" and the run is requeued as a new attempt, outside the retry budget
+/// (as after a lost worker, and under the same cap).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReleaseRequest {
+    /// The worker handing the run back; it must be the one holding the run.
+    pub worker_id: String,
+    /// The attempt it is handing back: an attempt that is no longer current gets 409.
+    pub attempt: u32,
+    /// Why, for people reading the run (default "shutting down"; at most 1000 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl ReleaseRequest {
+    /// The reason to record: the one given (trimmed), else "shutting down"; refused when too
+    /// long.
+    pub fn reason(&self) -> Result<String, DomainError> {
+        let reason = self.reason.as_deref().map(str::trim).unwrap_or_default();
+        if reason.chars().count() > MAX_RELEASE_REASON_CHARS {
+            return Err(DomainError::InvalidEvent(format!(
+                "release reason is longer than {MAX_RELEASE_REASON_CHARS} characters"
+            )));
+        }
+        Ok(if reason.is_empty() {
+            "shutting down".to_owned()
+        } else {
+            reason.to_owned()
+        })
+    }
+
+    /// Applies the hand-back to `run` (see [`OpRun::release`]).
+    pub fn apply(
+        &self,
+        run: &mut OpRun,
+        max_requeues: usize,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        let reason = self.reason()?;
+        run.release(&self.worker_id, self.attempt, &reason, max_requeues, now)
+    }
+}
+
 /// A run as the API shows it: the run's own fields plus its current attempt's progress,
 /// events, outputs and execution summary, and the list of all attempts.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -29,7 +29,7 @@ use crate::OpDefinition;
 use crate::api::{
     AddEventRequest, ClaimResponse, ErrorBody, EventsResponse, Health, HeartbeatRequest,
     OpDefinitionCreate, OpRunCreate, OpRunCreateFromDefinition, OpRunList, OpRunUpdate, OpRunView,
-    WorkerView,
+    ReleaseRequest, WorkerView,
 };
 use crate::worker::WorkerOpRun;
 
@@ -435,6 +435,20 @@ impl Client {
         self.call(
             self.request(Method::POST, &["runs", id, "events"])
                 .json(event),
+        )
+        .await
+    }
+
+    /// `POST /runs/{id}/release`: hands a run this worker cannot finish back to the queue (a
+    /// new attempt, outside the retry budget). 409 when the attempt is no longer current.
+    pub async fn release_run(
+        &self,
+        id: &str,
+        release: &ReleaseRequest,
+    ) -> Result<OpRunView, ClientError> {
+        self.call(
+            self.request(Method::POST, &["runs", id, "release"])
+                .json(release),
         )
         .await
     }

@@ -7,6 +7,8 @@
 //!    │                                       └──(none left)──────▶ FAILED
 //!    └──────────── RETRIED (manual) ◀── FAILED | CANCELLED | ASSIGNED | RUNNING
 //! any non-terminal state ──CANCELLED──▶ CANCELLED
+//! ASSIGNED | RUNNING ──worker lost, or run handed back──▶ new attempt, PENDING
+//!                      (outside the retry budget; capped, then FAILED)
 //! ```
 //!
 //! COMPLETED, FAILED and CANCELLED are terminal: a run in one of them is *locked* and refuses
@@ -233,8 +235,10 @@ pub struct OpAttempt {
     #[serde(with = "time::wire_opt", default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub finished_at: Option<Timestamp>,
-    /// It ended because its worker stopped heartbeating. Such attempts do not count against
-    /// the retry policy (the op did not fail; its worker vanished).
+    /// It ended because its worker went away: it stopped heartbeating (lost), or it handed
+    /// the run back (shutting down, or its Docker engine became unreachable). Such attempts do
+    /// not count against the retry policy (the op did not fail; its worker did), but their
+    /// requeues are capped.
     #[serde(default)]
     pub worker_lost: bool,
 }
@@ -382,7 +386,8 @@ impl OpRun {
         self.current().attempt
     }
 
-    /// Attempts that count against the retry policy: all but those whose worker was lost.
+    /// Attempts that count against the retry policy: all but those whose worker went away
+    /// (lost, or handed the run back).
     pub fn attempts_used(&self) -> usize {
         self.attempts.iter().filter(|a| !a.worker_lost).count()
     }
@@ -414,9 +419,53 @@ impl OpRun {
         max_requeues: usize,
         now: Timestamp,
     ) -> Result<(), DomainError> {
+        self.check_held_by(worker_id, "worker lost")?;
+        let message = format!("worker {worker_id} lost (no heartbeat for {silent_secs}s)");
+        self.requeue_after_worker_gone(
+            message,
+            "worker_lost",
+            "its worker was lost",
+            max_requeues,
+            now,
+        );
+        Ok(())
+    }
+
+    /// Hands the current attempt `attempt` back from worker `worker_id`, which cannot finish
+    /// it (it is shutting down, or its Docker engine went away): the attempt FAILS with
+    /// "worker <id> handed the run back: <reason>" and the run is requeued exactly as after a
+    /// lost worker — without using its retry budget, and sharing the same cap of
+    /// `max_requeues` (then the run FAILS).
+    ///
+    /// Refused for an attempt that is no longer current ([`DomainError::StaleAttempt`]), and
+    /// unless the run is ASSIGNED to or RUNNING on that worker.
+    pub fn release(
+        &mut self,
+        worker_id: &str,
+        attempt: u32,
+        reason: &str,
+        max_requeues: usize,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        self.check_attempt(Some(attempt))?;
+        self.check_held_by(worker_id, "release")?;
+        let message = format!("worker {worker_id} handed the run back: {reason}");
+        self.requeue_after_worker_gone(
+            message,
+            "worker_released",
+            "its worker handed it back",
+            max_requeues,
+            now,
+        );
+        Ok(())
+    }
+
+    /// Refuses unless the run is unlocked and its current attempt ASSIGNED to or RUNNING on
+    /// `worker_id`.
+    fn check_held_by(&self, worker_id: &str, action: &str) -> Result<(), DomainError> {
         self.check_unlocked()?;
         if !matches!(self.state, OpRunState::Assigned | OpRunState::Running) {
-            return Err(self.transition_error("worker lost", "ASSIGNED or RUNNING"));
+            return Err(self.transition_error(action, "ASSIGNED or RUNNING"));
         }
         if self.worker_id() != Some(worker_id) {
             return Err(DomainError::InvalidEvent(format!(
@@ -424,7 +473,20 @@ impl OpRun {
                 self.id
             )));
         }
-        let message = format!("worker {worker_id} lost (no heartbeat for {silent_secs}s)");
+        Ok(())
+    }
+
+    /// Ends the current attempt FAILED with `message` because its worker went away (not
+    /// because the op failed), and requeues the run as a new attempt outside the retry
+    /// budget, unless `max_requeues` such requeues already happened: then the run FAILS.
+    fn requeue_after_worker_gone(
+        &mut self,
+        message: String,
+        reason: &str,
+        why: &str,
+        max_requeues: usize,
+        now: Timestamp,
+    ) {
         let attempt = self.current_mut();
         attempt.worker_lost = true;
         attempt.execution_summary.error_message = Some(message.clone());
@@ -436,12 +498,12 @@ impl OpRun {
             payload: Map::from_iter([("error_message".to_owned(), Value::String(message.clone()))]),
         });
         self.updated_at = now;
-        let lost = self.attempts.iter().filter(|a| a.worker_lost).count();
-        if lost <= max_requeues {
-            let msg = format!("Requeued after its worker was lost ({lost} of {max_requeues})");
+        let gone = self.attempts.iter().filter(|a| a.worker_lost).count();
+        if gone <= max_requeues {
+            let msg = format!("Requeued after {why} ({gone} of {max_requeues})");
             let payload = Map::from_iter([
                 ("force".to_owned(), Value::Bool(false)),
-                ("reason".to_owned(), Value::String("worker_lost".into())),
+                ("reason".to_owned(), Value::String(reason.into())),
                 ("previous_error".to_owned(), Value::String(message)),
             ]);
             self.start_new_attempt(Value::String(msg), payload, now);
@@ -449,7 +511,6 @@ impl OpRun {
         } else {
             self.state = OpRunState::Failed;
         }
-        Ok(())
     }
 
     /// Whether the run is in a terminal state and refuses changes.
@@ -1095,6 +1156,106 @@ mod tests {
         started(&mut run);
         assert!(run.worker_lost("w2", 61, 3, t0()).is_err());
         assert_eq!(run.state, OpRunState::Running);
+    }
+
+    #[test]
+    fn a_released_run_is_requeued_without_using_the_retry_budget() {
+        let mut run = run_with(1, 5_000);
+        started(&mut run);
+        run.release("w1", 1, "shutting down", 3, t0()).unwrap();
+        assert_eq!(run.state, OpRunState::Pending);
+        assert_eq!(run.current_attempt(), 2);
+        assert!(run.attempts[0].worker_lost);
+        assert_eq!(run.attempts[0].state, OpRunState::Failed);
+        assert_eq!(
+            run.attempts[0].execution_summary.error_message.as_deref(),
+            Some("worker w1 handed the run back: shutting down")
+        );
+        assert_eq!(
+            run.attempts_used(),
+            1,
+            "the released attempt is not counted"
+        );
+        assert!(
+            run.is_claimable(t0()),
+            "a hand-back is not a failure of the op: no retry backoff"
+        );
+        let retried = &run.current().events[0];
+        assert_eq!(retried.event_type, EventType::Retried);
+        assert_eq!(retried.payload["reason"], json!("worker_released"));
+        // The op's own failure still has its single attempt's worth of budget: none left.
+        started(&mut run);
+        event(&mut run, EventType::Failed, json!("boom"), json!({})).unwrap();
+        assert_eq!(run.state, OpRunState::Failed);
+    }
+
+    #[test]
+    fn a_release_is_fenced_and_needs_the_holding_worker() {
+        let mut run = run_with(3, 0);
+        let err = run.release("w1", 1, "x", 3, t0()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DomainError::InvalidTransition {
+                    actual: OpRunState::Pending,
+                    ..
+                }
+            ),
+            "a PENDING run is held by no one: {err:?}"
+        );
+        started(&mut run);
+        assert!(matches!(
+            run.release("w2", 1, "x", 3, t0()).unwrap_err(),
+            DomainError::InvalidEvent(_)
+        ));
+        assert!(matches!(
+            run.release("w1", 7, "x", 3, t0()).unwrap_err(),
+            DomainError::StaleAttempt {
+                attempt: 7,
+                current: 1,
+                ..
+            }
+        ));
+        assert_eq!(run.state, OpRunState::Running, "refusals change nothing");
+        assert_eq!(run.attempts.len(), 1);
+        run.release("w1", 1, "x", 3, t0()).unwrap();
+        assert!(
+            matches!(
+                run.release("w1", 1, "x", 3, t0()).unwrap_err(),
+                DomainError::StaleAttempt { .. }
+            ),
+            "releasing twice changes nothing the second time"
+        );
+        started(&mut run);
+        event(&mut run, EventType::Completed, json!(""), json!({})).unwrap();
+        assert!(matches!(
+            run.release("w1", 2, "x", 3, t0()).unwrap_err(),
+            DomainError::Locked { .. }
+        ));
+    }
+
+    #[test]
+    fn releases_and_lost_workers_share_one_requeue_cap() {
+        let mut run = run_with(5, 0);
+        started(&mut run);
+        run.worker_lost("w1", 61, 3, t0()).unwrap();
+        for attempt in 2..=3 {
+            started(&mut run);
+            run.release("w1", attempt, "shutting down", 3, t0())
+                .unwrap();
+            assert_eq!(run.state, OpRunState::Pending);
+        }
+        started(&mut run);
+        run.release("w1", 4, "shutting down", 3, t0()).unwrap();
+        assert_eq!(
+            run.state,
+            OpRunState::Failed,
+            "the fourth requeue ends the run"
+        );
+        assert_eq!(
+            run.current().execution_summary.error_message.as_deref(),
+            Some("worker w1 handed the run back: shutting down")
+        );
     }
 
     #[test]

@@ -150,6 +150,7 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}", get(runs::get).patch(runs::update))
         .route("/runs/{id}/retry", post(runs::retry))
         .route("/runs/{id}/cancel", post(runs::cancel))
+        .route("/runs/{id}/release", post(runs::release))
         .route(
             "/runs/{id}/events",
             get(runs::poll_events).post(runs::add_event),
@@ -233,6 +234,7 @@ impl utoipa::Modify for SecurityAddon {
         runs::update,
         runs::retry,
         runs::cancel,
+        runs::release,
         runs::poll_events,
         runs::add_event,
         runs::attempts,

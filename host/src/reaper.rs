@@ -16,7 +16,8 @@ use std::time::Duration;
 use crate::api::AppState;
 use crate::store::StoreError;
 
-/// Requeues per run after lost workers before the run FAILS.
+/// Requeues per run after its worker went away (lost, or handed the run back with
+/// `POST /runs/{id}/release`) before the run FAILS.
 pub const MAX_LOST_REQUEUES: usize = 3;
 
 /// Requeues the runs of every worker silent for longer than the worker timeout; returns

@@ -170,6 +170,7 @@ async fn health_is_public_and_everything_else_needs_the_key() {
         ("PATCH", "/runs/x"),
         ("POST", "/runs/x/retry"),
         ("POST", "/runs/x/cancel"),
+        ("POST", "/runs/x/release"),
         ("GET", "/runs/x/events"),
         ("POST", "/runs/x/events"),
         ("GET", "/runs/x/attempts"),

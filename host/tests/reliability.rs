@@ -68,6 +68,24 @@ impl Api {
         )
     }
 
+    /// A request whose body is sent as is (for malformed JSON).
+    async fn call_raw(&self, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("x-api-key", KEY)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
     async fn ok(&self, method: &str, uri: &str, body: Option<Value>) -> Value {
         let (status, value) = self.call(method, uri, body).await;
         assert!(status.is_success(), "{method} {uri}: {status} {value}");
@@ -270,4 +288,205 @@ async fn events_for_the_current_attempt_pass_the_fence() {
         Some(json!({"type": "INFO", "msg": "hi", "attempt": 2})),
     )
     .await;
+}
+
+fn detail(body: &Value) -> &str {
+    body["detail"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_released_run_is_requeued_outside_the_retry_budget_and_completed_elsewhere() {
+    let api = Api::new().await;
+    // max_attempts 1 and a long backoff: a hand-back must use neither.
+    let id = api
+        .running_on("w1", json!({"max_attempts": 1, "backoff_ms": 600000}))
+        .await;
+    let run = api
+        .ok(
+            "POST",
+            &format!("/runs/{id}/release"),
+            Some(json!({"worker_id": "w1", "attempt": 1, "reason": "shutting down"})),
+        )
+        .await;
+    assert_eq!(run["state"], "PENDING", "{run}");
+    assert_eq!(run["current_attempt"], 2);
+    assert_eq!(run["available_at"], Value::Null, "no retry backoff: {run}");
+    let first = &run["attempts"][0];
+    assert_eq!(first["state"], "FAILED");
+    assert_eq!(first["worker_lost"], true);
+    assert_eq!(
+        first["execution_summary"]["error_message"],
+        "worker w1 handed the run back: shutting down"
+    );
+    assert_eq!(run["events"][0]["type"], "RETRIED");
+    assert_eq!(run["events"][0]["payload"]["reason"], "worker_released");
+
+    // The old attempt is fenced: a second hand-back or a late report is refused.
+    for (uri, body) in [
+        (
+            format!("/runs/{id}/release"),
+            json!({"worker_id": "w1", "attempt": 1}),
+        ),
+        (
+            format!("/runs/{id}/events"),
+            json!({"type": "COMPLETED", "msg": "late", "attempt": 1}),
+        ),
+    ] {
+        let (status, body) = api.call("POST", &uri, Some(body)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{uri}: {body}");
+        assert!(detail(&body).contains("no longer current"), "{body}");
+    }
+
+    // Another worker claims the new attempt at once and completes it.
+    api.heartbeat("w2").await;
+    let claim = api.ok("POST", "/workers/w2/claim", None).await;
+    assert_eq!(claim["ops"][0]["id"], id.as_str());
+    assert_eq!(claim["ops"][0]["attempt"], 2);
+    api.ok(
+        "POST",
+        &format!("/runs/{id}/events"),
+        Some(json!({"type": "STARTED", "msg": "", "payload": {"worker_id": "w2"}, "attempt": 2})),
+    )
+    .await;
+    let done = api
+        .ok(
+            "POST",
+            &format!("/runs/{id}/events"),
+            Some(json!({"type": "COMPLETED", "msg": "ok", "attempt": 2})),
+        )
+        .await;
+    assert_eq!(done["state"], "COMPLETED");
+}
+
+#[tokio::test]
+async fn a_release_that_does_not_fit_is_refused_with_a_detail_and_changes_nothing() {
+    let api = Api::new().await;
+    let (status, body) = api
+        .call(
+            "POST",
+            "/runs/no-such-run/release",
+            Some(json!({"worker_id": "w1", "attempt": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(detail(&body).contains("no-such-run"), "{body}");
+
+    let id = api.running_on("w1", json!({"max_attempts": 2})).await;
+    let before = api.ok("GET", &format!("/runs/{id}"), None).await;
+    let uri = format!("/runs/{id}/release");
+    let refusals = [
+        // Not the worker holding the run.
+        (
+            json!({"worker_id": "w2", "attempt": 1}),
+            StatusCode::BAD_REQUEST,
+            "not held by worker 'w2'",
+        ),
+        // An attempt that is not (or no longer) the current one.
+        (
+            json!({"worker_id": "w1", "attempt": 3}),
+            StatusCode::CONFLICT,
+            "no longer current",
+        ),
+        (
+            json!({"worker_id": "w1", "attempt": 1, "reason": "x".repeat(1001)}),
+            StatusCode::BAD_REQUEST,
+            "longer than 1000 characters",
+        ),
+        // Wrong shapes.
+        (
+            json!({"worker_id": "w1"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "attempt",
+        ),
+        (
+            json!({"worker_id": "w1", "attempt": -1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "attempt",
+        ),
+        (
+            json!({"attempt": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "worker_id",
+        ),
+    ];
+    for (body, expected, needle) in refusals {
+        let (status, answer) = api.call("POST", &uri, Some(body.clone())).await;
+        assert_eq!(status, expected, "{body}: {answer}");
+        assert!(detail(&answer).contains(needle), "{body}: {answer}");
+    }
+    let (status, answer) = api.call_raw("POST", &uri, "{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(!detail(&answer).is_empty());
+    let after = api.ok("GET", &format!("/runs/{id}"), None).await;
+    assert_eq!(after, before, "refused releases change nothing");
+
+    // A PENDING run (not held by anyone) and a COMPLETED one (locked) cannot be handed back.
+    let pending = api.ok("POST", "/runs", Some(json!({"image": "x"}))).await;
+    let pending = pending["id"].as_str().unwrap();
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/runs/{pending}/release"),
+            Some(json!({"worker_id": "w1", "attempt": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        detail(&body).contains("requires state ASSIGNED or RUNNING"),
+        "{body}"
+    );
+    api.ok(
+        "POST",
+        &format!("/runs/{id}/events"),
+        Some(json!({"type": "COMPLETED", "msg": "ok", "attempt": 1})),
+    )
+    .await;
+    let (status, body) = api
+        .call("POST", &uri, Some(json!({"worker_id": "w1", "attempt": 1})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(detail(&body).contains("locked"), "{body}");
+}
+
+#[tokio::test]
+async fn releases_share_the_requeue_cap_of_lost_workers() {
+    let api = Api::new().await;
+    let id = api.running_on("w0", json!({"max_attempts": 5})).await;
+    api.clock.advance(Duration::seconds(61));
+    assert_eq!(reap_lost_workers(&api.state).await.unwrap(), 1);
+    for attempt in 2..=4 {
+        let worker = format!("w{attempt}");
+        api.heartbeat(&worker).await;
+        api.ok("POST", &format!("/workers/{worker}/claim"), None)
+            .await;
+        let run = api
+            .ok(
+                "POST",
+                &format!("/runs/{id}/release"),
+                Some(json!({"worker_id": worker, "attempt": attempt})),
+            )
+            .await;
+        let expected = if attempt < 4 { "PENDING" } else { "FAILED" };
+        assert_eq!(run["state"], expected, "attempt {attempt}: {run}");
+    }
+}
+
+#[tokio::test]
+async fn the_release_endpoint_is_in_the_openapi_document() {
+    let api = Api::new().await;
+    let doc = api.ok("GET", "/openapi.json", None).await;
+    let release = &doc["paths"]["/runs/{id}/release"]["post"];
+    assert!(release.is_object(), "missing from /openapi.json");
+    for status in ["200", "400", "404", "409", "422"] {
+        assert!(
+            release["responses"][status].is_object(),
+            "{status} undocumented"
+        );
+    }
+    let schema = &doc["components"]["schemas"]["ReleaseRequest"];
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(required, ["worker_id", "attempt"], "{schema}");
 }

@@ -14,7 +14,11 @@
 //! - [`gyoza_bin`]: the `gyoza` binary, built on first use.
 //! - [`Server`]: a `gyoza server start` process on a free port, with a client for it.
 //! - [`Worker`]: a `gyoza worker start` process.
-//! - [`docker_or_skip`], [`container_running`]: the Docker engine, as the tests see it.
+//! - [`docker_or_skip`], [`container_running`], [`container_exists`]: the Docker engine, as
+//!   the tests see it.
+//! - [`DockerProxy`]: a Unix socket forwarding to the real engine that a test can close and
+//!   reopen, so that a worker loses its engine while the engine itself (which other tests
+//!   share) keeps running.
 //! - [`wait_for_run`]: polling a run until a condition holds.
 
 use std::io::{BufRead, BufReader};
@@ -49,9 +53,12 @@ pub fn gyoza_bin() -> PathBuf {
         }
         let root = workspace_root();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        build
             .args(["build", "--quiet", "-p", "gyoza-cli", "--bin", "gyoza"])
-            .current_dir(&root)
+            .current_dir(&root);
+        without_test_env(&mut build);
+        let status = build
             .status()
             .expect("cannot run cargo to build the gyoza binary");
         assert!(status.success(), "building the gyoza binary failed");
@@ -61,6 +68,26 @@ pub fn gyoza_bin() -> PathBuf {
         target.join("debug").join("gyoza")
     })
     .clone()
+}
+
+/// Removes the variables `cargo test` sets for the running test binary (`CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_*`, …) from a nested cargo's environment. Some build scripts (ring's) rerun
+/// when one of them changes, so inheriting them made the nested build and every ordinary
+/// build rebuild half the dependency tree in turn.
+fn without_test_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name == "CARGO_MANIFEST_DIR"
+            || name == "CARGO_MANIFEST_PATH"
+            || name == "CARGO_CRATE_NAME"
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_TARGET_TMPDIR"
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+        {
+            command.env_remove(name);
+        }
+    }
 }
 
 /// Output lines of a child process, collected by a thread.
@@ -246,6 +273,29 @@ impl Worker {
         success
     }
 
+    /// Sends SIGTERM and returns at once (see [`Worker::wait_exit`]).
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits up to `timeout` for the process to exit: `Some(success)`, or `None` if it is
+    /// still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.finish_output();
+                return Some(status.success());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until everything the (exited) process printed has been read.
     fn finish_output(&mut self) {
         if let Some(reader) = self.reader.take() {
@@ -340,6 +390,98 @@ pub fn container_running(run_id: &str) -> bool {
         &format!("label=gyoza.run_id={run_id}"),
     ])
     .is_some_and(|out| !out.trim().is_empty())
+}
+
+/// Whether a container named exactly `name` exists, running or not.
+pub fn container_exists(name: &str) -> bool {
+    docker(&[
+        "ps",
+        "--all",
+        "--quiet",
+        "--filter",
+        &format!("name=^{name}$"),
+    ])
+    .is_some_and(|out| !out.trim().is_empty())
+}
+
+/// The real engine's socket: `DOCKER_HOST` when it is a `unix://` address, else the default.
+fn real_docker_socket() -> PathBuf {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"))
+}
+
+/// A Unix socket that forwards every connection to the real Docker engine while it is open.
+/// Closing it drops every connection and removes the socket file, which is what a worker
+/// sees when its engine goes away — without stopping the engine that other tests use.
+pub struct DockerProxy {
+    path: PathBuf,
+    forwarding: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl DockerProxy {
+    /// A proxy that is not listening yet: its socket path does not exist.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self {
+            path: dir.path().join("docker.sock"),
+            forwarding: None,
+            _dir: dir,
+        }
+    }
+
+    /// The address to give a worker (`unix://…`).
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    /// Starts listening and forwarding (within the current tokio runtime).
+    pub fn open(&mut self) {
+        assert!(self.forwarding.is_none(), "the proxy is already open");
+        let listener = tokio::net::UnixListener::bind(&self.path).expect("bind the proxy socket");
+        let target = real_docker_socket();
+        self.forwarding = Some(tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) aborts every connection.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let target = target.clone();
+                connections.spawn(async move {
+                    if let Ok(mut engine) = tokio::net::UnixStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                    }
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        }));
+    }
+
+    /// Stops listening, breaks every forwarded connection and removes the socket file.
+    pub async fn close(&mut self) {
+        if let Some(forwarding) = self.forwarding.take() {
+            forwarding.abort();
+            let _ = forwarding.await;
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Default for DockerProxy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for DockerProxy {
+    fn drop(&mut self) {
+        if let Some(forwarding) = self.forwarding.take() {
+            forwarding.abort();
+        }
+    }
 }
 
 /// Polls run `id` until `done` holds for it, or panics after `timeout` with the last view.

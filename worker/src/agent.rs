@@ -5,8 +5,18 @@
 //! the server for the run's state every `--cancel-check-interval`; when the run was cancelled,
 //! retried or handed to another worker, its container is stopped (SIGTERM, SIGKILL after
 //! `--stop-timeout`). An unreachable server slows the loop down (exponential backoff) but never
-//! stops it. On shutdown the worker stops claiming, stops its containers, reports their runs
-//! FAILED (so the server retries them if their policy allows), and returns.
+//! stops it.
+//!
+//! The Docker engine is checked before every claim: while it cannot be reached the worker
+//! logs why, keeps heartbeating (so it stays visible and keeps its runs) and claims nothing;
+//! runs whose engine went away under them are handed back to the server (see [`pipeline`]).
+//! When the engine answers again the worker resumes claiming.
+//!
+//! On shutdown (SIGTERM, SIGINT) the worker stops claiming at once and keeps heartbeating
+//! while its running runs get `--shutdown-grace` to finish; those that do are reported as
+//! usual. Runs whose container had not started are handed back at once; when the grace
+//! period is over, the remaining containers are stopped and their runs handed back too
+//! (`POST /runs/{id}/release`: a new attempt elsewhere, outside the op's retry budget).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,13 +33,14 @@ use tokio_util::sync::CancellationToken;
 use crate::WorkerError;
 use crate::config::{PullPolicy, WorkerConfig};
 use crate::docker::Engine;
-use crate::pipeline::{self, Steps};
+use crate::pipeline::{self, Signals, Steps};
 use crate::resources::{self, Overrides};
 
 /// Longest pause between two heartbeats while the server is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long shutdown waits for runs to be stopped and reported.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long shutdown waits, after the grace period, for stopped runs to be handed back (on
+/// top of the containers' stop timeout).
+const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every run task of the worker shares.
 #[derive(Debug)]
@@ -46,6 +57,8 @@ pub struct Shared {
     pub pull: PullPolicy,
     /// SIGTERM → SIGKILL delay when stopping a container.
     pub stop_timeout: u32,
+    /// How long running runs may go on once the worker is shutting down.
+    pub shutdown_grace: Duration,
     /// Period of the cancellation check of a running run.
     pub cancel_check_interval: Duration,
     /// Extra pipeline steps.
@@ -94,6 +107,17 @@ impl Shared {
     }
 }
 
+/// Whether the Docker engine answered the last check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EngineState {
+    /// Not checked yet.
+    Unknown,
+    /// It answered.
+    Up,
+    /// It did not.
+    Down,
+}
+
 /// Runs the worker until `shutdown` completes.
 pub async fn run(
     config: WorkerConfig,
@@ -111,7 +135,8 @@ pub async fn run(
         .api_key(config.api_key.clone())
         .timeout(Duration::from_secs(15))
         .build()?;
-    let engine = Engine::connect(config.docker_host.as_deref()).await?;
+    // Only a malformed address is fatal: an engine that does not answer yet is waited for.
+    let engine = Engine::new(config.docker_host.as_deref())?;
     let steps = match &config.pipeline {
         Some(path) => crate::steps::load_pipeline(path)?,
         None => Steps::default(),
@@ -121,14 +146,15 @@ pub async fn run(
         ram_mb: config.ram_mb,
         gpus: config.gpus.clone(),
     });
-    engine.remove_leftovers(&worker_id).await;
     tracing::info!(
         worker_id = %worker_id,
         server = %client.base_url(),
+        docker = %engine.address(),
         cpu_cores = resources.cpu_cores,
         ram_mb = resources.ram_mb,
         gpus = resources.gpus.len(),
         max_concurrent = config.max_concurrent,
+        shutdown_grace = ?config.shutdown_grace,
         steps = ?steps,
         "gyoza worker started"
     );
@@ -139,14 +165,21 @@ pub async fn run(
         work_dir,
         pull: config.pull,
         stop_timeout: config.stop_timeout,
+        shutdown_grace: config.shutdown_grace,
         cancel_check_interval: config.cancel_check_interval,
         steps,
         resources,
         running: Mutex::new(HashMap::new()),
     });
-    let stopping = CancellationToken::new();
+    // Every run gets clones of these two (and a cancellation token of its own).
+    let shutdown_signals = Signals::default();
+    let (draining, stopping) = (
+        shutdown_signals.draining.clone(),
+        shutdown_signals.stopping.clone(),
+    );
     let mut tasks = JoinSet::new();
     let mut failures: u32 = 0;
+    let mut engine_state = EngineState::Unknown;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         while let Some(done) = tasks.try_join_next() {
@@ -154,7 +187,15 @@ pub async fn run(
                 tracing::error!(error = %e, "a run task ended abnormally");
             }
         }
-        let delay = match tick(&shared, &config, &stopping, &mut tasks).await {
+        let ticked = tick(
+            &shared,
+            &config,
+            &mut engine_state,
+            &shutdown_signals,
+            &mut tasks,
+        )
+        .await;
+        let delay = match ticked {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!("the server answers again");
@@ -175,22 +216,56 @@ pub async fn run(
         }
     }
 
+    draining.cancel();
     let in_flight = shared.running().len();
     tracing::info!(
         in_flight,
-        "stopping: no more claims; stopping running containers"
+        grace = ?config.shutdown_grace,
+        "stopping: no more claims; running runs get the grace period to finish"
     );
-    stopping.cancel();
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("some runs did not finish stopping in time; leaving them");
-        tasks.abort_all();
+    if !drain(&shared, &config, &mut tasks, config.shutdown_grace).await {
+        tracing::warn!(
+            remaining = shared.running().len(),
+            "grace period over: stopping the remaining containers and handing their runs back"
+        );
+        stopping.cancel();
+        let patience = Duration::from_secs(u64::from(shared.stop_timeout)) + HAND_BACK_TIMEOUT;
+        if !drain(&shared, &config, &mut tasks, patience).await {
+            tracing::warn!("some runs did not finish stopping in time; leaving them");
+            tasks.abort_all();
+        }
     }
     tracing::info!("gyoza worker stopped");
     Ok(())
+}
+
+/// Waits up to `limit` for every run task to end, heartbeating meanwhile (so that the server
+/// does not take the worker for lost while its runs finish); whether they all ended.
+async fn drain(
+    shared: &Arc<Shared>,
+    config: &WorkerConfig,
+    tasks: &mut JoinSet<()>,
+    limit: Duration,
+) -> bool {
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let mut beat = tokio::time::interval(config.heartbeat_interval);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => match done {
+                None => return true,
+                Some(Err(e)) => tracing::error!(error = %e, "a run task ended abnormally"),
+                Some(Ok(())) => {}
+            },
+            _ = beat.tick() => {
+                if let Err(e) = heartbeat(shared, config).await {
+                    tracing::debug!(error = %e, "heartbeat failed while stopping");
+                }
+            }
+            () = &mut deadline => return tasks.is_empty(),
+        }
+    }
 }
 
 /// The pause after `failures` consecutive failed ticks: doubling from the heartbeat interval.
@@ -201,13 +276,8 @@ fn backoff(interval: Duration, failures: u32) -> Duration {
         .min(MAX_BACKOFF.max(interval))
 }
 
-/// One heartbeat, then a claim for the free slots.
-async fn tick(
-    shared: &Arc<Shared>,
-    config: &WorkerConfig,
-    stopping: &CancellationToken,
-    tasks: &mut JoinSet<()>,
-) -> Result<(), WorkerError> {
+/// Tells the server the worker is alive, with its resources and the runs in progress.
+async fn heartbeat(shared: &Shared, config: &WorkerConfig) -> Result<usize, WorkerError> {
     let running_ops: Vec<WorkerOpRun> = shared.running().values().map(|r| r.op.clone()).collect();
     let busy = running_ops.len();
     shared
@@ -219,8 +289,48 @@ async fn tick(
             running_ops: Some(running_ops),
         })
         .await?;
+    Ok(busy)
+}
+
+/// Checks the Docker engine, logging when it stops or starts answering; whether it answers.
+async fn engine_answers(shared: &Shared, state: &mut EngineState) -> bool {
+    match shared.engine.check().await {
+        Ok(()) => {
+            match *state {
+                EngineState::Up => {}
+                EngineState::Unknown => {
+                    shared.engine.remove_leftovers(&shared.worker_id).await;
+                }
+                EngineState::Down => {
+                    tracing::info!(docker = %shared.engine.address(), "the Docker engine answers again; claiming runs again");
+                }
+            }
+            *state = EngineState::Up;
+            true
+        }
+        Err(message) => {
+            if *state != EngineState::Down {
+                tracing::error!(
+                    "{message}; claiming no runs until it answers (checked at every heartbeat)"
+                );
+            }
+            *state = EngineState::Down;
+            false
+        }
+    }
+}
+
+/// One heartbeat, then, if the Docker engine answers, a claim for the free slots.
+async fn tick(
+    shared: &Arc<Shared>,
+    config: &WorkerConfig,
+    engine_state: &mut EngineState,
+    shutdown_signals: &Signals,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), WorkerError> {
+    let busy = heartbeat(shared, config).await?;
     let free = (config.max_concurrent as usize).saturating_sub(busy);
-    if free == 0 {
+    if free == 0 || !engine_answers(shared, engine_state).await {
         return Ok(());
     }
     let claimed = shared
@@ -228,19 +338,18 @@ async fn tick(
         .claim(&shared.worker_id, free.min(100) as u32)
         .await?;
     for op in claimed {
-        dispatch(shared, op, stopping, tasks);
+        let signals = Signals {
+            cancel: CancellationToken::new(),
+            ..shutdown_signals.clone()
+        };
+        dispatch(shared, op, signals, tasks);
     }
     Ok(())
 }
 
-fn dispatch(
-    shared: &Arc<Shared>,
-    op: WorkerOpRun,
-    stopping: &CancellationToken,
-    tasks: &mut JoinSet<()>,
-) {
+fn dispatch(shared: &Arc<Shared>, op: WorkerOpRun, signals: Signals, tasks: &mut JoinSet<()>) {
     let gpu = shared.pick_gpu(&op);
-    let cancel = CancellationToken::new();
+    let cancel = signals.cancel.clone();
     {
         let mut running = shared.running();
         if let Some(old) = running.get(&op.id) {
@@ -260,12 +369,11 @@ fn dispatch(
     }
     tracing::info!(run_id = %op.id, image = %op.image, attempt = ?op.attempt, gpu = ?gpu, "claimed run");
     let shared = Arc::clone(shared);
-    let shutdown = stopping.child_token();
     tasks.spawn(async move {
-        let watcher = tokio::spawn(watch(Arc::clone(&shared), op.clone(), cancel.clone()));
+        let watcher = tokio::spawn(watch(Arc::clone(&shared), op.clone(), cancel));
         let id = op.id.clone();
         let attempt = op.attempt;
-        pipeline::execute(Arc::clone(&shared), op, gpu, cancel, shutdown).await;
+        pipeline::execute(Arc::clone(&shared), op, gpu, signals).await;
         watcher.abort();
         let mut running = shared.running();
         if running.get(&id).is_some_and(|r| r.op.attempt == attempt) {

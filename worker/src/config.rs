@@ -16,6 +16,7 @@
 //! | `--gpu ID:VRAM_MB[:tag,…]` | — | detected by NVML | a GPU offered (repeatable; replaces detection) |
 //! | `--cancel-check-interval` | `GYOZA_CANCEL_CHECK_INTERVAL` | `0.5` | seconds between checks of a running run's state |
 //! | `--stop-timeout` | `GYOZA_STOP_TIMEOUT` | `1` | seconds a stopped container gets between SIGTERM and SIGKILL |
+//! | `--shutdown-grace` | `GYOZA_WORKER_SHUTDOWN_GRACE` | `30` | seconds running runs get to finish after SIGTERM/SIGINT; then their containers are stopped and the runs handed back (0: at once) |
 //! | `--pipeline` | `GYOZA_PIPELINE` | none | pipeline file adding wasm steps |
 //!
 //! Prefer the environment to `--api-key`: a flag is visible in the process list.
@@ -86,6 +87,11 @@ pub struct WorkerConfig {
         value_name = "SECONDS"
     )]
     pub stop_timeout: u32,
+    /// Seconds running runs get to finish after SIGTERM or SIGINT before their containers are
+    /// stopped and their runs handed back to the server (0: at once). No run is claimed
+    /// meanwhile.
+    #[arg(long, env = "GYOZA_WORKER_SHUTDOWN_GRACE", default_value = "30", value_parser = parse_grace, value_name = "SECONDS")]
+    pub shutdown_grace: Duration,
     /// Pipeline file (TOML) adding wasm steps before or after the container.
     #[arg(long, env = "GYOZA_PIPELINE", value_name = "FILE")]
     pub pipeline: Option<PathBuf>,
@@ -130,6 +136,14 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
         return Err(format!("'{text}' is out of range (0.001 to 86400 seconds)"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Seconds of a grace period: as [`parse_seconds`], but 0 is allowed (no grace).
+pub fn parse_grace(text: &str) -> Result<Duration, String> {
+    if text.trim().parse::<f64>().is_ok_and(|s| s == 0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_seconds(text)
 }
 
 /// `ID:VRAM_MB[:tag,tag…]`, e.g. `0:16384:cuda,a100`.
@@ -185,5 +199,13 @@ mod tests {
         assert!(parse_seconds("0").is_err());
         assert!(parse_seconds("soon").is_err());
         assert!(parse_seconds("NaN").is_err());
+    }
+
+    #[test]
+    fn a_grace_period_may_be_zero() {
+        assert_eq!(parse_grace("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_grace("2.5").unwrap(), Duration::from_millis(2500));
+        assert!(parse_grace("-1").is_err());
+        assert!(parse_grace("later").is_err());
     }
 }

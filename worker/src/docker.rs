@@ -4,9 +4,18 @@
 //! op's shell gets a real PID 1 that forwards SIGTERM: busybox `sh` ignores it as PID 1), with
 //! the run's limits, labelled with the run and worker so that leftovers of a crashed worker
 //! can be found and removed.
+//!
+//! The engine may be unreachable — at the worker's start, or at any moment after. [`Engine`]
+//! therefore connects lazily: [`Engine::check`] (called before every claim) agrees on an API
+//! version once the engine first answers, and a failure of a request is classified as either
+//! the engine's answer (a problem of the run: bad image, bad limits…) or the engine being
+//! unreachable ([`RunFailure::engine_unreachable`]), which the pipeline answers by handing the
+//! run back rather than failing it. Containers that could not be removed while the engine was
+//! away are removed when it answers again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::sync::{Mutex, RwLock};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
@@ -27,10 +36,17 @@ pub const RUN_LABEL: &str = "gyoza.run_id";
 /// Label carrying the worker id on each container the worker starts.
 pub const WORKER_LABEL: &str = "gyoza.worker_id";
 
-/// A connected Docker engine.
-#[derive(Debug, Clone)]
+/// A Docker engine, reachable or not.
+#[derive(Debug)]
 pub struct Engine {
-    docker: Docker,
+    /// The configured address (`None`: bollard's defaults, which read `DOCKER_HOST`).
+    host: Option<String>,
+    /// The client speaking the engine's API version, once the engine has answered.
+    negotiated: RwLock<Option<Docker>>,
+    /// The address, for messages.
+    address: String,
+    /// Containers that could not be removed because the engine was unreachable.
+    orphans: Mutex<BTreeSet<String>>,
 }
 
 /// Which stream a line of output came from.
@@ -76,13 +92,55 @@ pub struct ContainerExit {
 
 /// A failure of the engine while running a container, worded for the run's error message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunFailure(pub String);
+pub struct RunFailure {
+    /// What went wrong, for the run's error message.
+    pub message: String,
+    /// The engine could not be reached (no answer at all), as opposed to an engine that
+    /// answered with an error: the run is not at fault and should be handed back.
+    pub engine_unreachable: bool,
+}
+
+impl RunFailure {
+    /// A failure that is the run's (the engine answered, but with an error).
+    fn of_run(message: String) -> Self {
+        Self {
+            message,
+            engine_unreachable: false,
+        }
+    }
+
+    /// A failure of `context` with bollard's error `e`, classified.
+    fn of(context: &str, e: &BollardError) -> Self {
+        if is_unreachable(e) {
+            Self {
+                message: format!("the Docker engine became unreachable ({context}): {e}"),
+                engine_unreachable: true,
+            }
+        } else {
+            Self::of_run(format!("{context}: {}", docker_message(e)))
+        }
+    }
+}
 
 fn docker_message(e: &BollardError) -> String {
     match e {
         BollardError::DockerResponseServerError { message, .. } => message.clone(),
         other => other.to_string(),
     }
+}
+
+/// Whether `e` says that no answer came from the engine (connection refused or broken, socket
+/// missing, timeout), rather than that the engine answered with an error.
+pub fn is_unreachable(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::IOError { .. }
+            | BollardError::HyperResponseError { .. }
+            | BollardError::HyperLegacyError { .. }
+            | BollardError::HttpClientError { .. }
+            | BollardError::RequestTimeoutError
+            | BollardError::SocketNotFoundError(_)
+    )
 }
 
 fn is_not_found(e: &BollardError) -> bool {
@@ -113,84 +171,138 @@ pub fn split_image(image: &str) -> (String, String) {
 }
 
 impl Engine {
-    /// Connects to `host` (`unix://…`, `tcp://…`), or as `DOCKER_HOST` says (default: the
-    /// local socket), and agrees on an API version the engine speaks.
-    pub async fn connect(host: Option<&str>) -> Result<Self, WorkerError> {
-        let shown = host
+    /// A client of the engine at `host` (`unix://…`, `tcp://…`), or as `DOCKER_HOST` says
+    /// (default: the local socket). Nothing is sent yet: only a malformed address fails here.
+    pub fn new(host: Option<&str>) -> Result<Self, WorkerError> {
+        let address = host
             .map(str::to_owned)
             .or_else(|| std::env::var("DOCKER_HOST").ok())
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
-        let docker = match host {
+        let engine = Self {
+            host: host.map(str::to_owned),
+            negotiated: RwLock::new(None),
+            address,
+            orphans: Mutex::new(BTreeSet::new()),
+        };
+        // bollard checks that a Unix socket exists when it makes the client: a missing one is
+        // an engine that is not there yet, not a bad address.
+        match engine.connect() {
+            Ok(_) | Err(BollardError::SocketNotFoundError(_)) => Ok(engine),
+            Err(source) => Err(WorkerError::Docker {
+                context: format!("cannot use the Docker engine address '{}'", engine.address),
+                source,
+            }),
+        }
+    }
+
+    /// A new client for the configured address (no request sent).
+    fn connect(&self) -> Result<Docker, BollardError> {
+        match &self.host {
             Some(host) => Docker::connect_with_host(host),
             None => Docker::connect_with_defaults(),
         }
-        .map_err(|source| WorkerError::Docker {
-            context: format!("cannot use the Docker engine address '{shown}'"),
-            source,
+    }
+
+    /// The engine's address, as configured.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The negotiated client, or (before the engine first answered) a new one.
+    fn docker(&self) -> Result<Docker, BollardError> {
+        let negotiated = self
+            .negotiated
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        negotiated.map_or_else(|| self.connect(), Ok)
+    }
+
+    /// Whether the engine answers now. The first time it does, the client agrees on an API
+    /// version with it (an older engine refuses requests in a newer version); every time it
+    /// does, containers it could not remove while unreachable are removed. The error is a
+    /// message for the log.
+    pub async fn check(&self) -> Result<(), String> {
+        let negotiated = self
+            .negotiated
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let answer = match negotiated {
+            Some(docker) => docker.ping().await.map(drop),
+            None => match self.connect() {
+                Ok(base) => base.negotiate_version().await.map(|docker| {
+                    *self.negotiated.write().unwrap_or_else(|p| p.into_inner()) = Some(docker);
+                }),
+                Err(e) => Err(e),
+            },
+        };
+        answer.map_err(|e| {
+            format!(
+                "cannot reach the Docker engine at {} (is dockerd running? set DOCKER_HOST to its address): {e}",
+                self.address
+            )
         })?;
-        // An older engine refuses requests in a newer API version: talk its version.
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|source| WorkerError::Docker {
-                context: format!(
-                    "cannot reach the Docker engine at {shown} (is dockerd running? set DOCKER_HOST to its address)"
-                ),
-                source,
-            })?;
-        Ok(Self { docker })
+        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|p| p.into_inner()));
+        for name in orphans {
+            tracing::warn!(container = %name, "removing a container left while the Docker engine was unreachable (its run was handed back)");
+            self.remove(&name).await;
+        }
+        Ok(())
     }
 
     /// Makes sure `image` is present as `policy` says; the error is a message for the run.
     pub async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RunFailure> {
-        let present = match self.docker.inspect_image(image).await {
+        let context = format!("cannot inspect image '{image}'");
+        let docker = self.docker().map_err(|e| RunFailure::of(&context, &e))?;
+        let present = match docker.inspect_image(image).await {
             Ok(_) => true,
             Err(e) if is_not_found(&e) => false,
-            Err(e) => {
-                return Err(RunFailure(format!(
-                    "cannot inspect image '{image}': {}",
-                    docker_message(&e)
-                )));
-            }
+            Err(e) => return Err(RunFailure::of(&context, &e)),
         };
         match (policy, present) {
             (PullPolicy::Missing, true) | (PullPolicy::Never, true) => Ok(()),
-            (PullPolicy::Never, false) => Err(RunFailure(format!(
+            (PullPolicy::Never, false) => Err(RunFailure::of_run(format!(
                 "image '{image}' is not present on this worker and the worker does not pull \
                  images (--pull never): build or load it on the worker, or use --pull missing"
             ))),
             (PullPolicy::Always, _) | (PullPolicy::Missing, false) => {
                 match self.pull(image).await {
                     Ok(()) => Ok(()),
-                    Err(message) if present => {
-                        tracing::warn!(image, error = %message, "pull failed; using the local copy");
+                    Err(failure) if failure.engine_unreachable => Err(failure),
+                    Err(failure) if present => {
+                        tracing::warn!(image, error = %failure.message, "pull failed; using the local copy");
                         Ok(())
                     }
-                    Err(message) => Err(RunFailure(format!(
+                    Err(failure) => Err(RunFailure::of_run(format!(
                         "image '{image}' is not present on this worker and could not be pulled: \
-                         {message} (check the image name, or build/load it on the worker)"
+                         {} (check the image name, or build/load it on the worker)",
+                        failure.message
                     ))),
                 }
             }
         }
     }
 
-    async fn pull(&self, image: &str) -> Result<(), String> {
+    async fn pull(&self, image: &str) -> Result<(), RunFailure> {
         let (repo, tag) = split_image(image);
         let mut options = CreateImageOptionsBuilder::default().from_image(&repo);
         if !tag.is_empty() {
             options = options.tag(&tag);
         }
         tracing::info!(image, "pulling image");
-        let mut progress = self.docker.create_image(Some(options.build()), None, None);
+        let context = format!("pulling image '{image}'");
+        let docker = self.docker().map_err(|e| RunFailure::of(&context, &e))?;
+        let mut progress = docker.create_image(Some(options.build()), None, None);
         while let Some(step) = progress.next().await {
             match step {
                 Ok(info) => {
                     if let Some(error) = info.error_detail.and_then(|d| d.message) {
-                        return Err(error);
+                        return Err(RunFailure::of_run(error));
                     }
                 }
-                Err(e) => return Err(docker_message(&e)),
+                Err(e) if is_unreachable(&e) => return Err(RunFailure::of(&context, &e)),
+                Err(e) => return Err(RunFailure::of_run(docker_message(&e))),
             }
         }
         Ok(())
@@ -206,7 +318,11 @@ impl Engine {
             .all(true)
             .filters(&filters)
             .build();
-        match self.docker.list_containers(Some(options)).await {
+        let listed = match self.docker() {
+            Ok(docker) => docker.list_containers(Some(options)).await,
+            Err(e) => Err(e),
+        };
+        match listed {
             Ok(containers) => {
                 for container in containers {
                     if let Some(id) = container.id {
@@ -219,15 +335,27 @@ impl Engine {
         }
     }
 
-    /// Removes a container, running or not; a missing one is fine.
+    /// Removes a container, running or not; a missing one is fine. One that cannot be removed
+    /// because the engine is unreachable is removed when [`Engine::check`] next succeeds.
     pub async fn remove(&self, name: &str) {
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(name, Some(options)).await {
+        let removed = match self.docker() {
+            Ok(docker) => docker.remove_container(name, Some(options)).await,
+            Err(e) => Err(e),
+        };
+        match removed {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
+            Err(e) if is_unreachable(&e) => {
+                tracing::warn!(container = name, error = %e, "cannot remove container: the Docker engine is unreachable; will remove it when it answers again");
+                self.orphans
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.to_owned());
+            }
             Err(e) => tracing::warn!(container = name, error = %e, "cannot remove container"),
         }
     }
@@ -293,15 +421,13 @@ impl Engine {
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
-        self.docker
+        let docker = self
+            .docker()
+            .map_err(|e| RunFailure::of("cannot create the container", &e))?;
+        docker
             .create_container(Some(options), body)
             .await
-            .map_err(|e| {
-                RunFailure(format!(
-                    "cannot create the container: {}",
-                    docker_message(&e)
-                ))
-            })?;
+            .map_err(|e| RunFailure::of("cannot create the container", &e))?;
         // Attach before starting, so that not a line of output is missed. Without `logs`:
         // replaying the log as well as streaming it delivered a fast container's first lines
         // twice (seen: its first INFO and PROGRESS events recorded twice), and before the
@@ -312,26 +438,15 @@ impl Engine {
             .stderr(true)
             .logs(false)
             .build();
-        let mut output = self
-            .docker
+        let mut output = docker
             .attach_container(&spec.name, Some(attach))
             .await
-            .map_err(|e| {
-                RunFailure(format!(
-                    "cannot attach to the container: {}",
-                    docker_message(&e)
-                ))
-            })?
+            .map_err(|e| RunFailure::of("cannot attach to the container", &e))?
             .output;
-        self.docker
+        docker
             .start_container(&spec.name, None)
             .await
-            .map_err(|e| {
-                RunFailure(format!(
-                    "cannot start the container: {}",
-                    docker_message(&e)
-                ))
-            })?;
+            .map_err(|e| RunFailure::of("cannot start the container", &e))?;
 
         let mut stdout = crate::events::LineSplitter::default();
         let mut stderr = crate::events::LineSplitter::default();
@@ -372,12 +487,12 @@ impl Engine {
         let wait = WaitContainerOptionsBuilder::default()
             .condition("not-running")
             .build();
-        let mut waiting = self.docker.wait_container(&spec.name, Some(wait));
+        let mut waiting = docker.wait_container(&spec.name, Some(wait));
         loop {
             tokio::select! {
                 next = waiting.next() => match next {
                     Some(Ok(_)) | None | Some(Err(BollardError::DockerContainerWaitError { .. })) => break,
-                    Some(Err(e)) => return Err(RunFailure(format!("lost track of the container: {}", docker_message(&e)))),
+                    Some(Err(e)) => return Err(RunFailure::of("lost track of the running container", &e)),
                 },
                 () = &mut stop, if !stopped => {
                     stopped = true;
@@ -385,16 +500,10 @@ impl Engine {
                 }
             }
         }
-        let inspected = self
-            .docker
+        let inspected = docker
             .inspect_container(&spec.name, None)
             .await
-            .map_err(|e| {
-                RunFailure(format!(
-                    "cannot inspect the finished container: {}",
-                    docker_message(&e)
-                ))
-            })?;
+            .map_err(|e| RunFailure::of("cannot inspect the finished container", &e))?;
         let state = inspected.state.unwrap_or_default();
         Ok(ContainerExit {
             exit_code: state.exit_code.unwrap_or(-1),
@@ -407,7 +516,11 @@ impl Engine {
         let options = StopContainerOptionsBuilder::default()
             .t(i32::try_from(timeout_s).unwrap_or(i32::MAX))
             .build();
-        match self.docker.stop_container(name, Some(options)).await {
+        let stopped = match self.docker() {
+            Ok(docker) => docker.stop_container(name, Some(options)).await,
+            Err(e) => Err(e),
+        };
+        match stopped {
             Ok(()) => tracing::info!(container = name, "container stopped"),
             // 304: it had already stopped; 404: already gone.
             Err(BollardError::DockerResponseServerError {

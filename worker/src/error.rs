@@ -1,7 +1,7 @@
 //! The worker's error type.
 //!
 //! Policy: a [`WorkerError`] is something that stops the worker itself — it cannot start
-//! (bad configuration, no Docker engine) or its machinery failed. Everything that goes wrong
+//! (bad configuration, a malformed Docker address) or its machinery failed. Everything that goes wrong
 //! with one *run* (image missing, container crashed, bad outputs) is not an error of the worker:
 //! the pipeline turns it into a FAILED event with a message for the op's author, and the worker
 //! goes on. The server being unreachable is not fatal either: the loop retries with backoff.
@@ -14,7 +14,8 @@ pub enum WorkerError {
     /// A setting is missing or wrong; the message says which and how to fix it.
     #[error("{0}")]
     Config(String),
-    /// The Docker engine could not be reached or refused a request the worker cannot do without.
+    /// The Docker engine address is unusable (an engine that does not answer is not an error
+    /// of the worker: it waits for it, claiming nothing).
     #[error("{context}: {source}")]
     Docker {
         /// What the worker was doing.

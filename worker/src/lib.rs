@@ -12,9 +12,11 @@
 //! # Layout
 //! - [`config`]: every setting with its flag, environment variable and default.
 //! - [`resources`]: CPU/RAM (sysinfo) and GPUs (NVML) offered, with overrides.
-//! - [`agent`]: the heartbeat → claim → dispatch loop, cancellation watchers, shutdown.
+//! - [`agent`]: the heartbeat → claim → dispatch loop, cancellation watchers, shutdown with
+//!   its grace period.
 //! - [`pipeline`]: one run from claim to cleanup; the execution context steps share.
-//! - [`docker`]: the Docker engine (bollard): images, running one container, stopping it.
+//! - [`docker`]: the Docker engine (bollard): reachability, images, running one container,
+//!   stopping it, and telling the engine's errors from its absence.
 //! - [`events`]: the container protocol's lines: `GYOZA_EVENT` parsing, line reassembly.
 //! - [`outputs`]: reading `outputs.json` and checking it against output specs.
 //! - [`steps`]: the pipeline file: which wasm steps run where, with what limits.

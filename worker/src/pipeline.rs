@@ -10,12 +10,18 @@
 //! FAILED means the server moved on (the run was cancelled, retried or reclaimed): it is
 //! logged, not treated as a failure. A run cancelled on the server has its container stopped
 //! and reports nothing (the server already says CANCELLED).
+//!
+//! A run this worker cannot finish through no fault of the op is *handed back*
+//! (`POST /runs/{id}/release`): the server requeues it as a new attempt without using its
+//! retry budget. That happens when the worker shuts down (a run whose container has not
+//! started yet is handed back at once, a running one once the shutdown grace period is over
+//! and its container stopped) and when the Docker engine cannot be reached.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gyoza_core::api::AddEventRequest;
+use gyoza_core::api::{AddEventRequest, OpRunView, ReleaseRequest};
 use gyoza_core::client::{Client, ClientError};
 use gyoza_core::{Constraints, OutputSpec, WorkerOpRun};
 use serde::{Deserialize, Serialize};
@@ -23,7 +29,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Shared;
-use crate::docker::{ContainerSpec, RUN_LABEL, Stream, WORKER_LABEL};
+use crate::docker::{ContainerSpec, RUN_LABEL, RunFailure, Stream, WORKER_LABEL};
 use crate::events::{LogTail, parse_event_line, payload};
 use crate::outputs::{check_outputs, read_outputs};
 
@@ -99,6 +105,8 @@ pub enum Outcome {
     Completed(Map<String, Value>),
     /// Reported FAILED with this message.
     Failed(String),
+    /// Handed back to the server for another attempt, for this reason.
+    Released(String),
     /// Cancelled or reclaimed on the server; the container was stopped, nothing reported.
     Abandoned(String),
 }
@@ -107,25 +115,46 @@ pub enum Outcome {
 enum Stop {
     /// Fail the run with this message.
     Fail(String),
+    /// Hand the run back for another attempt, for this reason (not the op's fault).
+    Release(String),
     /// The server moved on; report nothing.
     Abandon(String),
 }
 
-/// Runs `op` to its end and reports the result. `cancel` fires when the server cancelled or
-/// reclaimed the run; `shutdown` when the worker is stopping (the run then fails, so that
-/// the server can retry it elsewhere).
+impl From<RunFailure> for Stop {
+    fn from(failure: RunFailure) -> Self {
+        if failure.engine_unreachable {
+            Self::Release(failure.message)
+        } else {
+            Self::Fail(failure.message)
+        }
+    }
+}
+
+/// What may interrupt a run.
+#[derive(Debug, Clone, Default)]
+pub struct Signals {
+    /// The server cancelled or reclaimed the run: stop its container, report nothing.
+    pub cancel: CancellationToken,
+    /// The worker is shutting down: start no container, hand the run back if it has none yet.
+    pub draining: CancellationToken,
+    /// The shutdown grace period is over: stop the container and hand the run back.
+    pub stopping: CancellationToken,
+}
+
+/// Runs `op` to its end and reports the result (COMPLETED, FAILED, or handed back; see
+/// [`Signals`]).
 pub async fn execute(
     shared: Arc<Shared>,
     op: WorkerOpRun,
     gpu: Option<u32>,
-    cancel: CancellationToken,
-    shutdown: CancellationToken,
+    signals: Signals,
 ) -> Outcome {
     let attempt = op.attempt.unwrap_or(1);
     let run_dir = shared.work_dir.join(format!("{}-{attempt}", op.id));
     let container = format!("gyoza-{}-{attempt}", op.id);
     let started = std::time::Instant::now();
-    let result = stages(&shared, &op, gpu, &run_dir, &container, &cancel, &shutdown).await;
+    let result = stages(&shared, &op, gpu, &run_dir, &container, &signals).await;
     let outcome = match result {
         Ok(outputs) => match report(&shared.client, &op, completed(&outputs)).await {
             Reported::Yes => Outcome::Completed(outputs),
@@ -133,6 +162,10 @@ pub async fn execute(
         },
         Err(Stop::Fail(message)) => match report(&shared.client, &op, failed(&message)).await {
             Reported::Yes => Outcome::Failed(message),
+            Reported::Refused(why) => Outcome::Abandoned(why),
+        },
+        Err(Stop::Release(reason)) => match release(&shared, &op, &reason).await {
+            Reported::Yes => Outcome::Released(reason),
             Reported::Refused(why) => Outcome::Abandoned(why),
         },
         Err(Stop::Abandon(why)) => Outcome::Abandoned(why),
@@ -150,6 +183,9 @@ pub async fn execute(
         }
         Outcome::Failed(message) => {
             tracing::warn!(run_id = %op.id, attempt, elapsed_ms, error = %message, "run failed")
+        }
+        Outcome::Released(reason) => {
+            tracing::warn!(run_id = %op.id, attempt, elapsed_ms, reason = %reason, "run handed back to the server for another attempt")
         }
         Outcome::Abandoned(why) => {
             tracing::info!(run_id = %op.id, attempt, elapsed_ms, reason = %why, "run abandoned: the server moved on")
@@ -186,15 +222,11 @@ async fn stages(
     gpu: Option<u32>,
     run_dir: &std::path::Path,
     container: &str,
-    cancel: &CancellationToken,
-    shutdown: &CancellationToken,
+    signals: &Signals,
 ) -> Result<Map<String, Value>, Stop> {
+    let cancel = &signals.cancel;
     // 1. Pull image.
-    shared
-        .engine
-        .ensure_image(&op.image, shared.pull)
-        .await
-        .map_err(|f| Stop::Fail(f.0))?;
+    shared.engine.ensure_image(&op.image, shared.pull).await?;
 
     // 2. Prepare inputs: a directory of its own, mounted at /gyoza.
     let mut context = ExecutionContext {
@@ -236,10 +268,14 @@ async fn stages(
         shared
             .engine
             .ensure_image(&context.image, shared.pull)
-            .await
-            .map_err(|f| Stop::Fail(f.0))?;
+            .await?;
     }
     let output_specs = output_specs(&shared.client, &op.id).await;
+    if signals.draining.is_cancelled() {
+        return Err(Stop::Release(
+            "shutting down (the run's container had not started)".into(),
+        ));
+    }
 
     // 4. STARTED.
     let mut started = payload([("worker_id", json!(shared.worker_id))]);
@@ -327,7 +363,7 @@ async fn stages(
     let stop = async {
         tokio::select! {
             () = cancel.cancelled() => {},
-            () = shutdown.cancelled() => {},
+            () = signals.stopping.cancelled() => {},
         }
     };
     let exit = shared
@@ -344,16 +380,16 @@ async fn stages(
     if shipper.await.is_err() {
         tracing::warn!(run_id = %op.id, "log shipper ended abnormally");
     }
-    let exit = exit.map_err(|f| Stop::Fail(f.0))?;
+    let exit = exit?;
     if cancel.is_cancelled() {
         return Err(Stop::Abandon(
             "cancelled on the server; container stopped".into(),
         ));
     }
     if exit.stopped {
-        return Err(Stop::Fail(format!(
-            "the worker '{}' was stopped while the run was executing; its container was stopped",
-            shared.worker_id
+        return Err(Stop::Release(format!(
+            "shutting down (the run did not finish within the {:?} shutdown grace period; its container was stopped)",
+            shared.shutdown_grace
         )));
     }
     context.exit_code = Some(exit.exit_code);
@@ -479,28 +515,56 @@ enum Reported {
     Refused(String),
 }
 
-/// Delivers an event for `op`'s attempt, retrying with backoff while the server is
-/// unreachable (a run's result must not be lost to a short outage). Refusals are returned,
-/// not retried: 409 means the attempt is no longer current (fencing).
+/// Delivers an event for `op`'s attempt (see [`deliver`]).
 async fn report(client: &Client, op: &WorkerOpRun, mut event: AddEventRequest) -> Reported {
-    let run_id = op.id.as_str();
     event.attempt = op.attempt;
+    let what = event.event_type.clone();
+    deliver(&op.id, &what, || client.add_event(&op.id, &event)).await
+}
+
+/// Hands `op`'s attempt back to the server for another attempt (see [`deliver`]). A server
+/// that does not number attempts has no release endpoint either: the run is reported FAILED
+/// with the same message instead.
+async fn release(shared: &Shared, op: &WorkerOpRun, reason: &str) -> Reported {
+    let Some(attempt) = op.attempt else {
+        let message = format!("worker {} handed the run back: {reason}", shared.worker_id);
+        return report(&shared.client, op, failed(&message)).await;
+    };
+    let request = ReleaseRequest {
+        worker_id: shared.worker_id.clone(),
+        attempt,
+        reason: Some(reason.to_owned()),
+    };
+    deliver(&op.id, "release", || {
+        shared.client.release_run(&op.id, &request)
+    })
+    .await
+}
+
+/// Makes a call about run `run_id`, retrying with backoff while the server is unreachable (a
+/// run's result must not be lost to a short outage). Refusals are returned, not retried: 409
+/// means the attempt is no longer current (fencing).
+async fn deliver<F, Fut>(run_id: &str, what: &str, mut call: F) -> Reported
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<OpRunView, ClientError>>,
+{
     let mut delay = Duration::from_millis(500);
     for attempt in 1..=10 {
-        match client.add_event(run_id, &event).await {
+        match call().await {
             Ok(_) => return Reported::Yes,
             Err(e) if refused(&e) => {
                 let detail = e.detail().unwrap_or_default().to_owned();
-                tracing::info!(run_id, event = %event.event_type, detail = %detail, "the server refused the event: the run was cancelled, retried or reclaimed meanwhile");
+                tracing::info!(run_id, what, detail = %detail, "the server refused: the run was cancelled, retried or reclaimed meanwhile");
                 return Reported::Refused(detail);
             }
             Err(e) if e.is_transient() && attempt < 10 => {
-                tracing::warn!(run_id, event = %event.event_type, attempt, error = %e, "cannot report; retrying");
+                tracing::warn!(run_id, what, attempt, error = %e, "cannot report; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
             Err(e) => {
-                tracing::error!(run_id, event = %event.event_type, error = %e, "cannot report the event; giving up");
+                tracing::error!(run_id, what, error = %e, "cannot report; giving up");
                 return Reported::Yes;
             }
         }

@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use gyoza_core::api::{
     AddEventRequest, ErrorBody, EventsResponse, OpRunCreate, OpRunList, OpRunUpdate, OpRunView,
-    RunScheduling,
+    ReleaseRequest, RunScheduling,
 };
 use gyoza_core::{DomainError, EventType, OpAttempt, OpRun, OpRunState};
 use serde::Deserialize;
@@ -21,6 +21,7 @@ use utoipa::IntoParams;
 use super::AppState;
 use super::extract::{ApiJson, ApiQuery, int_param};
 use crate::error::ApiError;
+use crate::reaper::MAX_LOST_REQUEUES;
 use crate::store::{CreatedBound, Cursor, RunMutation, RunQuery};
 
 /// Query parameters of `GET /runs`.
@@ -296,6 +297,44 @@ pub async fn cancel(
         }),
     )
     .await
+}
+
+/// A worker hands back a run it cannot finish (it is shutting down, or its Docker engine went
+/// away): the attempt ends FAILED with "worker <id> handed the run back: <reason>" and the run
+/// is requeued as a new PENDING attempt without using its retry budget, as after a lost worker
+/// and under the same cap (after which the run FAILS).
+#[utoipa::path(
+    post, path = "/runs/{id}/release", params(("id" = String, Path)), request_body = ReleaseRequest,
+    responses(
+        (status = 200, description = "Requeued (or FAILED when the requeue cap was reached)", body = OpRunView),
+        (status = 400, description = "The run is not ASSIGNED to or RUNNING on that worker, or the reason is too long", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The attempt is no longer current", body = ErrorBody),
+        (status = 422, body = ErrorBody)
+    )
+)]
+pub async fn release(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<ReleaseRequest>,
+) -> Result<Json<OpRunView>, ApiError> {
+    let now = state.clock.now();
+    // Refuse a bad reason before touching the store.
+    request.reason()?;
+    let view = mutate(
+        &state,
+        &id,
+        Box::new(move |run| request.apply(run, MAX_LOST_REQUEUES, now)),
+    )
+    .await?;
+    tracing::info!(
+        run_id = %id,
+        state = %view.state,
+        attempt = view.current_attempt,
+        "a worker handed the run back: {}",
+        if view.state.is_terminal() { "run failed (requeue cap reached)" } else { "requeued" }
+    );
+    Ok(view)
 }
 
 /// Which events to return.

@@ -1,0 +1,202 @@
+//! SIGTERM of a worker: it stops claiming at once, lets its running containers finish for a
+//! grace period (reporting them as usual), then stops the rest and hands their runs back; a
+//! handed-back run gets a new attempt without using its retry budget and another worker
+//! completes it. Real processes throughout: server, workers, dockerd.
+
+use std::time::{Duration, Instant};
+
+use gyoza_core::api::{OpDefinitionCreate, OpRunCreateFromDefinition, OpRunView};
+use gyoza_core::client::Client;
+use gyoza_core::{EventType, OpRunState};
+use gyoza_e2e::{Server, Worker, container_running, docker_or_skip, wait_for_run};
+use serde_json::json;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A definition of the sleep op with a retry budget of one attempt: any requeue that used
+/// the budget would leave the run FAILED.
+async fn nap_definition(client: &Client) {
+    let definition: OpDefinitionCreate = serde_json::from_value(json!({
+        "id": "nap", "version": "1", "image": "gyoza-example/sleep:latest",
+        "input_specs": {"seconds": {"type": "int"}},
+        "retry_policy": {"max_attempts": 1, "backoff_ms": 600000}
+    }))
+    .expect("definition");
+    client
+        .upsert_definition(&definition)
+        .await
+        .expect("upsert definition");
+}
+
+async fn nap(client: &Client, seconds: u64) -> OpRunView {
+    client
+        .create_run_from_definition(
+            "nap",
+            None,
+            &OpRunCreateFromDefinition {
+                inputs: serde_json::from_value(json!({ "seconds": seconds })).expect("inputs"),
+                priority: 5,
+            },
+        )
+        .await
+        .expect("create run")
+}
+
+/// Waits until run `id` is RUNNING and its container runs.
+async fn running(client: &Client, id: &str) {
+    wait_for_run(client, id, RUN_TIMEOUT, "RUNNING", |r| {
+        r.state == OpRunState::Running
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !container_running(id) {
+        assert!(Instant::now() < deadline, "the container of {id} never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_that_finishes_within_the_grace_period_completes_and_nothing_new_is_claimed() {
+    if !docker_or_skip("a_run_that_finishes_within_the_grace_period") {
+        return;
+    }
+    let server = Server::start();
+    let client = server.client();
+    nap_definition(&client).await;
+    let mut worker = Worker::start(&server, "graceful", &["--shutdown-grace", "30"]);
+    let run = nap(&client, 4).await;
+    running(&client, &run.id).await;
+
+    let signalled = Instant::now();
+    worker.sigterm();
+    // Created after the signal: a worker that is shutting down must not take it, although it
+    // keeps heartbeating (and so stays a candidate for the scheduler) while its run finishes.
+    let late = nap(&client, 1).await;
+    let exited = tokio::task::block_in_place(|| worker.wait_exit(Duration::from_secs(40)));
+    let took = signalled.elapsed();
+    assert_eq!(exited, Some(true), "the worker did not exit cleanly");
+    assert!(
+        took >= Duration::from_secs(2),
+        "the worker exited after {took:?}: it did not wait for its run"
+    );
+
+    let run = client.get_run(&run.id).await.expect("get run");
+    assert_eq!(run.state, OpRunState::Completed, "{:?}", run.attempts);
+    assert_eq!(run.current_attempt, 1);
+    assert_eq!(run.outputs.get("slept"), Some(&json!(true)));
+    assert_eq!(
+        run.execution_summary.worker_id.as_deref(),
+        Some(worker.id.as_str())
+    );
+    let late = client.get_run(&late.id).await.expect("get run");
+    assert_eq!(
+        late.state,
+        OpRunState::Pending,
+        "claimed while shutting down"
+    );
+    assert_eq!(late.attempts.len(), 1);
+    assert!(
+        worker
+            .output
+            .contains("running runs get the grace period to finish"),
+        "{}",
+        worker.output.text()
+    );
+    assert!(
+        !worker.output.contains("grace period over"),
+        "{}",
+        worker.output.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_beyond_the_grace_period_is_handed_back_outside_its_retry_budget_and_completed_elsewhere()
+ {
+    if !docker_or_skip("a_run_beyond_the_grace_period_is_handed_back") {
+        return;
+    }
+    let server = Server::start();
+    let client = server.client();
+    nap_definition(&client).await;
+    let mut leaving = Worker::start(&server, "leaving", &["--shutdown-grace", "2"]);
+    // 8 s: longer than the 2 s grace, short enough for the second worker to finish it.
+    let run = nap(&client, 8).await;
+    running(&client, &run.id).await;
+
+    let signalled = Instant::now();
+    leaving.sigterm();
+    let exited = tokio::task::block_in_place(|| leaving.wait_exit(Duration::from_secs(30)));
+    let took = signalled.elapsed();
+    assert_eq!(exited, Some(true), "the worker did not exit cleanly");
+    assert!(
+        took >= Duration::from_secs(2),
+        "stopped after {took:?}, before its grace period was over"
+    );
+    assert!(
+        !container_running(&run.id),
+        "the container outlived its worker"
+    );
+
+    let handed_back = client.get_run(&run.id).await.expect("get run");
+    assert_eq!(
+        handed_back.state,
+        OpRunState::Pending,
+        "{:?}",
+        handed_back.attempts
+    );
+    assert_eq!(handed_back.current_attempt, 2);
+    assert_eq!(
+        handed_back.available_at, None,
+        "a hand-back must not wait for the retry backoff"
+    );
+    let first = &handed_back.attempts[0];
+    assert_eq!(first.state, OpRunState::Failed);
+    assert!(
+        first.worker_lost,
+        "the hand-back was counted as the op's failure"
+    );
+    let error = first
+        .execution_summary
+        .error_message
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        error.starts_with(&format!(
+            "worker {} handed the run back: shutting down",
+            leaving.id
+        )),
+        "{error}"
+    );
+    assert!(error.contains("grace period"), "{error}");
+    let budget_used = handed_back
+        .attempts
+        .iter()
+        .filter(|a| !a.worker_lost)
+        .count();
+    assert_eq!(
+        budget_used, 1,
+        "only the new attempt counts against max_attempts 1"
+    );
+    assert_eq!(
+        handed_back.events.first().map(|e| e.event_type),
+        Some(EventType::Retried)
+    );
+    assert!(
+        leaving.output.contains("grace period over"),
+        "{}",
+        leaving.output.text()
+    );
+
+    let taker = Worker::start(&server, "taker", &[]);
+    let done = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", |r| {
+        r.state.is_terminal()
+    })
+    .await;
+    assert_eq!(done.state, OpRunState::Completed, "{:?}", done.attempts);
+    assert_eq!(done.current_attempt, 2);
+    assert_eq!(
+        done.execution_summary.worker_id.as_deref(),
+        Some(taker.id.as_str())
+    );
+    assert_eq!(done.outputs.get("slept"), Some(&json!(true)));
+}
