@@ -82,6 +82,11 @@ impl Server {
         bail!("the server did not answer within 30 s")
     }
 
+    /// CPU time (user + system, all threads) the server process has used so far.
+    fn cpu(&self) -> anyhow::Result<Duration> {
+        cpu_of(&format!("/proc/{}/stat", self.child.id()))
+    }
+
     fn rss_mb(&self) -> anyhow::Result<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let kb: f64 = status
@@ -99,6 +104,46 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self._data);
+    }
+}
+
+/// CPU time (user + system) of a process from its `/proc/<pid>/stat`, in clock ticks of
+/// 1/100 s (Linux's USER_HZ on x86_64 and arm64).
+fn cpu_of(stat_path: &str) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(stat_path)?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields.get(i).context("short stat")?.parse::<u64>()?)
+    };
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after the parenthesis.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}
+
+/// CPU used per operation by the server and by this harness over a measured phase.
+struct CpuMeter {
+    server: Duration,
+    harness: Duration,
+}
+
+impl CpuMeter {
+    fn start(server: &Server) -> anyhow::Result<Self> {
+        Ok(Self {
+            server: server.cpu()?,
+            harness: cpu_of("/proc/self/stat")?,
+        })
+    }
+
+    /// "server X µs + harness Y µs of CPU per <unit>".
+    fn per(&self, server: &Server, count: usize, unit: &str) -> anyhow::Result<String> {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / count.max(1) as f64;
+        let server_us = per(server.cpu()? - self.server);
+        let harness_us = per(cpu_of("/proc/self/stat")? - self.harness);
+        Ok(format!(
+            "CPU per {unit}: server {server_us:.0} µs + harness {harness_us:.0} µs (2 cores allow at most {:.0} {unit}s/s)",
+            2e6 / (server_us + harness_us)
+        ))
     }
 }
 
@@ -164,18 +209,20 @@ async fn create_runs(
 async fn create(store: Option<&str>) -> anyhow::Result<()> {
     let server = Server::start(store)?;
     let client = server.client().await?;
+    let meter = CpuMeter::start(&server)?;
     let (rate, mut latencies) = create_runs(&client, 20_000, 32).await?;
     println!(
-        "create: 20000 runs, 32 clients: {rate:.0} runs/s, latency p50 {:.2} ms, p99 {:.2} ms",
+        "create: 20000 runs, 32 clients: {rate:.0} runs/s, latency p50 {:.2} ms, p99 {:.2} ms; {}",
         latencies.percentile(0.5),
-        latencies.percentile(0.99)
+        latencies.percentile(0.99),
+        meter.per(&server, 20_000, "run")?
     );
     Ok(())
 }
 
-async fn claims(store: Option<&str>) -> anyhow::Result<()> {
-    const RUNS: usize = 10_000;
-    const WORKERS: usize = 50;
+async fn claims(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Result<()> {
+    #[allow(non_snake_case)]
+    let (RUNS, WORKERS) = (runs, workers);
     let server = Server::start(store)?;
     let client = server.client().await?;
     create_runs(&client, RUNS, 32).await?;
@@ -193,6 +240,7 @@ async fn claims(store: Option<&str>) -> anyhow::Result<()> {
         client.heartbeat(&heartbeat(w)).await?;
     }
     let done = Arc::new(AtomicUsize::new(0));
+    let meter = CpuMeter::start(&server)?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..WORKERS {
@@ -244,11 +292,12 @@ async fn claims(store: Option<&str>) -> anyhow::Result<()> {
         bail!("{} runs were assigned twice", total - placed.len());
     }
     println!(
-        "claims: {RUNS} runs, {WORKERS} workers (heartbeat + claim + STARTED + COMPLETED): {} placed once each, {:.0} placements/s, claim p50 {:.2} ms, p99 {:.2} ms",
+        "claims: {RUNS} runs, {WORKERS} workers (heartbeat + claim + STARTED + COMPLETED): {} placed once each, {:.0} placements/s, claim p50 {:.2} ms, p99 {:.2} ms; {}",
         total,
         total as f64 / elapsed,
         latencies.percentile(0.5),
-        latencies.percentile(0.99)
+        latencies.percentile(0.99),
+        meter.per(&server, total, "placement")?
     );
     if total != RUNS {
         bail!("only {total} of {RUNS} runs were placed");
@@ -462,9 +511,22 @@ async fn main() -> anyhow::Result<()> {
         .map(String::as_str);
     match args.first().map(String::as_str) {
         Some("create") => create(store).await,
-        Some("claims") => claims(store).await,
+        Some("claims") => {
+            let number = |flag: &str, default: usize| -> anyhow::Result<usize> {
+                match args.iter().position(|a| a == flag) {
+                    Some(i) => args
+                        .get(i + 1)
+                        .and_then(|v| v.parse().ok())
+                        .with_context(|| format!("{flag} needs a number")),
+                    None => Ok(default),
+                }
+            };
+            claims(store, number("--runs", 10_000)?, number("--workers", 50)?).await
+        }
         Some("memory") => memory().await,
         Some("worker") => worker_start().await,
-        _ => bail!("usage: gyoza-bench create|claims|memory|worker [--store URL]"),
+        _ => bail!(
+            "usage: gyoza-bench create|claims|memory|worker [--store URL] [--runs N] [--workers N]"
+        ),
     }
 }
