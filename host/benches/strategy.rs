@@ -153,6 +153,8 @@ fn record(worker: &ActiveWorker, free: &CoreCapacity, gpus: &mut Vec<Gpu>) -> Wo
 }
 
 /// What the host does around a native strategy: the same records, the same checks.
+/// Not inlined, so that a profiler can count it alone (`--toggle-collect=*native_decide*`).
+#[inline(never)]
 fn native_decide(request: &ClaimRequest<'_>) -> Vec<String> {
     let mut gpus = Vec::new();
     let mut requester = 0;
@@ -222,10 +224,54 @@ fn median(iterations: usize, mut f: impl FnMut() -> usize) -> (Duration, usize) 
     (times[times.len() / 2], answer)
 }
 
+/// `GYOZA_BENCH_PROFILE=native|wasm`: only that side, `GYOZA_BENCH_CALLS` calls (default
+/// 100) at `GYOZA_BENCH_PENDING` runs (default 1,000), for a profiler, e.g.
+/// `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*decide_blocking*'`.
+fn profile(side: &str, host: &StrategyHost, worker: &CoreWorker, cluster: &[ActiveWorker]) {
+    let number = |var: &str, default: usize| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let runs = pending(number("GYOZA_BENCH_PENDING", 1_000));
+    let request = ClaimRequest {
+        worker,
+        free: cluster[2].free.clone(),
+        pending: &runs,
+        max: 10,
+        now: Utc::now(),
+        cluster,
+    };
+    let calls = number("GYOZA_BENCH_CALLS", 100);
+    let mut assigned = 0;
+    for _ in 0..calls {
+        assigned += match side {
+            "native" => native_decide(&request).len(),
+            _ => match host.decide_blocking(&request) {
+                Ok(ids) => ids.len(),
+                Err(e) => {
+                    eprintln!("wasm call failed: {e}");
+                    std::process::exit(1);
+                }
+            },
+        };
+    }
+    println!(
+        "{side}: {calls} calls at {} pending, {assigned} runs assigned",
+        runs.len()
+    );
+}
+
 fn main() {
-    let host = match StrategyHost::start(StrategySettings::builtin(
-        &std::env::var("GYOZA_BENCH_STRATEGY").unwrap_or_else(|_| "bin-packing".into()),
-    )) {
+    let settings = StrategySettings {
+        // The compiled components land there as ELF files (`*.cwasm`), for `objdump -d`.
+        cache_dir: std::env::var_os("GYOZA_BENCH_CACHE_DIR").map(Into::into),
+        ..StrategySettings::builtin(
+            &std::env::var("GYOZA_BENCH_STRATEGY").unwrap_or_else(|_| "bin-packing".into()),
+        )
+    };
+    let host = match StrategyHost::start(settings) {
         Ok(host) => host,
         Err(e) => {
             eprintln!("cannot start the strategy host: {e}");
@@ -244,6 +290,10 @@ fn main() {
         created_at: Utc::now(),
         last_heartbeat_at: Utc::now(),
     };
+    if let Ok(side) = std::env::var("GYOZA_BENCH_PROFILE") {
+        profile(&side, &host, &worker, &cluster);
+        return;
+    }
     println!("bin-packing, {WORKERS} workers, claim max 10: median time per decision");
     println!(
         "{:>8} {:>12} {:>12} {:>8} {:>9}",

@@ -58,8 +58,8 @@ pub mod bindings {
 }
 
 pub mod config;
-pub mod step;
 mod model;
+pub mod step;
 
 pub use model::{Capacity, Placement, reason};
 
@@ -118,11 +118,11 @@ macro_rules! export_strategy {
                         ::std::option::Option::None => {
                             ::std::result::Result::Err("schedule called before init".into())
                         }
-            })
+                    })
                 }
             }
 
-            $crate::bindings::__export_strategy_world!(Export with_types_in $crate::bindings);
+    $crate::bindings::__export_strategy_world!(Export with_types_in $crate::bindings);
         };
     };
 }
