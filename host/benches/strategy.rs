@@ -25,35 +25,35 @@ use gyoza_core::{
 use gyoza_host::scheduler::{ActiveWorker, ClaimRequest};
 use gyoza_host::strategy::{StrategyHost, StrategySettings};
 
-// The WIT records as plain Rust, and the guest's code compiled natively against them. At the
-// crate root because the included files name the records as `super::...`.
-pub struct PendingRun {
-    pub priority: i64,
-    pub cpu: u32,
-    pub ram_mb: u64,
-    pub vram_mb: u64,
-    pub waited_ms: u64,
+// The WIT records (gyoza:scheduler@0.2.0) as plain Rust, and the guest's code compiled natively
+// against them. At the crate root because the included files name the records as `super::...`.
+pub struct PendingRuns {
+    pub priority: Vec<i64>,
+    pub cpu: Vec<u32>,
+    pub ram_mb: Vec<u64>,
+    pub vram_mb: Vec<u64>,
+    pub waited_ms: Vec<u64>,
 }
-pub struct Gpu {
-    pub id: u32,
-    pub vram_mb: u64,
-    pub free_vram_mb: i64,
+pub struct Workers {
+    pub cpu_cores: Vec<u32>,
+    pub ram_mb: Vec<u64>,
+    pub free_cpu: Vec<i64>,
+    pub free_ram_mb: Vec<i64>,
+    pub gpu_start: Vec<u32>,
+    pub gpu_count: Vec<u32>,
+    pub running: Vec<u32>,
 }
-pub struct Worker {
-    pub cpu_cores: u32,
-    pub ram_mb: u64,
-    pub free_cpu: i64,
-    pub free_ram_mb: i64,
-    pub gpu_start: u32,
-    pub gpu_count: u32,
-    pub running: u32,
+pub struct Gpus {
+    pub id: Vec<u32>,
+    pub vram_mb: Vec<u64>,
+    pub free_vram_mb: Vec<i64>,
 }
 pub struct Claim {
     pub requester: u32,
     pub max: u32,
-    pub workers: Vec<Worker>,
-    pub gpus: Vec<Gpu>,
-    pub pending: Vec<PendingRun>,
+    pub workers: Workers,
+    pub gpus: Gpus,
+    pub pending: PendingRuns,
 }
 pub struct Deferral {
     pub run: u32,
@@ -126,8 +126,9 @@ fn pending(n: usize) -> Vec<OpRun> {
         .collect()
 }
 
-fn record(worker: &ActiveWorker, free: &CoreCapacity, gpus: &mut Vec<Gpu>) -> Worker {
-    let start = gpus.len() as u32;
+/// Appends `worker` with `free` to the columns, as the host's `convert::claim` does.
+fn push_worker(workers: &mut Workers, gpus: &mut Gpus, worker: &ActiveWorker, free: &CoreCapacity) {
+    let start = gpus.id.len() as u32;
     for &(id, free_vram) in &free.gpus {
         let total = worker
             .resources
@@ -135,59 +136,75 @@ fn record(worker: &ActiveWorker, free: &CoreCapacity, gpus: &mut Vec<Gpu>) -> Wo
             .iter()
             .find(|g| g.id == id)
             .map_or(0, |g| g.vram_mb);
-        gpus.push(Gpu {
-            id,
-            vram_mb: total,
-            free_vram_mb: free_vram,
-        });
+        gpus.id.push(id);
+        gpus.vram_mb.push(total);
+        gpus.free_vram_mb.push(free_vram);
     }
-    Worker {
-        cpu_cores: worker.resources.cpu_cores,
-        ram_mb: worker.resources.ram_mb,
-        free_cpu: free.cpu,
-        free_ram_mb: free.ram_mb,
-        gpu_start: start,
-        gpu_count: gpus.len() as u32 - start,
-        running: worker.running as u32,
-    }
+    workers.cpu_cores.push(worker.resources.cpu_cores);
+    workers.ram_mb.push(worker.resources.ram_mb);
+    workers.free_cpu.push(free.cpu);
+    workers.free_ram_mb.push(free.ram_mb);
+    workers.gpu_start.push(start);
+    workers.gpu_count.push(gpus.id.len() as u32 - start);
+    workers.running.push(worker.running as u32);
 }
 
 /// What the host does around a native strategy: the same records, the same checks.
 /// Not inlined, so that a profiler can count it alone (`--toggle-collect=*native_decide*`).
 #[inline(never)]
 fn native_decide(request: &ClaimRequest<'_>) -> Vec<String> {
-    let mut gpus = Vec::new();
+    let n = request.cluster.len();
+    let mut workers = Workers {
+        cpu_cores: Vec::with_capacity(n),
+        ram_mb: Vec::with_capacity(n),
+        free_cpu: Vec::with_capacity(n),
+        free_ram_mb: Vec::with_capacity(n),
+        gpu_start: Vec::with_capacity(n),
+        gpu_count: Vec::with_capacity(n),
+        running: Vec::with_capacity(n),
+    };
+    let mut gpus = Gpus {
+        id: Vec::new(),
+        vram_mb: Vec::new(),
+        free_vram_mb: Vec::new(),
+    };
     let mut requester = 0;
-    let workers = request
-        .cluster
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            if w.id == request.worker.id {
-                requester = i;
-                record(w, &request.free, &mut gpus)
-            } else {
-                record(w, &w.free, &mut gpus)
-            }
-        })
-        .collect();
+    for (i, w) in request.cluster.iter().enumerate() {
+        if w.id == request.worker.id {
+            requester = i;
+            push_worker(&mut workers, &mut gpus, w, &request.free);
+        } else {
+            push_worker(&mut workers, &mut gpus, w, &w.free);
+        }
+    }
+    let n = request.pending.len();
+    let mut pending = PendingRuns {
+        priority: Vec::with_capacity(n),
+        cpu: Vec::with_capacity(n),
+        ram_mb: Vec::with_capacity(n),
+        vram_mb: Vec::with_capacity(n),
+        waited_ms: Vec::with_capacity(n),
+    };
+    for run in request.pending {
+        pending.priority.push(run.priority);
+        pending.cpu.push(run.constraints.cpu.unwrap_or(0));
+        pending.ram_mb.push(run.constraints.ram_mb.unwrap_or(0));
+        pending.vram_mb.push(run.constraints.vram_mb.unwrap_or(0));
+        pending
+            .waited_ms
+            .push((request.now - run.created_at).num_milliseconds().max(0) as u64);
+    }
     let claim = Claim {
         requester: requester as u32,
         max: request.max as u32,
         workers,
         gpus,
-        pending: request
-            .pending
-            .iter()
-            .map(|run| PendingRun {
-                priority: run.priority,
-                cpu: run.constraints.cpu.unwrap_or(0),
-                ram_mb: run.constraints.ram_mb.unwrap_or(0),
-                vram_mb: run.constraints.vram_mb.unwrap_or(0),
-                waited_ms: (request.now - run.created_at).num_milliseconds().max(0) as u64,
-            })
-            .collect(),
+        pending,
     };
+    // The SDK checks this before the guest's strategy runs; so does the native side.
+    if claim.malformed().is_some() {
+        return Vec::new();
+    }
     let decision = plan::plan(&claim);
     let mut free = request.free.clone();
     let mut seen = std::collections::HashSet::new();
@@ -264,12 +281,14 @@ fn profile(side: &str, host: &StrategyHost, worker: &CoreWorker, cluster: &[Acti
 }
 
 fn main() {
+    let strategy = std::env::var("GYOZA_BENCH_STRATEGY").unwrap_or_else(|_| "bin-packing".into());
     let settings = StrategySettings {
+        // A strategy named by its file there, e.g. the bin-packing fixture built against
+        // gyoza:scheduler@0.1.0: GYOZA_BENCH_STRATEGY=gyoza_fixture_bin_packing_0_1_0.
+        plugins_dir: std::env::var_os("GYOZA_BENCH_PLUGINS_DIR").map(Into::into),
         // The compiled components land there as ELF files (`*.cwasm`), for `objdump -d`.
         cache_dir: std::env::var_os("GYOZA_BENCH_CACHE_DIR").map(Into::into),
-        ..StrategySettings::builtin(
-            &std::env::var("GYOZA_BENCH_STRATEGY").unwrap_or_else(|_| "bin-packing".into()),
-        )
+        ..StrategySettings::builtin(&strategy)
     };
     let host = match StrategyHost::start(settings) {
         Ok(host) => host,
@@ -317,7 +336,8 @@ fn main() {
                 std::process::exit(1);
             }
         });
-        if std::env::var_os("GYOZA_BENCH_STRATEGY").is_none() {
+        // Either form of bin-packing must decide as the native plan does.
+        if strategy.contains("bin_packing") || strategy == "bin-packing" {
             assert_eq!(native_ids, wasm_ids, "both sides must decide the same");
         }
         println!(

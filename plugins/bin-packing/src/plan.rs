@@ -4,16 +4,19 @@
 //! Written for the inner loop (every pending run against every worker), which is nearly all
 //! of a claim's cost, and for the compiler that turns the component into machine code
 //! (Cranelift, in the server) as much as for LLVM:
+//! - the claim's columns are read in place (`claim.pending.cpu[i]`, ...);
 //! - each worker's free capacity, the reciprocals of its size and its largest free GPU sit
-//!   together in one small array, so that most workers are ruled out by two or three
+//!   together in one small array, so that most workers are ruled out by one to three
 //!   compares, without bounds checks;
+//! - a run that needs more CPU or RAM than any worker has left is ruled out before any scan
+//!   (behind a long queue, the simulated cluster is soon full);
 //! - the scans are functions of their own, with few live values (Cranelift allocates
 //!   registers per function, and spills whatever a loop keeps alive across the deadline
 //!   check that the server's engine puts at the top of every loop turn);
-//! - they look at four workers per turn of the loop, so that this check and its spills come
-//!   once per four workers.
+//! - they look at eight workers per turn of the loop, so that this check and its spills come
+//!   once per eight workers.
 //!
-//! No allocation happens per run.
+//! No allocation happens per run. `BENCHMARKS.md` has the profile behind each of these.
 
 use super::{Capacity, Claim, Decision, reason};
 
@@ -62,18 +65,38 @@ fn largest(vram: &[i64]) -> i64 {
     vram.iter().copied().max().unwrap_or(i64::MIN)
 }
 
-/// Calls `f(index, worker)` for every worker in order, four per turn of the loop.
+/// The most free CPU and RAM any worker has (recomputed when a placement lowers the free
+/// capacity of a worker that had the most). A run that needs more fits nowhere: behind a long queue the cluster is soon full (in the plan's
+/// simulation), and most runs are then ruled out here rather than by every worker in turn.
+struct Most {
+    cpu: i64,
+    ram: i64,
+}
+
+impl Most {
+    #[inline(never)]
+    fn of(free: &[Free]) -> Self {
+        let mut most = Self {
+            cpu: i64::MIN,
+            ram: i64::MIN,
+        };
+        for w in free {
+            most.cpu = most.cpu.max(w.cpu);
+            most.ram = most.ram.max(w.ram);
+        }
+        most
+    }
+}
+
+/// Calls `f(index, worker)` for every worker in order, eight per turn of the loop.
 #[inline(always)]
 fn each_worker(free: &[Free], mut f: impl FnMut(usize, &Free)) {
-    let chunks = free.chunks_exact(4);
+    let chunks = free.chunks_exact(8);
     let tail = chunks.remainder();
     for (turn, chunk) in chunks.enumerate() {
-        if let [a, b, c, d] = chunk {
-            let first = turn * 4;
-            f(first, a);
-            f(first + 1, b);
-            f(first + 2, c);
-            f(first + 3, d);
+        let first = turn * 8;
+        for (k, w) in chunk.iter().enumerate() {
+            f(first + k, w);
         }
     }
     let done = free.len() - tail.len();
@@ -111,7 +134,8 @@ fn tightest_gpu(free: &[Free], vram: &[i64], need: Need, requester: usize) -> Op
         rest: f64::INFINITY,
     };
     each_worker(free, |worker, w| {
-        if w.cpu >= need.cpu && w.ram >= need.ram && w.largest_vram >= need.vram {
+        // VRAM first: it rules out every worker without a GPU.
+        if w.largest_vram >= need.vram && w.cpu >= need.cpu && w.ram >= need.ram {
             best.consider(worker, w, vram, need, requester);
         }
     });
@@ -141,9 +165,9 @@ impl GpuBest {
     #[inline(never)]
     fn consider(&mut self, worker: usize, w: &Free, vram: &[i64], need: Need, requester: usize) {
         let (mut gpu, mut left) = (w.gpu_start, i64::MAX);
-        for (g, &free_vram) in vram.iter().enumerate().take(w.gpu_end).skip(w.gpu_start) {
+        for (k, &free_vram) in vram[w.gpu_start..w.gpu_end].iter().enumerate() {
             if free_vram >= need.vram && free_vram - need.vram < left {
-                (gpu, left) = (g, free_vram - need.vram);
+                (gpu, left) = (w.gpu_start + k, free_vram - need.vram);
             }
         }
         let rest = w.rest(need.cpu, need.ram);
@@ -170,32 +194,37 @@ impl GpuBest {
 /// shown capacity that a tighter worker is already expected to use.
 pub fn plan(claim: &Claim) -> Decision {
     let requester = claim.requester as usize;
-    let mut vram: Vec<i64> = claim.gpus.iter().map(|g| g.free_vram_mb).collect();
-    let mut free: Vec<Free> = claim
-        .workers
-        .iter()
+    let (workers, pending) = (&claim.workers, &claim.pending);
+    let mut vram: Vec<i64> = claim.gpus.free_vram_mb.clone();
+    let mut free: Vec<Free> = (0..workers.len())
         .map(|w| {
-            let gpu_start = (w.gpu_start as usize).min(vram.len());
-            let gpu_end = (gpu_start + w.gpu_count as usize).min(vram.len());
+            let gpu_start = (workers.gpu_start[w] as usize).min(vram.len());
+            let gpu_end = (gpu_start + workers.gpu_count[w] as usize).min(vram.len());
             Free {
-                cpu: w.free_cpu,
-                ram: w.free_ram_mb,
+                cpu: workers.free_cpu[w],
+                ram: workers.free_ram_mb[w],
                 largest_vram: largest(&vram[gpu_start..gpu_end]),
-                per_cpu: inverse(u64::from(w.cpu_cores)),
-                per_ram: inverse(w.ram_mb),
+                per_cpu: inverse(u64::from(workers.cpu_cores[w])),
+                per_ram: inverse(workers.ram_mb[w]),
                 gpu_start,
                 gpu_end,
             }
         })
         .collect();
+    let mut most = Most::of(&free);
     let mut decision = Decision::default();
-    for (index, run) in claim.pending.iter().enumerate() {
+    for index in 0..pending.len() {
         if decision.assign.len() >= claim.max as usize {
             break;
         }
-        let (need_cpu, need_ram, need_vram) =
-            (i64::from(run.cpu), run.ram_mb as i64, run.vram_mb as i64);
-        let best = if need_vram > 0 {
+        let (need_cpu, need_ram, need_vram) = (
+            i64::from(pending.cpu[index]),
+            pending.ram_mb[index] as i64,
+            pending.vram_mb[index] as i64,
+        );
+        let best = if need_cpu > most.cpu || need_ram > most.ram {
+            None
+        } else if need_vram > 0 {
             let need = Need {
                 cpu: need_cpu,
                 ram: need_ram,
@@ -208,11 +237,15 @@ pub fn plan(claim: &Claim) -> Decision {
         match best {
             Some(fit) => {
                 let w = &mut free[fit.worker];
+                let held_most = w.cpu == most.cpu || w.ram == most.ram;
                 w.cpu -= need_cpu;
                 w.ram -= need_ram;
                 if let Some(g) = fit.gpu {
                     vram[g] -= need_vram;
                     w.largest_vram = largest(&vram[w.gpu_start..w.gpu_end]);
+                }
+                if held_most {
+                    most = Most::of(&free);
                 }
                 if fit.worker == requester {
                     decision.assign.push(index as u32);
@@ -227,8 +260,8 @@ pub fn plan(claim: &Claim) -> Decision {
                     ram_mb: me.ram,
                     gpus: vram[me.gpu_start..me.gpu_end].to_vec(),
                 };
-                let why =
-                    reason::does_not_fit(run, &free).unwrap_or_else(|| "does not fit".to_owned());
+                let why = reason::does_not_fit(&pending.run(index), &free)
+                    .unwrap_or_else(|| "does not fit".to_owned());
                 decision.defer(index, format!("no active worker fits: {why}"));
             }
             None => {}
