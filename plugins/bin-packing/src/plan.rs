@@ -127,19 +127,54 @@ fn tightest(free: &[Free], cpu: i64, ram: i64, requester: usize) -> Option<usize
 /// worker the GPU with the least VRAM left after it (the first of equals), then across
 /// workers the least VRAM left, then as [`tightest`].
 #[inline(never)]
-fn tightest_gpu(free: &[Free], vram: &[i64], need: Need, requester: usize) -> Option<Fit> {
-    let mut best = GpuBest {
-        fit: None,
-        left: i64::MAX,
-        rest: f64::INFINITY,
-    };
+fn tightest_gpu(
+    free: &[Free],
+    vram: &[i64],
+    need: Need,
+    requester: usize,
+    candidates: &mut [u32],
+) -> Option<Fit> {
+    // First the workers that can take it at all (few: VRAM first rules out every worker
+    // without a GPU), then the tightest of them, in two plain loops rather than a call per
+    // candidate from the unrolled scan.
+    let mut found = 0;
     each_worker(free, |worker, w| {
-        // VRAM first: it rules out every worker without a GPU.
         if w.largest_vram >= need.vram && w.cpu >= need.cpu && w.ram >= need.ram {
-            best.consider(worker, w, vram, need, requester);
+            if let Some(slot) = candidates.get_mut(found) {
+                *slot = worker as u32;
+                found += 1;
+            }
         }
     });
-    best.fit
+    let mut best: Option<Fit> = None;
+    let (mut best_left, mut best_rest) = (i64::MAX, f64::INFINITY);
+    for &worker in &candidates[..found] {
+        let worker = worker as usize;
+        let w = &free[worker];
+        // At least one of its GPUs has room (`largest_vram`): the tightest, first of equals.
+        let (mut gpu, mut left) = (w.gpu_start, i64::MAX);
+        for (k, &free_vram) in vram[w.gpu_start..w.gpu_end].iter().enumerate() {
+            if free_vram >= need.vram && free_vram - need.vram < left {
+                (gpu, left) = (w.gpu_start + k, free_vram - need.vram);
+            }
+        }
+        let rest = w.rest(need.cpu, need.ram);
+        let beats = if left != best_left {
+            left < best_left
+        } else if rest != best_rest {
+            rest < best_rest
+        } else {
+            worker == requester
+        };
+        if beats || best.is_none() {
+            best = Some(Fit {
+                worker,
+                gpu: Some(gpu),
+            });
+            (best_left, best_rest) = (left, rest);
+        }
+    }
+    best
 }
 
 /// What a run needs.
@@ -148,44 +183,6 @@ struct Need {
     cpu: i64,
     ram: i64,
     vram: i64,
-}
-
-/// The best (worker, GPU) so far in [`tightest_gpu`].
-struct GpuBest {
-    fit: Option<Fit>,
-    /// VRAM left on its GPU.
-    left: i64,
-    /// As [`Free::rest`].
-    rest: f64,
-}
-
-impl GpuBest {
-    /// Takes `w` (which has the CPU and RAM, and a GPU with the VRAM) if it is tighter.
-    /// Out of line: only workers that fit get here, and the scan stays small.
-    #[inline(never)]
-    fn consider(&mut self, worker: usize, w: &Free, vram: &[i64], need: Need, requester: usize) {
-        let (mut gpu, mut left) = (w.gpu_start, i64::MAX);
-        for (k, &free_vram) in vram[w.gpu_start..w.gpu_end].iter().enumerate() {
-            if free_vram >= need.vram && free_vram - need.vram < left {
-                (gpu, left) = (w.gpu_start + k, free_vram - need.vram);
-            }
-        }
-        let rest = w.rest(need.cpu, need.ram);
-        let beats = if left != self.left {
-            left < self.left
-        } else if rest != self.rest {
-            rest < self.rest
-        } else {
-            worker == requester
-        };
-        if beats || self.fit.is_none() {
-            self.fit = Some(Fit {
-                worker,
-                gpu: Some(gpu),
-            });
-            (self.left, self.rest) = (left, rest);
-        }
-    }
 }
 
 /// Places runs in queue order, each on the active worker it fits most tightly, and hands the
@@ -212,6 +209,8 @@ pub fn plan(claim: &Claim) -> Decision {
         })
         .collect();
     let mut most = Most::of(&free);
+    // Scratch for tightest_gpu: at most every worker is a candidate.
+    let mut candidates = vec![0u32; free.len()];
     let mut decision = Decision::default();
     for index in 0..pending.len() {
         if decision.assign.len() >= claim.max as usize {
@@ -230,7 +229,7 @@ pub fn plan(claim: &Claim) -> Decision {
                 ram: need_ram,
                 vram: need_vram,
             };
-            tightest_gpu(&free, &vram, need, requester)
+            tightest_gpu(&free, &vram, need, requester, &mut candidates)
         } else {
             tightest(&free, need_cpu, need_ram, requester).map(|worker| Fit { worker, gpu: None })
         };
