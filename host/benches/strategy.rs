@@ -4,12 +4,20 @@
 //! BENCHMARKS.md, section "Strategies").
 //!
 //! Both sides decide the same claim (100 active workers, 10 / 1,000 / 10,000 pending runs)
-//! from the same `ClaimRequest`, end to end as the server does: build the WIT records, run
-//! the bin-packing plan, check the answer against the requester's capacity. The wasm side
-//! is `StrategyHost::decide_blocking` with the embedded `bin-packing` component (reused
-//! instance, epoch deadline and memory limit on). The native side compiles
-//! `plugins/bin-packing/src/plan.rs` and the SDK's `model.rs` (the very files the component
-//! is built from) against plain copies of the WIT records.
+//! from the same `ClaimRequest`, end to end as the server does: build the WIT records
+//! (`gyoza:scheduler@0.2.0` columns), run the bin-packing plan, check the answer against the
+//! requester's capacity. The wasm side is `StrategyHost::decide_blocking` with the embedded
+//! `bin-packing` component (reused instance, epoch deadline and memory limit on). The native
+//! side compiles `plugins/bin-packing/src/plan.rs` and the SDK's `model.rs` (the very files
+//! the component is built from) against plain copies of the WIT records.
+//!
+//! Environment:
+//! - `GYOZA_BENCH_STRATEGY=NAME`: another strategy on the wasm side (`direct`: transfer cost
+//!   only); with `GYOZA_BENCH_PLUGINS_DIR=DIR`, one loaded from DIR (by file stem).
+//! - `GYOZA_BENCH_PROFILE=native|wasm` (`GYOZA_BENCH_PENDING`, `GYOZA_BENCH_CALLS`): one side
+//!   only, for a profiler; see [`profile`].
+//! - `GYOZA_BENCH_CACHE_DIR=DIR`: keep the compiled components there (ELF files for
+//!   `objdump -d`); `GYOZA_WASM_PERFMAP=1` names their functions in `/tmp/perf-<pid>.map`.
 
 // The records mirror the WIT in full and the SDK helpers are included whole; the plan reads
 // only some of them; the SDK implements Default by hand because its records are generated.
