@@ -232,21 +232,40 @@ fn native_decide(request: &ClaimRequest<'_>) -> Vec<String> {
     ids
 }
 
-/// Median time of `f` over `iterations` calls, after a warm-up.
-fn median(iterations: usize, mut f: impl FnMut() -> usize) -> (Duration, usize) {
-    let mut answer = 0;
+/// Median times of `a` and `b` over `iterations` calls each, after a warm-up, and their last
+/// answers. The two take turns by blocks of ten calls, so that whatever else the machine is
+/// doing weighs on both sides alike rather than on whichever ran during a busy spell, while
+/// each still runs with its own data in the caches (only a block's first call does not).
+fn medians(
+    iterations: usize,
+    mut a: impl FnMut() -> usize,
+    mut b: impl FnMut() -> usize,
+) -> ((Duration, usize), (Duration, usize)) {
+    const BLOCK: usize = 10;
+    let (mut answer_a, mut answer_b) = (0, 0);
     for _ in 0..(iterations / 10).max(2) {
-        answer = f();
+        answer_a = a();
+        answer_b = b();
     }
-    let mut times: Vec<Duration> = (0..iterations)
-        .map(|_| {
-            let started = Instant::now();
-            answer = std::hint::black_box(f());
-            started.elapsed()
-        })
-        .collect();
-    times.sort();
-    (times[times.len() / 2], answer)
+    let time_block =
+        |f: &mut dyn FnMut() -> usize, answer: &mut usize, times: &mut Vec<Duration>| {
+            for _ in 0..BLOCK {
+                let started = Instant::now();
+                *answer = std::hint::black_box(f());
+                times.push(started.elapsed());
+            }
+        };
+    let (mut times_a, mut times_b) = (Vec::new(), Vec::new());
+    for _ in 0..iterations.div_ceil(BLOCK) {
+        time_block(&mut a, &mut answer_a, &mut times_a);
+        time_block(&mut b, &mut answer_b, &mut times_b);
+    }
+    times_a.sort();
+    times_b.sort();
+    (
+        (times_a[times_a.len() / 2], answer_a),
+        (times_b[times_b.len() / 2], answer_b),
+    )
 }
 
 /// `GYOZA_BENCH_PROFILE=native|wasm`: only that side, `GYOZA_BENCH_CALLS` calls (default
@@ -336,14 +355,17 @@ fn main() {
             now: Utc::now(),
             cluster: &cluster,
         };
-        let (native, native_ids) = median(iterations, || native_decide(&request).len());
-        let (wasm, wasm_ids) = median(iterations, || match host.decide_blocking(&request) {
-            Ok(ids) => ids.len(),
-            Err(e) => {
-                eprintln!("wasm call failed: {e}");
-                std::process::exit(1);
-            }
-        });
+        let ((native, native_ids), (wasm, wasm_ids)) = medians(
+            iterations,
+            || native_decide(&request).len(),
+            || match host.decide_blocking(&request) {
+                Ok(ids) => ids.len(),
+                Err(e) => {
+                    eprintln!("wasm call failed: {e}");
+                    std::process::exit(1);
+                }
+            },
+        );
         // Either form of bin-packing must decide as the native plan does.
         if strategy.contains("bin_packing") || strategy == "bin-packing" {
             assert_eq!(native_ids, wasm_ids, "both sides must decide the same");
