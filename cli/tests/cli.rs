@@ -336,3 +336,72 @@ fn waiting_on_a_run_reports_how_it_ended_in_the_exit_code() {
         "{watched}"
     );
 }
+
+/// The wasm guests `host/build.rs` built for this build: `<target>/wasm-plugins/...`, beside
+/// the `<target>/<profile>/gyoza` binary under test.
+fn built_plugin(file: &str) -> std::path::PathBuf {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_gyoza"));
+    let target = binary
+        .parent()
+        .and_then(|profile| profile.parent())
+        .expect("the binary is in <target>/<profile>/");
+    target.join("wasm-plugins/wasm32-wasip2/release").join(file)
+}
+
+#[test]
+fn plugins_check_and_simulate_report_the_wit_version() {
+    let builtin = built_plugin("gyoza_strategy_bin_packing.wasm");
+    let old = built_plugin("gyoza_fixture_bin_packing_0_1_0.wasm");
+    let (builtin, old) = (builtin.to_str().unwrap(), old.to_str().unwrap());
+    let nowhere = "http://127.0.0.1:1";
+
+    let text = ok(nowhere, &["plugins", "check", builtin]);
+    assert!(
+        text.contains("implements gyoza:scheduler/strategy@0.2.0"),
+        "{text}"
+    );
+    let text = ok(nowhere, &["plugins", "check", old]);
+    assert!(
+        text.contains("implements gyoza:scheduler/strategy@0.1.0"),
+        "{text}"
+    );
+    assert_eq!(
+        json_of(nowhere, &["plugins", "check", old, "--json"])["wit_version"],
+        "0.1.0"
+    );
+
+    // The same scenario decided by bin-packing over each interface: the same answer.
+    let scenario = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/strategy-template/scenario.json"
+    );
+    let new_report = json_of(
+        nowhere,
+        &[
+            "plugins",
+            "simulate",
+            builtin,
+            "--scenario",
+            scenario,
+            "--json",
+        ],
+    );
+    let old_report = json_of(
+        nowhere,
+        &["plugins", "simulate", old, "--scenario", scenario, "--json"],
+    );
+    assert_eq!(new_report["wit_version"], "0.2.0");
+    assert_eq!(old_report["wit_version"], "0.1.0");
+    assert_eq!(new_report["failure"], Value::Null, "{new_report}");
+    assert_eq!(new_report["assigned"], old_report["assigned"]);
+    assert_eq!(new_report["reasons"], old_report["reasons"]);
+    assert!(
+        !new_report["reasons"].as_array().unwrap().is_empty(),
+        "{new_report}"
+    );
+    let text = ok(
+        nowhere,
+        &["plugins", "simulate", old, "--scenario", scenario],
+    );
+    assert!(text.contains("gyoza:scheduler@0.1.0"), "{text}");
+}

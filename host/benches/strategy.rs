@@ -4,12 +4,20 @@
 //! BENCHMARKS.md, section "Strategies").
 //!
 //! Both sides decide the same claim (100 active workers, 10 / 1,000 / 10,000 pending runs)
-//! from the same `ClaimRequest`, end to end as the server does: build the WIT records, run
-//! the bin-packing plan, check the answer against the requester's capacity. The wasm side
-//! is `StrategyHost::decide_blocking` with the embedded `bin-packing` component (reused
-//! instance, epoch deadline and memory limit on). The native side compiles
-//! `plugins/bin-packing/src/plan.rs` and the SDK's `model.rs` (the very files the component
-//! is built from) against plain copies of the WIT records.
+//! from the same `ClaimRequest`, end to end as the server does: build the WIT records
+//! (`gyoza:scheduler@0.2.0` columns), run the bin-packing plan, check the answer against the
+//! requester's capacity. The wasm side is `StrategyHost::decide_blocking` with the embedded
+//! `bin-packing` component (reused instance, epoch deadline and memory limit on). The native
+//! side compiles `plugins/bin-packing/src/plan.rs` and the SDK's `model.rs` (the very files
+//! the component is built from) against plain copies of the WIT records.
+//!
+//! Environment:
+//! - `GYOZA_BENCH_STRATEGY=NAME`: another strategy on the wasm side (`direct`: transfer cost
+//!   only); with `GYOZA_BENCH_PLUGINS_DIR=DIR`, one loaded from DIR (by file stem).
+//! - `GYOZA_BENCH_PROFILE=native|wasm` (`GYOZA_BENCH_PENDING`, `GYOZA_BENCH_CALLS`): one side
+//!   only, for a profiler; see [`profile`].
+//! - `GYOZA_BENCH_CACHE_DIR=DIR`: keep the compiled components there (ELF files for
+//!   `objdump -d`); `GYOZA_WASM_PERFMAP=1` names their functions in `/tmp/perf-<pid>.map`.
 
 // The records mirror the WIT in full and the SDK helpers are included whole; the plan reads
 // only some of them; the SDK implements Default by hand because its records are generated.
@@ -26,35 +34,35 @@ use gyoza_core::{
 use gyoza_host::scheduler::{ActiveWorker, ClaimRequest};
 use gyoza_host::strategy::{StrategyHost, StrategySettings};
 
-// The WIT records as plain Rust, and the guest's code compiled natively against them. At the
-// crate root because the included files name the records as `super::...`.
-pub struct PendingRun {
-    pub priority: i64,
-    pub cpu: u32,
-    pub ram_mb: u64,
-    pub vram_mb: u64,
-    pub waited_ms: u64,
+// The WIT records (gyoza:scheduler@0.2.0) as plain Rust, and the guest's code compiled natively
+// against them. At the crate root because the included files name the records as `super::...`.
+pub struct PendingRuns {
+    pub priority: Vec<i64>,
+    pub cpu: Vec<u32>,
+    pub ram_mb: Vec<u64>,
+    pub vram_mb: Vec<u64>,
+    pub waited_ms: Vec<u64>,
 }
-pub struct Gpu {
-    pub id: u32,
-    pub vram_mb: u64,
-    pub free_vram_mb: i64,
+pub struct Workers {
+    pub cpu_cores: Vec<u32>,
+    pub ram_mb: Vec<u64>,
+    pub free_cpu: Vec<i64>,
+    pub free_ram_mb: Vec<i64>,
+    pub gpu_start: Vec<u32>,
+    pub gpu_count: Vec<u32>,
+    pub running: Vec<u32>,
 }
-pub struct Worker {
-    pub cpu_cores: u32,
-    pub ram_mb: u64,
-    pub free_cpu: i64,
-    pub free_ram_mb: i64,
-    pub gpu_start: u32,
-    pub gpu_count: u32,
-    pub running: u32,
+pub struct Gpus {
+    pub id: Vec<u32>,
+    pub vram_mb: Vec<u64>,
+    pub free_vram_mb: Vec<i64>,
 }
 pub struct Claim {
     pub requester: u32,
     pub max: u32,
-    pub workers: Vec<Worker>,
-    pub gpus: Vec<Gpu>,
-    pub pending: Vec<PendingRun>,
+    pub workers: Workers,
+    pub gpus: Gpus,
+    pub pending: PendingRuns,
 }
 pub struct Deferral {
     pub run: u32,
@@ -128,8 +136,9 @@ fn pending(n: usize) -> Vec<CorePendingRun> {
         .collect()
 }
 
-fn record(worker: &ActiveWorker, free: &CoreCapacity, gpus: &mut Vec<Gpu>) -> Worker {
-    let start = gpus.len() as u32;
+/// Appends `worker` with `free` to the columns, as the host's `convert::claim` does.
+fn push_worker(workers: &mut Workers, gpus: &mut Gpus, worker: &ActiveWorker, free: &CoreCapacity) {
+    let start = gpus.id.len() as u32;
     for &(id, free_vram) in &free.gpus {
         let total = worker
             .resources
@@ -137,57 +146,75 @@ fn record(worker: &ActiveWorker, free: &CoreCapacity, gpus: &mut Vec<Gpu>) -> Wo
             .iter()
             .find(|g| g.id == id)
             .map_or(0, |g| g.vram_mb);
-        gpus.push(Gpu {
-            id,
-            vram_mb: total,
-            free_vram_mb: free_vram,
-        });
+        gpus.id.push(id);
+        gpus.vram_mb.push(total);
+        gpus.free_vram_mb.push(free_vram);
     }
-    Worker {
-        cpu_cores: worker.resources.cpu_cores,
-        ram_mb: worker.resources.ram_mb,
-        free_cpu: free.cpu,
-        free_ram_mb: free.ram_mb,
-        gpu_start: start,
-        gpu_count: gpus.len() as u32 - start,
-        running: worker.running as u32,
-    }
+    workers.cpu_cores.push(worker.resources.cpu_cores);
+    workers.ram_mb.push(worker.resources.ram_mb);
+    workers.free_cpu.push(free.cpu);
+    workers.free_ram_mb.push(free.ram_mb);
+    workers.gpu_start.push(start);
+    workers.gpu_count.push(gpus.id.len() as u32 - start);
+    workers.running.push(worker.running as u32);
 }
 
 /// What the host does around a native strategy: the same records, the same checks.
+/// Not inlined, so that a profiler can count it alone (`--toggle-collect=*native_decide*`).
+#[inline(never)]
 fn native_decide(request: &ClaimRequest<'_>) -> Vec<String> {
-    let mut gpus = Vec::new();
+    let n = request.cluster.len();
+    let mut workers = Workers {
+        cpu_cores: Vec::with_capacity(n),
+        ram_mb: Vec::with_capacity(n),
+        free_cpu: Vec::with_capacity(n),
+        free_ram_mb: Vec::with_capacity(n),
+        gpu_start: Vec::with_capacity(n),
+        gpu_count: Vec::with_capacity(n),
+        running: Vec::with_capacity(n),
+    };
+    let mut gpus = Gpus {
+        id: Vec::new(),
+        vram_mb: Vec::new(),
+        free_vram_mb: Vec::new(),
+    };
     let mut requester = 0;
-    let workers = request
-        .cluster
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            if w.id == request.worker.id {
-                requester = i;
-                record(w, &request.free, &mut gpus)
-            } else {
-                record(w, &w.free, &mut gpus)
-            }
-        })
-        .collect();
+    for (i, w) in request.cluster.iter().enumerate() {
+        if w.id == request.worker.id {
+            requester = i;
+            push_worker(&mut workers, &mut gpus, w, &request.free);
+        } else {
+            push_worker(&mut workers, &mut gpus, w, &w.free);
+        }
+    }
+    let n = request.pending.len();
+    let mut pending = PendingRuns {
+        priority: Vec::with_capacity(n),
+        cpu: Vec::with_capacity(n),
+        ram_mb: Vec::with_capacity(n),
+        vram_mb: Vec::with_capacity(n),
+        waited_ms: Vec::with_capacity(n),
+    };
+    for run in request.pending {
+        pending.priority.push(run.priority);
+        pending.cpu.push(run.constraints.cpu.unwrap_or(0));
+        pending.ram_mb.push(run.constraints.ram_mb.unwrap_or(0));
+        pending.vram_mb.push(run.constraints.vram_mb.unwrap_or(0));
+        pending
+            .waited_ms
+            .push((request.now - run.created_at).num_milliseconds().max(0) as u64);
+    }
     let claim = Claim {
         requester: requester as u32,
         max: request.max as u32,
         workers,
         gpus,
-        pending: request
-            .pending
-            .iter()
-            .map(|run| PendingRun {
-                priority: run.priority,
-                cpu: run.constraints.cpu.unwrap_or(0),
-                ram_mb: run.constraints.ram_mb.unwrap_or(0),
-                vram_mb: run.constraints.vram_mb.unwrap_or(0),
-                waited_ms: (request.now - run.created_at).num_milliseconds().max(0) as u64,
-            })
-            .collect(),
+        pending,
     };
+    // The SDK checks this before the guest's strategy runs; so does the native side.
+    if claim.malformed().is_some() {
+        return Vec::new();
+    }
     let decision = plan::plan(&claim);
     let mut free = request.free.clone();
     let mut seen = std::collections::HashSet::new();
@@ -207,27 +234,92 @@ fn native_decide(request: &ClaimRequest<'_>) -> Vec<String> {
     ids
 }
 
-/// Median time of `f` over `iterations` calls, after a warm-up.
-fn median(iterations: usize, mut f: impl FnMut() -> usize) -> (Duration, usize) {
-    let mut answer = 0;
+/// Median times of `a` and `b` over `iterations` calls each, after a warm-up, and their last
+/// answers. The two take turns by blocks of ten calls, so that whatever else the machine is
+/// doing weighs on both sides alike rather than on whichever ran during a busy spell, while
+/// each still runs with its own data in the caches (only a block's first call does not).
+fn medians(
+    iterations: usize,
+    mut a: impl FnMut() -> usize,
+    mut b: impl FnMut() -> usize,
+) -> ((Duration, usize), (Duration, usize)) {
+    const BLOCK: usize = 10;
+    let (mut answer_a, mut answer_b) = (0, 0);
     for _ in 0..(iterations / 10).max(2) {
-        answer = f();
+        answer_a = a();
+        answer_b = b();
     }
-    let mut times: Vec<Duration> = (0..iterations)
-        .map(|_| {
-            let started = Instant::now();
-            answer = std::hint::black_box(f());
-            started.elapsed()
-        })
-        .collect();
-    times.sort();
-    (times[times.len() / 2], answer)
+    let time_block =
+        |f: &mut dyn FnMut() -> usize, answer: &mut usize, times: &mut Vec<Duration>| {
+            for _ in 0..BLOCK {
+                let started = Instant::now();
+                *answer = std::hint::black_box(f());
+                times.push(started.elapsed());
+            }
+        };
+    let (mut times_a, mut times_b) = (Vec::new(), Vec::new());
+    for _ in 0..iterations.div_ceil(BLOCK) {
+        time_block(&mut a, &mut answer_a, &mut times_a);
+        time_block(&mut b, &mut answer_b, &mut times_b);
+    }
+    times_a.sort();
+    times_b.sort();
+    (
+        (times_a[times_a.len() / 2], answer_a),
+        (times_b[times_b.len() / 2], answer_b),
+    )
+}
+
+/// `GYOZA_BENCH_PROFILE=native|wasm`: only that side, `GYOZA_BENCH_CALLS` calls (default
+/// 100) at `GYOZA_BENCH_PENDING` runs (default 1,000), for a profiler, e.g.
+/// `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*decide_blocking*'`.
+fn profile(side: &str, host: &StrategyHost, worker: &CoreWorker, cluster: &[ActiveWorker]) {
+    let number = |var: &str, default: usize| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let runs = pending(number("GYOZA_BENCH_PENDING", 1_000));
+    let request = ClaimRequest {
+        worker,
+        free: cluster[2].free.clone(),
+        pending: &runs,
+        max: 10,
+        now: Utc::now(),
+        cluster,
+    };
+    let calls = number("GYOZA_BENCH_CALLS", 100);
+    let mut assigned = 0;
+    for _ in 0..calls {
+        assigned += match side {
+            "native" => native_decide(&request).len(),
+            _ => match host.decide_blocking(&request) {
+                Ok(ids) => ids.len(),
+                Err(e) => {
+                    eprintln!("wasm call failed: {e}");
+                    std::process::exit(1);
+                }
+            },
+        };
+    }
+    println!(
+        "{side}: {calls} calls at {} pending, {assigned} runs assigned",
+        runs.len()
+    );
 }
 
 fn main() {
-    let host = match StrategyHost::start(StrategySettings::builtin(
-        &std::env::var("GYOZA_BENCH_STRATEGY").unwrap_or_else(|_| "bin-packing".into()),
-    )) {
+    let strategy = std::env::var("GYOZA_BENCH_STRATEGY").unwrap_or_else(|_| "bin-packing".into());
+    let settings = StrategySettings {
+        // A strategy named by its file there, e.g. the bin-packing fixture built against
+        // gyoza:scheduler@0.1.0: GYOZA_BENCH_STRATEGY=gyoza_fixture_bin_packing_0_1_0.
+        plugins_dir: std::env::var_os("GYOZA_BENCH_PLUGINS_DIR").map(Into::into),
+        // The compiled components land there as ELF files (`*.cwasm`), for `objdump -d`.
+        cache_dir: std::env::var_os("GYOZA_BENCH_CACHE_DIR").map(Into::into),
+        ..StrategySettings::builtin(&strategy)
+    };
+    let host = match StrategyHost::start(settings) {
         Ok(host) => host,
         Err(e) => {
             eprintln!("cannot start the strategy host: {e}");
@@ -246,6 +338,10 @@ fn main() {
         created_at: Utc::now(),
         last_heartbeat_at: Utc::now(),
     };
+    if let Ok(side) = std::env::var("GYOZA_BENCH_PROFILE") {
+        profile(&side, &host, &worker, &cluster);
+        return;
+    }
     println!("bin-packing, {WORKERS} workers, claim max 10: median time per decision");
     println!(
         "{:>8} {:>12} {:>12} {:>8} {:>9}",
@@ -261,15 +357,19 @@ fn main() {
             now: Utc::now(),
             cluster: &cluster,
         };
-        let (native, native_ids) = median(iterations, || native_decide(&request).len());
-        let (wasm, wasm_ids) = median(iterations, || match host.decide_blocking(&request) {
-            Ok(ids) => ids.len(),
-            Err(e) => {
-                eprintln!("wasm call failed: {e}");
-                std::process::exit(1);
-            }
-        });
-        if std::env::var_os("GYOZA_BENCH_STRATEGY").is_none() {
+        let ((native, native_ids), (wasm, wasm_ids)) = medians(
+            iterations,
+            || native_decide(&request).len(),
+            || match host.decide_blocking(&request) {
+                Ok(ids) => ids.len(),
+                Err(e) => {
+                    eprintln!("wasm call failed: {e}");
+                    std::process::exit(1);
+                }
+            },
+        );
+        // Either form of bin-packing must decide as the native plan does.
+        if strategy.contains("bin_packing") || strategy == "bin-packing" {
             assert_eq!(native_ids, wasm_ids, "both sides must decide the same");
         }
         println!(

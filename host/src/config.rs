@@ -18,6 +18,8 @@
 //! | `--strategy-memory-mb` | `GYOZA_STRATEGY_MEMORY_MB` | `64` | largest memory of a strategy instance, in MiB |
 //!
 //! `GYOZA_LOG_LEVEL` (default `info`) is read by the `gyoza` binary, which sets up logging.
+//! `GYOZA_WASM_PERFMAP=1` (default off), for profiling strategy plugins, makes the wasm engine
+//! write `/tmp/perf-<pid>.map` naming the machine code of every wasm function.
 //! Prefer the environment variable to `--api-key`: a flag is visible in the process list.
 
 use std::path::PathBuf;

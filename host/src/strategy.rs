@@ -1,4 +1,5 @@
-//! Scheduling strategies as WebAssembly components (`gyoza:scheduler@0.1.0`, world `strategy`).
+//! Scheduling strategies as WebAssembly components (`gyoza:scheduler@0.2.0` and `@0.1.0`, world
+//! `strategy`).
 //!
 //! The only module that touches wasmtime. One [`StrategyHost`] per server holds one engine,
 //! the loaded plugins (the built-in `direct`, `priority` and `bin-packing`, embedded in the
@@ -35,11 +36,21 @@ pub mod scenario;
 mod stats;
 
 mod wit {
-    //! Host bindings of the WIT world.
-    wasmtime::component::bindgen!({
-        path: "../wit/scheduler@0.1.0",
-        world: "gyoza:scheduler/strategy",
-    });
+    //! Host bindings of the WIT worlds this host speaks. Claims are built as 0.2.0 records
+    //! (columns); a 0.1.0 plugin gets them converted to its lists of records.
+    pub mod v0_1 {
+        wasmtime::component::bindgen!({
+            path: "../wit/scheduler@0.1.0",
+            world: "gyoza:scheduler/strategy",
+        });
+    }
+    pub mod v0_2 {
+        wasmtime::component::bindgen!({
+            path: "../wit/scheduler@0.2.0",
+            world: "gyoza:scheduler/strategy",
+        });
+    }
+    pub use v0_2::gyoza::scheduler::types::{Claim, Decision};
 }
 
 use std::collections::{BTreeMap, HashMap};
@@ -59,8 +70,11 @@ use stats::Stats;
 
 /// The WIT package strategies implement.
 pub const WIT_PACKAGE: &str = "gyoza:scheduler";
-/// The version of it this host speaks (plugins of the same major version load).
-pub const WIT_VERSION: &str = "0.1.0";
+/// The newest version of it this host speaks: the one the SDK and the built-ins implement.
+pub const WIT_VERSION: &str = "0.2.0";
+/// Every version of it this host speaks, oldest first. A plugin of a compatible version (same
+/// major version; for 0.x, same minor) of one of them loads.
+pub const WIT_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
 
 /// Name of the strategy used when a plugin fails and the policy is `fallback`.
 pub const FALLBACK: &str = "priority";
@@ -119,8 +133,9 @@ pub enum StrategyError {
     },
     /// The plugin was built against a WIT version this server does not speak.
     #[error(
-        "plugin '{name}' was built against {found}; this server supports {WIT_PACKAGE}@{WIT_VERSION} \
-         and compatible versions: rebuild the plugin with a matching gyoza-plugin-sdk, or upgrade the server"
+        "plugin '{name}' was built against {found}; this server supports {WIT_PACKAGE}@{} \
+         and compatible versions: rebuild the plugin with a matching gyoza-plugin-sdk, or upgrade the server",
+        WIT_VERSIONS.join(&format!(" and {WIT_PACKAGE}@"))
     )]
     UnsupportedVersion {
         /// Plugin name.
@@ -467,11 +482,7 @@ impl StrategyHost {
         Ok(convert::check(request, &decision).ids)
     }
 
-    async fn fail_over(
-        &self,
-        request: &ClaimRequest<'_>,
-        claim: Arc<wit::gyoza::scheduler::types::Claim>,
-    ) -> Vec<String> {
+    async fn fail_over(&self, request: &ClaimRequest<'_>, claim: Arc<wit::Claim>) -> Vec<String> {
         if self.inner.settings.fail_policy == FailPolicy::None {
             return Vec::new();
         }
@@ -714,11 +725,8 @@ fn load_file(inner: &Inner, path: &Path) {
 /// One plugin call on the blocking pool; the latency is the call's own, without queueing.
 async fn call(
     plugin: Arc<Plugin>,
-    claim: Arc<wit::gyoza::scheduler::types::Claim>,
-) -> (
-    Result<wit::gyoza::scheduler::types::Decision, CallFailure>,
-    Duration,
-) {
+    claim: Arc<wit::Claim>,
+) -> (Result<wit::Decision, CallFailure>, Duration) {
     let joined = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let outcome = plugin.schedule(&claim);

@@ -198,7 +198,10 @@ async fn builtins_are_listed_and_one_can_be_activated() {
         .collect();
     assert_eq!(names, ["bin-packing", "direct", "priority"]);
     for s in list["strategies"].as_array().unwrap() {
-        assert_eq!(s["wit_version"], "0.1.0");
+        assert_eq!(
+            s["wit_version"], "0.2.0",
+            "the built-ins speak the newest version"
+        );
         assert_eq!(s["sha256"].as_str().unwrap().len(), 64);
         assert_eq!(s["active"], s["name"] == "bin-packing");
     }
@@ -344,6 +347,101 @@ async fn bin_packing_places_vram_on_one_gpu() {
     assert_eq!(
         api.reason(&another).await,
         "no active worker fits: needs 20000 MB VRAM; largest free GPU has 16384 MB"
+    );
+}
+
+/// A cluster and a queue with a bit of everything: workers of three sizes, none, one or two
+/// GPUs, some busy; runs with and without VRAM, some too big for any worker.
+fn mixed_scenario(requester: &str) -> scenario::Scenario {
+    let workers = (0..12)
+        .map(|i| {
+            let gpus: Vec<Value> = match i % 4 {
+                0 => vec![json!({"id": 0, "vram_mb": 8192}), json!({"id": 1, "vram_mb": 8192})],
+                1 => vec![json!({"id": 0, "vram_mb": 24576})],
+                _ => vec![],
+            };
+            let running: Vec<Value> = (0..i % 3)
+                .map(|k| json!({"cpu": 1 + k, "ram_mb": 1024, "vram_mb": if i % 4 == 0 { 2048 } else { 0 }}))
+                .collect();
+            json!({
+                "id": format!("w{i}"),
+                "resources": {"cpu_cores": 4 << (i % 3), "ram_mb": 8192 << (i % 3), "gpus": gpus},
+                "running": running,
+            })
+        })
+        .collect::<Vec<_>>();
+    let pending = (0..120)
+        .map(|i| {
+            let vram = if i % 5 == 0 { 2048 * (1 + i % 7) } else { 0 };
+            json!({
+                "id": format!("r{i}"),
+                "priority": i % 3,
+                "constraints": {"cpu": 1 + i % 6, "ram_mb": 512 * (1 + i % 20), "vram_mb": vram},
+            })
+        })
+        .collect::<Vec<_>>();
+    serde_json::from_value(json!({
+        "requester": requester, "max": 6, "calls": 1, "workers": workers, "pending": pending,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_0_1_0_plugin_loads_and_places_exactly_as_the_0_2_0_builtin() {
+    let old = fixture("bin_packing_0_1_0");
+    let new = builtin("bin_packing");
+    assert_eq!(
+        gyoza_host::strategy::check_file(&old).unwrap().wit_version,
+        "0.1.0"
+    );
+    assert_eq!(
+        gyoza_host::strategy::check_file(&new).unwrap().wit_version,
+        "0.2.0"
+    );
+    let (mut assigned, mut explained) = (0, 0);
+    for requester in 0..12 {
+        let scenario = mixed_scenario(&format!("w{requester}"));
+        let by_old = scenario::simulate(&old, &scenario).unwrap();
+        let by_new = scenario::simulate(&new, &scenario).unwrap();
+        assert_eq!(by_old.wit_version, "0.1.0");
+        assert_eq!(by_new.wit_version, "0.2.0");
+        assert_eq!(by_new.failure, None);
+        assert_eq!(by_old.failure, None);
+        assert_eq!(by_old.assigned, by_new.assigned, "requester w{requester}");
+        assert_eq!(by_old.reasons, by_new.reasons, "requester w{requester}");
+        assert_eq!((by_old.dropped, by_new.dropped), (0, 0));
+        assigned += by_new.assigned.len();
+        explained += by_new.reasons.len();
+    }
+    assert!(
+        assigned > 12 && explained > 12,
+        "the scenario exercises placements and reasons: {assigned} assigned, {explained} reasons"
+    );
+}
+
+#[tokio::test]
+async fn a_0_1_0_plugin_serves_claims_through_the_server() {
+    let api = Api::new(Options {
+        strategy: "old",
+        plugins: vec![(fixture("bin_packing_0_1_0"), "old")],
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(api.strategy("old").await["wit_version"], "0.1.0");
+    api.worker("small", 2, 4096, &[]).await;
+    api.worker("large", 16, 65536, &[8192]).await;
+    let fits_small = api.run(5, json!({"cpu": 2, "ram_mb": 2048})).await;
+    let needs_gpu = api.run(1, json!({"cpu": 4, "vram_mb": 4096})).await;
+    assert_eq!(api.claim("large", 10).await, [needs_gpu]);
+    assert_eq!(
+        api.reason(&fits_small).await,
+        "another active worker is a tighter fit"
+    );
+    assert_eq!(api.claim("small", 10).await, [fits_small]);
+    let old = api.strategy("old").await;
+    assert_eq!(
+        (old["calls"].as_u64(), old["failures"].as_u64()),
+        (Some(2), Some(0))
     );
 }
 
@@ -522,7 +620,7 @@ async fn a_dropped_file_is_hot_loaded_and_a_bad_one_ignored() {
 fn the_template_builds_checks_and_simulates() {
     let template = Path::new(env!("GYOZA_TEMPLATE_OUT"));
     let info = gyoza_host::strategy::check_file(template).unwrap();
-    assert_eq!(info.wit_version, "0.1.0");
+    assert_eq!(info.wit_version, "0.2.0");
     let scenario: scenario::Scenario = serde_json::from_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))

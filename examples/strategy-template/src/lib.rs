@@ -19,7 +19,9 @@ impl Strategy for SmallestFirst {
         let mut limit = usize::MAX;
         for (key, value) in gyoza_plugin_sdk::config::parse(config)? {
             if key == "limit" {
-                limit = value.parse().map_err(|_| format!("limit must be a number, got '{value}'"))?;
+                limit = value
+                    .parse()
+                    .map_err(|_| format!("limit must be a number, got '{value}'"))?;
             }
         }
         Ok(SmallestFirst { limit })
@@ -27,20 +29,21 @@ impl Strategy for SmallestFirst {
 
     fn schedule(&mut self, claim: &Claim) -> Result<Decision, String> {
         let mut order: Vec<usize> = (0..claim.pending.len()).collect();
-        order.sort_by_key(|&i| (claim.pending[i].cpu, claim.pending[i].ram_mb));
+        // The runs are columns: one list per field, entry i of each is run i.
+        order.sort_by_key(|&i| (claim.pending.cpu[i], claim.pending.ram_mb[i]));
         let mut free = claim.requester_capacity();
         let mut decision = Decision::default();
         let wanted = (claim.max as usize).min(self.limit);
         for i in order {
-            let run = &claim.pending[i];
-            match free.fit(run) {
+            let run = claim.pending.run(i);
+            match free.fit(&run) {
                 Some(gpu) if decision.assign.len() < wanted => {
-                    free.take(run, gpu);
+                    free.take(&run, gpu);
                     decision.assign.push(i as u32);
                 }
                 Some(_) => break,
                 None => {
-                    if let Some(why) = reason::does_not_fit(run, &free) {
+                    if let Some(why) = reason::does_not_fit(&run, &free) {
                         decision.defer(i, why);
                     }
                 }

@@ -53,6 +53,11 @@ fn build_shared() -> Result<Shared, String> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    if std::env::var_os("GYOZA_WASM_PERFMAP").is_some_and(|v| v == "1") {
+        // For profiling plugins: /tmp/perf-<pid>.map names the compiled code of each wasm
+        // function, which perf (and a script over callgrind's addresses) can then attribute.
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
     let mut linker = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)

@@ -9,9 +9,8 @@ use wasmtime::Store;
 use wasmtime::component::types::ComponentItem;
 
 use super::engine::{HostState, Runtime, TICK};
-use super::wit::gyoza::scheduler::types::{Claim, Decision};
-use super::wit::{Strategy, StrategyPre};
-use super::{StrategyError, WIT_PACKAGE, WIT_VERSION};
+use super::wit::{Claim, Decision, v0_1, v0_2};
+use super::{StrategyError, WIT_PACKAGE, WIT_VERSIONS, convert};
 
 /// Limits every call of a plugin runs under.
 #[derive(Debug, Clone, Copy)]
@@ -42,10 +41,24 @@ pub enum CallFailure {
     Refused(String),
 }
 
+/// A plugin's world, by the `gyoza:scheduler` version it exports.
+enum Pre {
+    /// 0.1.x: lists of records.
+    V0_1(v0_1::StrategyPre<HostState>),
+    /// 0.2.x: columns.
+    V0_2(v0_2::StrategyPre<HostState>),
+}
+
+/// An instance's exports, as [`Pre`].
+enum Bindings {
+    V0_1(v0_1::Strategy),
+    V0_2(v0_2::Strategy),
+}
+
 /// A live instance; reused across calls so that a guest may keep state.
 struct Session {
     store: Store<HostState>,
-    bindings: Strategy,
+    bindings: Bindings,
 }
 
 /// A compiled, validated plugin.
@@ -59,7 +72,7 @@ pub(super) struct Plugin {
     /// Where it came from.
     pub origin: String,
     runtime: Arc<Runtime>,
-    pre: StrategyPre<HostState>,
+    pre: Pre,
     config: String,
     limits: Limits,
     session: Mutex<Option<Session>>,
@@ -71,18 +84,23 @@ pub(super) fn sha256_hex(bytes: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Whether a plugin's `gyoza:scheduler` version is one this host speaks: same major version
-/// (for 0.x, same minor), as semver compatibility goes.
-fn compatible(version: &str) -> bool {
-    let parts = |v: &str| -> Option<(u64, u64)> {
-        let mut it = v.split(['.', '-', '+']);
-        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-    };
-    match (parts(version), parts(WIT_VERSION)) {
-        (Some((0, minor)), Some((0, ours))) => minor == ours,
-        (Some((major, _)), Some((ours, _))) => major == ours,
-        _ => false,
-    }
+/// (major, minor) of a version string.
+fn major_minor(version: &str) -> Option<(u64, u64)> {
+    let mut it = version.split(['.', '-', '+']);
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// The version in [`WIT_VERSIONS`] that a plugin's `gyoza:scheduler` version is compatible
+/// with, as semver goes (same major version; for 0.x, same minor), if any.
+fn compatible(version: &str) -> Option<&'static str> {
+    let theirs = major_minor(version)?;
+    WIT_VERSIONS
+        .into_iter()
+        .find(|ours| match (theirs, major_minor(ours)) {
+            ((0, minor), Some((0, our_minor))) => minor == our_minor,
+            ((major, _), Some((our_major, _))) => major == our_major,
+            _ => false,
+        })
 }
 
 impl Plugin {
@@ -113,11 +131,16 @@ impl Plugin {
                 "imports something the host does not provide: {e:#}"
             ))
         })?;
-        let pre = StrategyPre::new(instance_pre).map_err(|e| {
+        let wrong_world = |e: wasmtime::Error| {
             invalid(format!(
-                "does not implement world {WIT_PACKAGE}/strategy: {e:#}"
+                "does not implement world {WIT_PACKAGE}/strategy@{wit_version}: {e:#}"
             ))
-        })?;
+        };
+        let pre = if compatible(&wit_version) == Some("0.1.0") {
+            Pre::V0_1(v0_1::StrategyPre::new(instance_pre).map_err(wrong_world)?)
+        } else {
+            Pre::V0_2(v0_2::StrategyPre::new(instance_pre).map_err(wrong_world)?)
+        };
         let plugin = Self {
             name: name.to_owned(),
             sha256,
@@ -169,14 +192,23 @@ impl Plugin {
     fn instantiate(&self) -> Result<Session, CallFailure> {
         let mut store = self.runtime.store(self.limits.memory_bytes);
         store.set_epoch_deadline(self.deadline_ticks());
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.failure(e))?;
-        bindings
-            .gyoza_scheduler_scheduling()
-            .call_init(&mut store, &self.config)
-            .map_err(|e| self.failure(e))?
+        let (bindings, init) = match &self.pre {
+            Pre::V0_1(pre) => {
+                let bindings = pre.instantiate(&mut store).map_err(|e| self.failure(e))?;
+                let init = bindings
+                    .gyoza_scheduler_scheduling()
+                    .call_init(&mut store, &self.config);
+                (Bindings::V0_1(bindings), init)
+            }
+            Pre::V0_2(pre) => {
+                let bindings = pre.instantiate(&mut store).map_err(|e| self.failure(e))?;
+                let init = bindings
+                    .gyoza_scheduler_scheduling()
+                    .call_init(&mut store, &self.config);
+                (Bindings::V0_2(bindings), init)
+            }
+        };
+        init.map_err(|e| self.failure(e))?
             .map_err(CallFailure::InitRefused)?;
         Ok(Session { store, bindings })
     }
@@ -190,10 +222,15 @@ impl Plugin {
             None => self.instantiate()?,
         };
         session.store.set_epoch_deadline(self.deadline_ticks());
-        let result = session
-            .bindings
-            .gyoza_scheduler_scheduling()
-            .call_schedule(&mut session.store, claim);
+        let result = match &session.bindings {
+            Bindings::V0_2(bindings) => bindings
+                .gyoza_scheduler_scheduling()
+                .call_schedule(&mut session.store, claim),
+            Bindings::V0_1(bindings) => bindings
+                .gyoza_scheduler_scheduling()
+                .call_schedule(&mut session.store, &convert::to_v0_1(claim))
+                .map(|answer| answer.map(convert::from_v0_1)),
+        };
         match result {
             Ok(answer) => {
                 *slot = Some(session);
@@ -227,7 +264,7 @@ fn world_version(
             continue;
         }
         let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("");
-        if !compatible(version) {
+        if compatible(version).is_none() {
             return Err(StrategyError::UnsupportedVersion {
                 name: name.to_owned(),
                 found: format!("{WIT_PACKAGE}@{version}"),
@@ -251,10 +288,12 @@ mod tests {
 
     #[test]
     fn versions_compatible_by_semver() {
-        assert!(compatible("0.1.0"));
-        assert!(compatible("0.1.7"));
-        assert!(!compatible("0.2.0"));
-        assert!(!compatible("1.0.0"));
-        assert!(!compatible(""));
+        assert_eq!(compatible("0.1.0"), Some("0.1.0"));
+        assert_eq!(compatible("0.1.7"), Some("0.1.0"));
+        assert_eq!(compatible("0.2.0"), Some("0.2.0"));
+        assert_eq!(compatible("0.2.3-rc1"), Some("0.2.0"));
+        assert_eq!(compatible("0.3.0"), None);
+        assert_eq!(compatible("1.0.0"), None);
+        assert_eq!(compatible(""), None);
     }
 }

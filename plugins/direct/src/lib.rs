@@ -18,7 +18,7 @@ impl Strategy for Direct {
             return Ok(decision);
         };
         let free = claim.requester_capacity();
-        match reason::does_not_fit(first, &free) {
+        match reason::does_not_fit(&first, &free) {
             None if claim.max > 0 => decision.assign.push(0),
             None => {}
             Some(why) => decision.defer(0, why),

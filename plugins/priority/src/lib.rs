@@ -34,14 +34,14 @@ impl Strategy for Priority {
             if decision.assign.len() >= claim.max as usize {
                 break;
             }
-            match free.fit(run) {
+            match free.fit(&run) {
                 Some(gpu) => {
-                    free.take(run, gpu);
+                    free.take(&run, gpu);
                     decision.assign.push(index as u32);
                 }
                 None => {
                     if decision.deferred.len() < REASONS {
-                        let why = reason::does_not_fit(run, &free)
+                        let why = reason::does_not_fit(&run, &free)
                             .unwrap_or_else(|| "does not fit".to_owned());
                         decision.defer(index, why);
                     }

@@ -16,8 +16,8 @@
 //!         let mut free = claim.requester_capacity();
 //!         let mut decision = Decision::default();
 //!         for (index, run) in claim.pending.iter().enumerate() {
-//!             if let Some(gpu) = free.fit(run) {
-//!                 free.take(run, gpu);
+//!             if let Some(gpu) = free.fit(&run) {
+//!                 free.take(&run, gpu);
 //!                 decision.assign.push(index as u32);
 //!             }
 //!         }
@@ -33,14 +33,19 @@
 //! state across claims. Each call runs under a deadline and a memory limit; a panic is a trap,
 //! which the host contains and answers with its fail policy.
 //!
+//! The claim's runs, workers and GPUs are columns (`gyoza:scheduler@0.2.0`): read them
+//! row by row ([`PendingRuns::iter`], [`PendingRuns::run`], [`Workers::worker`], ...) or, in
+//! a hot loop, a column at a time (`claim.pending.cpu[i]`).
+//!
 //! # Layout
 //! - [`Strategy`], [`export_strategy!`]: what an author implements and how it is exported.
-//! - The WIT types ([`Claim`], [`PendingRun`], [`Worker`], [`Gpu`], [`Decision`],
-//!   [`Deferral`]) re-exported from the private bindings, with helpers on [`Claim`].
-//! - `model` (private): helpers on the WIT types; [`Capacity`]: free CPU/RAM/VRAM of one
-//!   worker, with `fit` / `take` for simulations; [`reason`]: the wording of "why this run
-//!   did not fit" messages. Plain Rust over the WIT records, so that the host's benchmark can
-//!   compile the very same code natively.
+//! - The WIT types ([`Claim`] and its columns [`PendingRuns`], [`Workers`], [`Gpus`];
+//!   [`Decision`], [`Deferral`]) re-exported from the private bindings.
+//! - `model` (private): rows ([`PendingRun`], [`Worker`], [`Gpu`]) and helpers on the WIT
+//!   types; [`Capacity`]: free CPU/RAM/VRAM of one worker, with `fit` / `take` for
+//!   simulations; [`reason`]: the wording of "why this run did not fit" messages. Plain Rust
+//!   over the WIT records, so that the host's benchmark can compile the very same code
+//!   natively.
 //! - [`config`]: a `key=value,key=value` parser for configuration strings.
 //! - [`step`]: worker pipeline steps (`gyoza:pipeline@0.1.0`): [`step::Step`] and
 //!   [`export_step!`].
@@ -49,8 +54,8 @@
 pub mod bindings {
     //! Generated glue; authors never name it (the export macro does).
     wit_bindgen::generate!({
-        path: "../../wit/scheduler@0.1.0",
-        world: "gyoza:scheduler/strategy@0.1.0",
+        path: "../../wit/scheduler@0.2.0",
+        world: "gyoza:scheduler/strategy@0.2.0",
         default_bindings_module: "gyoza_plugin_sdk::bindings",
         pub_export_macro: true,
         export_macro_name: "__export_strategy_world",
@@ -58,15 +63,17 @@ pub mod bindings {
 }
 
 pub mod config;
-pub mod step;
 mod model;
+pub mod step;
 
-pub use model::{Capacity, Placement, reason};
+pub use model::{Capacity, Gpu, PendingRun, Placement, Worker, reason};
 
-pub use bindings::gyoza::scheduler::types::{Claim, Decision, Deferral, Gpu, PendingRun, Worker};
+pub use bindings::gyoza::scheduler::types::{
+    Claim, Decision, Deferral, Gpus, PendingRuns, Workers,
+};
 
 /// The WIT package version this SDK implements.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// A scheduling strategy.
 pub trait Strategy: Sized + 'static {
@@ -111,6 +118,9 @@ macro_rules! export_strategy {
                 fn schedule(
                     claim: $crate::Claim,
                 ) -> ::std::result::Result<$crate::Decision, ::std::string::String> {
+                    if let ::std::option::Option::Some(why) = claim.malformed() {
+                        return ::std::result::Result::Err(why.into());
+                    }
                     STATE.with(|state| match state.borrow_mut().as_mut() {
                         ::std::option::Option::Some(strategy) => {
                             <$strategy as $crate::Strategy>::schedule(strategy, &claim)
@@ -118,11 +128,11 @@ macro_rules! export_strategy {
                         ::std::option::Option::None => {
                             ::std::result::Result::Err("schedule called before init".into())
                         }
-            })
+                    })
                 }
             }
 
-            $crate::bindings::__export_strategy_world!(Export with_types_in $crate::bindings);
+    $crate::bindings::__export_strategy_world!(Export with_types_in $crate::bindings);
         };
     };
 }
