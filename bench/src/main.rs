@@ -501,6 +501,37 @@ async fn memory() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every scenario, each three times where BENCHMARKS.md gives a median; with `--store`, the
+/// claims on that MongoDB-wire server too (1,000 runs, 10 workers). A scenario that fails
+/// is reported and the others still run; the exit status says whether all passed.
+async fn all(mongo: Option<&str>) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    let mut note = |name: &str, result: anyhow::Result<()>| {
+        if let Err(e) = result {
+            println!("{name}: FAILED: {e:#}");
+            failed.push(name.to_owned());
+        }
+    };
+    for _ in 0..3 {
+        note("create", create(None).await);
+    }
+    for _ in 0..3 {
+        note("claims", claims(None, 10_000, 50).await);
+    }
+    note("memory", memory().await);
+    for _ in 0..3 {
+        note("worker", worker_start().await);
+    }
+    if let Some(url) = mongo {
+        note("claims on MongoDB", claims(Some(url), 1_000, 10).await);
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("failed: {}", failed.join(", "))
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -525,8 +556,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("memory") => memory().await,
         Some("worker") => worker_start().await,
+        Some("all") => all(store).await,
         _ => bail!(
-            "usage: gyoza-bench create|claims|memory|worker [--store URL] [--runs N] [--workers N]"
+            "usage: gyoza-bench create|claims|memory|worker|all [--store URL] [--runs N] [--workers N]"
         ),
     }
 }
