@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Every benchmark of BENCHMARKS.md, one command: builds the release server and harness, runs
-# each server scenario (gyoza-bench all: creation, claims, memory, claim-to-start against
-# `docker run`, and claims on the MongoDB-wire test server), then the wasm-vs-native strategy
-# benchmark. Needs what scripts/test.sh sets up (dockerd with the example images, the
-# MongoDB-wire server on 127.0.0.1:27117); run `bash scripts/test.sh` once before, or the
-# setup scripts it names. Prints the figures; asserts nothing about them.
+# Every benchmark of BENCHMARKS.md, one command: sets up what they need (the wasm target,
+# dockerd with the example images, the MongoDB-wire test server: the same scripts/setup.d
+# scripts the tests use, left running afterwards), builds the release server and harness,
+# runs each server scenario (gyoza-bench all: creation, claims, memory, claim-to-start
+# against `docker run`, claims on the MongoDB-wire server), then the wasm-vs-native strategy
+# benchmark. Prints the figures; asserts nothing about them. GYOZA_BENCH_MONGO_URL points
+# the MongoDB scenario at another server (then none is started).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.d/00-rust.sh
+bash scripts/setup.d/10-wasm.sh
+bash scripts/setup.d/20-docker.sh
+if [ -z "${GYOZA_BENCH_MONGO_URL:-}" ]; then
+    bash scripts/setup.d/30-mongo.sh
+fi
+mongo="${GYOZA_BENCH_MONGO_URL:-mongodb://127.0.0.1:${GYOZA_TEST_MONGO_PORT:-27117}}"
 cargo build --release --locked -p gyoza-cli -p gyoza-bench
-mongo="${GYOZA_BENCH_MONGO_URL:-mongodb://127.0.0.1:27117}"
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
+export GYOZA_BIN="$target/release/gyoza"
 status=0
-target="${CARGO_TARGET_DIR:-target}"
-GYOZA_BIN="$PWD/$target/release/gyoza"
-[ "${target:0:1}" = / ] && GYOZA_BIN="$target/release/gyoza"
-export GYOZA_BIN
-"${GYOZA_BIN%/gyoza}/gyoza-bench" all --store "$mongo" || status=$?
+"$target/release/gyoza-bench" all --store "$mongo" || status=$?
 cargo bench --locked -p gyoza-host --bench strategy || status=$?
 exit "$status"
