@@ -724,3 +724,41 @@ macro_rules! suite {
 }
 
 suite!(sqlite, mongodb);
+
+/// Run documents written before the `sched` subdocument existed are still scheduled: the
+/// window and the held runs fall back to reading them whole.
+#[tokio::test]
+async fn mongodb_documents_without_sched_fields_are_still_scheduled() {
+    if std::env::var("GYOZA_TEST_SKIP_MONGO").is_ok_and(|v| v == "1") {
+        return;
+    }
+    let url = std::env::var("GYOZA_TEST_MONGO_URL")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27117".into());
+    let database = format!("gyoza_test_{}", uuid_like());
+    let store = MongoStore::connect(&url, &database)
+        .await
+        .unwrap_or_else(|e| panic!("no MongoDB-wire server at {url} ({e})"));
+    let pending = sized(t(0), 2, 1024, Some(4096));
+    let mut held = sized(t(1), 1, 512, None);
+    held.assign("w1", t(2)).unwrap();
+    for run in [&pending, &held] {
+        store.insert_run(run).await.unwrap();
+    }
+    // Make them look like documents of an older gyoza.
+    let client = ::mongodb::Client::with_uri_str(&url).await.unwrap();
+    let runs = client
+        .database(&database)
+        .collection::<::mongodb::bson::Document>("runs");
+    let unset = runs
+        .update_many(
+            ::mongodb::bson::doc! {},
+            ::mongodb::bson::doc! {"$unset": {"sched": ""}},
+        )
+        .await
+        .unwrap();
+    assert_eq!(unset.modified_count, 2);
+    let window = store.pending_window(t(10), 10).await.unwrap();
+    assert_eq!(window, vec![PendingRun::from(&pending)]);
+    let held_now = store.held_runs().await.unwrap();
+    assert_eq!(held_now, vec![HeldRun::of(&held).unwrap()]);
+}
