@@ -171,13 +171,13 @@ pub async fn claim(
         mut pending,
         workers,
     } = view;
-    let mine: Vec<HeldRun> = held
-        .iter()
-        .filter(|run| run.worker_id == worker_id)
-        .cloned()
-        .collect();
+    let mut held_by: HashMap<String, Vec<HeldRun>> = HashMap::new();
+    for run in held {
+        held_by.entry(run.worker_id.clone()).or_default().push(run);
+    }
+    let mine = held_by.remove(worker_id).unwrap_or_default();
     let mut free = Capacity::free(&worker.resources, &mine);
-    let cluster = active_workers(state, &worker, &free, held, workers);
+    let cluster = active_workers(state, &worker, &free, mine.len(), held_by, workers);
     let mut claimed = Vec::new();
     // Concurrent claimers see the same window and race for its best runs. A claimer that
     // loses a race asks the scheduler again without the runs it lost, a few times, so that
@@ -266,19 +266,16 @@ fn active_workers(
     state: &AppState,
     requester: &Worker,
     requester_free: &Capacity,
-    held_runs: Vec<HeldRun>,
+    requester_running: usize,
+    mut held: HashMap<String, Vec<HeldRun>>,
     workers: Vec<Worker>,
 ) -> Vec<ActiveWorker> {
     let now = state.clock.now();
-    let mut held: HashMap<String, Vec<HeldRun>> = HashMap::new();
-    for run in held_runs {
-        held.entry(run.worker_id.clone()).or_default().push(run);
-    }
     let mut cluster = vec![ActiveWorker {
         id: requester.id.clone(),
         resources: requester.resources.clone(),
         free: requester_free.clone(),
-        running: held.get(&requester.id).map_or(0, Vec::len),
+        running: requester_running,
     }];
     for worker in workers {
         if worker.id == requester.id || !worker.is_active(now, state.worker_timeout) {

@@ -115,38 +115,27 @@ fn sched_fields(document: &Document) -> Option<(Constraints, Option<u32>)> {
     ))
 }
 
-/// The pending view of a run document (decoding the run only for an old document).
-fn pending_run(document: &Document) -> Result<PendingRun, StoreError> {
-    let fields = || {
-        let (constraints, _) = sched_fields(document)?;
-        Some(PendingRun {
-            id: document.get_str("_id").ok()?.to_owned(),
-            priority: document.get_i64("priority").ok()?,
-            created_at: from_micros(document.get_i64("created_us").ok()?),
-            constraints,
-        })
-    };
-    match fields() {
-        Some(run) => Ok(run),
-        None => Ok(PendingRun::from(&decode::<OpRun>(document)?)),
-    }
+/// The pending view of a run document from its columns; `None` for a document written
+/// before the `sched` fields existed, which must be read whole.
+fn pending_run(document: &Document) -> Option<PendingRun> {
+    let (constraints, _) = sched_fields(document)?;
+    Some(PendingRun {
+        id: document.get_str("_id").ok()?.to_owned(),
+        priority: document.get_i64("priority").ok()?,
+        created_at: from_micros(document.get_i64("created_us").ok()?),
+        constraints,
+    })
 }
 
-/// The held view of a run document (decoding the run only for an old document).
-fn held_run(document: &Document) -> Result<Option<HeldRun>, StoreError> {
-    let fields = || {
-        let (constraints, gpu_id) = sched_fields(document)?;
-        Some(HeldRun {
-            id: document.get_str("_id").ok()?.to_owned(),
-            worker_id: document.get_str("worker_id").ok()?.to_owned(),
-            constraints,
-            gpu_id,
-        })
-    };
-    match fields() {
-        Some(run) => Ok(Some(run)),
-        None => Ok(HeldRun::of(&decode::<OpRun>(document)?)),
-    }
+/// The held view of a run document from its columns; `None` as for [`pending_run`].
+fn held_run(document: &Document) -> Option<HeldRun> {
+    let (constraints, gpu_id) = sched_fields(document)?;
+    Some(HeldRun {
+        id: document.get_str("_id").ok()?.to_owned(),
+        worker_id: document.get_str("worker_id").ok()?.to_owned(),
+        constraints,
+        gpu_id,
+    })
 }
 
 async fn collect(cursor: mongodb::Cursor<Document>) -> Result<Vec<Document>, StoreError> {
@@ -216,25 +205,19 @@ impl MongoStore {
         Ok(())
     }
 
-    /// The whole document of a run listed without its `doc` field.
-    async fn whole(&self, listed: &Document) -> Result<Document, StoreError> {
+    /// The run behind a document listed without its `doc` field, read whole.
+    async fn whole_run(&self, listed: &Document) -> Result<OpRun, StoreError> {
         let id = listed.get_str("_id").map_err(|e| StoreError::Corrupt {
             id: "runs._id".into(),
             reason: e.to_string(),
         })?;
-        self.runs
+        let whole = self
+            .runs
             .find_one(doc! {"_id": id})
             .await
             .map_err(backend)?
-            .ok_or_else(|| StoreError::Backend(format!("run '{id}' vanished while listed")))
-    }
-
-    async fn pending_of_old(&self, listed: &Document) -> Result<PendingRun, StoreError> {
-        pending_run(&self.whole(listed).await?)
-    }
-
-    async fn held_of_old(&self, listed: &Document) -> Result<Option<HeldRun>, StoreError> {
-        held_run(&self.whole(listed).await?)
+            .ok_or_else(|| StoreError::Backend(format!("run '{id}' vanished while listed")))?;
+        decode(&whole)
     }
 
     async fn run_key(&self, param: &'static str, id: &str) -> Result<(i64, String), QueryError> {
@@ -491,11 +474,10 @@ impl Store for MongoStore {
         let documents = collect(cursor).await?;
         let mut window = Vec::with_capacity(documents.len());
         for document in documents {
-            match pending_run(&document) {
-                Ok(run) => window.push(run),
-                // An old document without `sched`: read it whole.
-                Err(_) => window.push(self.pending_of_old(&document).await?),
-            }
+            window.push(match pending_run(&document) {
+                Some(run) => run,
+                None => PendingRun::from(&self.whole_run(&document).await?),
+            });
         }
         Ok(window)
     }
@@ -511,8 +493,8 @@ impl Store for MongoStore {
         let mut held = Vec::new();
         for document in collect(cursor).await? {
             match held_run(&document) {
-                Ok(run) => held.extend(run),
-                Err(_) => held.extend(self.held_of_old(&document).await?),
+                Some(run) => held.push(run),
+                None => held.extend(HeldRun::of(&self.whole_run(&document).await?)),
             }
         }
         Ok(held)

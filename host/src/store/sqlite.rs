@@ -333,6 +333,15 @@ fn write_loop(conn: Connection, queue: std::sync::mpsc::Receiver<WriteJob>) {
     }
 }
 
+/// Ends savepoint `name`, keeping its changes or rolling them back.
+fn close_savepoint(conn: &Connection, name: &str, keep: bool) -> rusqlite::Result<()> {
+    if keep {
+        conn.execute_batch(&format!("RELEASE {name}"))
+    } else {
+        conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))
+    }
+}
+
 fn commit_group(conn: &Connection, group: Vec<WriteJob>) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let reason = format!("cannot begin a write transaction: {e}");
@@ -357,12 +366,7 @@ fn commit_group(conn: &Connection, group: Vec<WriteJob>) {
                 false
             }
         };
-        let end = if keep {
-            "RELEASE write"
-        } else {
-            "ROLLBACK TO write; RELEASE write"
-        };
-        if let Err(e) = conn.execute_batch(end) {
+        if let Err(e) = close_savepoint(conn, "write", keep) {
             tracing::error!(error = %e, "cannot close a savepoint");
         }
     }
@@ -738,12 +742,7 @@ impl Store for SqliteStore {
                     let answer = savepoint
                         .map_err(backend)
                         .and_then(|()| update_run_blocking(conn, id, &mut |run| mutation(run)));
-                    let end = if answer.is_ok() {
-                        "RELEASE run"
-                    } else {
-                        "ROLLBACK TO run; RELEASE run"
-                    };
-                    conn.execute_batch(end).map_err(backend)?;
+                    close_savepoint(conn, "run", answer.is_ok()).map_err(backend)?;
                     answers.push(answer);
                 }
                 Ok(answers)
