@@ -101,6 +101,22 @@ impl Api {
         .await;
     }
 
+    /// Attempt `attempt` of run `id` STARTED on `worker` and COMPLETED; the run as answered.
+    async fn start_and_complete(&self, id: &str, worker: &str, attempt: u32) -> Value {
+        self.ok(
+            "POST",
+            &format!("/runs/{id}/events"),
+            Some(json!({"type": "STARTED", "msg": "", "payload": {"worker_id": worker}, "attempt": attempt})),
+        )
+        .await;
+        self.ok(
+            "POST",
+            &format!("/runs/{id}/events"),
+            Some(json!({"type": "COMPLETED", "msg": "ok", "attempt": attempt})),
+        )
+        .await
+    }
+
     /// A run claimed by and started on `worker`.
     async fn running_on(&self, worker: &str, retry: Value) -> String {
         self.heartbeat(worker).await;
@@ -189,19 +205,7 @@ async fn a_silent_worker_loses_its_runs_and_is_fenced_when_it_returns() {
         ),
         (Some(id.as_str()), Some(2))
     );
-    api.ok(
-        "POST",
-        &format!("/runs/{id}/events"),
-        Some(json!({"type": "STARTED", "msg": "", "payload": {"worker_id": "w2"}, "attempt": 2})),
-    )
-    .await;
-    let done = api
-        .ok(
-            "POST",
-            &format!("/runs/{id}/events"),
-            Some(json!({"type": "COMPLETED", "msg": "ok", "attempt": 2})),
-        )
-        .await;
+    let done = api.start_and_complete(&id, "w2", 2).await;
     assert_eq!(done["state"], "COMPLETED");
 }
 
@@ -342,19 +346,7 @@ async fn a_released_run_is_requeued_outside_the_retry_budget_and_completed_elsew
     let claim = api.ok("POST", "/workers/w2/claim", None).await;
     assert_eq!(claim["ops"][0]["id"], id.as_str());
     assert_eq!(claim["ops"][0]["attempt"], 2);
-    api.ok(
-        "POST",
-        &format!("/runs/{id}/events"),
-        Some(json!({"type": "STARTED", "msg": "", "payload": {"worker_id": "w2"}, "attempt": 2})),
-    )
-    .await;
-    let done = api
-        .ok(
-            "POST",
-            &format!("/runs/{id}/events"),
-            Some(json!({"type": "COMPLETED", "msg": "ok", "attempt": 2})),
-        )
-        .await;
+    let done = api.start_and_complete(&id, "w2", 2).await;
     assert_eq!(done["state"], "COMPLETED");
 }
 

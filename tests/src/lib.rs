@@ -20,6 +20,7 @@
 //!   reopen, so that a worker loses its engine while the engine itself (which other tests
 //!   share) keeps running.
 //! - [`wait_for_run`]: polling a run until a condition holds.
+//! - [`deploy_nap`], [`nap`]: the "nap" definition (the example sleep op) and runs of it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use gyoza_core::api::OpRunView;
+use gyoza_core::api::{OpDefinitionCreate, OpRunCreateFromDefinition, OpRunView};
 use gyoza_core::client::Client;
 
 /// The API key of every test server.
@@ -482,6 +483,38 @@ impl Drop for DockerProxy {
             forwarding.abort();
         }
     }
+}
+
+/// Deploys the "nap" definition: the example sleep op with a `seconds` input and
+/// `retry_policy` (the tests give it one attempt, so that a requeue which used the retry
+/// budget would leave the run FAILED).
+pub async fn deploy_nap(client: &Client, retry_policy: serde_json::Value) {
+    let definition: OpDefinitionCreate = serde_json::from_value(serde_json::json!({
+        "id": "nap", "version": "1", "image": "gyoza-example/sleep:latest",
+        "input_specs": {"seconds": {"type": "int"}},
+        "retry_policy": retry_policy
+    }))
+    .expect("definition");
+    client
+        .upsert_definition(&definition)
+        .await
+        .expect("upsert definition");
+}
+
+/// Creates a run of the "nap" definition ([`deploy_nap`]) that sleeps `seconds`.
+pub async fn nap(client: &Client, seconds: u64) -> OpRunView {
+    client
+        .create_run_from_definition(
+            "nap",
+            None,
+            &OpRunCreateFromDefinition {
+                inputs: serde_json::from_value(serde_json::json!({ "seconds": seconds }))
+                    .expect("inputs"),
+                priority: 5,
+            },
+        )
+        .await
+        .expect("create run")
 }
 
 /// Polls run `id` until `done` holds for it, or panics after `timeout` with the last view.

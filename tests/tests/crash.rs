@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use gyoza_core::OpRunState;
-use gyoza_core::api::{OpDefinitionCreate, OpRunCreateFromDefinition};
-use gyoza_e2e::{Server, Worker, docker_or_skip, wait_for_run};
+use gyoza_e2e::{Server, Worker, deploy_nap, docker_or_skip, nap, wait_for_run};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -17,28 +16,9 @@ async fn a_killed_workers_run_is_requeued_and_completed_by_another_worker() {
     // A 2 s worker timeout so that the test sees the reaper act quickly.
     let server = Server::start_with(&["--worker-timeout", "2"]);
     let client = server.client();
-    let definition: OpDefinitionCreate = serde_json::from_value(json!({
-        "id": "nap", "version": "1", "image": "gyoza-example/sleep:latest",
-        "input_specs": {"seconds": {"type": "int"}},
-        "retry_policy": {"max_attempts": 1}
-    }))
-    .unwrap();
-    client
-        .upsert_definition(&definition)
-        .await
-        .expect("definition");
+    deploy_nap(&client, json!({"max_attempts": 1})).await;
     let mut doomed = Worker::start(&server, "doomed", &[]);
-    let run = client
-        .create_run_from_definition(
-            "nap",
-            None,
-            &OpRunCreateFromDefinition {
-                inputs: serde_json::from_value(json!({"seconds": 3})).unwrap(),
-                priority: 5,
-            },
-        )
-        .await
-        .expect("run");
+    let run = nap(&client, 3).await;
     let running = |r: &gyoza_core::api::OpRunView| r.state == OpRunState::Running;
     wait_for_run(
         &client,

@@ -8,37 +8,20 @@
 use std::time::{Duration, Instant};
 
 use gyoza_core::OpRunState;
-use gyoza_core::api::{OpDefinitionCreate, OpRunCreateFromDefinition, OpRunView};
+use gyoza_core::api::OpRunView;
 use gyoza_core::client::Client;
 use gyoza_e2e::{
-    DockerProxy, Server, Worker, container_exists, container_running, docker_or_skip, wait_for_run,
+    DockerProxy, Server, Worker, container_exists, container_running, deploy_nap, docker_or_skip,
+    wait_for_run,
 };
 use serde_json::json;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Deploys "nap" with one attempt and starts a run of it.
 async fn nap(client: &Client, seconds: u64) -> OpRunView {
-    let definition: OpDefinitionCreate = serde_json::from_value(json!({
-        "id": "nap", "version": "1", "image": "gyoza-example/sleep:latest",
-        "input_specs": {"seconds": {"type": "int"}},
-        "retry_policy": {"max_attempts": 1}
-    }))
-    .expect("definition");
-    client
-        .upsert_definition(&definition)
-        .await
-        .expect("upsert definition");
-    client
-        .create_run_from_definition(
-            "nap",
-            None,
-            &OpRunCreateFromDefinition {
-                inputs: serde_json::from_value(json!({ "seconds": seconds })).expect("inputs"),
-                priority: 5,
-            },
-        )
-        .await
-        .expect("create run")
+    deploy_nap(client, json!({"max_attempts": 1})).await;
+    gyoza_e2e::nap(client, seconds).await
 }
 
 /// Waits until `worker` shows in `GET /workers` as active.

@@ -5,41 +5,17 @@
 
 use std::time::{Duration, Instant};
 
-use gyoza_core::api::{OpDefinitionCreate, OpRunCreateFromDefinition, OpRunView};
 use gyoza_core::client::Client;
 use gyoza_core::{EventType, OpRunState};
-use gyoza_e2e::{Server, Worker, container_running, docker_or_skip, wait_for_run};
+use gyoza_e2e::{Server, Worker, container_running, deploy_nap, docker_or_skip, nap, wait_for_run};
 use serde_json::json;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A definition of the sleep op with a retry budget of one attempt: any requeue that used
-/// the budget would leave the run FAILED.
+/// The sleep op with a retry budget of one attempt (and a long backoff): any requeue that
+/// used the budget would leave the run FAILED.
 async fn nap_definition(client: &Client) {
-    let definition: OpDefinitionCreate = serde_json::from_value(json!({
-        "id": "nap", "version": "1", "image": "gyoza-example/sleep:latest",
-        "input_specs": {"seconds": {"type": "int"}},
-        "retry_policy": {"max_attempts": 1, "backoff_ms": 600000}
-    }))
-    .expect("definition");
-    client
-        .upsert_definition(&definition)
-        .await
-        .expect("upsert definition");
-}
-
-async fn nap(client: &Client, seconds: u64) -> OpRunView {
-    client
-        .create_run_from_definition(
-            "nap",
-            None,
-            &OpRunCreateFromDefinition {
-                inputs: serde_json::from_value(json!({ "seconds": seconds })).expect("inputs"),
-                priority: 5,
-            },
-        )
-        .await
-        .expect("create run")
+    deploy_nap(client, json!({"max_attempts": 1, "backoff_ms": 600000})).await;
 }
 
 /// Waits until run `id` is RUNNING and its container runs.
