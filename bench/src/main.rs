@@ -221,11 +221,9 @@ async fn create(store: Option<&str>) -> anyhow::Result<()> {
 }
 
 async fn claims(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Result<()> {
-    #[allow(non_snake_case)]
-    let (RUNS, WORKERS) = (runs, workers);
     let server = Server::start(store)?;
     let client = server.client().await?;
-    create_runs(&client, RUNS, 32).await?;
+    create_runs(&client, runs, 32).await?;
     let heartbeat = |w: usize| HeartbeatRequest {
         worker_id: format!("bench-{w}"),
         resources: Resources {
@@ -236,19 +234,19 @@ async fn claims(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Res
         tags: vec![],
         running_ops: Some(vec![]),
     };
-    for w in 0..WORKERS {
+    for w in 0..workers {
         client.heartbeat(&heartbeat(w)).await?;
     }
     let done = Arc::new(AtomicUsize::new(0));
     let meter = CpuMeter::start(&server)?;
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for w in 0..WORKERS {
+    for w in 0..workers {
         let (client, done) = (client.clone(), done.clone());
         let beat = heartbeat(w);
         tasks.push(tokio::spawn(async move {
             let (mut mine, mut latencies, mut empty) = (Vec::new(), Vec::new(), 0);
-            while done.load(Ordering::Relaxed) < RUNS && empty < 50 {
+            while done.load(Ordering::Relaxed) < runs && empty < 50 {
                 client.heartbeat(&beat).await?;
                 let t = Instant::now();
                 let ops = client.claim(&beat.worker_id, 8).await?;
@@ -292,15 +290,15 @@ async fn claims(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Res
         bail!("{} runs were assigned twice", total - placed.len());
     }
     println!(
-        "claims: {RUNS} runs, {WORKERS} workers (heartbeat + claim + STARTED + COMPLETED): {} placed once each, {:.0} placements/s, claim p50 {:.2} ms, p99 {:.2} ms; {}",
+        "claims: {runs} runs, {workers} workers (heartbeat + claim + STARTED + COMPLETED): {} placed once each, {:.0} placements/s, claim p50 {:.2} ms, p99 {:.2} ms; {}",
         total,
         total as f64 / elapsed,
         latencies.percentile(0.5),
         latencies.percentile(0.99),
         meter.per(&server, total, "placement")?
     );
-    if total != RUNS {
-        bail!("only {total} of {RUNS} runs were placed");
+    if total != runs {
+        bail!("only {total} of {runs} runs were placed");
     }
     Ok(())
 }
