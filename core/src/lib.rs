@@ -17,15 +17,19 @@
 //! - [`run`]: [`OpRun`], [`OpAttempt`], states, events and the rules that connect them.
 //! - [`worker`]: [`Worker`], [`WorkerOpRun`] and the free capacity of a worker.
 //! - [`api`]: request and response bodies of the REST API.
+//! - [`backoff`]: the one doubling-delay rule of every retry loop.
+//! - [`sync`]: poison-tolerant lock helpers.
 //! - `client` (feature `client`): the typed async HTTP client of that API.
 
 pub mod api;
+pub mod backoff;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod definition;
 pub mod error;
 pub mod resources;
 pub mod run;
+pub mod sync;
 pub mod time;
 pub mod worker;
 

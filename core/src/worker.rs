@@ -26,6 +26,10 @@ pub struct WorkerOpRun {
     /// The attempt this claim is for (absent in heartbeats from older workers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// The GPU (index on the worker) the server placed this run on, for a run that needs VRAM;
+    /// absent otherwise and from older servers (the worker then picks one itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_id: Option<u32>,
 }
 
 impl WorkerOpRun {
@@ -37,6 +41,7 @@ impl WorkerOpRun {
             inputs: run.inputs.clone(),
             constraints: run.constraints.clone(),
             attempt: Some(run.current_attempt()),
+            gpu_id: None,
         }
     }
 }

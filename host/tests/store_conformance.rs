@@ -564,6 +564,7 @@ mod cases {
             inputs: Default::default(),
             constraints: Default::default(),
             attempt: None,
+            gpu_id: None,
         };
         let beat = |ops: Option<Vec<WorkerOpRun>>, cpu| HeartbeatRequest {
             worker_id: "w1".into(),
