@@ -49,6 +49,10 @@ mod tests {
         assert_eq!(b.delay(7), Duration::from_secs(30));
         assert_eq!(b.delay(u32::MAX), Duration::from_secs(30));
         let huge = Backoff::new(Duration::MAX, Duration::from_secs(1));
-        assert_eq!(huge.delay(u32::MAX), Duration::MAX, "max below initial: initial");
+        assert_eq!(
+            huge.delay(u32::MAX),
+            Duration::MAX,
+            "max below initial: initial"
+        );
     }
 }

@@ -16,6 +16,7 @@
 //! - [`definition`]: [`OpDefinition`], input/output specs, input validation, version order.
 //! - [`run`]: [`OpRun`], [`OpAttempt`], states, events and the rules that connect them.
 //! - [`worker`]: [`Worker`], [`WorkerOpRun`] and the free capacity of a worker.
+//! - [`placement`]: the one check of a strategy's decision ([`placement::place`]).
 //! - [`api`]: request and response bodies of the REST API.
 //! - [`backoff`]: the one doubling-delay rule of every retry loop.
 //! - [`sync`]: poison-tolerant lock helpers.
@@ -27,6 +28,7 @@ pub mod backoff;
 pub mod client;
 pub mod definition;
 pub mod error;
+pub mod placement;
 pub mod resources;
 pub mod run;
 pub mod sync;
