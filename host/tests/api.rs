@@ -977,6 +977,37 @@ async fn claims_follow_priority_and_free_capacity() {
 }
 
 #[tokio::test]
+async fn a_claimed_gpu_run_names_the_gpu_the_host_placed_it_on() {
+    let api = Api::new().await;
+    // GPU 0 has 8 GB, GPU 1 has 4 GB: a 3 GB run goes on the tightest GPU that holds it.
+    api.heartbeat_with_gpus("g", 4, 8192, &[8_000, 4_000]).await;
+    let small = api
+        .create_run(json!({"image": "x", "priority": 2, "constraints": {"vram_mb": 3000}}))
+        .await;
+    let large = api
+        .create_run(json!({"image": "x", "priority": 1, "constraints": {"vram_mb": 6000}}))
+        .await;
+    let cpu_only = api
+        .create_run(json!({"image": "x", "priority": 0, "constraints": {"cpu": 1}}))
+        .await;
+    let answer = api.ok("POST", "/workers/g/claim?max=3", None).await;
+    let ops = answer["ops"].as_array().unwrap();
+    let placed: Vec<(&str, &Value)> = ops
+        .iter()
+        .map(|op| (op["id"].as_str().unwrap(), &op["gpu_id"]))
+        .collect();
+    assert_eq!(
+        placed,
+        [
+            (small["id"].as_str().unwrap(), &json!(1)),
+            (large["id"].as_str().unwrap(), &json!(0)),
+            (cpu_only["id"].as_str().unwrap(), &Value::Null),
+        ],
+        "each VRAM run names its GPU; a run without VRAM names none: {answer}"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_claims_never_share_a_run() {
     let api = Arc::new(Api::new().await);
     for w in 0..8 {
