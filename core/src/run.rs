@@ -26,6 +26,11 @@ use crate::error::DomainError;
 use crate::resources::{Constraints, EventDelivery, RetryPolicy};
 use crate::time::{self, Timestamp};
 
+/// Requeues per run after its worker went away (lost: no heartbeat within the worker timeout;
+/// or released: the worker handed the run back) before the run FAILS, so that an op that
+/// kills its workers does not loop forever. Such requeues do not use the op's retry budget.
+pub const MAX_LOST_REQUEUES: usize = 3;
+
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -1,7 +1,9 @@
 //! The REST API: routes, shared state and the OpenAPI document.
 //!
-//! [`app`] builds the router; handlers live in one module per resource. Paths, methods,
-//! field names and status codes are those of the original gyoza server.
+//! [`app`] builds the router; handlers live in one module per resource. They parse requests,
+//! call the domain [`Service`] (or the store for plain reads) and map its errors to statuses
+//! (see [`crate::error`]); nothing below this module knows HTTP. Paths, methods, field names
+//! and status codes are those of the original gyoza server.
 
 mod dashboard;
 mod definitions;
@@ -22,118 +24,41 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use gyoza_core::api::Health;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::openapi::security::{ApiKey as ApiKeyScheme, ApiKeyValue, SecurityScheme};
 
-use tokio::sync::broadcast;
-
-use crate::clock::Clock;
-use crate::delivery::{self, Deliverer, DeliveryConfig};
+use crate::auth::ApiKey;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::scheduler::Scheduler;
-use crate::store::{RunMutation, Store, StoreError};
-use gyoza_core::OpRun;
+use crate::service::Service;
+use crate::strategy::StrategyHost;
 
-/// What every handler shares.
+/// What every handler shares: the domain service, and what only HTTP needs.
 #[derive(Clone)]
 pub struct AppState {
-    /// Persistence.
-    pub store: Arc<dyn Store>,
-    /// Claim policy.
-    pub scheduler: Arc<dyn Scheduler>,
-    /// Time source.
-    pub clock: Arc<dyn Clock>,
+    /// The domain service (store, scheduler, clock, run updates, claims).
+    pub service: Arc<Service>,
     /// The key clients must send.
-    pub api_key: Arc<str>,
-    /// A worker silent for longer is inactive.
-    pub worker_timeout: chrono::Duration,
+    pub api_key: ApiKey,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Counters and histograms of this process.
     pub metrics: Arc<Metrics>,
-    /// Ids of runs that changed in this process (wakes event streams and log followers).
-    pub changes: broadcast::Sender<String>,
-    /// Sends run events to their topic URLs.
-    pub deliverer: Arc<Deliverer>,
-    /// Runs that claims in this process are assigning right now (see [`crate::scheduler`]).
-    pub claims_in_flight: Arc<crate::scheduler::InFlight>,
+    /// The wasm strategy host behind the scheduler, for `/strategies` and its metrics
+    /// (none: this server runs no wasm strategies, and `/strategies` answers 404).
+    pub strategies: Option<StrategyHost>,
 }
 
 impl AppState {
-    /// A state with default limits (60 s worker timeout, 10 MiB bodies, default delivery);
-    /// starts the event delivery loop, so it must be called within a tokio runtime.
-    pub fn new(
-        store: Arc<dyn Store>,
-        scheduler: Arc<dyn Scheduler>,
-        clock: Arc<dyn Clock>,
-        api_key: &str,
-    ) -> Self {
-        let metrics = Arc::new(Metrics::default());
+    /// A state over `service` with 10 MiB bodies and no strategy host; `metrics` should be
+    /// the registry the service's event delivery counts in.
+    pub fn new(service: Arc<Service>, metrics: Arc<Metrics>, api_key: &str) -> Self {
         Self {
-            store,
-            scheduler,
-            clock,
-            api_key: api_key.into(),
-            worker_timeout: chrono::Duration::seconds(60),
+            service,
+            api_key: ApiKey::new(api_key),
             max_body_bytes: 10 * 1024 * 1024,
-            deliverer: Deliverer::start(DeliveryConfig::default(), metrics.clone()),
             metrics,
-            changes: broadcast::channel(1024).0,
-            claims_in_flight: Arc::default(),
+            strategies: None,
         }
-    }
-
-    /// Waits until `run_id` may have changed: a notification from this process, a lagged
-    /// channel, or `poll` passing (changes made by other replicas are only seen by looking).
-    pub async fn wait_for_change(
-        changes: &mut broadcast::Receiver<String>,
-        run_id: &str,
-        poll: std::time::Duration,
-    ) {
-        let deadline = tokio::time::sleep(poll);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                () = &mut deadline => return,
-                news = changes.recv() => match news {
-                    Ok(id) if id == run_id => return,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        (&mut deadline).await;
-                        return;
-                    }
-                },
-            }
-        }
-    }
-
-    /// Applies a domain change to a run atomically, then delivers the events it added to the
-    /// run's topic and wakes this process's watchers of the run. `Ok(None)`: no such run.
-    pub async fn update_run(
-        &self,
-        id: &str,
-        mut mutation: RunMutation,
-    ) -> Result<Option<OpRun>, StoreError> {
-        let before = Arc::new(std::sync::Mutex::new(delivery::Mark::default()));
-        let seen = before.clone();
-        let tracked: RunMutation = Box::new(move |run| {
-            *seen.lock().unwrap_or_else(|p| p.into_inner()) = delivery::mark(run);
-            mutation(run)
-        });
-        let Some(run) = self.store.update_run(id, tracked).await? else {
-            return Ok(None);
-        };
-        let before = *before.lock().unwrap_or_else(|p| p.into_inner());
-        self.deliverer.enqueue_new(&run, before);
-        self.notify(&run.id);
-        Ok(Some(run))
-    }
-
-    /// Tells event streams and log followers in this process that `run_id` changed.
-    pub fn notify(&self, run_id: &str) {
-        // No receivers is normal: nobody is watching.
-        let _ = self.changes.send(run_id.to_owned());
     }
 }
 
@@ -166,7 +91,7 @@ pub fn app(state: AppState) -> Router {
         .route("/strategies/active", put(strategies::activate))
         .route("/openapi.json", get(openapi_json))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.api_key.clone(),
             crate::auth::require_api_key,
         ));
     Router::new()
@@ -212,7 +137,7 @@ impl utoipa::Modify for SecurityAddon {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "api_key",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+            SecurityScheme::ApiKey(ApiKeyScheme::Header(ApiKeyValue::new("X-API-Key"))),
         );
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Mutex;
 
+use gyoza_core::sync::lock;
 use gyoza_core::time::Timestamp;
 
 /// A source of the current time.
@@ -32,13 +33,12 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, by: chrono::Duration) {
-        let mut now = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *now += by;
+        *lock(&self.0) += by;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.0)
     }
 }

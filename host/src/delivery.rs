@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use gyoza_core::backoff::Backoff;
 use gyoza_core::{EventEntry, OpRun};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -158,7 +159,8 @@ async fn send(
     metrics: &Metrics,
     delivery: Delivery,
 ) {
-    let mut wait = config.backoff;
+    // Uncapped: `tries` bounds the waits.
+    let backoff = Backoff::new(config.backoff, Duration::MAX);
     for attempt in 1..=config.tries {
         let outcome = client
             .post(&delivery.url)
@@ -179,7 +181,6 @@ async fn send(
             return;
         }
         tracing::debug!(url = %delivery.url, %error, "event delivery failed; retrying");
-        tokio::time::sleep(wait).await;
-        wait *= 2;
+        tokio::time::sleep(backoff.delay(attempt)).await;
     }
 }

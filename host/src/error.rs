@@ -16,6 +16,9 @@
 //!   failed, never how (no SQL, paths or stack traces leave the server).
 //!
 //! Handlers never panic on input: everything they read is validated into one of the above.
+//! Below the API nothing knows HTTP: the domain service and the stores answer with
+//! [`StoreError`] (a broken domain rule, or a failed backend), and the `From` conversions
+//! here are the one place those become statuses.
 
 use axum::Json;
 use axum::http::StatusCode;

@@ -1,23 +1,31 @@
 //! gyoza-host: the gyoza server.
 //!
-//! An axum REST API over a [`store::Store`] of definitions, runs and workers, with API-key
-//! authentication and a [`scheduler::Scheduler`] that decides which pending runs a claiming
+//! An axum REST API over a domain [`service::Service`], over a [`store::Store`] of
+//! definitions, runs and workers (embedded SQLite, or MongoDB for several replicas) and a
+//! [`scheduler::Scheduler`] (the wasm strategies) that decides which pending runs a claiming
 //! worker gets. The API's paths, fields and status codes are those of the original (Python)
 //! gyoza server; `GET /openapi.json` describes them.
 //!
+//! Dependencies run one way: `server` → `api` (with `auth`, `error`) → `service` →
+//! {`scheduler`, `strategy`, `store`, `delivery`} → `gyoza_core`; HTTP types stay in `api`.
+//!
 //! # Layout
 //! - [`config`]: every setting with its flag, environment variable and default.
-//! - [`server`]: building the state from a config, serving with graceful shutdown.
+//! - [`server`]: building the service and the API state from a config, serving with graceful
+//!   shutdown, the reaper beside it.
 //! - [`api`]: the router ([`api::app`]), handlers per resource, request extractors, OpenAPI.
 //! - [`auth`]: the `X-API-Key` check.
-//! - [`error`]: [`error::ApiError`] and the error policy of the API.
-//! - [`store`]: the [`store::Store`] trait and the embedded SQLite store.
-//! - [`scheduler`]: the scheduling seam and the claim protocol (atomic PENDING → ASSIGNED).
-//! - [`metrics`]: Prometheus counters and histograms (`GET /metrics`).
-//! - [`delivery`]: POSTing run events to their topic URLs, with retries.
-//! - [`reaper`]: runs of workers that stopped heartbeating are requeued.
+//! - [`error`]: [`error::ApiError`] and the error policy of the API (store errors to statuses).
+//! - [`service`]: the domain service apart from HTTP: run updates with delivery and change
+//!   notifications, the claim protocol (the one check of a decision, atomic PENDING →
+//!   ASSIGNED), requeueing the runs of dead workers.
+//! - [`reaper`]: the periodic task that runs the service's dead-worker check.
+//! - [`scheduler`]: the scheduling seam: what a strategy decides from and its raw decision.
+//! - [`store`]: the [`store::Store`] trait, the embedded SQLite store and the MongoDB store.
 //! - [`strategy`]: scheduling strategies as WebAssembly components (the only wasmtime user):
 //!   the engine, plugin loading and hot reload, limits, fail policy, `/strategies`.
+//! - [`delivery`]: POSTing run events to their topic URLs, with retries.
+//! - [`metrics`]: Prometheus counters and histograms (`GET /metrics`).
 //! - [`clock`]: the time source, replaceable in tests.
 
 pub mod api;
@@ -30,6 +38,7 @@ pub mod metrics;
 pub mod reaper;
 pub mod scheduler;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod strategy;
 

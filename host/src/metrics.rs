@@ -11,6 +11,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use gyoza_core::sync::lock;
+
 /// Upper bounds (seconds) of the latency histograms' buckets.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -105,7 +107,7 @@ pub fn label(value: &str) -> String {
 impl Metrics {
     /// Counts one answered HTTP request on `route` (the matched route pattern).
     pub fn record_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
-        let mut requests = self.http_requests.lock().unwrap_or_else(|p| p.into_inner());
+        let mut requests = lock(&self.http_requests);
         *requests
             .entry((method.to_owned(), route.to_owned(), status))
             .or_default() += 1;
@@ -164,7 +166,7 @@ impl Metrics {
             "# HELP gyoza_http_requests_total HTTP requests by method, route and status.\n",
         );
         out.push_str("# TYPE gyoza_http_requests_total counter\n");
-        let requests = self.http_requests.lock().unwrap_or_else(|p| p.into_inner());
+        let requests = lock(&self.http_requests);
         for ((method, route, status), count) in requests.iter() {
             let _ = writeln!(
                 out,

@@ -9,6 +9,8 @@ use crate::HostError;
 use crate::api::{AppState, app};
 use crate::clock::SystemClock;
 use crate::config::{ServerConfig, StoreKind};
+use crate::metrics::Metrics;
+use crate::service::Service;
 use crate::store::mongo::redact;
 use crate::store::{MongoStore, SqliteStore, Store};
 use crate::strategy::StrategyHost;
@@ -24,7 +26,8 @@ pub async fn serve(
         .await
 }
 
-/// The state a server built from `config` runs with (its store, the wasm strategies).
+/// The state a server built from `config` runs with (its store, the wasm strategies, the
+/// service over them).
 pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostError> {
     let api_key = config.require_api_key()?;
     let store: Arc<dyn Store> = match config.store_kind()? {
@@ -44,9 +47,17 @@ pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostEr
     let strategies = tokio::task::spawn_blocking(move || StrategyHost::start(settings))
         .await
         .map_err(|e| HostError::Config(format!("strategy loader stopped: {e}")))??;
-    let mut state = AppState::new(store, Arc::new(strategies), Arc::new(SystemClock), &api_key);
-    state.worker_timeout = chrono::Duration::seconds(config.worker_timeout as i64);
+    let metrics = Arc::new(Metrics::default());
+    let mut service = Service::new(
+        store,
+        Arc::new(strategies.clone()),
+        Arc::new(SystemClock),
+        metrics.clone(),
+    );
+    service.worker_timeout = chrono::Duration::seconds(config.worker_timeout as i64);
+    let mut state = AppState::new(Arc::new(service), metrics, &api_key);
     state.max_body_bytes = config.max_body_bytes;
+    state.strategies = Some(strategies);
     Ok(state)
 }
 
@@ -68,7 +79,7 @@ pub async fn run(
         source,
     })?;
     tracing::info!("gyoza server listening on http://{local}");
-    let reaper = crate::reaper::spawn(state.clone());
+    let reaper = crate::reaper::spawn(state.service.clone());
     let served = serve(listener, state, shutdown).await;
     reaper.abort();
     served.map_err(|source| HostError::Io {

@@ -63,7 +63,7 @@ use serde::Serialize;
 pub use convert::Checked;
 pub use plugin::CallFailure;
 
-use crate::scheduler::{ClaimRequest, PendingNote, Scheduler};
+use crate::scheduler::{ClaimRequest, Decision, PendingNote, Scheduler};
 use engine::Runtime;
 use plugin::{Limits, Plugin};
 use stats::Stats;
@@ -749,16 +749,29 @@ impl Scheduler for StrategyHost {
         "wasm"
     }
 
-    async fn select(&self, request: &ClaimRequest<'_>) -> Vec<String> {
-        self.decide(request).await
+    async fn decide(&self, request: &ClaimRequest<'_>) -> Decision {
+        as_decision(request, StrategyHost::decide(self, request).await)
     }
 
     fn pending_note(&self, run_id: &str) -> Option<PendingNote> {
         lock(&self.inner.notes).get(run_id).cloned()
     }
+}
 
-    fn strategies(&self) -> Option<&StrategyHost> {
-        Some(self)
+/// TEMP (the wasmrt branch owns this): checked ids back to indices into the window.
+fn as_decision(request: &ClaimRequest<'_>, ids: Vec<String>) -> Decision {
+    let index: HashMap<&str, usize> = request
+        .pending
+        .iter()
+        .enumerate()
+        .map(|(i, run)| (run.id.as_str(), i))
+        .collect();
+    Decision {
+        chosen: ids
+            .iter()
+            .filter_map(|id| index.get(id.as_str()).copied())
+            .collect(),
+        reasons: Vec::new(),
     }
 }
 
@@ -792,18 +805,14 @@ impl Scheduler for PriorityBackfill {
         "priority"
     }
 
-    async fn select(&self, request: &ClaimRequest<'_>) -> Vec<String> {
+    async fn decide(&self, request: &ClaimRequest<'_>) -> Decision {
         match Self::host() {
-            Some(host) => host.decide(request).await,
-            None => Vec::new(),
+            Some(host) => as_decision(request, StrategyHost::decide(host, request).await),
+            None => Decision::default(),
         }
     }
 
     fn pending_note(&self, run_id: &str) -> Option<PendingNote> {
         Self::host().and_then(|h| h.pending_note(run_id))
-    }
-
-    fn strategies(&self) -> Option<&StrategyHost> {
-        Self::host()
     }
 }

@@ -1,134 +1,15 @@
 //! The REST API through the router (no sockets): every endpoint, its errors, and the
 //! original server's wire format and pagination.
 
+pub mod common;
+
 use std::sync::Arc;
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use chrono::{Duration, TimeZone, Utc};
-use gyoza_host::api::{AppState, app};
-use gyoza_host::clock::ManualClock;
-use gyoza_host::scheduler::GreedyPriority;
+use axum::http::StatusCode;
+use chrono::{TimeZone, Utc};
+use common::{Api, KEY};
 use gyoza_host::store::SqliteStore;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
-
-const KEY: &str = "test-key";
-
-struct Api {
-    app: Router,
-    clock: Arc<ManualClock>,
-    dir: tempfile::TempDir,
-}
-
-impl Api {
-    async fn new() -> Self {
-        Self::with_body_limit(10 * 1024 * 1024).await
-    }
-
-    async fn with_body_limit(max_body_bytes: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(
-            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-        ));
-        let store = SqliteStore::open(dir.path().join("gyoza.db"))
-            .await
-            .unwrap();
-        let mut state = AppState::new(
-            Arc::new(store),
-            Arc::new(GreedyPriority),
-            clock.clone(),
-            KEY,
-        );
-        state.max_body_bytes = max_body_bytes;
-        let app = app(state);
-        Self { app, clock, dir }
-    }
-
-    async fn raw(
-        &self,
-        method: &str,
-        uri: &str,
-        key: Option<&str>,
-        body: Option<String>,
-    ) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(key) = key {
-            request = request.header("x-api-key", key);
-        }
-        let body = match body {
-            Some(text) => {
-                request = request.header("content-type", "application/json");
-                Body::from(text)
-            }
-            None => Body::empty(),
-        };
-        let response = self
-            .app
-            .clone()
-            .oneshot(request.body(body).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|e| panic!("{method} {uri}: not JSON ({e}): {bytes:?}"))
-        };
-        (status, value)
-    }
-
-    async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        self.raw(method, uri, Some(KEY), body.map(|b| b.to_string()))
-            .await
-    }
-
-    async fn ok(&self, method: &str, uri: &str, body: Option<Value>) -> Value {
-        let (status, value) = self.call(method, uri, body).await;
-        assert!(status.is_success(), "{method} {uri}: {status} {value}");
-        value
-    }
-
-    async fn create_run(&self, body: Value) -> Value {
-        let (status, run) = self.call("POST", "/runs", Some(body)).await;
-        assert_eq!(status, StatusCode::CREATED, "{run}");
-        run
-    }
-
-    async fn heartbeat(&self, worker: &str, cpu: u32, ram: u64) {
-        self.ok(
-            "POST",
-            "/workers/heartbeat",
-            Some(json!({"worker_id": worker, "resources": {"cpu_cores": cpu, "ram_mb": ram, "gpus": []}})),
-        )
-        .await;
-    }
-
-    async fn claim(&self, worker: &str, max: usize) -> Vec<String> {
-        let answer = self
-            .ok("POST", &format!("/workers/{worker}/claim?max={max}"), None)
-            .await;
-        answer["ops"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|op| op["id"].as_str().unwrap().to_owned())
-            .collect()
-    }
-
-    async fn event(&self, run: &str, body: Value) -> (StatusCode, Value) {
-        self.call("POST", &format!("/runs/{run}/events"), Some(body))
-            .await
-    }
-
-    fn advance(&self, seconds: i64) {
-        self.clock.advance(Duration::seconds(seconds));
-    }
-}
 
 fn detail(value: &Value) -> &str {
     value["detail"]
@@ -1093,6 +974,37 @@ async fn claims_follow_priority_and_free_capacity() {
         let (status, _) = api.call("POST", uri, None).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri}");
     }
+}
+
+#[tokio::test]
+async fn a_claimed_gpu_run_names_the_gpu_the_host_placed_it_on() {
+    let api = Api::new().await;
+    // GPU 0 has 8 GB, GPU 1 has 4 GB: a 3 GB run goes on the tightest GPU that holds it.
+    api.heartbeat_with_gpus("g", 4, 8192, &[8_000, 4_000]).await;
+    let small = api
+        .create_run(json!({"image": "x", "priority": 2, "constraints": {"vram_mb": 3000}}))
+        .await;
+    let large = api
+        .create_run(json!({"image": "x", "priority": 1, "constraints": {"vram_mb": 6000}}))
+        .await;
+    let cpu_only = api
+        .create_run(json!({"image": "x", "priority": 0, "constraints": {"cpu": 1}}))
+        .await;
+    let answer = api.ok("POST", "/workers/g/claim?max=3", None).await;
+    let ops = answer["ops"].as_array().unwrap();
+    let placed: Vec<(&str, &Value)> = ops
+        .iter()
+        .map(|op| (op["id"].as_str().unwrap(), &op["gpu_id"]))
+        .collect();
+    assert_eq!(
+        placed,
+        [
+            (small["id"].as_str().unwrap(), &json!(1)),
+            (large["id"].as_str().unwrap(), &json!(0)),
+            (cpu_only["id"].as_str().unwrap(), &Value::Null),
+        ],
+        "each VRAM run names its GPU; a run without VRAM names none: {answer}"
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! Watching runs: the live event stream (SSE), logs, event delivery to a real HTTP receiver,
 //! and Prometheus metrics.
 
+pub mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,114 +10,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::routing::post;
-use gyoza_host::api::{AppState, app};
-use gyoza_host::clock::SystemClock;
-use gyoza_host::scheduler::GreedyPriority;
-use gyoza_host::store::SqliteStore;
-use http_body_util::BodyExt;
+use common::Api;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-
-const KEY: &str = "observe-key";
-
-struct Api {
-    app: Router,
-    _dir: tempfile::TempDir,
-}
-
-impl Api {
-    async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("gyoza.db"))
-            .await
-            .unwrap();
-        let state = AppState::new(
-            Arc::new(store),
-            Arc::new(GreedyPriority),
-            Arc::new(SystemClock),
-            KEY,
-        );
-        Self {
-            app: app(state),
-            _dir: dir,
-        }
-    }
-
-    fn request(
-        method: &str,
-        uri: &str,
-        body: Option<Value>,
-        headers: &[(&str, &str)],
-    ) -> Request<Body> {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("x-api-key", KEY);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        request
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-            .unwrap()
-    }
-
-    async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, String) {
-        let response = self
-            .app
-            .clone()
-            .oneshot(Self::request(method, uri, body, &[]))
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&bytes).into_owned())
-    }
-
-    async fn json(&self, method: &str, uri: &str, body: Option<Value>) -> Value {
-        let (status, text) = self.call(method, uri, body).await;
-        assert!(status.is_success(), "{method} {uri}: {status} {text}");
-        if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        }
-    }
-
-    /// Sends a request whose body streams, and collects that body in the background.
-    fn collect_stream(
-        &self,
-        uri: &str,
-        headers: &[(&str, &str)],
-    ) -> tokio::task::JoinHandle<(StatusCode, String)> {
-        let request = Self::request("GET", uri, None, headers);
-        let app = self.app.clone();
-        tokio::spawn(async move {
-            let response = app.oneshot(request).await.unwrap();
-            let status = response.status();
-            let bytes = response.into_body().collect().await.unwrap().to_bytes();
-            (status, String::from_utf8_lossy(&bytes).into_owned())
-        })
-    }
-
-    async fn claimed_run(&self, body: Value) -> String {
-        self.json(
-            "POST",
-            "/workers/heartbeat",
-            Some(json!({"worker_id": "w1", "resources": {"cpu_cores": 8, "ram_mb": 8192}})),
-        )
-        .await;
-        let run = self.json("POST", "/runs", Some(body)).await;
-        let id = run["id"].as_str().unwrap().to_owned();
-        let claim = self.json("POST", "/workers/w1/claim", None).await;
-        assert_eq!(claim["ops"][0]["id"], id.as_str());
-        id
-    }
-
-    async fn event(&self, id: &str, body: Value) {
-        self.json("POST", &format!("/runs/{id}/events"), Some(body))
-            .await;
-    }
-}
 
 /// `id:` values of an SSE body, in order.
 fn sse_ids(body: &str) -> Vec<&str> {
@@ -132,16 +29,17 @@ async fn the_event_stream_follows_a_run_to_its_end_and_resumes() {
         .await;
     let stream = api.collect_stream(&format!("/runs/{id}/events/stream"), &[]);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    api.event(
+    api.event_ok(
         &id,
         json!({"type": "STARTED", "msg": "up", "payload": {"worker_id": "w1"}}),
     )
     .await;
-    api.event(&id, json!({"type": "PROGRESS", "msg": 50})).await;
-    api.event(&id, json!({"type": "FAILED", "msg": "boom"}))
+    api.event_ok(&id, json!({"type": "PROGRESS", "msg": 50}))
         .await;
-    api.json("POST", "/workers/w1/claim", None).await;
-    api.event(
+    api.event_ok(&id, json!({"type": "FAILED", "msg": "boom"}))
+        .await;
+    api.ok("POST", "/workers/w1/claim", None).await;
+    api.event_ok(
         &id,
         json!({"type": "COMPLETED", "msg": "done", "payload": {"outputs": {"ok": true}}}),
     )
@@ -170,7 +68,7 @@ async fn the_event_stream_follows_a_run_to_its_end_and_resumes() {
         .unwrap();
     assert_eq!(sse_ids(&body), vec!["2.0", "2.1"], "{body}");
 
-    let (status, _) = api.call("GET", "/runs/nope/events/stream", None).await;
+    let (status, _) = api.text("GET", "/runs/nope/events/stream", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -181,7 +79,7 @@ async fn logs_are_kept_per_attempt_and_can_be_followed() {
     let follow = api.collect_stream(&format!("/runs/{id}/logs?follow=true"), &[]);
     for line in ["first line\n", "second line\n"] {
         let (status, _) = api
-            .call(
+            .text(
                 "POST",
                 &format!("/runs/{id}/logs"),
                 Some(json!({"text": line})),
@@ -190,9 +88,9 @@ async fn logs_are_kept_per_attempt_and_can_be_followed() {
         assert_eq!(status, StatusCode::NO_CONTENT);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, text) = api.call("GET", &format!("/runs/{id}/logs"), None).await;
+    let (_, text) = api.text("GET", &format!("/runs/{id}/logs"), None).await;
     assert_eq!(text, "first line\nsecond line\n");
-    api.event(&id, json!({"type": "COMPLETED", "msg": "done"}))
+    api.event_ok(&id, json!({"type": "COMPLETED", "msg": "done"}))
         .await;
     let (status, followed) = tokio::time::timeout(Duration::from_secs(20), follow)
         .await
@@ -202,7 +100,7 @@ async fn logs_are_kept_per_attempt_and_can_be_followed() {
     assert_eq!(followed, "first line\nsecond line\n");
 
     let (_, text) = api
-        .call("GET", &format!("/runs/{id}/logs?attempt=1"), None)
+        .text("GET", &format!("/runs/{id}/logs?attempt=1"), None)
         .await;
     assert_eq!(text, "first line\nsecond line\n");
     let cases = [
@@ -244,7 +142,7 @@ async fn logs_are_kept_per_attempt_and_can_be_followed() {
         ),
     ];
     for (method, uri, body, expected) in cases {
-        let (status, text) = api.call(method, &uri, body).await;
+        let (status, text) = api.text(method, &uri, body).await;
         assert_eq!(status, expected, "{method} {uri}: {text}");
         assert!(text.contains("detail"), "{text}");
     }
@@ -283,13 +181,14 @@ async fn events_are_delivered_to_a_webhook_with_retries() {
             json!({"image": "x", "event_delivery": {"topic": hook, "attributes": {"team": "img"}}}),
         )
         .await;
-    api.event(
+    api.event_ok(
         &id,
         json!({"type": "STARTED", "msg": "up", "payload": {"worker_id": "w1"}}),
     )
     .await;
-    api.event(&id, json!({"type": "PROGRESS", "msg": 30})).await;
-    api.event(
+    api.event_ok(&id, json!({"type": "PROGRESS", "msg": 30}))
+        .await;
+    api.event_ok(
         &id,
         json!({"type": "COMPLETED", "msg": "done", "payload": {"outputs": {"n": 1}}}),
     )
@@ -323,7 +222,7 @@ async fn events_are_delivered_to_a_webhook_with_retries() {
         "the refused delivery was retried"
     );
 
-    let metrics = api.call("GET", "/metrics", None).await.1;
+    let metrics = api.text("GET", "/metrics", None).await.1;
     assert!(
         metrics.contains("gyoza_event_deliveries_total{result=\"ok\"} 3"),
         "{metrics}"
@@ -336,11 +235,11 @@ async fn metrics_describe_runs_claims_workers_and_requests() {
     let id = api
         .claimed_run(json!({"image": "x", "constraints": {"cpu": 2}}))
         .await;
-    api.json("POST", "/runs", Some(json!({"image": "y"}))).await;
-    api.call("GET", &format!("/runs/{id}"), None).await;
-    api.call("GET", "/runs/missing", None).await;
+    api.ok("POST", "/runs", Some(json!({"image": "y"}))).await;
+    api.text("GET", &format!("/runs/{id}"), None).await;
+    api.text("GET", "/runs/missing", None).await;
 
-    let (status, text) = api.call("GET", "/metrics", None).await;
+    let (status, text) = api.text("GET", "/metrics", None).await;
     assert_eq!(status, StatusCode::OK);
     for line in [
         "gyoza_runs{state=\"PENDING\"} 1",

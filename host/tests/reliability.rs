@@ -1,163 +1,27 @@
 //! Dead workers lose their runs, exactly once, and a worker that comes back is fenced.
 
-use std::sync::Arc;
+pub mod common;
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use chrono::{Duration, TimeZone, Utc};
-use gyoza_host::api::{AppState, app};
-use gyoza_host::clock::ManualClock;
-use gyoza_host::reaper::reap_lost_workers;
-use gyoza_host::scheduler::GreedyPriority;
-use gyoza_host::store::SqliteStore;
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
+use chrono::Duration;
+use common::{Api, KEY};
 use serde_json::{Value, json};
-use tower::ServiceExt;
-
-const KEY: &str = "reliability-key";
-
-struct Api {
-    state: AppState,
-    app: Router,
-    clock: Arc<ManualClock>,
-    _dir: Arc<tempfile::TempDir>,
-}
-
-impl Api {
-    async fn new() -> Self {
-        let dir = Arc::new(tempfile::tempdir().unwrap());
-        let clock = Arc::new(ManualClock::new(
-            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-        ));
-        Self::on(dir, clock).await
-    }
-
-    /// Another server replica on the same database file and clock.
-    async fn on(dir: Arc<tempfile::TempDir>, clock: Arc<ManualClock>) -> Self {
-        let store = SqliteStore::open(dir.path().join("gyoza.db"))
-            .await
-            .unwrap();
-        let state = AppState::new(
-            Arc::new(store),
-            Arc::new(GreedyPriority),
-            clock.clone(),
-            KEY,
-        );
-        Self {
-            app: app(state.clone()),
-            state,
-            clock,
-            _dir: dir,
-        }
-    }
-
-    async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("x-api-key", KEY)
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-            .unwrap();
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    /// A request whose body is sent as is (for malformed JSON).
-    async fn call_raw(&self, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("x-api-key", KEY)
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_owned()))
-            .unwrap();
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn ok(&self, method: &str, uri: &str, body: Option<Value>) -> Value {
-        let (status, value) = self.call(method, uri, body).await;
-        assert!(status.is_success(), "{method} {uri}: {status} {value}");
-        value
-    }
-
-    async fn heartbeat(&self, worker: &str) {
-        self.ok(
-            "POST",
-            "/workers/heartbeat",
-            Some(json!({"worker_id": worker, "resources": {"cpu_cores": 4, "ram_mb": 4096}})),
-        )
-        .await;
-    }
-
-    /// Attempt `attempt` of run `id` STARTED on `worker` and COMPLETED; the run as answered.
-    async fn start_and_complete(&self, id: &str, worker: &str, attempt: u32) -> Value {
-        self.ok(
-            "POST",
-            &format!("/runs/{id}/events"),
-            Some(json!({"type": "STARTED", "msg": "", "payload": {"worker_id": worker}, "attempt": attempt})),
-        )
-        .await;
-        self.ok(
-            "POST",
-            &format!("/runs/{id}/events"),
-            Some(json!({"type": "COMPLETED", "msg": "ok", "attempt": attempt})),
-        )
-        .await
-    }
-
-    /// A run claimed by and started on `worker`.
-    async fn running_on(&self, worker: &str, retry: Value) -> String {
-        self.heartbeat(worker).await;
-        let run = self
-            .ok(
-                "POST",
-                "/runs",
-                Some(json!({"image": "x", "retry_policy": retry})),
-            )
-            .await;
-        let id = run["id"].as_str().unwrap().to_owned();
-        let claim = self
-            .ok("POST", &format!("/workers/{worker}/claim"), None)
-            .await;
-        assert_eq!(claim["ops"][0]["id"], id.as_str());
-        assert_eq!(claim["ops"][0]["attempt"], 1);
-        self.ok(
-            "POST",
-            &format!("/runs/{id}/events"),
-            Some(json!({"type": "STARTED", "msg": "", "payload": {"worker_id": worker}, "attempt": 1})),
-        )
-        .await;
-        id
-    }
-}
 
 #[tokio::test]
 async fn a_silent_worker_loses_its_runs_and_is_fenced_when_it_returns() {
     let api = Api::new().await;
     let id = api.running_on("w1", json!({"max_attempts": 1})).await;
     api.clock.advance(Duration::seconds(30));
-    api.heartbeat("w2").await;
+    api.heartbeat("w2", 4, 4096).await;
     assert_eq!(
-        reap_lost_workers(&api.state).await.unwrap(),
+        api.service.reap().await.unwrap(),
         0,
         "w1 is within its timeout"
     );
 
     api.clock.advance(Duration::seconds(45));
-    api.heartbeat("w2").await;
-    assert_eq!(reap_lost_workers(&api.state).await.unwrap(), 1);
+    api.heartbeat("w2", 4, 4096).await;
+    assert_eq!(api.service.reap().await.unwrap(), 1);
     let run = api.ok("GET", &format!("/runs/{id}"), None).await;
     assert_eq!(
         run["state"], "PENDING",
@@ -171,7 +35,7 @@ async fn a_silent_worker_loses_its_runs_and_is_fenced_when_it_returns() {
         "worker w1 lost (no heartbeat for 75s)"
     );
     assert_eq!(
-        reap_lost_workers(&api.state).await.unwrap(),
+        api.service.reap().await.unwrap(),
         0,
         "reaping twice is harmless"
     );
@@ -215,12 +79,12 @@ async fn requeues_after_lost_workers_are_capped() {
     let id = api.running_on("w0", json!({"max_attempts": 5})).await;
     for round in 1..=4 {
         api.clock.advance(Duration::seconds(61));
-        assert_eq!(reap_lost_workers(&api.state).await.unwrap(), 1);
+        assert_eq!(api.service.reap().await.unwrap(), 1);
         let run = api.ok("GET", &format!("/runs/{id}"), None).await;
         if round < 4 {
             assert_eq!(run["state"], "PENDING", "round {round}");
             let worker = format!("w{round}");
-            api.heartbeat(&worker).await;
+            api.heartbeat(&worker, 4, 4096).await;
             api.ok("POST", &format!("/workers/{worker}/claim"), None)
                 .await;
         } else {
@@ -233,16 +97,13 @@ async fn requeues_after_lost_workers_are_capped() {
 #[tokio::test]
 async fn two_replicas_reaping_at_once_requeue_a_run_once() {
     let first = Api::new().await;
-    let second = Api::on(first._dir.clone(), first.clock.clone()).await;
+    let second = first.replica().await;
     let mut ids = Vec::new();
     for _ in 0..10 {
         ids.push(first.running_on("doomed", json!({"max_attempts": 1})).await);
     }
     first.clock.advance(Duration::seconds(120));
-    let (a, b) = tokio::join!(
-        reap_lost_workers(&first.state),
-        reap_lost_workers(&second.state)
-    );
+    let (a, b) = tokio::join!(first.service.reap(), second.service.reap());
     assert_eq!(
         a.unwrap() + b.unwrap(),
         10,
@@ -342,7 +203,7 @@ async fn a_released_run_is_requeued_outside_the_retry_budget_and_completed_elsew
     }
 
     // Another worker claims the new attempt at once and completes it.
-    api.heartbeat("w2").await;
+    api.heartbeat("w2", 4, 4096).await;
     let claim = api.ok("POST", "/workers/w2/claim", None).await;
     assert_eq!(claim["ops"][0]["id"], id.as_str());
     assert_eq!(claim["ops"][0]["attempt"], 2);
@@ -406,7 +267,9 @@ async fn a_release_that_does_not_fit_is_refused_with_a_detail_and_changes_nothin
         assert_eq!(status, expected, "{body}: {answer}");
         assert!(detail(&answer).contains(needle), "{body}: {answer}");
     }
-    let (status, answer) = api.call_raw("POST", &uri, "{not json").await;
+    let (status, answer) = api
+        .raw("POST", &uri, Some(KEY), Some("{not json".into()))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert!(!detail(&answer).is_empty());
     let after = api.ok("GET", &format!("/runs/{id}"), None).await;
@@ -445,10 +308,10 @@ async fn releases_share_the_requeue_cap_of_lost_workers() {
     let api = Api::new().await;
     let id = api.running_on("w0", json!({"max_attempts": 5})).await;
     api.clock.advance(Duration::seconds(61));
-    assert_eq!(reap_lost_workers(&api.state).await.unwrap(), 1);
+    assert_eq!(api.service.reap().await.unwrap(), 1);
     for attempt in 2..=4 {
         let worker = format!("w{attempt}");
-        api.heartbeat(&worker).await;
+        api.heartbeat(&worker, 4, 4096).await;
         api.ok("POST", &format!("/workers/{worker}/claim"), None)
             .await;
         let run = api

@@ -5,23 +5,16 @@
 //! Every plugin here is a real component built from `plugins/` and `examples/` by
 //! `host/build.rs`; nothing is mocked.
 
+pub mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use chrono::{TimeZone, Utc};
-use gyoza_host::api::{AppState, app};
-use gyoza_host::clock::ManualClock;
-use gyoza_host::store::SqliteStore;
-use gyoza_host::strategy::{FailPolicy, StrategyHost, StrategySettings, scenario};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
+use common::KEY;
+use gyoza_host::strategy::{FailPolicy, StrategySettings, scenario};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-const KEY: &str = "test-key";
 const BUILT: &str = env!("GYOZA_PLUGINS_OUT");
 
 fn fixture(name: &str) -> PathBuf {
@@ -32,11 +25,20 @@ fn builtin(name: &str) -> PathBuf {
     Path::new(BUILT).join(format!("gyoza_strategy_{name}.wasm"))
 }
 
+/// The common router harness, with the strategy host behind it and its plugins directory.
 struct Api {
-    app: Router,
-    host: StrategyHost,
+    router: common::Api,
+    host: gyoza_host::strategy::StrategyHost,
     plugins: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Api {
+    type Target = common::Api;
+
+    fn deref(&self) -> &common::Api {
+        &self.router
+    }
 }
 
 struct Options {
@@ -68,31 +70,16 @@ impl Api {
         let settings = StrategySettings {
             plugins_dir: Some(plugins.clone()),
             // Shared across tests: each plugin is compiled once per test run.
-            cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("strategy-cache")),
+            cache_dir: Some(common::strategy_cache()),
             active: options.strategy.into(),
             config: options.config.into(),
             fail_policy: options.fail_policy,
             ..StrategySettings::builtin("bin-packing")
         };
-        let host = tokio::task::spawn_blocking(move || StrategyHost::start(settings))
-            .await
-            .unwrap()
-            .unwrap();
-        let store = SqliteStore::open(dir.path().join("gyoza.db"))
-            .await
-            .unwrap();
-        let mut state = AppState::new(
-            Arc::new(store),
-            Arc::new(host.clone()),
-            Arc::new(ManualClock::new(
-                Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-            )),
-            KEY,
-        );
-        state.max_body_bytes = 1 << 20;
-        let app = app(state);
+        let host = common::start_strategies(settings).await;
+        let router = common::Api::with_strategies(host.clone(), 1 << 20).await;
         Self {
-            app,
+            router,
             host,
             plugins,
             _dir: dir,
@@ -100,45 +87,12 @@ impl Api {
     }
 
     async fn call(&self, method: &str, uri: &str, body: Option<String>) -> (StatusCode, Value) {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("x-api-key", KEY);
-        if body.is_some() {
-            request = request.header("content-type", "application/json");
-        }
-        let body = body.map(Body::from).unwrap_or_else(Body::empty);
-        let response = self
-            .app
-            .clone()
-            .oneshot(request.body(body).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, value)
-    }
-
-    async fn ok(&self, method: &str, uri: &str, body: Option<Value>) -> Value {
-        let (status, value) = self.call(method, uri, body.map(|b| b.to_string())).await;
-        assert!(status.is_success(), "{method} {uri}: {status} {value}");
-        value
+        self.router.raw(method, uri, Some(KEY), body).await
     }
 
     /// A worker with `cpu` cores, `ram` MB and GPUs of these VRAM sizes.
     async fn worker(&self, id: &str, cpu: u32, ram: u64, gpus: &[u64]) {
-        let gpus: Vec<Value> = gpus
-            .iter()
-            .enumerate()
-            .map(|(i, vram)| json!({"id": i, "vram_mb": vram}))
-            .collect();
-        self.ok(
-            "POST",
-            "/workers/heartbeat",
-            Some(json!({"worker_id": id, "resources": {"cpu_cores": cpu, "ram_mb": ram, "gpus": gpus}})),
-        )
-        .await;
+        self.router.heartbeat_with_gpus(id, cpu, ram, gpus).await;
     }
 
     async fn run(&self, priority: i64, constraints: Value) -> String {
@@ -150,18 +104,6 @@ impl Api {
             )
             .await;
         run["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn claim(&self, worker: &str, max: usize) -> Vec<String> {
-        let answer = self
-            .ok("POST", &format!("/workers/{worker}/claim?max={max}"), None)
-            .await;
-        answer["ops"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|op| op["id"].as_str().unwrap().to_owned())
-            .collect()
     }
 
     async fn activate(&self, name: &str) {

@@ -33,8 +33,8 @@ pub async fn upsert(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<OpDefinitionCreate>,
 ) -> Result<(StatusCode, Json<OpDefinition>), ApiError> {
-    let definition = request.into_definition(None, state.clock.now())?;
-    let (definition, created) = state.store.upsert_definition(definition).await?;
+    let definition = request.into_definition(None, state.service.clock.now())?;
+    let (definition, created) = state.service.store.upsert_definition(definition).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -46,7 +46,7 @@ pub async fn upsert(
 /// Every version of every definition.
 #[utoipa::path(get, path = "/definitions", responses((status = 200, body = Vec<Object>)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<OpDefinition>>, ApiError> {
-    Ok(Json(state.store.list_definitions().await?))
+    Ok(Json(state.service.store.list_definitions().await?))
 }
 
 async fn find(
@@ -55,6 +55,7 @@ async fn find(
     version: Option<&str>,
 ) -> Result<OpDefinition, ApiError> {
     state
+        .service
         .store
         .get_definition(name, version)
         .await?
@@ -95,8 +96,8 @@ pub async fn create_run(
     ApiJson(request): ApiJson<OpRunCreateFromDefinition>,
 ) -> Result<(StatusCode, Json<OpRunView>), ApiError> {
     let definition = find(&state, &name, query.version.as_deref()).await?;
-    let run = request.into_run(&definition, state.clock.now())?;
-    state.store.insert_run(&run).await?;
+    let run = request.into_run(&definition, state.service.clock.now())?;
+    state.service.store.insert_run(&run).await?;
     state
         .metrics
         .run_creations

@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::extract::{ApiJson, ApiQuery, int_param};
 use crate::error::ApiError;
+use crate::service::Service;
 
 /// Bytes of output kept per attempt.
 pub const LOG_TAIL_BYTES: usize = 1024 * 1024;
@@ -51,10 +52,11 @@ pub async fn append(
         )));
     }
     state
+        .service
         .store
         .append_log(&id, attempt, &batch.text, LOG_TAIL_BYTES)
         .await?;
-    state.notify(&id);
+    state.service.notify(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -89,7 +91,7 @@ pub async fn get(
             )));
         }
     };
-    let changes = state.changes.subscribe();
+    let changes = state.service.subscribe();
     let run = super::runs::load(&state, &id).await?;
     let attempt = match int_param("attempt", params.attempt.as_deref())? {
         None => run.current_attempt(),
@@ -101,7 +103,12 @@ pub async fn get(
             )));
         }
     };
-    let tail = state.store.get_log(&id, attempt).await?.unwrap_or_default();
+    let tail = state
+        .service
+        .store
+        .get_log(&id, attempt)
+        .await?
+        .unwrap_or_default();
     let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     if !follow {
         return Ok((headers, tail.text).into_response());
@@ -140,11 +147,17 @@ impl Follower {
             }
             // Read the run before the log: output written before the run ended is then
             // always seen before the follower stops.
-            let ended = match self.state.store.get_run(&self.run_id).await {
+            let ended = match self.state.service.store.get_run(&self.run_id).await {
                 Ok(Some(run)) => run.is_locked() || run.current_attempt() != self.attempt,
                 _ => true,
             };
-            let tail = match self.state.store.get_log(&self.run_id, self.attempt).await {
+            let tail = match self
+                .state
+                .service
+                .store
+                .get_log(&self.run_id, self.attempt)
+                .await
+            {
                 Ok(tail) => tail.unwrap_or_default(),
                 Err(e) => {
                     tracing::error!(run_id = %self.run_id, error = %e, "log follow: store failed");
@@ -167,7 +180,7 @@ impl Follower {
                 return Some((Ok(Bytes::from(chunk)), self));
             }
             if !self.done {
-                AppState::wait_for_change(&mut self.changes, &self.run_id, Duration::from_secs(1))
+                Service::wait_for_change(&mut self.changes, &self.run_id, Duration::from_secs(1))
                     .await;
             }
         }

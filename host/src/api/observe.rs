@@ -39,7 +39,7 @@ pub async fn count_requests(
 /// Metrics in the Prometheus text format (needs the API key, like the rest of the API).
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let counts = state.store.count_runs_by_state().await?;
+    let counts = state.service.store.count_runs_by_state().await?;
     let runs = Gauge {
         name: "gyoza_runs",
         help: "Runs by state.",
@@ -54,11 +54,11 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             })
             .collect(),
     };
-    let now = state.clock.now();
-    let workers = state.store.list_workers().await?;
+    let now = state.service.clock.now();
+    let workers = state.service.store.list_workers().await?;
     let active: Vec<_> = workers
         .iter()
-        .filter(|w| w.is_active(now, state.worker_timeout))
+        .filter(|w| w.is_active(now, state.service.worker_timeout))
         .collect();
     let capacity = |pick: fn(&gyoza_core::Worker) -> f64| -> Vec<(String, f64)> {
         active
@@ -94,7 +94,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             samples: capacity(|w| w.running_ops.len() as f64),
         },
     ];
-    if let Some(host) = state.scheduler.strategies() {
+    if let Some(host) = &state.strategies {
         let list = host.list();
         let per_plugin = |value: fn(&StrategyInfo) -> Option<f64>| -> Vec<(String, f64)> {
             list.strategies

@@ -13,6 +13,7 @@ use gyoza_core::api::{
     AddEventRequest, ErrorBody, EventsResponse, OpRunCreate, OpRunList, OpRunUpdate, OpRunView,
     ReleaseRequest, RunScheduling,
 };
+use gyoza_core::run::MAX_LOST_REQUEUES;
 use gyoza_core::{DomainError, EventType, OpAttempt, OpRun, OpRunState};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -21,7 +22,6 @@ use utoipa::IntoParams;
 use super::AppState;
 use super::extract::{ApiJson, ApiQuery, int_param};
 use crate::error::ApiError;
-use crate::reaper::MAX_LOST_REQUEUES;
 use crate::store::{CreatedBound, Cursor, RunMutation, RunQuery};
 
 /// Query parameters of `GET /runs`.
@@ -144,7 +144,7 @@ pub async fn list(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<OpRunList>, ApiError> {
     let query = params.into_query()?;
-    let page = state.store.list_runs(&query).await?;
+    let page = state.service.store.list_runs(&query).await?;
     Ok(Json(OpRunList {
         object: "list".into(),
         data: page
@@ -166,27 +166,30 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<OpRunCreate>,
 ) -> Result<(StatusCode, Json<OpRunView>), ApiError> {
-    let run = request.into_run(state.clock.now())?;
-    state.store.insert_run(&run).await?;
+    let run = request.into_run(state.service.clock.now())?;
+    state.service.store.insert_run(&run).await?;
     state.metrics.run_creations.fetch_add(1, Ordering::Relaxed);
     Ok((StatusCode::CREATED, Json(OpRunView::from(&run))))
 }
 
 pub(super) async fn load(state: &AppState, id: &str) -> Result<OpRun, ApiError> {
     state
+        .service
         .store
         .get_run(id)
         .await?
         .ok_or_else(|| ApiError::run_not_found(id))
 }
 
-/// Applies a domain change to a run (see [`AppState::update_run`]) and answers with the run.
+/// Applies a domain change to a run (see [`Service::update_run`](crate::service::Service::update_run))
+/// and answers with the run.
 async fn mutate(
     state: &AppState,
     id: &str,
     mutation: RunMutation,
 ) -> Result<Json<OpRunView>, ApiError> {
     let run = state
+        .service
         .update_run(id, mutation)
         .await?
         .ok_or_else(|| ApiError::run_not_found(id))?;
@@ -211,6 +214,7 @@ fn with_scheduling(state: &AppState, run: &OpRun) -> OpRunView {
     let mut view = OpRunView::from(run);
     if run.state == OpRunState::Pending {
         view.scheduling = state
+            .service
             .scheduler
             .pending_note(&run.id)
             .map(|note| RunScheduling {
@@ -232,7 +236,7 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<OpRunUpdate>,
 ) -> Result<Json<OpRunView>, ApiError> {
-    let now = state.clock.now();
+    let now = state.service.clock.now();
     mutate(
         &state,
         &id,
@@ -250,7 +254,7 @@ pub async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<OpRunView>, ApiError> {
-    let now = state.clock.now();
+    let now = state.service.clock.now();
     mutate(
         &state,
         &id,
@@ -277,7 +281,7 @@ pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<OpRunView>, ApiError> {
-    let now = state.clock.now();
+    let now = state.service.clock.now();
     mutate(
         &state,
         &id,
@@ -318,7 +322,7 @@ pub async fn release(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<ReleaseRequest>,
 ) -> Result<Json<OpRunView>, ApiError> {
-    let now = state.clock.now();
+    let now = state.service.clock.now();
     // Refuse a bad reason before touching the store.
     request.reason()?;
     let view = mutate(
@@ -372,7 +376,7 @@ pub async fn add_event(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<AddEventRequest>,
 ) -> Result<Json<OpRunView>, ApiError> {
-    let now = state.clock.now();
+    let now = state.service.clock.now();
     // Refuse an unknown type before touching the store.
     request.event_type.parse::<EventType>()?;
     mutate(

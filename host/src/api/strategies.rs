@@ -20,8 +20,8 @@ pub struct ActivateRequest {
 
 fn host(state: &AppState) -> Result<&StrategyHost, ApiError> {
     state
-        .scheduler
-        .strategies()
+        .strategies
+        .as_ref()
         .ok_or_else(|| ApiError::NotFound("this server runs no wasm strategies".into()))
 }
 

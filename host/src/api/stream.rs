@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 
 use super::AppState;
 use crate::error::ApiError;
+use crate::service::Service;
 
 /// How long a stream waits for news before looking at the store anyway.
 const POLL: Duration = Duration::from_secs(1);
@@ -103,7 +104,7 @@ impl Watch {
             if self.finished {
                 return None;
             }
-            match self.state.store.get_run(&self.run_id).await {
+            match self.state.service.store.get_run(&self.run_id).await {
                 Ok(Some(run)) => {
                     self.queue.extend(events_after(&run, &mut self.position));
                     if run.is_locked() {
@@ -120,7 +121,7 @@ impl Watch {
                 }
             }
             if self.queue.is_empty() && !self.finished {
-                AppState::wait_for_change(&mut self.changes, &self.run_id, POLL).await;
+                Service::wait_for_change(&mut self.changes, &self.run_id, POLL).await;
             }
         }
     }
@@ -137,7 +138,7 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // Subscribe before the first read so that no change falls between the two.
-    let changes = state.changes.subscribe();
+    let changes = state.service.subscribe();
     super::runs::load(&state, &id).await?;
     let watch = Watch {
         state,

@@ -14,14 +14,14 @@ use super::extract::{ApiJson, ApiQuery, int_param};
 use crate::error::ApiError;
 
 fn view(state: &AppState, worker: Worker) -> WorkerView {
-    let active = worker.is_active(state.clock.now(), state.worker_timeout);
+    let active = worker.is_active(state.service.clock.now(), state.service.worker_timeout);
     WorkerView { worker, active }
 }
 
 /// Every worker that ever heartbeated, with whether it is active.
 #[utoipa::path(get, path = "/workers", responses((status = 200, body = Vec<WorkerView>)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<WorkerView>>, ApiError> {
-    let workers = state.store.list_workers().await?;
+    let workers = state.service.store.list_workers().await?;
     Ok(Json(workers.into_iter().map(|w| view(&state, w)).collect()))
 }
 
@@ -37,7 +37,11 @@ pub async fn heartbeat(
     if request.worker_id.trim().is_empty() {
         return Err(ApiError::BadRequest("worker_id must not be empty".into()));
     }
-    let worker = state.store.heartbeat(request, state.clock.now()).await?;
+    let worker = state
+        .service
+        .store
+        .heartbeat(request, state.service.clock.now())
+        .await?;
     Ok(Json(view(&state, worker)))
 }
 
@@ -67,15 +71,12 @@ pub async fn claim(
         )));
     }
     let started = std::time::Instant::now();
-    let ops = crate::scheduler::claim(&state, &id, max as usize).await?;
+    let ops = state.service.claim(&id, max as usize).await?;
     let metrics = &state.metrics;
     metrics.claim_latency.observe(started.elapsed());
     metrics.claims.fetch_add(1, Ordering::Relaxed);
     metrics
         .placements
         .fetch_add(ops.len() as u64, Ordering::Relaxed);
-    for op in &ops {
-        state.notify(&op.id);
-    }
     Ok(Json(ClaimResponse { ops }))
 }

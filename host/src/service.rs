@@ -1,0 +1,139 @@
+//! The server's domain service, apart from HTTP.
+//!
+//! One [`Service`] per server process owns what requests and background tasks share: the
+//! store, the scheduler, the clock, event delivery, this process's change notifications, the
+//! claims in flight and the worker timeout. Its methods are the domain's acts:
+//! [`Service::update_run`] (a run change, delivered to its topic and announced to watchers),
+//! [`Service::claim`] and [`Service::reap`]. It knows nothing of HTTP: its errors are the
+//! store's ([`StoreError`], domain rules included), which the API maps to statuses.
+//!
+//! # Layout
+//! - this file: [`Service`], run updates and change notifications.
+//! - `claim`: the claim protocol (decision → [`gyoza_core::placement::place`] → atomic
+//!   PENDING → ASSIGNED) and the reservations of claims in flight.
+//! - `reap`: runs of workers that stopped heartbeating are requeued.
+
+mod claim;
+mod reap;
+
+use std::sync::{Arc, Mutex};
+
+use gyoza_core::OpRun;
+use gyoza_core::sync::lock;
+use tokio::sync::broadcast;
+
+use claim::InFlight;
+pub use claim::PENDING_WINDOW;
+
+use crate::clock::Clock;
+use crate::delivery::{self, Deliverer, DeliveryConfig};
+use crate::metrics::Metrics;
+use crate::scheduler::Scheduler;
+use crate::store::{RunMutation, Store, StoreError};
+
+/// The domain service of one server process.
+pub struct Service {
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Claim policy.
+    pub scheduler: Arc<dyn Scheduler>,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// A worker silent for longer is inactive, and its runs are requeued.
+    pub worker_timeout: chrono::Duration,
+    /// Sends run events to their topic URLs.
+    deliverer: Arc<Deliverer>,
+    /// Ids of runs that changed in this process (wakes event streams and log followers).
+    changes: broadcast::Sender<String>,
+    /// Runs that claims in this process are assigning right now (see `claim`).
+    claims_in_flight: InFlight,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("scheduler", &self.scheduler.name())
+            .field("worker_timeout", &self.worker_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// A service with a 60 s worker timeout and default event delivery (counted in
+    /// `metrics`); starts the delivery loop, so it must be called within a tokio runtime.
+    pub fn new(
+        store: Arc<dyn Store>,
+        scheduler: Arc<dyn Scheduler>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            scheduler,
+            clock,
+            worker_timeout: chrono::Duration::seconds(60),
+            deliverer: Deliverer::start(DeliveryConfig::default(), metrics),
+            changes: broadcast::channel(1024).0,
+            claims_in_flight: InFlight::default(),
+        }
+    }
+
+    /// Applies a domain change to a run atomically, then delivers the events it added to the
+    /// run's topic and wakes this process's watchers of the run. `Ok(None)`: no such run.
+    pub async fn update_run(
+        &self,
+        id: &str,
+        mut mutation: RunMutation,
+    ) -> Result<Option<OpRun>, StoreError> {
+        let before = Arc::new(Mutex::new(delivery::Mark::default()));
+        let seen = before.clone();
+        let tracked: RunMutation = Box::new(move |run| {
+            *lock(&seen) = delivery::mark(run);
+            mutation(run)
+        });
+        let Some(run) = self.store.update_run(id, tracked).await? else {
+            return Ok(None);
+        };
+        let before = *lock(&before);
+        self.deliverer.enqueue_new(&run, before);
+        self.notify(&run.id);
+        Ok(Some(run))
+    }
+
+    /// Tells event streams and log followers in this process that `run_id` changed.
+    pub fn notify(&self, run_id: &str) {
+        // No receivers is normal: nobody is watching.
+        let _ = self.changes.send(run_id.to_owned());
+    }
+
+    /// Notifications of changed runs from now on, for [`Service::wait_for_change`].
+    /// Subscribe before reading a run so that no change falls between the two.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    /// Waits until `run_id` may have changed: a notification from this process, a lagged
+    /// channel, or `poll` passing (changes made by other replicas are only seen by looking).
+    pub async fn wait_for_change(
+        changes: &mut broadcast::Receiver<String>,
+        run_id: &str,
+        poll: std::time::Duration,
+    ) {
+        let deadline = tokio::time::sleep(poll);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => return,
+                news = changes.recv() => match news {
+                    Ok(id) if id == run_id => return,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        (&mut deadline).await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Dead workers lose their runs.
+//!
+//! A worker silent for longer than the worker timeout is presumed dead: each run it held
+//! (ASSIGNED or RUNNING) gets its attempt FAILED with "worker <id> lost (no heartbeat for
+//! Ns)" and is requeued as a new attempt. Such requeues do not use the op's retry budget
+//! (the op did not fail) but are capped at [`MAX_LOST_REQUEUES`] per run, after which the run
+//! FAILS: an op that kills its workers must not loop forever.
+//!
+//! Every server replica reaps. Each requeue is a compare-and-set store update whose mutation
+//! refuses unless the run is still held by that worker, so two replicas reaping the same
+//! worker requeue each run once. A worker that comes back later is fenced: its calls for the
+//! old attempt get 409.
+
+use gyoza_core::run::MAX_LOST_REQUEUES;
+
+use super::Service;
+use crate::store::StoreError;
+
+impl Service {
+    /// Requeues the runs of every worker silent for longer than the worker timeout; returns
+    /// how many runs it changed.
+    pub async fn reap(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let mut changed = 0;
+        for worker in self.store.stale_workers(now - self.worker_timeout).await? {
+            let silent = (now - worker.last_heartbeat_at).num_seconds();
+            for run in self.store.runs_on_worker(&worker.id).await? {
+                let worker_id = worker.id.clone();
+                let outcome = self
+                    .update_run(
+                        &run.id,
+                        Box::new(move |r| {
+                            r.worker_lost(&worker_id, silent, MAX_LOST_REQUEUES, now)
+                        }),
+                    )
+                    .await;
+                match outcome {
+                    Ok(Some(run)) => {
+                        changed += 1;
+                        tracing::warn!(
+                            run_id = %run.id,
+                            worker_id = %worker.id,
+                            silent_s = silent,
+                            state = %run.state,
+                            "worker lost: run's attempt failed and the run was {}",
+                            if run.is_locked() { "failed (requeue cap reached)" } else { "requeued" }
+                        );
+                    }
+                    // Gone, or changed since it was read (another replica reaped it, or the
+                    // worker reported at the last moment): nothing to do.
+                    Ok(None) | Err(StoreError::Rule(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(changed)
+    }
+}

@@ -1,0 +1,312 @@
+//! The router test harness of the host's integration tests (`api`, `observe`, `reliability`,
+//! `strategies`): a server state over a SQLite store in a temporary directory and a manual
+//! clock, its router called through `tower::ServiceExt::oneshot` (no sockets), and the
+//! requests the tests make over and over.
+//!
+//! Each test file declares it with `pub mod common;`, so that helpers a file does not use
+//! are not dead code.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::{Duration, TimeZone, Utc};
+use gyoza_host::api::{AppState, app};
+use gyoza_host::clock::ManualClock;
+use gyoza_host::metrics::Metrics;
+use gyoza_host::service::Service;
+use gyoza_host::store::SqliteStore;
+use gyoza_host::strategy::{StrategyHost, StrategySettings};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// The API key of every test server.
+pub const KEY: &str = "test-key";
+
+/// Default body limit of a test server, as the server's.
+const BODY_LIMIT: usize = 10 * 1024 * 1024;
+
+/// A server's router and what tests reach behind it.
+pub struct Api {
+    /// The router.
+    pub app: Router,
+    /// The domain service behind it (for the reaper's check).
+    pub service: Arc<Service>,
+    /// Its clock, starting at 2026-01-01 00:00 UTC.
+    pub clock: Arc<ManualClock>,
+    /// The directory of its database (`gyoza.db`).
+    pub dir: Arc<tempfile::TempDir>,
+}
+
+/// Where compiled strategies are cached: shared across tests, so that each is compiled once
+/// per test run.
+pub fn strategy_cache() -> std::path::PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("strategy-cache")
+}
+
+/// A strategy host started from `settings` (off the async threads: it compiles).
+pub async fn start_strategies(settings: StrategySettings) -> StrategyHost {
+    tokio::task::spawn_blocking(move || StrategyHost::start(settings))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// The built-in `priority` strategy with backfill, the scheduler of most tests.
+async fn priority_backfill() -> StrategyHost {
+    start_strategies(StrategySettings {
+        cache_dir: Some(strategy_cache()),
+        config: "backfill=true".into(),
+        ..StrategySettings::builtin("priority")
+    })
+    .await
+}
+
+impl Api {
+    /// A server scheduling with the built-in priority strategy (backfill).
+    pub async fn new() -> Self {
+        Self::with_body_limit(BODY_LIMIT).await
+    }
+
+    /// [`Api::new`] with another body limit.
+    pub async fn with_body_limit(max_body_bytes: usize) -> Self {
+        Self::with_strategies(priority_backfill().await, max_body_bytes).await
+    }
+
+    /// A server scheduling with `host` (also behind `/strategies`), on a new database.
+    pub async fn with_strategies(host: StrategyHost, max_body_bytes: usize) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let clock = Arc::new(ManualClock::new(
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        ));
+        Self::start(host, max_body_bytes, dir, clock).await
+    }
+
+    /// Another server replica on the same database file and clock.
+    pub async fn replica(&self) -> Self {
+        let host = priority_backfill().await;
+        Self::start(host, BODY_LIMIT, self.dir.clone(), self.clock.clone()).await
+    }
+
+    async fn start(
+        host: StrategyHost,
+        max_body_bytes: usize,
+        dir: Arc<tempfile::TempDir>,
+        clock: Arc<ManualClock>,
+    ) -> Self {
+        let store = SqliteStore::open(dir.path().join("gyoza.db"))
+            .await
+            .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let service = Arc::new(Service::new(
+            Arc::new(store),
+            Arc::new(host.clone()),
+            clock.clone(),
+            metrics.clone(),
+        ));
+        let mut state = AppState::new(service.clone(), metrics, KEY);
+        state.max_body_bytes = max_body_bytes;
+        state.strategies = Some(host);
+        Self {
+            app: app(state),
+            service,
+            clock,
+            dir,
+        }
+    }
+
+    /// A request with `key` (if any), a JSON `body` (if any) and extra headers.
+    pub fn request(
+        method: &str,
+        uri: &str,
+        key: Option<&str>,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> Request<Body> {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = match body {
+            Some(text) => {
+                request = request.header("content-type", "application/json");
+                Body::from(text)
+            }
+            None => Body::empty(),
+        };
+        request.body(body).unwrap()
+    }
+
+    /// Sends `request`; the status and the whole body as text.
+    pub async fn send(&self, request: Request<Body>) -> (StatusCode, String) {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// A request with `key` and a body sent as is; the answer must be JSON (or empty: null).
+    pub async fn raw(
+        &self,
+        method: &str,
+        uri: &str,
+        key: Option<&str>,
+        body: Option<String>,
+    ) -> (StatusCode, Value) {
+        let (status, text) = self.send(Self::request(method, uri, key, body, &[])).await;
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {uri}: not JSON ({e}): {text:?}"))
+        };
+        (status, value)
+    }
+
+    /// A request with the key and a JSON body; the answer as JSON.
+    pub async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.raw(method, uri, Some(KEY), body.map(|b| b.to_string()))
+            .await
+    }
+
+    /// A request with the key and a JSON body; the answer as text.
+    pub async fn text(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, String) {
+        let body = body.map(|b| b.to_string());
+        self.send(Self::request(method, uri, Some(KEY), body, &[]))
+            .await
+    }
+
+    /// [`Api::call`] that must succeed; the answer.
+    pub async fn ok(&self, method: &str, uri: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.call(method, uri, body).await;
+        assert!(status.is_success(), "{method} {uri}: {status} {value}");
+        value
+    }
+
+    /// Sends a GET whose answer streams, and collects that body in the background.
+    pub fn collect_stream(
+        &self,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> tokio::task::JoinHandle<(StatusCode, String)> {
+        let request = Self::request("GET", uri, Some(KEY), None, headers);
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        })
+    }
+
+    /// `POST /runs` that must answer 201; the run.
+    pub async fn create_run(&self, body: Value) -> Value {
+        let (status, run) = self.call("POST", "/runs", Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{run}");
+        run
+    }
+
+    /// A heartbeat of a worker with `cpu` cores, `ram` MB and no GPU.
+    pub async fn heartbeat(&self, worker: &str, cpu: u32, ram: u64) {
+        self.heartbeat_with_gpus(worker, cpu, ram, &[]).await;
+    }
+
+    /// A heartbeat of a worker with `cpu` cores, `ram` MB and GPUs of these VRAM sizes (MB).
+    pub async fn heartbeat_with_gpus(&self, worker: &str, cpu: u32, ram: u64, gpus: &[u64]) {
+        let gpus: Vec<Value> = gpus
+            .iter()
+            .enumerate()
+            .map(|(i, vram)| json!({"id": i, "vram_mb": vram}))
+            .collect();
+        self.ok(
+            "POST",
+            "/workers/heartbeat",
+            Some(json!({"worker_id": worker, "resources": {"cpu_cores": cpu, "ram_mb": ram, "gpus": gpus}})),
+        )
+        .await;
+    }
+
+    /// The ids of the runs a claim of `worker` got.
+    pub async fn claim(&self, worker: &str, max: usize) -> Vec<String> {
+        let answer = self
+            .ok("POST", &format!("/workers/{worker}/claim?max={max}"), None)
+            .await;
+        answer["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|op| op["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Posts an event to `run`; the answer.
+    pub async fn event(&self, run: &str, body: Value) -> (StatusCode, Value) {
+        self.call("POST", &format!("/runs/{run}/events"), Some(body))
+            .await
+    }
+
+    /// Posts an event to `run` that must be accepted; the run.
+    pub async fn event_ok(&self, run: &str, body: Value) -> Value {
+        self.ok("POST", &format!("/runs/{run}/events"), Some(body))
+            .await
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, seconds: i64) {
+        self.clock.advance(Duration::seconds(seconds));
+    }
+
+    /// A run made from `body` and claimed by worker `w1` (8 cores, 8 GB).
+    pub async fn claimed_run(&self, body: Value) -> String {
+        self.heartbeat("w1", 8, 8192).await;
+        let run = self.ok("POST", "/runs", Some(body)).await;
+        let id = run["id"].as_str().unwrap().to_owned();
+        let claim = self.ok("POST", "/workers/w1/claim", None).await;
+        assert_eq!(claim["ops"][0]["id"], id.as_str());
+        id
+    }
+
+    /// A run (with this retry policy) claimed by and started on `worker` (4 cores, 4 GB).
+    pub async fn running_on(&self, worker: &str, retry: Value) -> String {
+        self.heartbeat(worker, 4, 4096).await;
+        let run = self
+            .ok(
+                "POST",
+                "/runs",
+                Some(json!({"image": "x", "retry_policy": retry})),
+            )
+            .await;
+        let id = run["id"].as_str().unwrap().to_owned();
+        let claim = self
+            .ok("POST", &format!("/workers/{worker}/claim"), None)
+            .await;
+        assert_eq!(claim["ops"][0]["id"], id.as_str());
+        assert_eq!(claim["ops"][0]["attempt"], 1);
+        self.event_ok(
+            &id,
+            json!({"type": "STARTED", "msg": "", "payload": {"worker_id": worker}, "attempt": 1}),
+        )
+        .await;
+        id
+    }
+
+    /// Attempt `attempt` of run `id` STARTED on `worker` and COMPLETED; the run as answered.
+    pub async fn start_and_complete(&self, id: &str, worker: &str, attempt: u32) -> Value {
+        self.event_ok(
+            id,
+            json!({"type": "STARTED", "msg": "", "payload": {"worker_id": worker}, "attempt": attempt}),
+        )
+        .await;
+        self.event_ok(
+            id,
+            json!({"type": "COMPLETED", "msg": "ok", "attempt": attempt}),
+        )
+        .await
+    }
+}
