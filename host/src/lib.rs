@@ -15,6 +15,8 @@
 //! - [`scheduler`]: the scheduling seam and the claim protocol (atomic PENDING → ASSIGNED).
 //! - [`metrics`]: Prometheus counters and histograms (`GET /metrics`).
 //! - [`delivery`]: POSTing run events to their topic URLs, with retries.
+//! - [`destination`]: which topic URLs deliveries may reach (no loopback, private or
+//!   link-local address unless allowed), credentials redacted in logs.
 //! - [`reaper`]: runs of workers that stopped heartbeating are requeued.
 //! - [`strategy`]: scheduling strategies as WebAssembly components (the only wasmtime user):
 //!   the engine, plugin loading and hot reload, limits, fail policy, `/strategies`.
@@ -25,6 +27,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod destination;
 pub mod error;
 pub mod metrics;
 pub mod reaper;
