@@ -193,9 +193,7 @@ impl OpRunUpdate {
             .map(str::parse::<OpRunState>)
             .transpose()?;
         if let Some(priority) = self.priority {
-            if priority < 0 {
-                return Err(DomainError::NegativePriority(priority));
-            }
+            crate::run::check_priority(priority)?;
         }
         if let Some(state) = state {
             run.set_state(state, now)?;
@@ -465,6 +463,26 @@ pub struct HeartbeatRequest {
     /// Runs it is executing.
     #[serde(default)]
     pub running_ops: Option<Vec<WorkerOpRun>>,
+}
+
+impl HeartbeatRequest {
+    /// Refuses a heartbeat whose figures or strings are beyond their limits (see
+    /// [`crate::limits`]), naming every one.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        let mut problems = self.resources.problems();
+        crate::limits::bytes_at_most(
+            &mut problems,
+            "worker_id",
+            &self.worker_id,
+            crate::limits::MAX_ID_BYTES,
+        );
+        crate::resources::tag_problems(&mut problems, "tags", &self.tags);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(DomainError::OutOfRange(problems))
+        }
+    }
 }
 
 /// A worker as `GET /workers` and the heartbeat answer show it.

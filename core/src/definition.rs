@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::DomainError;
+use crate::limits;
 use crate::resources::{Constraints, EventDelivery, RetryPolicy};
 use crate::time::{self, Timestamp};
 
@@ -228,6 +229,17 @@ impl OpDefinition {
         if let Err(e) = self.retry_policy.validate() {
             errors.push(e);
         }
+        limits::bytes_at_most(&mut errors, "id", &self.id, limits::MAX_ID_BYTES);
+        limits::bytes_at_most(
+            &mut errors,
+            "version",
+            &self.version,
+            limits::MAX_VERSION_BYTES,
+        );
+        limits::bytes_at_most(&mut errors, "image", &self.image, limits::MAX_IMAGE_BYTES);
+        errors.extend(self.constraints.problems());
+        errors.extend(self.retry_policy.problems());
+        errors.extend(self.event_delivery.problems());
         if errors.is_empty() {
             Ok(())
         } else {

@@ -42,6 +42,9 @@ pub enum DomainError {
         "Invalid state '{0}': expected one of PENDING, ASSIGNED, RUNNING, COMPLETED, FAILED, CANCELLED"
     )]
     UnknownState(String),
+    /// Numbers or strings beyond their limits (see [`crate::limits`]); every problem is listed.
+    #[error("Out of range: {}", .0.join("; "))]
+    OutOfRange(Vec<String>),
     /// A negative priority.
     #[error("priority must be >= 0, got {0}")]
     NegativePriority(i64),

@@ -11,6 +11,7 @@
 //!
 //! # Layout
 //! - [`error`]: [`DomainError`], the one error type of the domain rules.
+//! - [`limits`]: the largest value every number and string of the API may take.
 //! - [`time`]: timestamps as the wire shows them (ISO 8601, `+00:00`) and as stores keep them.
 //! - [`resources`]: constraints, retry policy, event delivery, worker resources and GPUs.
 //! - [`definition`]: [`OpDefinition`], input/output specs, input validation, version order.
@@ -28,6 +29,7 @@ pub mod backoff;
 pub mod client;
 pub mod definition;
 pub mod error;
+pub mod limits;
 pub mod placement;
 pub mod resources;
 pub mod run;

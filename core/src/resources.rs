@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::limits::{self, at_most, bytes_at_most};
+
 /// Hardware an op needs to run. A missing figure means "no requirement".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -16,6 +18,28 @@ pub struct Constraints {
     /// VRAM in megabytes, on one GPU.
     #[serde(default)]
     pub vram_mb: Option<u64>,
+}
+
+impl Constraints {
+    /// Every figure beyond its limit (see [`crate::limits`]), for messages.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(cpu) = self.cpu {
+            at_most(&mut problems, "constraints.cpu", cpu, limits::MAX_CPU);
+        }
+        if let Some(ram) = self.ram_mb {
+            at_most(&mut problems, "constraints.ram_mb", ram, limits::MAX_RAM_MB);
+        }
+        if let Some(vram) = self.vram_mb {
+            at_most(
+                &mut problems,
+                "constraints.vram_mb",
+                vram,
+                limits::MAX_VRAM_MB,
+            );
+        }
+        problems
+    }
 }
 
 /// How a failed run is retried.
@@ -51,6 +75,32 @@ impl RetryPolicy {
         }
         Ok(())
     }
+
+    /// Every figure beyond its limit (see [`crate::limits`]), for messages.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        at_most(
+            &mut problems,
+            "retry_policy.max_attempts",
+            self.max_attempts,
+            limits::MAX_ATTEMPTS,
+        );
+        at_most(
+            &mut problems,
+            "retry_policy.backoff_ms",
+            self.backoff_ms,
+            limits::MAX_BACKOFF_MS,
+        );
+        problems
+    }
+
+    /// How long a failed attempt waits before the next may be claimed.
+    pub fn backoff(&self) -> chrono::Duration {
+        i64::try_from(self.backoff_ms)
+            .ok()
+            .and_then(chrono::Duration::try_milliseconds)
+            .unwrap_or(chrono::Duration::MAX)
+    }
 }
 
 /// Where a run's events are published, and with what extra attributes.
@@ -64,6 +114,20 @@ pub struct EventDelivery {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub attributes: Map<String, Value>,
+}
+
+impl EventDelivery {
+    /// Every string beyond its limit, for messages.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        bytes_at_most(
+            &mut problems,
+            "event_delivery.topic",
+            &self.topic,
+            limits::MAX_TOPIC_BYTES,
+        );
+        problems
+    }
 }
 
 /// One GPU of a worker.
@@ -90,4 +154,58 @@ pub struct Resources {
     /// GPUs, if any.
     #[serde(default)]
     pub gpus: Vec<Gpu>,
+}
+
+impl Resources {
+    /// Every figure beyond its limit (see [`crate::limits`]), for messages.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        at_most(
+            &mut problems,
+            "resources.cpu_cores",
+            self.cpu_cores,
+            limits::MAX_CPU,
+        );
+        at_most(
+            &mut problems,
+            "resources.ram_mb",
+            self.ram_mb,
+            limits::MAX_RAM_MB,
+        );
+        at_most(
+            &mut problems,
+            "resources.gpus (count)",
+            self.gpus.len(),
+            limits::MAX_GPUS,
+        );
+        for gpu in &self.gpus {
+            let field = format!("resources.gpus[id={}]", gpu.id);
+            at_most(
+                &mut problems,
+                &format!("{field}.vram_mb"),
+                gpu.vram_mb,
+                limits::MAX_VRAM_MB,
+            );
+            tag_problems(&mut problems, &format!("{field}.tags"), &gpu.tags);
+        }
+        problems
+    }
+}
+
+/// Problems of a tag list: too many tags, or a tag too long.
+pub fn tag_problems(problems: &mut Vec<String>, field: &str, tags: &[String]) {
+    at_most(
+        problems,
+        &format!("{field} (count)"),
+        tags.len(),
+        limits::MAX_TAGS,
+    );
+    for tag in tags {
+        bytes_at_most(
+            problems,
+            &format!("{field} entry"),
+            tag,
+            limits::MAX_TAG_BYTES,
+        );
+    }
 }

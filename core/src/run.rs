@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::DomainError;
+use crate::limits;
 use crate::resources::{Constraints, EventDelivery, RetryPolicy};
 use crate::time::{self, Timestamp};
 
@@ -273,8 +274,8 @@ impl OpAttempt {
         self.state = state;
         self.finished_at = Some(now);
         if let Some(started) = self.started_at {
-            let ms = (now - started).num_milliseconds().max(0);
-            self.execution_summary.duration_ms = Some(ms as u64);
+            let ms = now.signed_duration_since(started).num_milliseconds();
+            self.execution_summary.duration_ms = Some(u64::try_from(ms).unwrap_or(0));
         }
     }
 }
@@ -351,6 +352,13 @@ impl OpRun {
             return Err(DomainError::InvalidDefinition(vec![
                 "image must not be empty".into(),
             ]));
+        }
+        let mut problems = spec.constraints.problems();
+        problems.extend(spec.retry_policy.problems());
+        problems.extend(spec.event_delivery.problems());
+        limits::bytes_at_most(&mut problems, "image", &spec.image, limits::MAX_IMAGE_BYTES);
+        if !problems.is_empty() {
+            return Err(DomainError::OutOfRange(problems));
         }
         let mut run = Self {
             id: uuid::Uuid::new_v4().to_string(),
@@ -591,23 +599,55 @@ impl OpRun {
         self.updated_at = now;
     }
 
-    /// Sets the state directly (PATCH). A locked run refuses any change of state.
+    /// Sets the state directly: `PATCH /runs/{id}`, an operator's emergency override.
+    ///
+    /// A locked run refuses any change of state; the same state is a no-op. Every change adds
+    /// an event that names it as manual (`payload.manual = true`), delivered like any other.
+    /// - COMPLETED, FAILED, CANCELLED end the current attempt.
+    /// - PENDING on an ASSIGNED or RUNNING run starts a new attempt (the superseded one ends
+    ///   CANCELLED), so the worker that held it is fenced: its reports for the old attempt get
+    ///   409 and it stops the container. Like a manual retry, the new attempt counts against
+    ///   the retry policy's attempts.
+    /// - ASSIGNED and RUNNING are refused: a run is assigned only by a claim, and runs only
+    ///   once its worker reports STARTED (a run set to RUNNING by hand would have no worker to
+    ///   run, report or reap it).
     pub fn set_state(&mut self, state: OpRunState, now: Timestamp) -> Result<(), DomainError> {
         if state == self.state {
             return Ok(());
         }
         self.check_unlocked()?;
+        let mut payload = Map::from_iter([
+            ("manual".to_owned(), Value::Bool(true)),
+            ("state".to_owned(), Value::String(state.as_str().to_owned())),
+        ]);
         match state {
+            OpRunState::Assigned | OpRunState::Running => {
+                return Err(DomainError::InvalidEvent(format!(
+                    "state {state} cannot be set by hand: a run is ASSIGNED only by a worker's \
+                     claim and RUNNING only once that worker reports STARTED; PATCH may set \
+                     PENDING, COMPLETED, FAILED or CANCELLED"
+                )));
+            }
+            OpRunState::Pending => {
+                let previous = self.current_attempt();
+                self.current_mut().finish(OpRunState::Cancelled, now);
+                payload.insert("previous_attempt".into(), Value::from(previous));
+                let msg = format!(
+                    "manual: state set to PENDING; attempt {previous} superseded by a new attempt"
+                );
+                self.start_new_attempt(Value::String(msg), payload, now);
+                self.available_at = None;
+            }
             OpRunState::Completed | OpRunState::Failed | OpRunState::Cancelled => {
+                self.current_mut().events.push(EventEntry {
+                    t: now,
+                    event_type: EventType::Info,
+                    msg: Value::String(format!("manual: state set to {state}")),
+                    payload,
+                });
                 self.state = state;
                 self.current_mut().finish(state, now);
             }
-            OpRunState::Running => {
-                self.set_run_and_attempt_state(state);
-                let attempt = self.current_mut();
-                attempt.started_at.get_or_insert(now);
-            }
-            OpRunState::Pending | OpRunState::Assigned => self.set_run_and_attempt_state(state),
         }
         self.updated_at = now;
         Ok(())
@@ -678,7 +718,7 @@ impl OpRun {
                 attempt.finish(OpRunState::Failed, now);
                 attempt.events.push(entry);
                 self.updated_at = now;
-                if self.attempts_used() < self.retry_policy.max_attempts as usize {
+                if self.attempts_used() < attempts_allowed(&self.retry_policy) {
                     let next = self.attempts_used() + 1;
                     let msg = format!(
                         "Automatic retry: attempt {next} of {} after failure",
@@ -688,9 +728,12 @@ impl OpRun {
                     payload.insert("force".into(), Value::Bool(false));
                     payload.insert("previous_error".into(), Value::String(error_message));
                     self.start_new_attempt(Value::String(msg), payload, now);
-                    let backoff =
-                        chrono::Duration::milliseconds(self.retry_policy.backoff_ms as i64);
-                    self.available_at = (backoff > chrono::Duration::zero()).then(|| now + backoff);
+                    // Saturating: a policy stored before the limits existed may be huge.
+                    let backoff = self.retry_policy.backoff();
+                    self.available_at = (backoff > chrono::Duration::zero()).then(|| {
+                        now.checked_add_signed(backoff)
+                            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+                    });
                 } else {
                     self.state = OpRunState::Failed;
                 }
@@ -780,7 +823,7 @@ impl OpRun {
             }
             OpRunState::Failed | OpRunState::Cancelled => {}
         }
-        if !force && self.attempts_used() >= self.retry_policy.max_attempts as usize {
+        if !force && self.attempts_used() >= attempts_allowed(&self.retry_policy) {
             return Err(DomainError::RetriesExhausted {
                 run_id: self.id.clone(),
                 max_attempts: self.retry_policy.max_attempts,
@@ -793,7 +836,9 @@ impl OpRun {
     }
 
     fn start_new_attempt(&mut self, msg: Value, payload: Map<String, Value>, now: Timestamp) {
-        let number = self.attempts.len() as u32 + 1;
+        let number = u32::try_from(self.attempts.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
         let mut attempt = OpAttempt::new(self, number);
         attempt.events.push(EventEntry {
             t: now,
@@ -807,11 +852,23 @@ impl OpRun {
     }
 }
 
-fn check_priority(priority: i64) -> Result<(), DomainError> {
+/// Refuses a priority below 0 or above [`limits::MAX_PRIORITY`].
+pub(crate) fn check_priority(priority: i64) -> Result<(), DomainError> {
     if priority < 0 {
         return Err(DomainError::NegativePriority(priority));
     }
-    Ok(())
+    let mut problems = Vec::new();
+    limits::at_most(&mut problems, "priority", priority, limits::MAX_PRIORITY);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(DomainError::OutOfRange(problems))
+    }
+}
+
+/// How many attempts `policy` allows, as a count of attempts.
+fn attempts_allowed(policy: &RetryPolicy) -> usize {
+    usize::try_from(policy.max_attempts).unwrap_or(usize::MAX)
 }
 
 /// Reads a PROGRESS message: an integer 0–100, as a JSON number or a numeric string.
@@ -1295,11 +1352,39 @@ mod tests {
     }
 
     #[test]
+    fn set_state_refuses_assigned_and_running_and_requeues_a_held_run_as_a_new_attempt() {
+        let mut run = run_with(1, 0);
+        for state in [OpRunState::Assigned, OpRunState::Running] {
+            let err = run.set_state(state, t0()).unwrap_err();
+            assert!(
+                err.to_string().contains("only by a worker's claim"),
+                "{err}"
+            );
+            assert_eq!(run.state, OpRunState::Pending, "nothing changed");
+        }
+        run.assign("w1", t0()).unwrap();
+        run.set_state(OpRunState::Pending, t0()).unwrap();
+        assert_eq!(run.state, OpRunState::Pending);
+        assert_eq!(
+            run.current_attempt(),
+            2,
+            "a new attempt: the old worker is fenced"
+        );
+        assert_eq!(run.attempts[0].state, OpRunState::Cancelled);
+        assert_eq!(run.worker_id(), None);
+        assert!(run.check_attempt(Some(1)).is_err());
+        let event = &run.current().events[0];
+        assert_eq!(event.payload["manual"], true);
+        assert_eq!(event.payload["previous_attempt"], 1);
+    }
+
+    #[test]
     fn set_state_respects_the_lock() {
         let mut run = run_with(1, 0);
-        run.set_state(OpRunState::Running, t0()).unwrap();
-        assert_eq!(run.current().started_at, Some(t0()));
         run.set_state(OpRunState::Completed, t0()).unwrap();
+        let manual = run.current().events.last().unwrap();
+        assert_eq!(manual.payload["manual"], true);
+        assert_eq!(manual.msg, "manual: state set to COMPLETED");
         assert!(run.set_state(OpRunState::Pending, t0()).is_err());
         assert!(
             run.set_state(OpRunState::Completed, t0()).is_ok(),

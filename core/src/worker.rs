@@ -151,6 +151,12 @@ impl Worker {
     }
 }
 
+/// A figure in megabytes as a signed free-capacity amount (saturating: stored documents may
+/// predate the limits of [`crate::limits`]).
+fn megabytes(mb: u64) -> i64 {
+    i64::try_from(mb).unwrap_or(i64::MAX)
+}
+
 /// The free hardware of a worker: its resources less what its claimed runs need.
 ///
 /// Missing constraint figures count as zero: a run without constraints always fits, so a claim
@@ -170,11 +176,11 @@ impl Capacity {
     pub fn free(resources: &Resources, held: &[HeldRun]) -> Self {
         let mut capacity = Self {
             cpu: i64::from(resources.cpu_cores),
-            ram_mb: resources.ram_mb as i64,
+            ram_mb: megabytes(resources.ram_mb),
             gpus: resources
                 .gpus
                 .iter()
-                .map(|g| (g.id, g.vram_mb as i64))
+                .map(|g| (g.id, megabytes(g.vram_mb)))
                 .collect(),
         };
         // Runs whose GPU is known first, so that the rest are placed on what remains.
@@ -190,7 +196,7 @@ impl Capacity {
     /// (the one with the least free VRAM that is enough), `Some(None)` means no GPU needed.
     pub fn fit(&self, constraints: &Constraints) -> Option<Option<u32>> {
         if i64::from(constraints.cpu.unwrap_or(0)) > self.cpu
-            || constraints.ram_mb.unwrap_or(0) as i64 > self.ram_mb
+            || megabytes(constraints.ram_mb.unwrap_or(0)) > self.ram_mb
         {
             return None;
         }
@@ -199,7 +205,7 @@ impl Capacity {
             Some(vram) => self
                 .gpus
                 .iter()
-                .filter(|(_, free)| *free >= vram as i64)
+                .filter(|(_, free)| *free >= megabytes(vram))
                 .min_by_key(|(_, free)| *free)
                 .map(|(id, _)| Some(*id)),
         }
@@ -207,8 +213,12 @@ impl Capacity {
 
     /// Subtracts `constraints`, from GPU `gpu` if given, else from the best-fitting GPU.
     pub fn take(&mut self, constraints: &Constraints, gpu: Option<u32>) {
-        self.cpu -= i64::from(constraints.cpu.unwrap_or(0));
-        self.ram_mb -= constraints.ram_mb.unwrap_or(0) as i64;
+        self.cpu = self
+            .cpu
+            .saturating_sub(i64::from(constraints.cpu.unwrap_or(0)));
+        self.ram_mb = self
+            .ram_mb
+            .saturating_sub(megabytes(constraints.ram_mb.unwrap_or(0)));
         if let Some(vram) = constraints.vram_mb.filter(|v| *v > 0) {
             let target = gpu.or_else(|| self.fit(constraints).flatten()).or_else(|| {
                 // Over-committed already: charge the GPU with the most free VRAM.
@@ -218,7 +228,7 @@ impl Capacity {
                     .map(|(id, _)| *id)
             });
             if let Some(slot) = self.gpus.iter_mut().find(|(id, _)| Some(*id) == target) {
-                slot.1 -= vram as i64;
+                slot.1 = slot.1.saturating_sub(megabytes(vram));
             }
         }
     }

@@ -25,6 +25,8 @@
 //! - [`strategy`]: scheduling strategies as WebAssembly components (the only wasmtime user):
 //!   the engine, plugin loading and hot reload, limits, fail policy, `/strategies`.
 //! - [`delivery`]: POSTing run events to their topic URLs, with retries.
+//! - [`destination`]: which topic URLs deliveries may reach (no loopback, private or
+//!   link-local address unless allowed), credentials redacted in logs.
 //! - [`metrics`]: Prometheus counters and histograms (`GET /metrics`).
 //! - [`clock`]: the time source, replaceable in tests.
 
@@ -33,6 +35,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod destination;
 pub mod error;
 pub mod metrics;
 pub mod reaper;

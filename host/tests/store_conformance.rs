@@ -402,7 +402,9 @@ mod cases {
         store
             .update_run(
                 &ids_on_w1[1],
-                Box::new(|r| r.set_state(OpRunState::Running, t(6))),
+                Box::new(|r| {
+                    r.add_event(EventType::Started, "".into(), Default::default(), t(6))
+                }),
             )
             .await
             .unwrap();

@@ -37,6 +37,7 @@ pub async fn heartbeat(
     if request.worker_id.trim().is_empty() {
         return Err(ApiError::BadRequest("worker_id must not be empty".into()));
     }
+    request.validate()?;
     let worker = state
         .service
         .store
