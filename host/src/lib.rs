@@ -11,7 +11,8 @@
 //! - [`api`]: the router ([`api::app`]), handlers per resource, request extractors, OpenAPI.
 //! - [`auth`]: the `X-API-Key` check.
 //! - [`error`]: [`error::ApiError`] and the error policy of the API.
-//! - [`store`]: the [`store::Store`] trait and the embedded SQLite store.
+//! - [`store`]: the [`store::StoreRead`] and [`store::Store`] traits; the SQLite and MongoDB
+//!   stores.
 //! - [`scheduler`]: the scheduling seam and the claim protocol (atomic PENDING → ASSIGNED).
 //! - [`metrics`]: Prometheus counters and histograms (`GET /metrics`).
 //! - [`delivery`]: POSTing run events to their topic URLs, with retries.

@@ -37,7 +37,10 @@ pub async fn heartbeat(
     if request.worker_id.trim().is_empty() {
         return Err(ApiError::BadRequest("worker_id must not be empty".into()));
     }
-    let worker = state.store.heartbeat(request, state.clock.now()).await?;
+    let worker = state
+        .store
+        .heartbeat(request.into(), state.clock.now())
+        .await?;
     Ok(Json(view(&state, worker)))
 }
 
