@@ -14,7 +14,7 @@ use crate::error::DomainError;
 use crate::resources::{Constraints, EventDelivery, Resources, RetryPolicy};
 use crate::run::{EventType, ExecutionSummary, NewRun, OpAttempt, OpRun, OpRunState};
 use crate::time::{self, Timestamp};
-use crate::worker::{Worker, WorkerOpRun};
+use crate::worker::{Heartbeat, Worker, WorkerOpRun};
 
 /// The priority a run gets when the request names none (the original client's default).
 pub const DEFAULT_PRIORITY: i64 = 5;
@@ -481,6 +481,17 @@ impl HeartbeatRequest {
             Ok(())
         } else {
             Err(DomainError::OutOfRange(problems))
+        }
+    }
+}
+
+impl From<HeartbeatRequest> for Heartbeat {
+    fn from(request: HeartbeatRequest) -> Self {
+        Self {
+            worker_id: request.worker_id,
+            resources: request.resources,
+            tags: request.tags,
+            running_ops: request.running_ops,
         }
     }
 }

@@ -3,7 +3,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::api::HeartbeatRequest;
 use crate::resources::{Constraints, Resources};
 use crate::run::{OpRun, OpRunState};
 use crate::time::{self, Timestamp};
@@ -124,14 +123,27 @@ pub struct Worker {
     pub last_heartbeat_at: Timestamp,
 }
 
+/// What a worker says about itself in a heartbeat: the domain side of the wire's
+/// `HeartbeatRequest` (converted in [`crate::api`]), which stores merge into the [`Worker`]
+/// they keep with [`Worker::from_heartbeat`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    /// Worker name.
+    pub worker_id: String,
+    /// Hardware it offers.
+    pub resources: Resources,
+    /// Capability tags.
+    pub tags: Vec<String>,
+    /// Runs it is executing; `None` when the heartbeat does not say (older workers), which
+    /// keeps what the worker reported before.
+    pub running_ops: Option<Vec<WorkerOpRun>>,
+}
+
 impl Worker {
     /// The worker after `heartbeat` arrived at `now`: first-seen time kept from `existing`,
-    /// and its running ops too when the heartbeat does not list them.
-    pub fn from_heartbeat(
-        existing: Option<Worker>,
-        heartbeat: HeartbeatRequest,
-        now: Timestamp,
-    ) -> Self {
+    /// and its running ops too when the heartbeat does not list them. The one merge of a
+    /// heartbeat, whichever store keeps the worker.
+    pub fn from_heartbeat(existing: Option<Worker>, heartbeat: Heartbeat, now: Timestamp) -> Self {
         Self {
             created_at: existing.as_ref().map_or(now, |w| w.created_at),
             running_ops: match heartbeat.running_ops {
@@ -275,6 +287,38 @@ mod tests {
             },
             gpu_id: None,
         }
+    }
+
+    #[test]
+    fn a_heartbeat_keeps_the_first_seen_time_and_unreported_running_ops() {
+        let t0 = chrono::Utc::now();
+        let beat = |running_ops| Heartbeat {
+            worker_id: "w1".into(),
+            resources: resources(),
+            tags: vec!["fast".into()],
+            running_ops,
+        };
+        let op = WorkerOpRun {
+            id: "r1".into(),
+            image: "img".into(),
+            inputs: Map::new(),
+            constraints: Constraints::default(),
+            attempt: Some(1),
+            gpu_id: None,
+        };
+        let first = Worker::from_heartbeat(None, beat(Some(vec![op.clone()])), t0);
+        assert_eq!((first.created_at, first.last_heartbeat_at), (t0, t0));
+        let later = t0 + chrono::Duration::seconds(5);
+        let second = Worker::from_heartbeat(Some(first.clone()), beat(None), later);
+        assert_eq!(second.created_at, t0, "first-seen time kept");
+        assert_eq!(second.last_heartbeat_at, later);
+        assert_eq!(
+            second.running_ops,
+            vec![op],
+            "running ops kept when not reported"
+        );
+        let third = Worker::from_heartbeat(Some(second), beat(Some(vec![])), later);
+        assert!(third.running_ops.is_empty(), "an empty list is a report");
     }
 
     #[test]

@@ -21,7 +21,8 @@
 //!   ASSIGNED), requeueing the runs of dead workers.
 //! - [`reaper`]: the periodic task that runs the service's dead-worker check.
 //! - [`scheduler`]: the scheduling seam: what a strategy decides from and its raw decision.
-//! - [`store`]: the [`store::Store`] trait, the embedded SQLite store and the MongoDB store.
+//! - [`store`]: the [`store::StoreRead`] (reads) and [`store::Store`] (writes) traits; the
+//!   embedded SQLite store and the MongoDB store.
 //! - [`strategy`]: scheduling strategies as WebAssembly components (the only wasmtime user):
 //!   the engine, plugin loading and hot reload, limits, fail policy, `/strategies`.
 //! - [`delivery`]: POSTing run events to their topic URLs, with retries.

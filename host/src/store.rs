@@ -1,31 +1,48 @@
-//! Persistence: the [`Store`] trait and its implementations.
+//! Persistence: the [`StoreRead`] and [`Store`] traits and their implementations.
 //!
 //! A store keeps definitions, runs (with their attempts) and workers. It is the only shared
 //! state of the server: several server processes on one database must behave as one, so
 //! every read-modify-write of a run goes through [`Store::update_run`], which applies a domain
 //! mutation atomically (a transaction in SQLite), and a claim is such an update whose mutation
 //! refuses unless the run is still PENDING: two claimers never get the same run.
+//!
+//! The trait has two sides: [`StoreRead`], the reads claims and listings decide from, and
+//! [`Store`], which adds the writes. Code that only looks (a listing, a strategy's view) can
+//! take a `StoreRead`; the server holds an `Arc<dyn Store>`.
+//!
+//! # Layout
+//! - [`sqlite`]: [`SqliteStore`], the embedded default (one file, WAL, group commits).
+//! - [`mongo`]: [`MongoStore`], for production and several server replicas on one database.
 
 pub mod mongo;
 pub mod sqlite;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use gyoza_core::api::HeartbeatRequest;
 use gyoza_core::time::Timestamp;
-use gyoza_core::{DomainError, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun, Worker};
+use gyoza_core::{
+    DomainError, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun, Worker,
+};
 
 pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
 
+/// The error of a database driver (or of the store's own machinery around it), kept whole as
+/// the source of [`StoreError::Backend`]. Shared, so that one failed group commit can answer
+/// every write of the group with the same error.
+pub type BackendError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// A domain rule refused the mutation passed to [`Store::update_run`]; nothing was written.
     #[error(transparent)]
     Rule(#[from] DomainError),
-    /// The database failed (I/O, locking, corruption); the message is for the log only.
+    /// The database failed (I/O, locking, a lost connection); the message is for the log
+    /// only, and the driver's error is the source.
     #[error("database error: {0}")]
-    Backend(String),
+    Backend(#[source] BackendError),
     /// A stored document could not be decoded.
     #[error("stored document for '{id}' is unreadable: {reason}")]
     Corrupt {
@@ -36,11 +53,67 @@ pub enum StoreError {
     },
 }
 
+/// A backend failure and what the store was doing when it happened ("cannot open …").
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+struct Failed {
+    context: String,
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl StoreError {
+    /// A failure of the database (a driver error, or a message for the store's own faults).
+    fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self::Backend(Arc::from(e.into()))
+    }
+
+    /// A failure of the database while doing `context`.
+    fn backend_while(
+        context: impl Into<String>,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self::Backend(Arc::new(Failed {
+            context: context.into(),
+            source: e.into(),
+        }))
+    }
+
+    /// A stored document (or column) `id` that does not decode.
+    fn corrupt(id: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Self::Corrupt {
+            id: id.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// A document as both stores keep it: JSON, which round-trips every value exactly.
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(StoreError::backend)
+}
+
+/// The value of document `id` from its JSON.
+fn from_json<T: serde::de::DeserializeOwned>(id: &str, json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::corrupt(id, e))
+}
+
+/// Keeps the first `created_at` of `existing`, the stored definition of the same id and
+/// version that `definition` replaces; returns whether `definition` is a new entry.
+fn replace_definition(definition: &mut OpDefinition, existing: Option<OpDefinition>) -> bool {
+    match existing {
+        Some(old) => {
+            definition.created_at = old.created_at;
+            false
+        }
+        None => true,
+    }
+}
+
 /// A mutation of a run, applied inside the store's atomic update. It may be called more than
 /// once (optimistic stores retry on conflict), so it must not have side effects.
 pub type RunMutation = Box<dyn FnMut(&mut OpRun) -> Result<(), DomainError> + Send + 'static>;
 
-/// What a claim decides from (see [`Store::claim_view`]).
+/// What a claim decides from (see [`StoreRead::claim_view`]).
 #[derive(Debug, Clone)]
 pub struct ClaimView {
     /// The claiming worker.
@@ -123,16 +196,24 @@ pub enum QueryError {
     Store(#[from] StoreError),
 }
 
-/// Everything the server persists.
+/// What the server reads: definitions, runs, the views a claim decides from, workers,
+/// counts and logs.
+///
+/// # Snapshots
+/// Every method is one consistent read on its own except where said here:
+/// - [`StoreRead::claim_view`]: one read transaction on SQLite, so its four parts see one
+///   state of the database. MongoDB uses the default, four queries one after the other with
+///   no snapshot between them: a run can move between the held and the pending read. A claim
+///   stays correct either way, because each assignment is a compare-and-set on the run
+///   (PENDING → ASSIGNED) and refuses when the run moved; the view only steers the strategy.
+/// - [`StoreRead::list_runs`]: one read transaction on SQLite (the page and its `has_more`
+///   agree); on MongoDB the cursor lookup, the page and `has_more` are separate queries.
+/// - [`StoreRead::pending_window`] and [`StoreRead::held_runs`] on MongoDB: one query, but a
+///   document written before the scheduling fields existed is read again whole, separately.
+/// - The defaults of [`StoreRead::held_runs`] and [`StoreRead::claim_view`] read part by part,
+///   never in one snapshot (both stores override `held_runs` with one query).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Stores a definition; same id + version replaces (keeping the first `created_at`), a new
-    /// version is a new entry. Returns the stored definition and whether it is new.
-    async fn upsert_definition(
-        &self,
-        definition: OpDefinition,
-    ) -> Result<(OpDefinition, bool), StoreError>;
-
+pub trait StoreRead: Send + Sync + 'static {
     /// One version of a definition, or the latest (highest version) when `version` is `None`.
     async fn get_definition(
         &self,
@@ -143,14 +224,83 @@ pub trait Store: Send + Sync + 'static {
     /// Every version of every definition, by id then creation.
     async fn list_definitions(&self) -> Result<Vec<OpDefinition>, StoreError>;
 
-    /// Stores a new run.
-    async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError>;
-
     /// A run with all its attempts.
     async fn get_run(&self, id: &str) -> Result<Option<OpRun>, StoreError>;
 
     /// A page of runs, newest first.
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueryError>;
+
+    /// Up to `limit` runs claimable at `now`, highest priority first, oldest first within a
+    /// priority: only what scheduling needs of them.
+    async fn pending_window(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<PendingRun>, StoreError>;
+
+    /// The runs whose current attempt is ASSIGNED to or RUNNING on `worker_id`.
+    async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError>;
+
+    /// Every run ASSIGNED or RUNNING on any worker (what the cluster holds, for strategies
+    /// that place runs across workers). The default asks worker by worker; stores override it
+    /// with one query.
+    async fn held_runs(&self) -> Result<Vec<HeldRun>, StoreError> {
+        let mut runs = Vec::new();
+        for worker in self.list_workers().await? {
+            let held = self.runs_on_worker(&worker.id).await?;
+            runs.extend(held.iter().filter_map(HeldRun::of));
+        }
+        Ok(runs)
+    }
+
+    /// What a claim by `worker_id` decides from: `None` for a worker that never sent a
+    /// heartbeat. The default reads the parts one by one (see the trait's snapshot notes); a
+    /// store may read them in one snapshot.
+    async fn claim_view(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        window: usize,
+    ) -> Result<Option<ClaimView>, StoreError> {
+        let Some(worker) = self.get_worker(worker_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(ClaimView {
+            worker,
+            held: self.held_runs().await?,
+            pending: self.pending_window(now, window).await?,
+            workers: self.list_workers().await?,
+        }))
+    }
+
+    /// A worker by id.
+    async fn get_worker(&self, id: &str) -> Result<Option<Worker>, StoreError>;
+
+    /// Every worker, active or not, by id.
+    async fn list_workers(&self) -> Result<Vec<Worker>, StoreError>;
+
+    /// Workers whose last heartbeat is older than `cutoff`.
+    async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<Worker>, StoreError>;
+
+    /// How many runs are in each state (states without runs may be left out).
+    async fn count_runs_by_state(&self) -> Result<Vec<(OpRunState, u64)>, StoreError>;
+
+    /// The kept tail of an attempt's log, and how many bytes were ever appended to it.
+    async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError>;
+}
+
+/// Everything the server persists: the reads of [`StoreRead`] and the writes.
+#[async_trait]
+pub trait Store: StoreRead {
+    /// Stores a definition; same id + version replaces (keeping the first `created_at`), a new
+    /// version is a new entry. Returns the stored definition and whether it is new.
+    async fn upsert_definition(
+        &self,
+        definition: OpDefinition,
+    ) -> Result<(OpDefinition, bool), StoreError>;
+
+    /// Stores a new run.
+    async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError>;
 
     /// Applies `mutation` to a run atomically and returns the result; `Ok(None)` when there is
     /// no such run, `Err(StoreError::Rule)` when the mutation refused (nothing is written).
@@ -179,67 +329,9 @@ pub trait Store: Send + Sync + 'static {
         answers
     }
 
-    /// Up to `limit` runs claimable at `now`, highest priority first, oldest first within a
-    /// priority: only what scheduling needs of them.
-    async fn pending_window(
-        &self,
-        now: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<PendingRun>, StoreError>;
-
-    /// The runs whose current attempt is ASSIGNED to or RUNNING on `worker_id`.
-    async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError>;
-
-    /// Every run ASSIGNED or RUNNING on any worker (what the cluster holds, for strategies
-    /// that place runs across workers). The default asks worker by worker; stores override it
-    /// with one query.
-    async fn held_runs(&self) -> Result<Vec<HeldRun>, StoreError> {
-        let mut runs = Vec::new();
-        for worker in self.list_workers().await? {
-            let held = self.runs_on_worker(&worker.id).await?;
-            runs.extend(held.iter().filter_map(HeldRun::of));
-        }
-        Ok(runs)
-    }
-
-    /// What a claim by `worker_id` decides from: `None` for a worker that never sent a
-    /// heartbeat. The default reads the parts one by one; a store may read them in one
-    /// snapshot.
-    async fn claim_view(
-        &self,
-        worker_id: &str,
-        now: Timestamp,
-        window: usize,
-    ) -> Result<Option<ClaimView>, StoreError> {
-        let Some(worker) = self.get_worker(worker_id).await? else {
-            return Ok(None);
-        };
-        Ok(Some(ClaimView {
-            worker,
-            held: self.held_runs().await?,
-            pending: self.pending_window(now, window).await?,
-            workers: self.list_workers().await?,
-        }))
-    }
-
-    /// Registers or refreshes a worker from a heartbeat received at `now`.
-    async fn heartbeat(
-        &self,
-        heartbeat: HeartbeatRequest,
-        now: Timestamp,
-    ) -> Result<Worker, StoreError>;
-
-    /// A worker by id.
-    async fn get_worker(&self, id: &str) -> Result<Option<Worker>, StoreError>;
-
-    /// Every worker, active or not, by id.
-    async fn list_workers(&self) -> Result<Vec<Worker>, StoreError>;
-
-    /// Workers whose last heartbeat is older than `cutoff`.
-    async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<Worker>, StoreError>;
-
-    /// How many runs are in each state (states without runs may be left out).
-    async fn count_runs_by_state(&self) -> Result<Vec<(OpRunState, u64)>, StoreError>;
+    /// Registers or refreshes a worker from a heartbeat received at `now`, merged into the
+    /// stored worker by [`Worker::from_heartbeat`].
+    async fn heartbeat(&self, heartbeat: Heartbeat, now: Timestamp) -> Result<Worker, StoreError>;
 
     /// Appends `text` to the log of attempt `attempt` of run `run_id`, keeping only the last
     /// `cap` bytes (cut at a line start where possible).
@@ -250,9 +342,6 @@ pub trait Store: Send + Sync + 'static {
         text: &str,
         cap: usize,
     ) -> Result<(), StoreError>;
-
-    /// The kept tail of an attempt's log, and how many bytes were ever appended to it.
-    async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError>;
 }
 
 /// The kept end of an attempt's log.

@@ -1073,7 +1073,7 @@ async fn data_survives_reopening_the_store() {
     let run = api.create_run(json!({"image": "x"})).await;
     let path = api.dir.path().join("gyoza.db");
     let reopened = SqliteStore::open(&path).await.unwrap();
-    use gyoza_host::store::Store;
+    use gyoza_host::store::StoreRead;
     let stored = reopened
         .get_run(run["id"].as_str().unwrap())
         .await

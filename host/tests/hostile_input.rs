@@ -84,7 +84,10 @@ async fn numbers_beyond_their_limits_are_refused_with_the_field_and_its_limit() 
         .call("PATCH", &uri, Some(json!({"priority": i64::MAX})))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(detail(&answer).contains("priority must be at most"), "{answer}");
+    assert!(
+        detail(&answer).contains("priority must be at most"),
+        "{answer}"
+    );
     assert_eq!(api.ok("GET", &uri, None).await["priority"], run["priority"]);
 }
 
@@ -118,8 +121,10 @@ async fn heartbeats_beyond_the_limits_are_refused() {
         .call(
             "POST",
             "/workers/heartbeat",
-            Some(json!({"worker_id": "w", "resources": {"cpu_cores": 8, "ram_mb": u64::MAX,
-                        "gpus": [{"id": 0, "vram_mb": u64::MAX}]}})),
+            Some(
+                json!({"worker_id": "w", "resources": {"cpu_cores": 8, "ram_mb": u64::MAX,
+                        "gpus": [{"id": 0, "vram_mb": u64::MAX}]}}),
+            ),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
@@ -140,7 +145,10 @@ async fn patch_cannot_assign_or_start_a_run_and_a_requeue_fences_the_old_worker(
             .call("PATCH", &pending_uri, Some(json!({"state": state})))
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
-        assert!(detail(&answer).contains("only by a worker's claim"), "{answer}");
+        assert!(
+            detail(&answer).contains("only by a worker's claim"),
+            "{answer}"
+        );
         assert_eq!(api.ok("GET", &pending_uri, None).await["state"], "PENDING");
     }
     api.ok("PATCH", &pending_uri, Some(json!({"state": "CANCELLED"})))
@@ -158,7 +166,10 @@ async fn patch_cannot_assign_or_start_a_run_and_a_requeue_fences_the_old_worker(
     assert_eq!(run["events"][0]["payload"]["manual"], true, "{run}");
     // The first worker's report for attempt 1 is refused: one attempt, one container.
     let (status, answer) = api
-        .event(&id, json!({"type": "COMPLETED", "msg": "late", "attempt": 1}))
+        .event(
+            &id,
+            json!({"type": "COMPLETED", "msg": "late", "attempt": 1}),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     // A second worker takes attempt 2 and completes it.

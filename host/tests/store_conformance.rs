@@ -7,15 +7,15 @@
 use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
-use gyoza_core::api::HeartbeatRequest;
 use gyoza_core::run::NewRun;
 use gyoza_core::time::Timestamp;
 use gyoza_core::{
-    Constraints, DomainError, EventType, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun,
-    Resources, WorkerOpRun,
+    Constraints, DomainError, EventType, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState,
+    PendingRun, Resources, WorkerOpRun,
 };
 use gyoza_host::store::{
     CreatedBound, Cursor, MongoStore, QueryError, RunQuery, SqliteStore, Store, StoreError,
+    StoreRead,
 };
 
 /// A store under test and what keeps it alive (a temp dir, a database to drop).
@@ -402,9 +402,7 @@ mod cases {
         store
             .update_run(
                 &ids_on_w1[1],
-                Box::new(|r| {
-                    r.add_event(EventType::Started, "".into(), Default::default(), t(6))
-                }),
+                Box::new(|r| r.add_event(EventType::Started, "".into(), Default::default(), t(6))),
             )
             .await
             .unwrap();
@@ -497,7 +495,7 @@ mod cases {
             "no view for a worker that never sent a heartbeat"
         );
         for id in ["w1", "w2"] {
-            let beat = HeartbeatRequest {
+            let beat = Heartbeat {
                 worker_id: id.into(),
                 resources: resources.clone(),
                 tags: vec![],
@@ -568,7 +566,7 @@ mod cases {
             attempt: None,
             gpu_id: None,
         };
-        let beat = |ops: Option<Vec<WorkerOpRun>>, cpu| HeartbeatRequest {
+        let beat = |ops: Option<Vec<WorkerOpRun>>, cpu| Heartbeat {
             worker_id: "w1".into(),
             resources: Resources {
                 cpu_cores: cpu,
@@ -593,7 +591,7 @@ mod cases {
         );
         store
             .heartbeat(
-                HeartbeatRequest {
+                Heartbeat {
                     worker_id: "a0".into(),
                     ..beat(Some(vec![]), 1)
                 },

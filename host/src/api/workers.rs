@@ -41,7 +41,7 @@ pub async fn heartbeat(
     let worker = state
         .service
         .store
-        .heartbeat(request, state.service.clock.now())
+        .heartbeat(request.into(), state.service.clock.now())
         .await?;
     Ok(Json(view(&state, worker)))
 }

@@ -13,16 +13,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
-use gyoza_core::api::HeartbeatRequest;
 use gyoza_core::definition::compare_versions;
 use gyoza_core::time::{Timestamp, from_micros, to_micros};
-use gyoza_core::{Constraints, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun, Worker};
+use gyoza_core::{
+    Constraints, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun, Worker,
+};
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{
     CreatedBound, Cursor, LogTail, QueryError, RunMutation, RunPage, RunQuery, Store, StoreError,
+    StoreRead, from_json, replace_definition, to_json,
 };
 
 /// How often an update retries after losing a compare-and-set to a concurrent writer.
@@ -38,10 +40,6 @@ pub struct MongoStore {
     logs: Collection<Document>,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
 /// The URL without credentials, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -52,23 +50,16 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The value a document keeps as JSON in its `doc` field.
 fn decode<T: serde::de::DeserializeOwned>(document: &Document) -> Result<T, StoreError> {
     let id = document
         .get("_id")
         .map(ToString::to_string)
         .unwrap_or_default();
-    let json = document.get_str("doc").map_err(|e| StoreError::Corrupt {
-        id: id.clone(),
-        reason: e.to_string(),
-    })?;
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
-        id,
-        reason: e.to_string(),
-    })
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(backend)
+    let json = document
+        .get_str("doc")
+        .map_err(|e| StoreError::corrupt(&id, e))?;
+    from_json(&id, json)
 }
 
 fn optional(value: Option<impl Into<Bson>>) -> Bson {
@@ -92,7 +83,7 @@ fn run_document(run: &OpRun, rev: i64) -> Result<Document, StoreError> {
             "vram_mb": optional(run.constraints.vram_mb.map(|v| v as i64)),
             "gpu_id": optional(run.current().execution_summary.gpu_id.map(i64::from)),
         },
-        "doc": encode(run)?,
+        "doc": to_json(run)?,
     })
 }
 
@@ -139,7 +130,43 @@ fn held_run(document: &Document) -> Option<HeldRun> {
 }
 
 async fn collect(cursor: mongodb::Cursor<Document>) -> Result<Vec<Document>, StoreError> {
-    cursor.try_collect().await.map_err(backend)
+    cursor.try_collect().await.map_err(StoreError::backend)
+}
+
+/// The value of the one document of `collection` that `filter` selects, if any.
+async fn find_value<T: serde::de::DeserializeOwned>(
+    collection: &Collection<Document>,
+    filter: Document,
+) -> Result<Option<T>, StoreError> {
+    let found = collection.find_one(filter).await?;
+    found.as_ref().map(decode).transpose()
+}
+
+/// The values of every document of `collection` that `filter` selects, in `sort` order.
+async fn find_values<T: serde::de::DeserializeOwned>(
+    collection: &Collection<Document>,
+    filter: Document,
+    sort: Option<Document>,
+) -> Result<Vec<T>, StoreError> {
+    let mut find = collection.find(filter);
+    if let Some(sort) = sort {
+        find = find.sort(sort);
+    }
+    let cursor = find.await?;
+    collect(cursor).await?.iter().map(decode).collect()
+}
+
+impl From<mongodb::error::Error> for StoreError {
+    /// A failure of the MongoDB driver, kept as the source.
+    fn from(e: mongodb::error::Error) -> Self {
+        Self::backend(e)
+    }
+}
+
+impl From<mongodb::error::Error> for QueryError {
+    fn from(e: mongodb::error::Error) -> Self {
+        Self::Store(e.into())
+    }
 }
 
 impl MongoStore {
@@ -149,18 +176,17 @@ impl MongoStore {
         let shown = redact(url);
         let mut options = ClientOptions::parse(url)
             .await
-            .map_err(|e| StoreError::Backend(format!("invalid MongoDB URL {shown}: {e}")))?;
+            .map_err(|e| StoreError::backend_while(format!("invalid MongoDB URL {shown}"), e))?;
         options.app_name.get_or_insert_with(|| "gyoza".to_owned());
         // Fail start-up within seconds, not the driver's default 30 s, when nothing answers.
         options
             .server_selection_timeout
             .get_or_insert(Duration::from_secs(10));
-        let client = Client::with_options(options).map_err(backend)?;
+        let client = Client::with_options(options)?;
         let database = client.database(database);
-        database
-            .run_command(doc! {"ping": 1})
-            .await
-            .map_err(|e| StoreError::Backend(format!("cannot reach MongoDB at {shown}: {e}")))?;
+        database.run_command(doc! {"ping": 1}).await.map_err(|e| {
+            StoreError::backend_while(format!("cannot reach MongoDB at {shown}"), e)
+        })?;
         let store = Self {
             definitions: database.collection("definitions"),
             runs: database.collection("runs"),
@@ -186,8 +212,7 @@ impl MongoStore {
                     .options(IndexOptions::builder().unique(true).build())
                     .build(),
             )
-            .await
-            .map_err(backend)?;
+            .await?;
         self.runs
             .create_indexes([
                 // The pending window: claimable runs by priority, oldest first.
@@ -200,24 +225,18 @@ impl MongoStore {
                 // Free capacity of a worker.
                 index(doc! {"worker_id": 1, "state": 1}),
             ])
-            .await
-            .map_err(backend)?;
+            .await?;
         Ok(())
     }
 
     /// The run behind a document listed without its `doc` field, read whole.
     async fn whole_run(&self, listed: &Document) -> Result<OpRun, StoreError> {
-        let id = listed.get_str("_id").map_err(|e| StoreError::Corrupt {
-            id: "runs._id".into(),
-            reason: e.to_string(),
-        })?;
-        let whole = self
-            .runs
-            .find_one(doc! {"_id": id})
-            .await
-            .map_err(backend)?
-            .ok_or_else(|| StoreError::Backend(format!("run '{id}' vanished while listed")))?;
-        decode(&whole)
+        let id = listed
+            .get_str("_id")
+            .map_err(|e| StoreError::corrupt("runs._id", e))?;
+        find_value(&self.runs, doc! {"_id": id})
+            .await?
+            .ok_or_else(|| StoreError::backend(format!("run '{id}' vanished while listed")))
     }
 
     async fn run_key(&self, param: &'static str, id: &str) -> Result<(i64, String), QueryError> {
@@ -225,18 +244,14 @@ impl MongoStore {
             .runs
             .find_one(doc! {"_id": id})
             .projection(doc! {"created_us": 1})
-            .await
-            .map_err(backend)?
+            .await?
             .ok_or_else(|| QueryError::UnknownCursor {
                 param,
                 id: id.to_owned(),
             })?;
         let created = found
             .get_i64("created_us")
-            .map_err(|e| StoreError::Corrupt {
-                id: id.to_owned(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| StoreError::corrupt(id, e))?;
         Ok((created, id.to_owned()))
     }
 }
@@ -281,62 +296,18 @@ fn and(a: Document, b: Document) -> Document {
 }
 
 #[async_trait]
-impl Store for MongoStore {
-    async fn upsert_definition(
-        &self,
-        mut definition: OpDefinition,
-    ) -> Result<(OpDefinition, bool), StoreError> {
-        let key = doc! {"id": &definition.id, "version": &definition.version};
-        let existing = self
-            .definitions
-            .find_one(key.clone())
-            .await
-            .map_err(backend)?;
-        let created = match existing {
-            Some(document) => {
-                let old: OpDefinition = decode(&document)?;
-                definition.created_at = old.created_at;
-                false
-            }
-            None => true,
-        };
-        let document = doc! {
-            "id": &definition.id,
-            "version": &definition.version,
-            "created_us": to_micros(&definition.created_at),
-            "doc": encode(&definition)?,
-        };
-        self.definitions
-            .replace_one(key, document)
-            .upsert(true)
-            .await
-            .map_err(backend)?;
-        Ok((definition, created))
-    }
-
+impl StoreRead for MongoStore {
     async fn get_definition(
         &self,
         id: &str,
         version: Option<&str>,
     ) -> Result<Option<OpDefinition>, StoreError> {
         if let Some(version) = version {
-            let found = self
-                .definitions
-                .find_one(doc! {"id": id, "version": version})
-                .await
-                .map_err(backend)?;
-            return found.as_ref().map(decode).transpose();
+            return find_value(&self.definitions, doc! {"id": id, "version": version}).await;
         }
-        let all = collect(
-            self.definitions
-                .find(doc! {"id": id})
-                .await
-                .map_err(backend)?,
-        )
-        .await?;
+        let all: Vec<OpDefinition> = find_values(&self.definitions, doc! {"id": id}, None).await?;
         let mut latest: Option<OpDefinition> = None;
-        for document in &all {
-            let definition: OpDefinition = decode(document)?;
+        for definition in all {
             if latest
                 .as_ref()
                 .is_none_or(|best| compare_versions(&definition.version, &best.version).is_gt())
@@ -348,30 +319,12 @@ impl Store for MongoStore {
     }
 
     async fn list_definitions(&self) -> Result<Vec<OpDefinition>, StoreError> {
-        let cursor = self
-            .definitions
-            .find(doc! {})
-            .sort(doc! {"id": 1, "created_us": 1, "version": 1})
-            .await
-            .map_err(backend)?;
-        collect(cursor).await?.iter().map(decode).collect()
-    }
-
-    async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError> {
-        self.runs
-            .insert_one(run_document(run, 0)?)
-            .await
-            .map_err(backend)?;
-        Ok(())
+        let sort = doc! {"id": 1, "created_us": 1, "version": 1};
+        find_values(&self.definitions, doc! {}, Some(sort)).await
     }
 
     async fn get_run(&self, id: &str) -> Result<Option<OpRun>, StoreError> {
-        let found = self
-            .runs
-            .find_one(doc! {"_id": id})
-            .await
-            .map_err(backend)?;
-        found.as_ref().map(decode).transpose()
+        find_value(&self.runs, doc! {"_id": id}).await
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueryError> {
@@ -393,8 +346,7 @@ impl Store for MongoStore {
             .find(filter)
             .sort(doc! {"created_us": direction, "_id": direction})
             .limit(query.limit as i64)
-            .await
-            .map_err(backend)?;
+            .await?;
         let mut documents = collect(cursor).await?;
         if ascending {
             documents.reverse();
@@ -407,51 +359,20 @@ impl Store for MongoStore {
         let has_more = match boundary {
             None => false,
             Some(document) => {
-                let created = document.get_i64("created_us").map_err(backend)?;
-                let id = document.get_str("_id").map_err(backend)?;
+                let created = document
+                    .get_i64("created_us")
+                    .map_err(StoreError::backend)?;
+                let id = document.get_str("_id").map_err(StoreError::backend)?;
                 let op = if ascending { "$gt" } else { "$lt" };
                 self.runs
                     .find_one(and(filters, beyond(op, created, id)))
                     .projection(doc! {"_id": 1})
-                    .await
-                    .map_err(backend)?
+                    .await?
                     .is_some()
             }
         };
         let runs = documents.iter().map(decode).collect::<Result<_, _>>()?;
         Ok(RunPage { runs, has_more })
-    }
-
-    async fn update_run(
-        &self,
-        id: &str,
-        mut mutation: RunMutation,
-    ) -> Result<Option<OpRun>, StoreError> {
-        for _ in 0..MAX_CONFLICT_RETRIES {
-            let Some(document) = self
-                .runs
-                .find_one(doc! {"_id": id})
-                .await
-                .map_err(backend)?
-            else {
-                return Ok(None);
-            };
-            let rev = document.get_i64("rev").map_err(backend)?;
-            let mut run: OpRun = decode(&document)?;
-            mutation(&mut run)?;
-            let replaced = self
-                .runs
-                .replace_one(doc! {"_id": id, "rev": rev}, run_document(&run, rev + 1)?)
-                .await
-                .map_err(backend)?;
-            if replaced.matched_count == 1 {
-                return Ok(Some(run));
-            }
-            // Someone changed the run since we read it: read it again and re-apply.
-        }
-        Err(StoreError::Backend(format!(
-            "run '{id}' changed concurrently {MAX_CONFLICT_RETRIES} times in a row; giving up"
-        )))
     }
 
     async fn pending_window(
@@ -469,8 +390,7 @@ impl Store for MongoStore {
             .sort(doc! {"priority": -1, "created_us": 1, "_id": 1})
             .limit(limit as i64)
             .projection(doc! {"doc": 0})
-            .await
-            .map_err(backend)?;
+            .await?;
         let documents = collect(cursor).await?;
         let mut window = Vec::with_capacity(documents.len());
         for document in documents {
@@ -482,14 +402,14 @@ impl Store for MongoStore {
         Ok(window)
     }
 
+    async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError> {
+        let filter = doc! {"worker_id": worker_id, "state": {"$in": ["ASSIGNED", "RUNNING"]}};
+        find_values(&self.runs, filter, None).await
+    }
+
     async fn held_runs(&self) -> Result<Vec<HeldRun>, StoreError> {
         let filter = doc! {"state": {"$in": ["ASSIGNED", "RUNNING"]}};
-        let cursor = self
-            .runs
-            .find(filter)
-            .projection(doc! {"doc": 0})
-            .await
-            .map_err(backend)?;
+        let cursor = self.runs.find(filter).projection(doc! {"doc": 0}).await?;
         let mut held = Vec::new();
         for document in collect(cursor).await? {
             match held_run(&document) {
@@ -500,64 +420,17 @@ impl Store for MongoStore {
         Ok(held)
     }
 
-    async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError> {
-        let filter = doc! {"worker_id": worker_id, "state": {"$in": ["ASSIGNED", "RUNNING"]}};
-        let cursor = self.runs.find(filter).await.map_err(backend)?;
-        collect(cursor).await?.iter().map(decode).collect()
-    }
-
-    async fn heartbeat(
-        &self,
-        heartbeat: HeartbeatRequest,
-        now: Timestamp,
-    ) -> Result<Worker, StoreError> {
-        let existing = self
-            .workers
-            .find_one(doc! {"_id": &heartbeat.worker_id})
-            .await
-            .map_err(backend)?;
-        let existing: Option<Worker> = existing.as_ref().map(decode).transpose()?;
-        let worker = Worker::from_heartbeat(existing, heartbeat, now);
-        let document = doc! {
-            "_id": &worker.id,
-            "last_heartbeat_us": to_micros(&now),
-            "doc": encode(&worker)?,
-        };
-        self.workers
-            .replace_one(doc! {"_id": &worker.id}, document)
-            .upsert(true)
-            .await
-            .map_err(backend)?;
-        Ok(worker)
-    }
-
     async fn get_worker(&self, id: &str) -> Result<Option<Worker>, StoreError> {
-        let found = self
-            .workers
-            .find_one(doc! {"_id": id})
-            .await
-            .map_err(backend)?;
-        found.as_ref().map(decode).transpose()
+        find_value(&self.workers, doc! {"_id": id}).await
     }
 
     async fn list_workers(&self) -> Result<Vec<Worker>, StoreError> {
-        let cursor = self
-            .workers
-            .find(doc! {})
-            .sort(doc! {"_id": 1})
-            .await
-            .map_err(backend)?;
-        collect(cursor).await?.iter().map(decode).collect()
+        find_values(&self.workers, doc! {}, Some(doc! {"_id": 1})).await
     }
 
     async fn stale_workers(&self, cutoff: Timestamp) -> Result<Vec<Worker>, StoreError> {
-        let cursor = self
-            .workers
-            .find(doc! {"last_heartbeat_us": {"$lt": to_micros(&cutoff)}})
-            .sort(doc! {"_id": 1})
-            .await
-            .map_err(backend)?;
-        collect(cursor).await?.iter().map(decode).collect()
+        let filter = doc! {"last_heartbeat_us": {"$lt": to_micros(&cutoff)}};
+        find_values(&self.workers, filter, Some(doc! {"_id": 1})).await
     }
 
     async fn count_runs_by_state(&self) -> Result<Vec<(OpRunState, u64)>, StoreError> {
@@ -566,11 +439,95 @@ impl Store for MongoStore {
             let n = self
                 .runs
                 .count_documents(doc! {"state": state.as_str()})
-                .await
-                .map_err(backend)?;
+                .await?;
             counts.push((state, n));
         }
         Ok(counts)
+    }
+
+    async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError> {
+        let key = format!("{run_id}:{attempt}");
+        let Some(document) = self.logs.find_one(doc! {"_id": &key}).await? else {
+            return Ok(None);
+        };
+        Ok(Some(LogTail {
+            text: document
+                .get_str("text")
+                .map_err(StoreError::backend)?
+                .to_owned(),
+            total_bytes: document
+                .get_i64("total_bytes")
+                .map_err(StoreError::backend)? as u64,
+        }))
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn upsert_definition(
+        &self,
+        mut definition: OpDefinition,
+    ) -> Result<(OpDefinition, bool), StoreError> {
+        let key = doc! {"id": &definition.id, "version": &definition.version};
+        let existing = find_value(&self.definitions, key.clone()).await?;
+        let created = replace_definition(&mut definition, existing);
+        let document = doc! {
+            "id": &definition.id,
+            "version": &definition.version,
+            "created_us": to_micros(&definition.created_at),
+            "doc": to_json(&definition)?,
+        };
+        self.definitions
+            .replace_one(key, document)
+            .upsert(true)
+            .await?;
+        Ok((definition, created))
+    }
+
+    async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError> {
+        self.runs.insert_one(run_document(run, 0)?).await?;
+        Ok(())
+    }
+
+    async fn update_run(
+        &self,
+        id: &str,
+        mut mutation: RunMutation,
+    ) -> Result<Option<OpRun>, StoreError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let Some(document) = self.runs.find_one(doc! {"_id": id}).await? else {
+                return Ok(None);
+            };
+            let rev = document.get_i64("rev").map_err(StoreError::backend)?;
+            let mut run: OpRun = decode(&document)?;
+            mutation(&mut run)?;
+            let replaced = self
+                .runs
+                .replace_one(doc! {"_id": id, "rev": rev}, run_document(&run, rev + 1)?)
+                .await?;
+            if replaced.matched_count == 1 {
+                return Ok(Some(run));
+            }
+            // Someone changed the run since we read it: read it again and re-apply.
+        }
+        Err(StoreError::backend(format!(
+            "run '{id}' changed concurrently {MAX_CONFLICT_RETRIES} times in a row; giving up"
+        )))
+    }
+
+    async fn heartbeat(&self, heartbeat: Heartbeat, now: Timestamp) -> Result<Worker, StoreError> {
+        let existing = self.get_worker(&heartbeat.worker_id).await?;
+        let worker = Worker::from_heartbeat(existing, heartbeat, now);
+        let document = doc! {
+            "_id": &worker.id,
+            "last_heartbeat_us": to_micros(&now),
+            "doc": to_json(&worker)?,
+        };
+        self.workers
+            .replace_one(doc! {"_id": &worker.id}, document)
+            .upsert(true)
+            .await?;
+        Ok(worker)
     }
 
     async fn append_log(
@@ -590,25 +547,8 @@ impl Store for MongoStore {
                 doc! {"_id": &key, "total_bytes": tail.total_bytes as i64, "text": tail.text},
             )
             .upsert(true)
-            .await
-            .map_err(backend)?;
+            .await?;
         Ok(())
-    }
-
-    async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError> {
-        let key = format!("{run_id}:{attempt}");
-        let Some(document) = self
-            .logs
-            .find_one(doc! {"_id": &key})
-            .await
-            .map_err(backend)?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(LogTail {
-            text: document.get_str("text").map_err(backend)?.to_owned(),
-            total_bytes: document.get_i64("total_bytes").map_err(backend)? as u64,
-        }))
     }
 }
 

@@ -16,13 +16,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use gyoza_core::api::HeartbeatRequest;
 use gyoza_core::definition::compare_versions;
+use gyoza_core::sync::lock;
 use gyoza_core::time::{Timestamp, from_micros, to_micros};
-use gyoza_core::{Constraints, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun, Worker};
+use gyoza_core::{
+    Constraints, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun, Worker,
+};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, TransactionBehavior, params, params_from_iter,
@@ -30,7 +32,7 @@ use rusqlite::{
 
 use super::{
     ClaimView, CreatedBound, Cursor, LogTail, QueryError, RunMutation, RunPage, RunQuery,
-    SharedRunMutation, Store, StoreError,
+    SharedRunMutation, Store, StoreError, StoreRead, from_json, replace_definition, to_json,
 };
 
 /// Parallel read connections.
@@ -43,7 +45,7 @@ const MAX_GROUP: usize = 256;
 /// whether it succeeded (else its savepoint is rolled back) and hands back how to answer its
 /// caller once the group's commit outcome is known.
 type WriteJob = Box<dyn FnOnce(&Connection) -> (bool, WriteReply) + Send>;
-type WriteReply = Box<dyn FnOnce(Result<(), String>) + Send>;
+type WriteReply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// The schema; `user_version` says which of these statements a database has seen.
 const MIGRATIONS: &[&str] = &[
@@ -118,67 +120,39 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     writes: std::sync::mpsc::Sender<WriteJob>,
+    /// Read-only connections. A panic while one is locked cannot leave it half-written
+    /// (SQLite rolls back an unfinished transaction), so a poisoned one is reused as it is.
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    // A panic while holding the lock cannot leave a connection half-written: SQLite rolls
-    // back an unfinished transaction, so the poisoned guard is safe to reuse.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(backend)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(backend)?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
     // Savepoints (one per write in a group commit) journal in memory, not in a temp file.
-    conn.pragma_update(None, "temp_store", "MEMORY")
-        .map_err(backend)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(backend)?;
-    let version: usize = tx
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(backend)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > MIGRATIONS.len() {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::backend(format!(
             "database schema version {version} is newer than this gyoza understands ({}); upgrade gyoza",
             MIGRATIONS.len()
         )));
     }
     for migration in &MIGRATIONS[version..] {
-        tx.execute_batch(migration).map_err(backend)?;
+        tx.execute_batch(migration)?;
     }
-    tx.pragma_update(None, "user_version", MIGRATIONS.len())
-        .map_err(backend)?;
-    tx.commit().map_err(backend)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(id: &str, doc: &str) -> Result<T, StoreError> {
-    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt {
-        id: id.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(backend)
+    tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+    tx.commit().map_err(StoreError::backend)
 }
 
 fn write_run(conn: &Connection, run: &OpRun, insert: bool) -> Result<(), StoreError> {
-    let doc = encode(run)?;
+    let doc = to_json(run)?;
     let sql = if insert {
         "INSERT INTO runs (id, state, priority, created_at, available_at, op_definition, image, worker_id, doc,
                           cpu, ram_mb, vram_mb, gpu_id)
@@ -190,24 +164,21 @@ fn write_run(conn: &Connection, run: &OpRun, insert: bool) -> Result<(), StoreEr
          cpu = ?10, ram_mb = ?11, vram_mb = ?12, gpu_id = ?13 WHERE id = ?1"
     };
     let constraints = &run.constraints;
-    conn.prepare_cached(sql)
-        .map_err(backend)?
-        .execute(params![
-            run.id,
-            run.state.as_str(),
-            run.priority,
-            to_micros(&run.created_at),
-            run.available_at.as_ref().map(to_micros),
-            run.op_definition,
-            run.image,
-            run.worker_id(),
-            doc,
-            constraints.cpu,
-            constraints.ram_mb.map(|v| v as i64),
-            constraints.vram_mb.map(|v| v as i64),
-            run.current().execution_summary.gpu_id,
-        ])
-        .map_err(backend)?;
+    conn.prepare_cached(sql)?.execute(params![
+        run.id,
+        run.state.as_str(),
+        run.priority,
+        to_micros(&run.created_at),
+        run.available_at.as_ref().map(to_micros),
+        run.op_definition,
+        run.image,
+        run.worker_id(),
+        doc,
+        constraints.cpu,
+        constraints.ram_mb.map(|v| v as i64),
+        constraints.vram_mb.map(|v| v as i64),
+        run.current().execution_summary.gpu_id,
+    ])?;
     Ok(())
 }
 
@@ -217,14 +188,9 @@ fn update_run_blocking(
     id: &str,
     mutation: &mut dyn FnMut(&mut OpRun) -> Result<(), gyoza_core::DomainError>,
 ) -> Result<Option<OpRun>, StoreError> {
-    let doc: Option<String> = conn
-        .prepare_cached("SELECT doc FROM runs WHERE id = ?1")
-        .map_err(backend)?
-        .query_row([id], |r| r.get(0))
-        .optional()
-        .map_err(backend)?;
-    let Some(doc) = doc else { return Ok(None) };
-    let mut run: OpRun = decode(id, &doc)?;
+    let Some(mut run) = read_doc::<OpRun>(conn, "SELECT doc FROM runs WHERE id = ?1", id)? else {
+        return Ok(None);
+    };
     mutation(&mut run)?;
     write_run(conn, &run, false)?;
     Ok(Some(run))
@@ -237,57 +203,75 @@ fn pending_window_blocking(
     now: Timestamp,
     limit: usize,
 ) -> Result<Vec<PendingRun>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT id, priority, created_at, cpu, ram_mb, vram_mb
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, priority, created_at, cpu, ram_mb, vram_mb
              FROM runs INDEXED BY runs_pending
              WHERE state = 'PENDING' AND (available_at IS NULL OR available_at <= ?1)
              ORDER BY priority DESC, created_at ASC, seq ASC LIMIT ?2",
-        )
-        .map_err(backend)?;
-    let rows = stmt
-        .query_map(params![to_micros(&now), limit as i64], |r| {
-            Ok(PendingRun {
-                id: r.get(0)?,
-                priority: r.get(1)?,
-                created_at: from_micros(r.get(2)?),
-                constraints: constraints(r, 3)?,
-            })
+    )?;
+    let rows = stmt.query_map(params![to_micros(&now), limit as i64], |r| {
+        Ok(PendingRun {
+            id: r.get(0)?,
+            priority: r.get(1)?,
+            created_at: from_micros(r.get(2)?),
+            constraints: constraints(r, 3)?,
         })
-        .map_err(backend)?;
-    rows.collect::<Result<_, _>>().map_err(backend)
+    })?;
+    rows.collect::<Result<_, _>>().map_err(StoreError::backend)
 }
 
 /// Every held run, from the partial index `runs_held` alone.
 fn held_runs_blocking(conn: &Connection) -> Result<Vec<HeldRun>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id
              FROM runs INDEXED BY runs_held
              WHERE state IN ('ASSIGNED', 'RUNNING') AND worker_id IS NOT NULL",
-        )
-        .map_err(backend)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok(HeldRun {
-                id: r.get(0)?,
-                worker_id: r.get(1)?,
-                constraints: constraints(r, 2)?,
-                gpu_id: r.get(5)?,
-            })
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(HeldRun {
+            id: r.get(0)?,
+            worker_id: r.get(1)?,
+            constraints: constraints(r, 2)?,
+            gpu_id: r.get(5)?,
         })
-        .map_err(backend)?;
-    rows.collect::<Result<_, _>>().map_err(backend)
+    })?;
+    rows.collect::<Result<_, _>>().map_err(StoreError::backend)
 }
 
 fn get_worker_blocking(conn: &Connection, id: &str) -> Result<Option<Worker>, StoreError> {
+    read_doc(conn, "SELECT doc FROM workers WHERE id = ?1", id)
+}
+
+/// The document `sql` selects for key `id` (its one parameter), if there is one.
+fn read_doc<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    id: &str,
+) -> Result<Option<T>, StoreError> {
     let doc: Option<String> = conn
-        .prepare_cached("SELECT doc FROM workers WHERE id = ?1")
-        .map_err(backend)?
+        .prepare_cached(sql)?
         .query_row([id], |r| r.get(0))
-        .optional()
-        .map_err(backend)?;
-    doc.map(|doc| decode(id, &doc)).transpose()
+        .optional()?;
+    doc.map(|doc| from_json(id, &doc)).transpose()
+}
+
+/// The kept tail of attempt `attempt`'s log of run `run_id`.
+fn get_log_blocking(
+    conn: &Connection,
+    run_id: &str,
+    attempt: u32,
+) -> Result<Option<LogTail>, StoreError> {
+    conn.prepare_cached(
+        "SELECT text, total_bytes FROM run_logs WHERE run_id = ?1 AND attempt = ?2",
+    )?
+    .query_row(params![run_id, attempt], |r| {
+        Ok(LogTail {
+            text: r.get(0)?,
+            total_bytes: r.get::<_, i64>(1)? as u64,
+        })
+    })
+    .optional()
+    .map_err(StoreError::backend)
 }
 
 /// The constraints in columns `first..first + 3` (cpu, ram_mb, vram_mb) of a row.
@@ -305,16 +289,14 @@ fn read_docs<T: serde::de::DeserializeOwned>(
     sql: &str,
     params: &[SqlValue],
 ) -> Result<Vec<T>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
-    let rows = stmt
-        .query_map(params_from_iter(params.iter()), |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })
-        .map_err(backend)?;
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params_from_iter(params.iter()), |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
     let mut docs = Vec::new();
     for row in rows {
-        let (id, doc) = row.map_err(backend)?;
-        docs.push(decode(&id, &doc)?);
+        let (id, doc) = row?;
+        docs.push(from_json(&id, &doc)?);
     }
     Ok(docs)
 }
@@ -372,10 +354,23 @@ fn commit_group(conn: &Connection, group: Vec<WriteJob>) {
     }
     let committed = conn.execute_batch("COMMIT").map_err(|e| {
         let _ = conn.execute_batch("ROLLBACK");
-        format!("commit failed: {e}")
+        StoreError::backend_while("commit failed", e)
     });
     for reply in replies {
         reply(committed.clone());
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// A failure of the SQLite driver, kept as the source.
+    fn from(e: rusqlite::Error) -> Self {
+        Self::backend(e)
+    }
+}
+
+impl From<rusqlite::Error> for QueryError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Store(e.into())
     }
 }
 
@@ -385,20 +380,20 @@ impl SqliteStore {
         let path = path.into();
         tokio::task::spawn_blocking(move || Self::open_blocking(&path))
             .await
-            .map_err(backend)?
+            .map_err(StoreError::backend)?
     }
 
     fn open_blocking(path: &Path) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Backend(format!(
-                    "cannot create data directory {}: {e}",
-                    parent.display()
-                ))
+                StoreError::backend_while(
+                    format!("cannot create data directory {}", parent.display()),
+                    e,
+                )
             })?;
         }
         let mut writer = Connection::open(path)
-            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::backend_while(format!("cannot open {}", path.display()), e))?;
         configure(&writer)?;
         migrate(&mut writer)?;
         let readers = (0..READERS)
@@ -406,10 +401,8 @@ impl SqliteStore {
                 let conn = Connection::open_with_flags(
                     path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-                .map_err(backend)?;
-                conn.busy_timeout(std::time::Duration::from_secs(10))
-                    .map_err(backend)?;
+                )?;
+                conn.busy_timeout(std::time::Duration::from_secs(10))?;
                 Ok(Mutex::new(conn))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -417,7 +410,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("gyoza-sqlite-writer".into())
             .spawn(move || write_loop(writer, queue))
-            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::backend_while("cannot start the writer thread", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -447,7 +440,7 @@ impl SqliteStore {
                 let _ = answer.send(match (result, commit) {
                     (Err(e), _) => Err(e),
                     (Ok(value), Ok(())) => Ok(value),
-                    (Ok(_), Err(e)) => Err(StoreError::Backend(e)),
+                    (Ok(_), Err(e)) => Err(e),
                 });
             });
             (ok, reply)
@@ -455,10 +448,10 @@ impl SqliteStore {
         self.inner
             .writes
             .send(job)
-            .map_err(|_| StoreError::Backend("the store's writer thread has stopped".into()))?;
+            .map_err(|_| StoreError::backend("the store's writer thread has stopped"))?;
         answered.await.map_err(|_| {
-            StoreError::Backend(
-                "the store dropped the write (its transaction could not start, or it panicked); see the server log".into(),
+            StoreError::backend(
+                "the store dropped the write (its transaction could not start, or it panicked); see the server log",
             )
         })?
     }
@@ -481,7 +474,7 @@ impl SqliteStore {
             f(&mut lock(&inner.readers[start % n]))
         })
         .await
-        .map_err(backend)?
+        .map_err(StoreError::backend)?
     }
 }
 
@@ -523,7 +516,7 @@ fn where_sql(clauses: &[String]) -> String {
 }
 
 fn list_runs_blocking(conn: &mut Connection, query: &RunQuery) -> Result<RunPage, QueryError> {
-    let tx = conn.transaction().map_err(backend)?;
+    let tx = conn.transaction()?;
     let (mut clauses, mut params) = run_filters(query);
     let base_clauses = clauses.clone();
     let base_params = params.clone();
@@ -533,8 +526,7 @@ fn list_runs_blocking(conn: &mut Connection, query: &RunQuery) -> Result<RunPage
             [id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .optional()
-        .map_err(backend)?
+        .optional()?
         .ok_or_else(|| QueryError::UnknownCursor {
             param,
             id: id.to_owned(),
@@ -562,21 +554,19 @@ fn list_runs_blocking(conn: &mut Connection, query: &RunQuery) -> Result<RunPage
         query.limit
     );
     let mut rows: Vec<(i64, i64, OpRun)> = {
-        let mut stmt = tx.prepare(&sql).map_err(backend)?;
-        let mapped = stmt
-            .query_map(params_from_iter(params.iter()), |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })
-            .map_err(backend)?;
+        let mut stmt = tx.prepare(&sql)?;
+        let mapped = stmt.query_map(params_from_iter(params.iter()), |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
         let mut rows = Vec::new();
         for row in mapped {
-            let (seq, created, id, doc) = row.map_err(backend)?;
-            rows.push((seq, created, decode(&id, &doc)?));
+            let (seq, created, id, doc) = row?;
+            rows.push((seq, created, from_json(&id, &doc)?));
         }
         rows
     };
@@ -597,8 +587,7 @@ fn list_runs_blocking(conn: &mut Connection, query: &RunQuery) -> Result<RunPage
             let sql = format!("SELECT EXISTS (SELECT 1 FROM runs {})", where_sql(&clauses));
             tx.query_row(&sql, params_from_iter(params.iter()), |r| {
                 r.get::<_, bool>(0)
-            })
-            .map_err(backend)?
+            })?
         }
     };
     Ok(RunPage {
@@ -608,38 +597,7 @@ fn list_runs_blocking(conn: &mut Connection, query: &RunQuery) -> Result<RunPage
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    async fn upsert_definition(
-        &self,
-        mut definition: OpDefinition,
-    ) -> Result<(OpDefinition, bool), StoreError> {
-        self.write(move |conn| {
-            let existing: Option<String> = conn
-                .query_row(
-                    "SELECT doc FROM definitions WHERE id = ?1 AND version = ?2",
-                    params![definition.id, definition.version],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(backend)?;
-            let created = match existing {
-                Some(doc) => {
-                    let old: OpDefinition = decode(&definition.id, &doc)?;
-                    definition.created_at = old.created_at;
-                    false
-                }
-                None => true,
-            };
-            conn.execute(
-                "INSERT OR REPLACE INTO definitions (id, version, created_at, doc) VALUES (?1, ?2, ?3, ?4)",
-                params![definition.id, definition.version, to_micros(&definition.created_at), encode(&definition)?],
-            )
-            .map_err(backend)?;
-            Ok((definition, created))
-        })
-        .await
-    }
-
+impl StoreRead for SqliteStore {
     async fn get_definition(
         &self,
         id: &str,
@@ -648,17 +606,14 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         let version = version.map(str::to_owned);
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT version, doc FROM definitions WHERE id = ?1")
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map([&id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .map_err(backend)?;
+            let mut stmt =
+                conn.prepare_cached("SELECT version, doc FROM definitions WHERE id = ?1")?;
+            let rows = stmt.query_map([&id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
             let mut best: Option<(String, String)> = None;
             for row in rows {
-                let (v, doc) = row.map_err(backend)?;
+                let (v, doc) = row?;
                 let better = match (&version, &best) {
                     (Some(wanted), _) => *wanted == v,
                     (None, None) => true,
@@ -668,7 +623,7 @@ impl Store for SqliteStore {
                     best = Some((v, doc));
                 }
             }
-            best.map(|(_, doc)| decode(&id, &doc)).transpose()
+            best.map(|(_, doc)| from_json(&id, &doc)).transpose()
         })
         .await
     }
@@ -684,23 +639,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError> {
-        let run = run.clone();
-        self.write(move |conn| write_run(conn, &run, true)).await
-    }
-
     async fn get_run(&self, id: &str) -> Result<Option<OpRun>, StoreError> {
         let id = id.to_owned();
-        self.read(move |conn| {
-            let doc: Option<String> = conn
-                .prepare_cached("SELECT doc FROM runs WHERE id = ?1")
-                .map_err(backend)?
-                .query_row([&id], |r| r.get(0))
-                .optional()
-                .map_err(backend)?;
-            doc.map(|doc| decode(&id, &doc)).transpose()
-        })
-        .await
+        self.read(move |conn| read_doc(conn, "SELECT doc FROM runs WHERE id = ?1", &id))
+            .await
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueryError> {
@@ -713,47 +655,7 @@ impl Store for SqliteStore {
             list_runs_blocking(&mut lock(&inner.readers[i]), &query)
         })
         .await
-        .map_err(|e| QueryError::Store(backend(e)))?
-    }
-
-    async fn update_run(
-        &self,
-        id: &str,
-        mut mutation: RunMutation,
-    ) -> Result<Option<OpRun>, StoreError> {
-        let id = id.to_owned();
-        self.write(move |conn| update_run_blocking(conn, &id, &mut *mutation))
-            .await
-    }
-
-    async fn update_runs(
-        &self,
-        ids: Vec<String>,
-        mutation: SharedRunMutation,
-    ) -> Vec<Result<Option<OpRun>, StoreError>> {
-        let count = ids.len();
-        // One write for all: each run in its own savepoint, so that one refusal (or failure)
-        // leaves the others' changes in place.
-        let answers = self
-            .write(move |conn| {
-                let mut answers = Vec::with_capacity(ids.len());
-                for id in &ids {
-                    let savepoint = conn.execute_batch("SAVEPOINT run");
-                    let answer = savepoint
-                        .map_err(backend)
-                        .and_then(|()| update_run_blocking(conn, id, &mut |run| mutation(run)));
-                    close_savepoint(conn, "run", answer.is_ok()).map_err(backend)?;
-                    answers.push(answer);
-                }
-                Ok(answers)
-            })
-            .await;
-        match answers {
-            Ok(answers) => answers,
-            Err(e) => (0..count)
-                .map(|_| Err(StoreError::Backend(e.to_string())))
-                .collect(),
-        }
+        .map_err(|e| QueryError::Store(StoreError::backend(e)))?
     }
 
     async fn pending_window(
@@ -790,7 +692,7 @@ impl Store for SqliteStore {
         let worker_id = worker_id.to_owned();
         self.read(move |conn| {
             // One read transaction: the four reads see one state of the database.
-            let tx = conn.transaction().map_err(backend)?;
+            let tx = conn.transaction()?;
             let Some(worker) = get_worker_blocking(&tx, &worker_id)? else {
                 return Ok(None);
             };
@@ -800,33 +702,6 @@ impl Store for SqliteStore {
                 workers: read_docs(&tx, "SELECT id, doc FROM workers ORDER BY id", &[])?,
                 worker,
             }))
-        })
-        .await
-    }
-
-    async fn heartbeat(
-        &self,
-        heartbeat: HeartbeatRequest,
-        now: Timestamp,
-    ) -> Result<Worker, StoreError> {
-        self.write(move |conn| {
-            let existing: Option<String> = conn
-                .prepare_cached("SELECT doc FROM workers WHERE id = ?1")
-                .map_err(backend)?
-                .query_row([&heartbeat.worker_id], |r| r.get(0))
-                .optional()
-                .map_err(backend)?;
-            let existing: Option<Worker> = existing
-                .map(|doc| decode(&heartbeat.worker_id, &doc))
-                .transpose()?;
-            let worker = Worker::from_heartbeat(existing, heartbeat, now);
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO workers (id, last_heartbeat_at, doc) VALUES (?1, ?2, ?3)",
-            )
-            .map_err(backend)?
-            .execute(params![worker.id, to_micros(&now), encode(&worker)?])
-            .map_err(backend)?;
-            Ok(worker)
         })
         .await
     }
@@ -855,24 +730,108 @@ impl Store for SqliteStore {
 
     async fn count_runs_by_state(&self) -> Result<Vec<(OpRunState, u64)>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT state, COUNT(*) FROM runs GROUP BY state")
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(backend)?;
+            let mut stmt =
+                conn.prepare_cached("SELECT state, COUNT(*) FROM runs GROUP BY state")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             let mut counts = Vec::new();
             for row in rows {
-                let (state, count) = row.map_err(backend)?;
+                let (state, count) = row?;
                 let state = state
                     .parse::<OpRunState>()
-                    .map_err(|e| StoreError::Corrupt {
-                        id: "runs.state".into(),
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(|e| StoreError::corrupt("runs.state", e))?;
                 counts.push((state, count as u64));
             }
             Ok(counts)
+        })
+        .await
+    }
+
+    async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError> {
+        let run_id = run_id.to_owned();
+        self.read(move |conn| get_log_blocking(conn, &run_id, attempt))
+            .await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn upsert_definition(
+        &self,
+        mut definition: OpDefinition,
+    ) -> Result<(OpDefinition, bool), StoreError> {
+        self.write(move |conn| {
+            let existing: Option<String> = conn
+                .query_row(
+                    "SELECT doc FROM definitions WHERE id = ?1 AND version = ?2",
+                    params![definition.id, definition.version],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let existing = existing
+                .map(|doc| from_json(&definition.id, &doc))
+                .transpose()?;
+            let created = replace_definition(&mut definition, existing);
+            conn.execute(
+                "INSERT OR REPLACE INTO definitions (id, version, created_at, doc) VALUES (?1, ?2, ?3, ?4)",
+                params![definition.id, definition.version, to_micros(&definition.created_at), to_json(&definition)?],
+            )?;
+            Ok((definition, created))
+        })
+        .await
+    }
+
+    async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError> {
+        let run = run.clone();
+        self.write(move |conn| write_run(conn, &run, true)).await
+    }
+
+    async fn update_run(
+        &self,
+        id: &str,
+        mut mutation: RunMutation,
+    ) -> Result<Option<OpRun>, StoreError> {
+        let id = id.to_owned();
+        self.write(move |conn| update_run_blocking(conn, &id, &mut *mutation))
+            .await
+    }
+
+    async fn update_runs(
+        &self,
+        ids: Vec<String>,
+        mutation: SharedRunMutation,
+    ) -> Vec<Result<Option<OpRun>, StoreError>> {
+        let count = ids.len();
+        // One write for all: each run in its own savepoint, so that one refusal (or failure)
+        // leaves the others' changes in place.
+        let answers = self
+            .write(move |conn| {
+                let mut answers = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    let savepoint = conn.execute_batch("SAVEPOINT run");
+                    let answer = savepoint
+                        .map_err(StoreError::backend)
+                        .and_then(|()| update_run_blocking(conn, id, &mut |run| mutation(run)));
+                    close_savepoint(conn, "run", answer.is_ok())?;
+                    answers.push(answer);
+                }
+                Ok(answers)
+            })
+            .await;
+        match answers {
+            Ok(answers) => answers,
+            Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    async fn heartbeat(&self, heartbeat: Heartbeat, now: Timestamp) -> Result<Worker, StoreError> {
+        self.write(move |conn| {
+            let existing = get_worker_blocking(conn, &heartbeat.worker_id)?;
+            let worker = Worker::from_heartbeat(existing, heartbeat, now);
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO workers (id, last_heartbeat_at, doc) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![worker.id, to_micros(&now), to_json(&worker)?])?;
+            Ok(worker)
         })
         .await
     }
@@ -886,41 +845,13 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let (run_id, text) = (run_id.to_owned(), text.to_owned());
         self.write(move |conn| {
-            let mut tail = conn
-                .query_row(
-                    "SELECT text, total_bytes FROM run_logs WHERE run_id = ?1 AND attempt = ?2",
-                    params![run_id, attempt],
-                    |r| Ok(LogTail { text: r.get(0)?, total_bytes: r.get::<_, i64>(1)? as u64 }),
-                )
-                .optional()
-                .map_err(backend)?
-                .unwrap_or_default();
+            let mut tail = get_log_blocking(conn, &run_id, attempt)?.unwrap_or_default();
             tail.append(&text, cap);
             conn.execute(
                 "INSERT OR REPLACE INTO run_logs (run_id, attempt, total_bytes, text) VALUES (?1, ?2, ?3, ?4)",
                 params![run_id, attempt, tail.total_bytes as i64, tail.text],
-            )
-            .map_err(backend)?;
+            )?;
             Ok(())
-        })
-        .await
-    }
-
-    async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError> {
-        let run_id = run_id.to_owned();
-        self.read(move |conn| {
-            conn.query_row(
-                "SELECT text, total_bytes FROM run_logs WHERE run_id = ?1 AND attempt = ?2",
-                params![run_id, attempt],
-                |r| {
-                    Ok(LogTail {
-                        text: r.get(0)?,
-                        total_bytes: r.get::<_, i64>(1)? as u64,
-                    })
-                },
-            )
-            .optional()
-            .map_err(backend)
         })
         .await
     }
@@ -1033,6 +964,25 @@ mod tests {
             held.contains("COVERING INDEX runs_held"),
             "held runs plan: {held}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_backend_error_says_what_failed_and_keeps_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let Err(e) = SqliteStore::open(file.join("data").join("gyoza.db")).await else {
+            panic!("a data directory below a file cannot be created");
+        };
+        let message = e.to_string();
+        assert!(
+            message.starts_with("database error: cannot create data directory"),
+            "{message}"
+        );
+        let cause = std::error::Error::source(&e)
+            .and_then(std::error::Error::source)
+            .and_then(|cause| cause.downcast_ref::<std::io::Error>());
+        assert!(cause.is_some(), "the io::Error is kept: {e:?}");
     }
 
     #[tokio::test]
