@@ -77,6 +77,11 @@ pub struct ServerConfig {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "GYOZA_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Webhook destinations allowed beyond public addresses: host names and CIDRs,
+    /// comma-separated (e.g. "hooks.internal,10.0.0.0/8"). Loopback, private and link-local
+    /// addresses are refused unless listed.
+    #[arg(long, env = "GYOZA_DELIVERY_ALLOW", default_value = "")]
+    pub delivery_allow: String,
     /// Directory watched for strategy plugins (*.wasm) [default: <data dir>/plugins].
     #[arg(long, env = "GYOZA_PLUGINS_DIR")]
     pub plugins_dir: Option<PathBuf>,
@@ -143,6 +148,17 @@ impl ServerConfig {
         self.plugins_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+
+    /// How run events are delivered: the default delivery with this server's destination
+    /// allow-list; a malformed list is a configuration error naming the bad entry.
+    pub fn delivery_config(&self) -> Result<crate::delivery::DeliveryConfig, HostError> {
+        let policy = crate::destination::DestinationPolicy::parse(&self.delivery_allow)
+            .map_err(|e| HostError::Config(format!("--delivery-allow: {e}")))?;
+        Ok(crate::delivery::DeliveryConfig {
+            policy,
+            ..Default::default()
+        })
     }
 
     /// How the strategy host runs: plugins directory, compiled-plugin cache (in the data

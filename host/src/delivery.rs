@@ -6,6 +6,10 @@
 //! exponential backoff. Deliveries are at-least-once per server process and may arrive out
 //! of order: the body carries the attempt and the event's index so a receiver can order and
 //! deduplicate. Topics that are not URLs are left alone.
+//!
+//! Each delivery first passes the destination policy ([`crate::destination`]): by default only
+//! public addresses are reached (after DNS resolution, pinned for the request), redirects are
+//! not followed, and URLs are logged with their credentials redacted.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,6 +21,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::destination::{DestinationPolicy, redact};
 use crate::metrics::Metrics;
 
 /// How deliveries are attempted.
@@ -32,6 +37,8 @@ pub struct DeliveryConfig {
     pub queue: usize,
     /// Deliveries in flight at once.
     pub concurrency: usize,
+    /// Which destinations may be reached (see [`crate::destination`]).
+    pub policy: DestinationPolicy,
 }
 
 impl Default for DeliveryConfig {
@@ -42,6 +49,7 @@ impl Default for DeliveryConfig {
             timeout: Duration::from_secs(10),
             queue: 10_000,
             concurrency: 16,
+            policy: DestinationPolicy::default(),
         }
     }
 }
@@ -95,11 +103,6 @@ impl Deliverer {
     /// Starts the delivery loop on the current tokio runtime.
     pub fn start(config: DeliveryConfig, metrics: Arc<Metrics>) -> Arc<Self> {
         let (queue, mut receiver) = mpsc::channel::<Delivery>(config.queue);
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .user_agent(concat!("gyoza/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
         let slots = Arc::new(Semaphore::new(config.concurrency));
         let loop_metrics = metrics.clone();
         tokio::spawn(async move {
@@ -107,10 +110,9 @@ impl Deliverer {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                let (client, config, metrics) =
-                    (client.clone(), config.clone(), loop_metrics.clone());
+                let (config, metrics) = (config.clone(), loop_metrics.clone());
                 tokio::spawn(async move {
-                    send(&client, &config, &metrics, delivery).await;
+                    send(&config, &metrics, delivery).await;
                     drop(slot);
                 });
             }
@@ -153,12 +155,39 @@ impl Deliverer {
     }
 }
 
-async fn send(
-    client: &reqwest::Client,
+/// A client that connects only to the addresses the policy checked (no second DNS lookup)
+/// and follows no redirect.
+fn pinned_client(
     config: &DeliveryConfig,
-    metrics: &Metrics,
-    delivery: Delivery,
-) {
+    destination: &crate::destination::Destination,
+) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(config.timeout)
+        .user_agent(concat!("gyoza/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve_to_addrs(&destination.host, &destination.addrs)
+        .build()
+}
+
+async fn send(config: &DeliveryConfig, metrics: &Metrics, delivery: Delivery) {
+    let url = redact(&delivery.url);
+    let run_id = &delivery.message.run_id;
+    let client = match config.policy.check(&delivery.url).await {
+        Ok(destination) => pinned_client(config, &destination),
+        Err(reason) => {
+            metrics.deliveries_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%url, %run_id, %reason, "event delivery refused by the destination policy");
+            return;
+        }
+    };
+    let client = match client {
+        Ok(client) => client,
+        Err(e) => {
+            metrics.deliveries_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%url, %run_id, error = %e, "cannot build the delivery client");
+            return;
+        }
+    };
     // Uncapped: `tries` bounds the waits.
     let backoff = Backoff::new(config.backoff, Duration::MAX);
     for attempt in 1..=config.tries {
@@ -173,14 +202,14 @@ async fn send(
                 return;
             }
             Ok(response) => format!("HTTP {}", response.status()),
-            Err(e) => e.to_string(),
+            Err(e) => e.without_url().to_string(),
         };
         if attempt == config.tries {
             metrics.deliveries_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(url = %delivery.url, run_id = %delivery.message.run_id, %error, "event delivery failed; giving up");
+            tracing::warn!(%url, %run_id, %error, "event delivery failed; giving up");
             return;
         }
-        tracing::debug!(url = %delivery.url, %error, "event delivery failed; retrying");
+        tracing::debug!(%url, %error, "event delivery failed; retrying");
         tokio::time::sleep(backoff.delay(attempt)).await;
     }
 }

@@ -48,11 +48,12 @@ pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostEr
         .await
         .map_err(|e| HostError::Config(format!("strategy loader stopped: {e}")))??;
     let metrics = Arc::new(Metrics::default());
-    let mut service = Service::new(
+    let mut service = Service::with_delivery(
         store,
         Arc::new(strategies.clone()),
         Arc::new(SystemClock),
         metrics.clone(),
+        config.delivery_config()?,
     );
     service.worker_timeout = chrono::Duration::seconds(config.worker_timeout as i64);
     let mut state = AppState::new(Arc::new(service), metrics, &api_key);

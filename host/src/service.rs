@@ -67,12 +67,23 @@ impl Service {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        Self::with_delivery(store, scheduler, clock, metrics, DeliveryConfig::default())
+    }
+
+    /// [`Service::new`] with the event delivery configured by `delivery`.
+    pub fn with_delivery(
+        store: Arc<dyn Store>,
+        scheduler: Arc<dyn Scheduler>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        delivery: DeliveryConfig,
+    ) -> Self {
         Self {
             store,
             scheduler,
             clock,
             worker_timeout: chrono::Duration::seconds(60),
-            deliverer: Deliverer::start(DeliveryConfig::default(), metrics),
+            deliverer: Deliverer::start(delivery, metrics),
             changes: broadcast::channel(1024).0,
             claims_in_flight: InFlight::default(),
         }

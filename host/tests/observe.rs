@@ -175,7 +175,8 @@ async fn events_are_delivered_to_a_webhook_with_retries() {
     let hook = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
 
-    let api = Api::new().await;
+    // Loopback is refused unless the operator allows it.
+    let api = Api::with_delivery_allow("127.0.0.1").await;
     let id = api
         .claimed_run(
             json!({"image": "x", "event_delivery": {"topic": hook, "attributes": {"team": "img"}}}),
@@ -284,4 +285,98 @@ async fn metrics_describe_runs_claims_workers_and_requests() {
         .map(|r| (r.status(), ()))
         .unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED, "metrics need the key");
+}
+
+#[tokio::test]
+async fn junk_methods_without_a_key_do_not_grow_the_metrics() {
+    let api = Api::new().await;
+    let series = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("gyoza_http_requests_total{"))
+            .count()
+    };
+    let junk = |i: usize| {
+        Api::request(
+            &format!("JUNK{i}"),
+            &format!("/runs/r{i}"),
+            None,
+            None,
+            &[],
+        )
+    };
+    // Warm up: the same shapes once, so that only new series would count.
+    api.send(junk(0)).await;
+    api.text("GET", "/metrics", None).await;
+    let (_, before) = api.text("GET", "/metrics", None).await;
+    for i in 1..=300 {
+        let (status, _) = api.send(junk(i)).await;
+        assert!(status.is_client_error(), "{status}");
+    }
+    let (_, after) = api.text("GET", "/metrics", None).await;
+    assert_eq!(series(&after), series(&before), "{after}");
+    assert!(
+        after.contains("method=\"other\""),
+        "made-up methods are counted as other: {after}"
+    );
+    assert!(!after.contains("JUNK"), "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_aimed_inward_gets_nothing_and_redirects_are_not_followed() {
+    // An inner service on loopback, and a public-looking hook that redirects to it.
+    let hits: Arc<Mutex<Vec<String>>> = Arc::default();
+    let inner = {
+        let hits = hits.clone();
+        Router::new()
+            .route(
+                "/inner",
+                post(move || {
+                    let hits = hits.clone();
+                    async move {
+                        hits.lock().unwrap().push("inner".into());
+                        StatusCode::OK
+                    }
+                }),
+            )
+            .route(
+                "/redirect",
+                post(|| async {
+                    (
+                        StatusCode::TEMPORARY_REDIRECT,
+                        [(axum::http::header::LOCATION, "/inner")],
+                    )
+                }),
+            )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://user:s3cret@{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, inner).await.unwrap() });
+
+    // Default policy: the loopback topic is refused, nothing reaches it.
+    let api = Api::new().await;
+    let topic = format!("{base}/inner");
+    let id = api
+        .claimed_run(json!({"image": "x", "event_delivery": {"topic": topic}}))
+        .await;
+    api.event_ok(&id, json!({"type": "INFO", "msg": "one"})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = api.text("GET", "/metrics", None).await.1;
+        if metrics.contains("gyoza_event_deliveries_total{result=\"failed\"} 1") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(hits.lock().unwrap().is_empty(), "an inward topic was reached");
+
+    // Allowed host, but a redirect is not followed to the inner path.
+    let api = Api::with_delivery_allow("127.0.0.1").await;
+    let topic = format!("{base}/redirect");
+    let id = api
+        .claimed_run(json!({"image": "x", "event_delivery": {"topic": topic}}))
+        .await;
+    api.event_ok(&id, json!({"type": "INFO", "msg": "one"})).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(hits.lock().unwrap().is_empty(), "a redirect was followed");
 }

@@ -20,7 +20,7 @@ pub async fn count_requests(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     // The route pattern, not the path: run ids would make every path a new series.
     let route = request
         .extensions()
@@ -28,12 +28,31 @@ pub async fn count_requests(
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
     state.metrics.record_request(
-        &method,
+        method,
         &route,
         response.status().as_u16(),
         started.elapsed(),
     );
     response
+}
+
+/// The method as a metric label: one of the methods the API knows, else `other`, so that
+/// made-up methods (anyone can send them, without a key) cannot add series.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    const KNOWN: [(Method, &str); 7] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("other", |(_, name)| name)
 }
 
 /// Metrics in the Prometheus text format (needs the API key, like the rest of the API).

@@ -15,6 +15,8 @@ use axum::http::{Request, StatusCode};
 use chrono::{Duration, TimeZone, Utc};
 use gyoza_host::api::{AppState, app};
 use gyoza_host::clock::ManualClock;
+use gyoza_host::delivery::DeliveryConfig;
+use gyoza_host::destination::DestinationPolicy;
 use gyoza_host::metrics::Metrics;
 use gyoza_host::service::Service;
 use gyoza_host::store::SqliteStore;
@@ -82,13 +84,23 @@ impl Api {
         let clock = Arc::new(ManualClock::new(
             Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
         ));
-        Self::start(host, max_body_bytes, dir, clock).await
+        Self::start(host, max_body_bytes, dir, clock, "").await
+    }
+
+    /// [`Api::new`] whose event deliveries may also reach `allow` (hosts and CIDRs, as
+    /// `GYOZA_DELIVERY_ALLOW`).
+    pub async fn with_delivery_allow(allow: &str) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let clock = Arc::new(ManualClock::new(
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        ));
+        Self::start(priority_backfill().await, BODY_LIMIT, dir, clock, allow).await
     }
 
     /// Another server replica on the same database file and clock.
     pub async fn replica(&self) -> Self {
         let host = priority_backfill().await;
-        Self::start(host, BODY_LIMIT, self.dir.clone(), self.clock.clone()).await
+        Self::start(host, BODY_LIMIT, self.dir.clone(), self.clock.clone(), "").await
     }
 
     async fn start(
@@ -96,16 +108,22 @@ impl Api {
         max_body_bytes: usize,
         dir: Arc<tempfile::TempDir>,
         clock: Arc<ManualClock>,
+        delivery_allow: &str,
     ) -> Self {
         let store = SqliteStore::open(dir.path().join("gyoza.db"))
             .await
             .unwrap();
         let metrics = Arc::new(Metrics::default());
-        let service = Arc::new(Service::new(
+        let delivery = DeliveryConfig {
+            policy: DestinationPolicy::parse(delivery_allow).unwrap(),
+            ..DeliveryConfig::default()
+        };
+        let service = Arc::new(Service::with_delivery(
             Arc::new(store),
             Arc::new(host.clone()),
             clock.clone(),
             metrics.clone(),
+            delivery,
         ));
         let mut state = AppState::new(service.clone(), metrics, KEY);
         state.max_body_bytes = max_body_bytes;
