@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::definition::{InputSpec, OpDefinition, OutputSpec};
@@ -14,7 +14,7 @@ use crate::error::DomainError;
 use crate::resources::{Constraints, EventDelivery, Resources, RetryPolicy};
 use crate::run::{EventType, ExecutionSummary, NewRun, OpAttempt, OpRun, OpRunState};
 use crate::time::{self, Timestamp};
-use crate::worker::{Heartbeat, Worker, WorkerOpRun};
+use crate::worker::{Heartbeat, StopRun, Worker, WorkerOpRun};
 
 /// The priority a run gets when the request names none (the original client's default).
 pub const DEFAULT_PRIORITY: i64 = 5;
@@ -460,9 +460,47 @@ pub struct HeartbeatRequest {
     /// Capability tags.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Runs it is executing.
-    #[serde(default)]
+    /// Runs it is executing. Each needs only its `id` and `attempt`: the rest of a claim's
+    /// view (`image`, `inputs`, `constraints`), which seed workers send back, is accepted but
+    /// optional.
+    #[serde(default, deserialize_with = "reported_ops")]
     pub running_ops: Option<Vec<WorkerOpRun>>,
+}
+
+/// A running op as a heartbeat reports it: what [`WorkerOpRun`] holds, all optional but the id.
+#[derive(Deserialize)]
+struct ReportedOp {
+    id: String,
+    #[serde(default)]
+    image: String,
+    #[serde(default)]
+    inputs: Map<String, Value>,
+    #[serde(default)]
+    constraints: Constraints,
+    #[serde(default)]
+    attempt: Option<u32>,
+    #[serde(default)]
+    gpu_id: Option<u32>,
+}
+
+/// Reads a heartbeat's `running_ops` leniently (see [`ReportedOp`]); a claim answer's ops are
+/// read strictly, as [`WorkerOpRun`] says.
+fn reported_ops<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<WorkerOpRun>>, D::Error> {
+    let ops = Option::<Vec<ReportedOp>>::deserialize(deserializer)?;
+    Ok(ops.map(|ops| {
+        ops.into_iter()
+            .map(|op| WorkerOpRun {
+                id: op.id,
+                image: op.image,
+                inputs: op.inputs,
+                constraints: op.constraints,
+                attempt: op.attempt,
+                gpu_id: op.gpu_id,
+            })
+            .collect()
+    }))
 }
 
 impl HeartbeatRequest {
@@ -505,6 +543,11 @@ pub struct WorkerView {
     pub worker: Worker,
     /// Whether it heartbeated within the server's worker timeout.
     pub active: bool,
+    /// In a heartbeat's answer: the reported runs the server does not give to this worker
+    /// (held by another worker, at another attempt, finished, or unknown), which the worker
+    /// must stop. Absent when there are none, and from `GET /workers`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<StopRun>,
 }
 
 /// `POST /workers/{id}/claim`.
