@@ -564,6 +564,28 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_heartbeat_may_report_its_runs_by_id_and_attempt_only() {
+        let beat: HeartbeatRequest = serde_json::from_value(json!({
+            "worker_id": "w1",
+            "resources": {"cpu_cores": 1, "ram_mb": 1},
+            "running_ops": [{"id": "r1", "attempt": 2}, {"id": "r2", "image": "x", "inputs": {"a": 1}}]
+        }))
+        .unwrap();
+        let ops = beat.running_ops.unwrap();
+        assert_eq!((ops[0].id.as_str(), ops[0].attempt), ("r1", Some(2)));
+        assert_eq!((ops[1].image.as_str(), ops[1].attempt), ("x", None));
+        assert_eq!(ops[1].inputs["a"], 1);
+        assert!(ops[1].as_reported().inputs.is_empty());
+        let unsaid: HeartbeatRequest = serde_json::from_value(json!({
+            "worker_id": "w1", "resources": {"cpu_cores": 1, "ram_mb": 1}, "running_ops": null
+        }))
+        .unwrap();
+        assert_eq!(unsaid.running_ops, None);
+        // A claim answer's ops are still read strictly.
+        assert!(serde_json::from_value::<ClaimResponse>(json!({"ops": [{"id": "r1"}]})).is_err());
+    }
+
+    #[test]
     fn patch_with_one_bad_part_changes_nothing() {
         let now = chrono::Utc::now();
         let mut run = OpRunCreate {

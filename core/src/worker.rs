@@ -43,6 +43,15 @@ impl WorkerOpRun {
             gpu_id: None,
         }
     }
+
+    /// What a heartbeat needs to report this op: its id, attempt and GPU, without the inputs
+    /// (which may be large and which the server already has).
+    pub fn as_reported(&self) -> Self {
+        Self {
+            inputs: Map::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// A run attempt a worker reported but does not hold (the server gave the run to another
