@@ -515,6 +515,25 @@ impl HeartbeatRequest {
             crate::limits::MAX_ID_BYTES,
         );
         crate::resources::tag_problems(&mut problems, "tags", &self.tags);
+        let ops = self.running_ops.as_deref().unwrap_or_default();
+        crate::limits::at_most(
+            &mut problems,
+            "running_ops (entries)",
+            ops.len(),
+            crate::limits::MAX_RUNNING_OPS,
+        );
+        // One message for all the ids too long: the first names the limit.
+        if let Some(op) = ops
+            .iter()
+            .find(|op| op.id.len() > crate::limits::MAX_ID_BYTES)
+        {
+            crate::limits::bytes_at_most(
+                &mut problems,
+                "running_ops[].id",
+                &op.id,
+                crate::limits::MAX_ID_BYTES,
+            );
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -581,6 +600,13 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(unsaid.running_ops, None);
+        let mut flood = unsaid.clone();
+        flood.running_ops = Some(vec![ops[0].clone(); crate::limits::MAX_RUNNING_OPS + 1]);
+        let err = flood.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("running_ops (entries) must be at most 10000"),
+            "{err}"
+        );
         // A claim answer's ops are still read strictly.
         assert!(serde_json::from_value::<ClaimResponse>(json!({"ops": [{"id": "r1"}]})).is_err());
     }
