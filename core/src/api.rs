@@ -464,21 +464,30 @@ pub struct HeartbeatRequest {
     /// view (`image`, `inputs`, `constraints`), which seed workers send back, is accepted but
     /// optional.
     #[serde(default, deserialize_with = "reported_ops")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<ReportedOp>>))]
     pub running_ops: Option<Vec<WorkerOpRun>>,
 }
 
 /// A running op as a heartbeat reports it: what [`WorkerOpRun`] holds, all optional but the id.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 struct ReportedOp {
+    /// The run's id.
     id: String,
-    #[serde(default)]
-    image: String,
-    #[serde(default)]
-    inputs: Map<String, Value>,
-    #[serde(default)]
-    constraints: Constraints,
+    /// The attempt the worker executes (absent from older workers: any attempt).
     #[serde(default)]
     attempt: Option<u32>,
+    /// Docker image reference (accepted, not needed).
+    #[serde(default)]
+    image: String,
+    /// Inputs (accepted, not needed).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    inputs: Map<String, Value>,
+    /// Hardware requirements (accepted, not needed).
+    #[serde(default)]
+    constraints: Constraints,
+    /// The GPU the run is on.
     #[serde(default)]
     gpu_id: Option<u32>,
 }

@@ -166,3 +166,16 @@ async fn unreported_runs_share_the_requeue_cap_of_lost_workers() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_api_document_says_a_reported_op_needs_only_its_id() {
+    let api = Api::new().await;
+    let doc = api.ok("GET", "/openapi.json", None).await;
+    let reported = &doc["components"]["schemas"]["ReportedOp"];
+    assert_eq!(reported["required"], json!(["id"]), "{reported}");
+    let view = doc["components"]["schemas"]["WorkerView"].to_string();
+    assert!(
+        view.contains("\"stop\""),
+        "the heartbeat answer's stop list is described: {view}"
+    );
+}
