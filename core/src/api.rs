@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::definition::{InputSpec, OpDefinition, OutputSpec};
@@ -14,7 +14,7 @@ use crate::error::DomainError;
 use crate::resources::{Constraints, EventDelivery, Resources, RetryPolicy};
 use crate::run::{EventType, ExecutionSummary, NewRun, OpAttempt, OpRun, OpRunState};
 use crate::time::{self, Timestamp};
-use crate::worker::{Heartbeat, Worker, WorkerOpRun};
+use crate::worker::{Heartbeat, StopRun, Worker, WorkerOpRun};
 
 /// The priority a run gets when the request names none (the original client's default).
 pub const DEFAULT_PRIORITY: i64 = 5;
@@ -460,9 +460,56 @@ pub struct HeartbeatRequest {
     /// Capability tags.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Runs it is executing.
-    #[serde(default)]
+    /// Runs it is executing. Each needs only its `id` and `attempt`: the rest of a claim's
+    /// view (`image`, `inputs`, `constraints`), which seed workers send back, is accepted but
+    /// optional.
+    #[serde(default, deserialize_with = "reported_ops")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<ReportedOp>>))]
     pub running_ops: Option<Vec<WorkerOpRun>>,
+}
+
+/// A running op as a heartbeat reports it: what [`WorkerOpRun`] holds, all optional but the id.
+#[derive(Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+struct ReportedOp {
+    /// The run's id.
+    id: String,
+    /// The attempt the worker executes (absent from older workers: any attempt).
+    #[serde(default)]
+    attempt: Option<u32>,
+    /// Docker image reference (accepted, not needed).
+    #[serde(default)]
+    image: String,
+    /// Inputs (accepted, not needed).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    inputs: Map<String, Value>,
+    /// Hardware requirements (accepted, not needed).
+    #[serde(default)]
+    constraints: Constraints,
+    /// The GPU the run is on.
+    #[serde(default)]
+    gpu_id: Option<u32>,
+}
+
+/// Reads a heartbeat's `running_ops` leniently (see [`ReportedOp`]); a claim answer's ops are
+/// read strictly, as [`WorkerOpRun`] says.
+fn reported_ops<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<WorkerOpRun>>, D::Error> {
+    let ops = Option::<Vec<ReportedOp>>::deserialize(deserializer)?;
+    Ok(ops.map(|ops| {
+        ops.into_iter()
+            .map(|op| WorkerOpRun {
+                id: op.id,
+                image: op.image,
+                inputs: op.inputs,
+                constraints: op.constraints,
+                attempt: op.attempt,
+                gpu_id: op.gpu_id,
+            })
+            .collect()
+    }))
 }
 
 impl HeartbeatRequest {
@@ -477,6 +524,25 @@ impl HeartbeatRequest {
             crate::limits::MAX_ID_BYTES,
         );
         crate::resources::tag_problems(&mut problems, "tags", &self.tags);
+        let ops = self.running_ops.as_deref().unwrap_or_default();
+        crate::limits::at_most(
+            &mut problems,
+            "running_ops (entries)",
+            ops.len(),
+            crate::limits::MAX_RUNNING_OPS,
+        );
+        // One message for all the ids too long: the first names the limit.
+        if let Some(op) = ops
+            .iter()
+            .find(|op| op.id.len() > crate::limits::MAX_ID_BYTES)
+        {
+            crate::limits::bytes_at_most(
+                &mut problems,
+                "running_ops[].id",
+                &op.id,
+                crate::limits::MAX_ID_BYTES,
+            );
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -505,6 +571,11 @@ pub struct WorkerView {
     pub worker: Worker,
     /// Whether it heartbeated within the server's worker timeout.
     pub active: bool,
+    /// In a heartbeat's answer: the reported runs the server does not give to this worker
+    /// (held by another worker, at another attempt, finished, or unknown), which the worker
+    /// must stop. Absent when there are none, and from `GET /workers`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<StopRun>,
 }
 
 /// `POST /workers/{id}/claim`.
@@ -519,6 +590,35 @@ pub struct ClaimResponse {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_heartbeat_may_report_its_runs_by_id_and_attempt_only() {
+        let beat: HeartbeatRequest = serde_json::from_value(json!({
+            "worker_id": "w1",
+            "resources": {"cpu_cores": 1, "ram_mb": 1},
+            "running_ops": [{"id": "r1", "attempt": 2}, {"id": "r2", "image": "x", "inputs": {"a": 1}}]
+        }))
+        .unwrap();
+        let ops = beat.running_ops.unwrap();
+        assert_eq!((ops[0].id.as_str(), ops[0].attempt), ("r1", Some(2)));
+        assert_eq!((ops[1].image.as_str(), ops[1].attempt), ("x", None));
+        assert_eq!(ops[1].inputs["a"], 1);
+        assert!(ops[1].as_reported().inputs.is_empty());
+        let unsaid: HeartbeatRequest = serde_json::from_value(json!({
+            "worker_id": "w1", "resources": {"cpu_cores": 1, "ram_mb": 1}, "running_ops": null
+        }))
+        .unwrap();
+        assert_eq!(unsaid.running_ops, None);
+        let mut flood = unsaid.clone();
+        flood.running_ops = Some(vec![ops[0].clone(); crate::limits::MAX_RUNNING_OPS + 1]);
+        let err = flood.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("running_ops (entries) must be at most 10000"),
+            "{err}"
+        );
+        // A claim answer's ops are still read strictly.
+        assert!(serde_json::from_value::<ClaimResponse>(json!({"ops": [{"id": "r1"}]})).is_err());
+    }
 
     #[test]
     fn patch_with_one_bad_part_changes_nothing() {

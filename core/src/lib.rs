@@ -16,8 +16,8 @@
 //! - [`resources`]: constraints, retry policy, event delivery, worker resources and GPUs.
 //! - [`definition`]: [`OpDefinition`], input/output specs, input validation, version order.
 //! - [`run`]: [`OpRun`], [`OpAttempt`], states, events and the rules that connect them.
-//! - [`worker`]: [`Worker`], the [`Heartbeat`] merged into it, [`WorkerOpRun`] and the free
-//!   capacity of a worker.
+//! - [`worker`]: [`Worker`], the [`Heartbeat`] merged into it, [`WorkerOpRun`], the runs a
+//!   worker must stop ([`StopRun`]) and the free capacity of a worker.
 //! - [`placement`]: the one check of a strategy's decision ([`placement::place`]).
 //! - [`api`]: request and response bodies of the REST API.
 //! - [`backoff`]: the one doubling-delay rule of every retry loop.
@@ -42,4 +42,4 @@ pub use definition::{InputSpec, OpDefinition, OutputSpec, ValueType};
 pub use error::DomainError;
 pub use resources::{Constraints, EventDelivery, Gpu, Resources, RetryPolicy};
 pub use run::{EventEntry, EventType, ExecutionSummary, OpAttempt, OpRun, OpRunState};
-pub use worker::{Capacity, Heartbeat, HeldRun, PendingRun, Worker, WorkerOpRun};
+pub use worker::{Capacity, Heartbeat, HeldRun, PendingRun, StopRun, Worker, WorkerOpRun};

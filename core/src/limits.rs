@@ -35,6 +35,8 @@ pub const MAX_TOPIC_BYTES: usize = 2_048;
 pub const MAX_TAGS: usize = 64;
 /// Bytes of one tag.
 pub const MAX_TAG_BYTES: usize = 256;
+/// Running ops one heartbeat may report (each one the server cannot match costs it a read).
+pub const MAX_RUNNING_OPS: usize = 10_000;
 
 /// Adds "`field` must be at most `limit`, got `value`" to `problems` when `value > limit`.
 pub fn at_most<T: PartialOrd + std::fmt::Display>(

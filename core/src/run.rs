@@ -7,7 +7,7 @@
 //!    │                                       └──(none left)──────▶ FAILED
 //!    └──────────── RETRIED (manual) ◀── FAILED | CANCELLED | ASSIGNED | RUNNING
 //! any non-terminal state ──CANCELLED──▶ CANCELLED
-//! ASSIGNED | RUNNING ──worker lost, or run handed back──▶ new attempt, PENDING
+//! ASSIGNED | RUNNING ──worker lost, run handed back or no longer reported──▶ new attempt, PENDING
 //!                      (outside the retry budget; capped, then FAILED)
 //! ```
 //!
@@ -28,7 +28,8 @@ use crate::resources::{Constraints, EventDelivery, RetryPolicy};
 use crate::time::{self, Timestamp};
 
 /// Requeues per run after its worker went away (lost: no heartbeat within the worker timeout;
-/// or released: the worker handed the run back) before the run FAILS, so that an op that
+/// released: the worker handed the run back; or not reported: its live worker no longer lists
+/// it) before the run FAILS, so that an op that
 /// kills its workers does not loop forever. Such requeues do not use the op's retry budget.
 pub const MAX_LOST_REQUEUES: usize = 3;
 
@@ -471,6 +472,45 @@ impl OpRun {
             now,
         );
         Ok(())
+    }
+
+    /// Ends attempt `attempt`, held by worker `worker_id`, that the worker's heartbeats no
+    /// longer report (it restarted, or never got the claim's answer): the attempt FAILS with
+    /// "worker <id> no longer reports this run (it restarted or lost the claim's answer)" and
+    /// the run is requeued exactly as after a lost worker — without using its retry budget,
+    /// and sharing the same cap of `max_requeues` (then the run FAILS).
+    ///
+    /// Refused for an attempt that is no longer current ([`DomainError::StaleAttempt`]), and
+    /// unless the run is ASSIGNED to or RUNNING on that worker, so that a heartbeat read
+    /// before a change (a report, a reap, another replica's reconcile) changes nothing.
+    pub fn not_reported(
+        &mut self,
+        worker_id: &str,
+        attempt: u32,
+        max_requeues: usize,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        self.check_attempt(Some(attempt))?;
+        self.check_held_by(worker_id, "requeue of an unreported run")?;
+        let message = format!(
+            "worker {worker_id} no longer reports this run (it restarted or lost the claim's answer)"
+        );
+        self.requeue_after_worker_gone(
+            message,
+            "worker_not_reporting",
+            "its worker stopped reporting it",
+            max_requeues,
+            now,
+        );
+        Ok(())
+    }
+
+    /// Whether the current attempt is ASSIGNED to or RUNNING on worker `worker_id` and is
+    /// `attempt` (any attempt when `None`: a worker's report that names none).
+    pub fn is_held_by(&self, worker_id: &str, attempt: Option<u32>) -> bool {
+        matches!(self.state, OpRunState::Assigned | OpRunState::Running)
+            && self.worker_id() == Some(worker_id)
+            && attempt.is_none_or(|a| a == self.current_attempt())
     }
 
     /// Refuses unless the run is unlocked and its current attempt ASSIGNED to or RUNNING on
@@ -1317,6 +1357,44 @@ mod tests {
         assert_eq!(
             run.current().execution_summary.error_message.as_deref(),
             Some("worker w1 handed the run back: shutting down")
+        );
+    }
+
+    #[test]
+    fn an_unreported_run_is_requeued_once_and_shares_the_requeue_cap() {
+        let mut run = run_with(1, 0);
+        assert!(
+            run.not_reported("w1", 1, 3, t0()).is_err(),
+            "a PENDING run is held by no one"
+        );
+        started(&mut run);
+        assert!(run.not_reported("w2", 1, 3, t0()).is_err(), "held by w1");
+        assert!(matches!(
+            run.not_reported("w1", 2, 3, t0()).unwrap_err(),
+            DomainError::StaleAttempt { .. }
+        ));
+        run.not_reported("w1", 1, 3, t0()).unwrap();
+        assert_eq!((run.state, run.current_attempt()), (OpRunState::Pending, 2));
+        assert!(run.attempts[0].worker_lost);
+        assert_eq!(run.attempts_used(), 1, "outside the retry budget");
+        assert_eq!(
+            run.attempts[0].execution_summary.error_message.as_deref(),
+            Some("worker w1 no longer reports this run (it restarted or lost the claim's answer)")
+        );
+        assert!(
+            run.not_reported("w1", 1, 3, t0()).is_err(),
+            "applying it twice changes nothing the second time"
+        );
+        started(&mut run);
+        run.worker_lost("w1", 61, 3, t0()).unwrap();
+        started(&mut run);
+        run.release("w1", 3, "shutting down", 3, t0()).unwrap();
+        started(&mut run);
+        run.not_reported("w1", 4, 3, t0()).unwrap();
+        assert_eq!(
+            run.state,
+            OpRunState::Failed,
+            "the fourth requeue ends the run"
         );
     }
 

@@ -43,6 +43,27 @@ impl WorkerOpRun {
             gpu_id: None,
         }
     }
+
+    /// What a heartbeat needs to report this op: its id, attempt and GPU, without the inputs
+    /// (which may be large and which the server already has).
+    pub fn as_reported(&self) -> Self {
+        Self {
+            inputs: Map::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// A run attempt a worker reported but does not hold (the server gave the run to another
+/// worker or attempt, it finished, or it does not exist): the worker must stop it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StopRun {
+    /// The run's id.
+    pub id: String,
+    /// The attempt the worker reported (absent when its report named none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 /// The scheduling view of a pending run: what a strategy decides from, without the run's

@@ -9,6 +9,7 @@
 //! | `--store` | `GYOZA_MONGO_URL` | `sqlite` | `sqlite` (embedded), or a `mongodb://` / `mongodb+srv://` URL |
 //! | `--mongo-db` | `GYOZA_MONGO_DB` | `gyoza` | database name on a MongoDB store |
 //! | `--worker-timeout` | `GYOZA_WORKER_TIMEOUT` | `60` | seconds without a heartbeat after which a worker is inactive |
+//! | `--reconcile-grace` | `GYOZA_RECONCILE_GRACE` | `30` | seconds after its assignment past which a held run its live worker no longer reports is requeued |
 //! | `--max-body-bytes` | `GYOZA_MAX_BODY_BYTES` | `10485760` | largest request body accepted (413 beyond) |
 //! | `--plugins-dir` | `GYOZA_PLUGINS_DIR` | `<data dir>/plugins` | directory watched for strategy plugins (`*.wasm`) |
 //! | `--strategy` | `GYOZA_STRATEGY` | `bin-packing` | active scheduling strategy (`direct`, `priority`, `bin-packing` or a plugin's file stem) |
@@ -74,6 +75,16 @@ pub struct ServerConfig {
         value_name = "SECONDS"
     )]
     pub worker_timeout: u64,
+    /// Seconds after its assignment past which a run that its live worker's heartbeats no
+    /// longer report is requeued (longer than a claim's answer can take to arrive).
+    #[arg(
+        long,
+        env = "GYOZA_RECONCILE_GRACE",
+        default_value_t = 30,
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub reconcile_grace: u64,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "GYOZA_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -18,7 +18,8 @@
 //! - [`error`]: [`error::ApiError`] and the error policy of the API (store errors to statuses).
 //! - [`service`]: the domain service apart from HTTP: run updates with delivery and change
 //!   notifications, the claim protocol (the one check of a decision, atomic PENDING →
-//!   ASSIGNED), requeueing the runs of dead workers.
+//!   ASSIGNED), requeueing the runs of dead workers, reconciling heartbeats with the runs
+//!   their workers hold.
 //! - [`reaper`]: the periodic task that runs the service's dead-worker check.
 //! - [`scheduler`]: the scheduling seam: what a strategy decides from and its raw decision.
 //! - [`store`]: the [`store::StoreRead`] (reads) and [`store::Store`] (writes) traits; the

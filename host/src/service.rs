@@ -4,7 +4,7 @@
 //! store, the scheduler, the clock, event delivery, this process's change notifications, the
 //! claims in flight and the worker timeout. Its methods are the domain's acts:
 //! [`Service::update_run`] (a run change, delivered to its topic and announced to watchers),
-//! [`Service::claim`] and [`Service::reap`]. It knows nothing of HTTP: its errors are the
+//! [`Service::claim`], [`Service::reap`] and [`Service::reconcile`]. It knows nothing of HTTP: its errors are the
 //! store's ([`StoreError`], domain rules included), which the API maps to statuses.
 //!
 //! # Layout
@@ -12,9 +12,12 @@
 //! - `claim`: the claim protocol (decision → [`gyoza_core::placement::place`] → atomic
 //!   PENDING → ASSIGNED) and the reservations of claims in flight.
 //! - `reap`: runs of workers that stopped heartbeating are requeued.
+//! - `reconcile`: each heartbeat against the runs its worker holds (unreported runs requeued,
+//!   runs it must stop answered).
 
 mod claim;
 mod reap;
+mod reconcile;
 
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +44,9 @@ pub struct Service {
     pub clock: Arc<dyn Clock>,
     /// A worker silent for longer is inactive, and its runs are requeued.
     pub worker_timeout: chrono::Duration,
+    /// A held run its live worker no longer reports is requeued once it was assigned longer
+    /// ago than this (see `reconcile`).
+    pub reconcile_grace: chrono::Duration,
     /// Sends run events to their topic URLs.
     deliverer: Arc<Deliverer>,
     /// Ids of runs that changed in this process (wakes event streams and log followers).
@@ -54,12 +60,13 @@ impl std::fmt::Debug for Service {
         f.debug_struct("Service")
             .field("scheduler", &self.scheduler.name())
             .field("worker_timeout", &self.worker_timeout)
+            .field("reconcile_grace", &self.reconcile_grace)
             .finish_non_exhaustive()
     }
 }
 
 impl Service {
-    /// A service with a 60 s worker timeout and default event delivery (counted in
+    /// A service with a 60 s worker timeout, a 30 s reconcile grace and default event delivery (counted in
     /// `metrics`); starts the delivery loop, so it must be called within a tokio runtime.
     pub fn new(
         store: Arc<dyn Store>,
@@ -83,6 +90,7 @@ impl Service {
             scheduler,
             clock,
             worker_timeout: chrono::Duration::seconds(60),
+            reconcile_grace: chrono::Duration::seconds(30),
             deliverer: Deliverer::start(delivery, metrics),
             changes: broadcast::channel(1024).0,
             claims_in_flight: InFlight::default(),

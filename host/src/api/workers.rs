@@ -15,7 +15,11 @@ use crate::error::ApiError;
 
 fn view(state: &AppState, worker: Worker) -> WorkerView {
     let active = worker.is_active(state.service.clock.now(), state.service.worker_timeout);
-    WorkerView { worker, active }
+    WorkerView {
+        worker,
+        active,
+        stop: Vec::new(),
+    }
 }
 
 /// Every worker that ever heartbeated, with whether it is active.
@@ -25,7 +29,9 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<WorkerView>>
     Ok(Json(workers.into_iter().map(|w| view(&state, w)).collect()))
 }
 
-/// Registers or refreshes a worker.
+/// Registers or refreshes a worker, and reconciles the runs it reports with those it holds
+/// (see [`crate::service::Service::reconcile`]): the answer's `stop` lists the reported runs
+/// it must stop.
 #[utoipa::path(
     post, path = "/workers/heartbeat", request_body = HeartbeatRequest,
     responses((status = 200, body = WorkerView), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody))
@@ -38,12 +44,25 @@ pub async fn heartbeat(
         return Err(ApiError::BadRequest("worker_id must not be empty".into()));
     }
     request.validate()?;
+    let reports_runs = request.running_ops.is_some();
     let worker = state
         .service
         .store
         .heartbeat(request.into(), state.service.clock.now())
         .await?;
-    Ok(Json(view(&state, worker)))
+    let mut answer = view(&state, worker);
+    if reports_runs {
+        // The worker keeps the running ops of this heartbeat. It is recorded whatever
+        // happens next: a reconcile that fails is done again at the next heartbeat.
+        let (id, report) = (&answer.worker.id, &answer.worker.running_ops);
+        match state.service.reconcile(id, report).await {
+            Ok(stop) => answer.stop = stop,
+            Err(e) => {
+                tracing::warn!(worker_id = %id, error = %e, "cannot reconcile the heartbeat");
+            }
+        }
+    }
+    Ok(Json(answer))
 }
 
 /// How many runs a claim may return.
