@@ -71,6 +71,15 @@ pub struct MongoStore {
     leases: Collection<Document>,
 }
 
+/// Whether `e` is a write refused for a duplicate key (code 11000).
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    matches!(
+        e.kind.as_ref(),
+        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000
+    )
+}
+
 /// A name for one claim's lease, unique across processes and claims.
 fn lease_owner() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -307,18 +316,11 @@ impl MongoStore {
             }
             let mut fresh = lease;
             fresh.insert("_id", worker_id);
-            if let Err(e) = self.leases.insert_one(fresh).await {
-                // A duplicate key: someone holds it. Anything else is a failure.
-                if self
-                    .leases
-                    .find_one(doc! {"_id": worker_id})
-                    .await?
-                    .is_none()
-                {
-                    return Err(e.into());
-                }
-            } else {
-                return Ok(owner);
+            match self.leases.insert_one(fresh).await {
+                Ok(_) => return Ok(owner),
+                // Someone holds it (or held it a moment ago): try again.
+                Err(e) if is_duplicate_key(&e) => {}
+                Err(e) => return Err(e.into()),
             }
             if started.elapsed() > CLAIM_LEASE_WAIT {
                 return Err(StoreError::backend(format!(
