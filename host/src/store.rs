@@ -167,12 +167,21 @@ fn worker_not_silent(worker_id: &str) -> DomainError {
     ))
 }
 
+/// The answers of a write of `count` runs: each its own, or the write's failure for all.
+fn answer_each(
+    answers: Result<Vec<Result<Option<OpRun>, StoreError>>, StoreError>,
+    count: usize,
+) -> Vec<Result<Option<OpRun>, StoreError>> {
+    match answers {
+        Ok(answers) => answers,
+        Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
+    }
+}
+
 /// The answer to every placement of a claim by a worker the store does not know.
 fn unknown_worker(worker_id: &str, count: usize) -> Vec<Result<Option<OpRun>, StoreError>> {
     let refusal = DomainError::InvalidEvent(format!("worker '{worker_id}' is not registered"));
-    (0..count)
-        .map(|_| Err(StoreError::Rule(refusal.clone())))
-        .collect()
+    answer_each(Err(refusal.into()), count)
 }
 
 /// What a claim decides from (see [`StoreRead::claim_view`]).

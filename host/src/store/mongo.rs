@@ -45,7 +45,8 @@ use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{
     CreatedBound, Cursor, LogTail, Placement, QueryError, RunMutation, RunPage, RunQuery, Store,
-    StoreError, StoreRead, assign_if_fits, from_json, replace_definition, to_json, unknown_worker,
+    StoreError, StoreRead, answer_each, assign_if_fits, from_json, replace_definition, to_json,
+    unknown_worker,
 };
 
 /// How often an update retries after losing a compare-and-set to a concurrent writer.
@@ -662,10 +663,7 @@ impl Store for MongoStore {
             }
             Err(e) => Err(e),
         };
-        match answers {
-            Ok(answers) => answers,
-            Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
-        }
+        answer_each(answers, count)
     }
 
     async fn heartbeat(&self, heartbeat: Heartbeat, now: Timestamp) -> Result<Worker, StoreError> {

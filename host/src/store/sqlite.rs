@@ -38,8 +38,8 @@ use rusqlite::{
 
 use super::{
     ClaimView, CreatedBound, Cursor, LogTail, Placement, QueryError, RunMutation, RunPage,
-    RunQuery, SharedRunMutation, Store, StoreError, StoreRead, assign_if_fits, from_json,
-    replace_definition, to_json, unknown_worker, worker_not_silent,
+    RunQuery, SharedRunMutation, Store, StoreError, StoreRead, answer_each, assign_if_fits,
+    from_json, replace_definition, to_json, unknown_worker, worker_not_silent,
 };
 
 /// Parallel read connections.
@@ -870,10 +870,7 @@ impl Store for SqliteStore {
                 Ok(answers)
             })
             .await;
-        match answers {
-            Ok(answers) => answers,
-            Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
-        }
+        answer_each(answers, count)
     }
 
     async fn assign_runs(
@@ -887,10 +884,7 @@ impl Store for SqliteStore {
         let answers = self
             .write(move |conn| assign_runs_blocking(conn, &worker_id, &placements, now))
             .await;
-        match answers {
-            Ok(answers) => answers,
-            Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
-        }
+        answer_each(answers, count)
     }
 
     async fn update_run_if_silent(
