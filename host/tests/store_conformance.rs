@@ -950,3 +950,71 @@ async fn mongodb_documents_without_sched_fields_are_still_scheduled() {
     let held_now = store.held_runs().await.unwrap();
     assert_eq!(held_now, vec![HeldRun::of(&held).unwrap()]);
 }
+
+/// A claim on MongoDB leaves no claim lease behind, and a lease left by a claimer that
+/// crashed blocks the worker's claims only until it expires.
+#[tokio::test]
+async fn mongodb_claim_leases_are_released_and_expire() {
+    if std::env::var("GYOZA_TEST_SKIP_MONGO").is_ok_and(|v| v == "1") {
+        return;
+    }
+    let url = std::env::var("GYOZA_TEST_MONGO_URL")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27117".into());
+    let database = format!("gyoza_test_{}", uuid_like());
+    let store = MongoStore::connect(&url, &database)
+        .await
+        .unwrap_or_else(|e| panic!("no MongoDB-wire server at {url} ({e})"));
+    let beat = Heartbeat {
+        worker_id: "w1".into(),
+        resources: Resources {
+            cpu_cores: 4,
+            ram_mb: 4096,
+            gpus: vec![],
+        },
+        tags: vec![],
+        running_ops: None,
+    };
+    store.heartbeat(beat, t(0)).await.unwrap();
+    let (first, second) = (sized(t(1), 1, 256, None), sized(t(2), 1, 256, None));
+    for run in [&first, &second] {
+        store.insert_run(run).await.unwrap();
+    }
+    let client = ::mongodb::Client::with_uri_str(&url).await.unwrap();
+    let leases = client
+        .database(&database)
+        .collection::<::mongodb::bson::Document>("claim_leases");
+    let answers = store
+        .assign_runs("w1", vec![(first.id.clone(), None)], t(3))
+        .await;
+    assert!(matches!(answers[0], Ok(Some(_))), "{:?}", answers[0]);
+    assert_eq!(
+        leases
+            .count_documents(::mongodb::bson::doc! {})
+            .await
+            .unwrap(),
+        0,
+        "the claim released its lease"
+    );
+    // A claimer crashed holding the lease; it expired a second ago.
+    let expired = Utc::now().timestamp_micros() - 1_000_000;
+    leases
+        .insert_one(::mongodb::bson::doc! {"_id": "w1", "owner": "crashed", "until_us": expired})
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answers = store
+        .assign_runs("w1", vec![(second.id.clone(), None)], t(4))
+        .await;
+    assert!(matches!(answers[0], Ok(Some(_))), "{:?}", answers[0]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "an expired lease is taken over at once"
+    );
+    assert_eq!(
+        leases
+            .count_documents(::mongodb::bson::doc! {})
+            .await
+            .unwrap(),
+        0
+    );
+}
