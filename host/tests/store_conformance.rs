@@ -913,12 +913,11 @@ macro_rules! suite {
 
 suite!(sqlite, mongodb);
 
-/// Run documents written before the `sched` subdocument existed are still scheduled: the
-/// window and the held runs fall back to reading them whole.
-#[tokio::test]
-async fn mongodb_documents_without_sched_fields_are_still_scheduled() {
+/// A MongoDB store on a database of its own, with its URL and database name (for tests
+/// that reach behind it); `None` when MongoDB is left out.
+async fn mongodb_alone() -> Option<(MongoStore, String, String)> {
     if std::env::var("GYOZA_TEST_SKIP_MONGO").is_ok_and(|v| v == "1") {
-        return;
+        return None;
     }
     let url = std::env::var("GYOZA_TEST_MONGO_URL")
         .unwrap_or_else(|_| "mongodb://127.0.0.1:27117".into());
@@ -926,6 +925,16 @@ async fn mongodb_documents_without_sched_fields_are_still_scheduled() {
     let store = MongoStore::connect(&url, &database)
         .await
         .unwrap_or_else(|e| panic!("no MongoDB-wire server at {url} ({e})"));
+    Some((store, url, database))
+}
+
+/// Run documents written before the `sched` subdocument existed are still scheduled: the
+/// window and the held runs fall back to reading them whole.
+#[tokio::test]
+async fn mongodb_documents_without_sched_fields_are_still_scheduled() {
+    let Some((store, url, database)) = mongodb_alone().await else {
+        return;
+    };
     let pending = sized(t(0), 2, 1024, Some(4096));
     let mut held = sized(t(1), 1, 512, None);
     held.assign("w1", t(2)).unwrap();
@@ -955,15 +964,9 @@ async fn mongodb_documents_without_sched_fields_are_still_scheduled() {
 /// crashed blocks the worker's claims only until it expires.
 #[tokio::test]
 async fn mongodb_claim_leases_are_released_and_expire() {
-    if std::env::var("GYOZA_TEST_SKIP_MONGO").is_ok_and(|v| v == "1") {
+    let Some((store, url, database)) = mongodb_alone().await else {
         return;
-    }
-    let url = std::env::var("GYOZA_TEST_MONGO_URL")
-        .unwrap_or_else(|_| "mongodb://127.0.0.1:27117".into());
-    let database = format!("gyoza_test_{}", uuid_like());
-    let store = MongoStore::connect(&url, &database)
-        .await
-        .unwrap_or_else(|e| panic!("no MongoDB-wire server at {url} ({e})"));
+    };
     let beat = Heartbeat {
         worker_id: "w1".into(),
         resources: Resources {
