@@ -34,12 +34,8 @@ async fn one_cpu_runs(api: &Api, count: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn eight_concurrent_claims_of_a_two_cpu_worker_leave_it_two_runs() {
-    let api = Api::new().await;
-    api.heartbeat("w1", 2, 8192).await;
-    one_cpu_runs(&api, 16).await;
-    let claims = join_all((0..8).map(|_| api.claim("w1", 8))).await;
+/// Checks that the 2-CPU worker `w1` holds two 1-CPU runs, the ones `claims` got.
+async fn holds_two_runs(api: &Api, claims: &[Vec<String>]) {
     let claimed: usize = claims.iter().map(Vec::len).sum();
     let held = api.service.store.held_runs().await.unwrap();
     assert_eq!(
@@ -48,6 +44,15 @@ async fn eight_concurrent_claims_of_a_two_cpu_worker_leave_it_two_runs() {
         "the worker holds its 2 CPUs' worth"
     );
     assert_eq!(claimed, 2, "the claims together got 2 runs: {claims:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_concurrent_claims_of_a_two_cpu_worker_leave_it_two_runs() {
+    let api = Api::new().await;
+    api.heartbeat("w1", 2, 8192).await;
+    one_cpu_runs(&api, 16).await;
+    let claims = join_all((0..8).map(|_| api.claim("w1", 8))).await;
+    holds_two_runs(&api, &claims).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -61,14 +66,7 @@ async fn claims_through_two_replicas_leave_a_two_cpu_worker_two_runs() {
         api.claim("w1", 8)
     }))
     .await;
-    let claimed: usize = claims.iter().map(Vec::len).sum();
-    let held = second.service.store.held_runs().await.unwrap();
-    assert_eq!(
-        load(&held, "w1"),
-        (2, 512, 2),
-        "the worker holds its 2 CPUs' worth"
-    );
-    assert_eq!(claimed, 2, "the claims together got 2 runs: {claims:?}");
+    holds_two_runs(&second, &claims).await;
 }
 
 /// A small deterministic generator (no dependency): the same race every run.
