@@ -102,21 +102,21 @@ impl Service {
     pub async fn update_run(
         &self,
         id: &str,
-        mut mutation: RunMutation,
+        mutation: RunMutation,
     ) -> Result<Option<OpRun>, StoreError> {
-        let before = Arc::new(Mutex::new(delivery::Mark::default()));
-        let seen = before.clone();
-        let tracked: RunMutation = Box::new(move |run| {
-            *lock(&seen) = delivery::mark(run);
-            mutation(run)
-        });
+        let (tracked, before) = track(mutation);
         let Some(run) = self.store.update_run(id, tracked).await? else {
             return Ok(None);
         };
-        let before = *lock(&before);
-        self.deliverer.enqueue_new(&run, before);
-        self.notify(&run.id);
+        self.announce(&run, &before);
         Ok(Some(run))
+    }
+
+    /// Delivers the events a [`track`]ed mutation added to `run` and wakes the run's watchers.
+    fn announce(&self, run: &OpRun, before: &Mutex<delivery::Mark>) {
+        let before = *lock(before);
+        self.deliverer.enqueue_new(run, before);
+        self.notify(&run.id);
     }
 
     /// Tells event streams and log followers in this process that `run_id` changed.
@@ -155,4 +155,16 @@ impl Service {
             }
         }
     }
+}
+
+/// `mutation`, noting where the run's events ended before it ran (what
+/// [`Service::announce`] delivers from).
+fn track(mut mutation: RunMutation) -> (RunMutation, Arc<Mutex<delivery::Mark>>) {
+    let before = Arc::new(Mutex::new(delivery::Mark::default()));
+    let seen = before.clone();
+    let tracked: RunMutation = Box::new(move |run| {
+        *lock(&seen) = delivery::mark(run);
+        mutation(run)
+    });
+    (tracked, before)
 }

@@ -6,6 +6,13 @@
 //! mutation atomically (a transaction in SQLite), and a claim is such an update whose mutation
 //! refuses unless the run is still PENDING: two claimers never get the same run.
 //!
+//! A claim assigns with [`Store::assign_runs`], which also checks the worker's capacity at
+//! write time, atomically with the assignments (inside the write transaction on SQLite, under
+//! a per-worker claim lease on MongoDB): any number of concurrent claimers for one worker,
+//! in one process or on several replicas, never leave it holding more than it has. The reaper
+//! requeues with [`Store::update_run_if_silent`], which re-checks that the worker is still
+//! silent when it writes.
+//!
 //! The trait has two sides: [`StoreRead`], the reads claims and listings decide from, and
 //! [`Store`], which adds the writes. Code that only looks (a listing, a strategy's view) can
 //! take a `StoreRead`; the server holds an `Arc<dyn Store>`.
@@ -22,7 +29,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use gyoza_core::time::Timestamp;
 use gyoza_core::{
-    DomainError, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun, Worker,
+    Capacity, Constraints, DomainError, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState,
+    PendingRun, Worker,
 };
 
 pub use mongo::MongoStore;
@@ -112,6 +120,69 @@ fn replace_definition(definition: &mut OpDefinition, existing: Option<OpDefiniti
 /// A mutation of a run, applied inside the store's atomic update. It may be called more than
 /// once (optimistic stores retry on conflict), so it must not have side effects.
 pub type RunMutation = Box<dyn FnMut(&mut OpRun) -> Result<(), DomainError> + Send + 'static>;
+
+/// A run a claim placed on a worker: its id and the GPU picked for it (see
+/// [`Store::assign_runs`]).
+pub type Placement = (String, Option<u32>);
+
+/// Whether `constraints` fit `free`, on GPU `gpu` when one was picked.
+fn fits(free: &Capacity, constraints: &Constraints, gpu: Option<u32>) -> bool {
+    if free.fit(constraints).is_none() {
+        return false;
+    }
+    match (gpu, constraints.vram_mb.filter(|v| *v > 0)) {
+        (Some(gpu), Some(vram)) => {
+            let vram = i64::try_from(vram).unwrap_or(i64::MAX);
+            free.gpus
+                .iter()
+                .any(|(id, left)| *id == gpu && *left >= vram)
+        }
+        _ => true,
+    }
+}
+
+/// Assigns `run` to `worker_id` at `now` if it still fits `free` (the worker's capacity read
+/// in the same atomic write), on GPU `gpu` when one was picked. A run that no longer fits is
+/// refused like one another claimer took: a rule, so that nothing is written.
+fn assign_if_fits(
+    run: &mut OpRun,
+    worker_id: &str,
+    gpu: Option<u32>,
+    free: &Capacity,
+    now: Timestamp,
+) -> Result<(), DomainError> {
+    if !fits(free, &run.constraints, gpu) {
+        return Err(DomainError::InvalidEvent(format!(
+            "OpRun '{}' no longer fits the free capacity of worker '{worker_id}'",
+            run.id
+        )));
+    }
+    run.assign(worker_id, now)
+}
+
+/// The refusal of a reap whose worker heartbeated since it was found silent.
+fn worker_not_silent(worker_id: &str) -> DomainError {
+    DomainError::InvalidEvent(format!(
+        "worker '{worker_id}' heartbeated since it was found silent; its runs are kept"
+    ))
+}
+
+/// The answers of a write of `count` runs: each its own, or the write's failure for all.
+fn answer_each(
+    answers: Result<Vec<Result<Option<OpRun>, StoreError>>, StoreError>,
+    count: usize,
+) -> Vec<Result<Option<OpRun>, StoreError>> {
+    match answers {
+        Ok(answers) => answers,
+        Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
+    }
+}
+
+/// The answer to every placement of a claim by a worker the store does not know.
+fn unknown_worker(worker_id: &str, count: usize) -> Vec<Result<Option<OpRun>, StoreError>> {
+    let refusal = DomainError::InvalidEvent(format!("worker '{worker_id}' is not registered"));
+    answer_each(Err(refusal.into()), count)
+}
 
 /// What a claim decides from (see [`StoreRead::claim_view`]).
 #[derive(Debug, Clone)]
@@ -327,6 +398,40 @@ pub trait Store: StoreRead {
             );
         }
         answers
+    }
+
+    /// Assigns each placed run to `worker_id` at `now`, in order, if it is still PENDING and
+    /// still fits the worker's capacity as the store holds it at write time (its resources
+    /// less every run it holds then, including those assigned just before in this call).
+    /// The capacity check is atomic with the assignments, so concurrent claims for one worker
+    /// (from this process or another replica) never overcommit it. A run that is gone answers
+    /// `Ok(None)`; one that moved or no longer fits answers `Err(StoreError::Rule)` (a lost
+    /// race); the answers are in the order of `placements`.
+    async fn assign_runs(
+        &self,
+        worker_id: &str,
+        placements: Vec<Placement>,
+        now: Timestamp,
+    ) -> Vec<Result<Option<OpRun>, StoreError>>;
+
+    /// Applies `mutation` to run `id` only if worker `worker_id` is still silent (its last
+    /// heartbeat older than `cutoff`) when the run is written: the reaper's compare-and-set,
+    /// so that a worker that heartbeated after the reaper read it keeps its runs. Answers
+    /// `Err(StoreError::Rule)` when the worker is no longer silent. The default re-reads the
+    /// worker just before the run's own atomic update; a store may check both in one write.
+    async fn update_run_if_silent(
+        &self,
+        id: &str,
+        worker_id: &str,
+        cutoff: Timestamp,
+        mutation: RunMutation,
+    ) -> Result<Option<OpRun>, StoreError> {
+        if let Some(worker) = self.get_worker(worker_id).await? {
+            if worker.last_heartbeat_at >= cutoff {
+                return Err(worker_not_silent(worker_id).into());
+            }
+        }
+        self.update_run(id, mutation).await
     }
 
     /// Registers or refreshes a worker from a heartbeat received at `now`, merged into the

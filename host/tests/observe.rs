@@ -295,15 +295,8 @@ async fn junk_methods_without_a_key_do_not_grow_the_metrics() {
             .filter(|l| l.starts_with("gyoza_http_requests_total{"))
             .count()
     };
-    let junk = |i: usize| {
-        Api::request(
-            &format!("JUNK{i}"),
-            &format!("/runs/r{i}"),
-            None,
-            None,
-            &[],
-        )
-    };
+    let junk =
+        |i: usize| Api::request(&format!("JUNK{i}"), &format!("/runs/r{i}"), None, None, &[]);
     // Warm up: the same shapes once, so that only new series would count.
     api.send(junk(0)).await;
     api.text("GET", "/metrics", None).await;
@@ -358,7 +351,8 @@ async fn a_topic_aimed_inward_gets_nothing_and_redirects_are_not_followed() {
     let id = api
         .claimed_run(json!({"image": "x", "event_delivery": {"topic": topic}}))
         .await;
-    api.event_ok(&id, json!({"type": "INFO", "msg": "one"})).await;
+    api.event_ok(&id, json!({"type": "INFO", "msg": "one"}))
+        .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let metrics = api.text("GET", "/metrics", None).await.1;
@@ -368,7 +362,10 @@ async fn a_topic_aimed_inward_gets_nothing_and_redirects_are_not_followed() {
         assert!(tokio::time::Instant::now() < deadline, "{metrics}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(hits.lock().unwrap().is_empty(), "an inward topic was reached");
+    assert!(
+        hits.lock().unwrap().is_empty(),
+        "an inward topic was reached"
+    );
 
     // Allowed host, but a redirect is not followed to the inner path.
     let api = Api::with_delivery_allow("127.0.0.1").await;
@@ -376,7 +373,8 @@ async fn a_topic_aimed_inward_gets_nothing_and_redirects_are_not_followed() {
     let id = api
         .claimed_run(json!({"image": "x", "event_delivery": {"topic": topic}}))
         .await;
-    api.event_ok(&id, json!({"type": "INFO", "msg": "one"})).await;
+    api.event_ok(&id, json!({"type": "INFO", "msg": "one"}))
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(hits.lock().unwrap().is_empty(), "a redirect was followed");
 }

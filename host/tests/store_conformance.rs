@@ -684,6 +684,190 @@ mod cases {
         expected.sort();
         assert_eq!(won, expected, "each run assigned exactly once");
     }
+    /// Registers worker `id` with `cpu` cores, `ram_mb` MB and GPUs of these VRAM sizes.
+    async fn register(
+        store: &Arc<dyn Store>,
+        id: &str,
+        cpu: u32,
+        ram_mb: u64,
+        gpus: &[u64],
+        at: Timestamp,
+    ) {
+        let gpus = gpus
+            .iter()
+            .zip(0u32..)
+            .map(|(vram, i)| gyoza_core::resources::Gpu {
+                id: i,
+                vram_mb: *vram,
+                tags: vec![],
+            })
+            .collect();
+        let beat = Heartbeat {
+            worker_id: id.into(),
+            resources: Resources {
+                cpu_cores: cpu,
+                ram_mb,
+                gpus,
+            },
+            tags: vec![],
+            running_ops: None,
+        };
+        store.heartbeat(beat, at).await.unwrap();
+    }
+
+    /// The CPU cores the runs held by `worker` need, and how many runs they are.
+    async fn held_cpu(store: &Arc<dyn Store>, worker: &str) -> (u32, usize) {
+        let held: Vec<HeldRun> = store
+            .held_runs()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.worker_id == worker)
+            .collect();
+        let cpu = held.iter().map(|r| r.constraints.cpu.unwrap_or(0)).sum();
+        (cpu, held.len())
+    }
+
+    pub async fn assign_runs_assigns_only_what_still_fits(store: Arc<dyn Store>) {
+        register(&store, "w1", 2, 4096, &[8192], t(0)).await;
+        let held = sized(t(1), 1, 1024, None);
+        let gpu = sized(t(2), 1, 1024, Some(6144));
+        let second_gpu = sized(t(3), 0, 512, Some(4096));
+        let too_big = sized(t(4), 1, 4096, None);
+        let other = sized(t(5), 1, 512, None);
+        for run in [&held, &gpu, &second_gpu, &too_big, &other] {
+            store.insert_run(run).await.unwrap();
+        }
+        store
+            .update_run(&held.id, Box::new(|r| r.assign("w1", t(6))))
+            .await
+            .unwrap();
+        let placements = vec![
+            (held.id.clone(), None),          // not PENDING any more
+            ("nope".to_owned(), None),        // no such run
+            (too_big.id.clone(), None),       // RAM: 3072 MB free
+            (gpu.id.clone(), Some(0)),        // fits: the last free core, 6 GB of VRAM
+            (second_gpu.id.clone(), Some(0)), // VRAM: 2 GB left on GPU 0
+            (other.id.clone(), None),         // CPU: none left
+        ];
+        let answers = store.assign_runs("w1", placements, t(7)).await;
+        assert_eq!(answers.len(), 6);
+        assert!(
+            matches!(answers[0], Err(StoreError::Rule(_))),
+            "{:?}",
+            answers[0]
+        );
+        assert!(matches!(answers[1], Ok(None)), "{:?}", answers[1]);
+        assert!(
+            matches!(answers[2], Err(StoreError::Rule(_))),
+            "{:?}",
+            answers[2]
+        );
+        match &answers[3] {
+            Ok(Some(run)) => {
+                assert_eq!(run.state, OpRunState::Assigned);
+                assert_eq!(run.worker_id(), Some("w1"));
+            }
+            other => panic!("the fitting run is assigned: {other:?}"),
+        }
+        assert!(
+            matches!(answers[4], Err(StoreError::Rule(_))),
+            "{:?}",
+            answers[4]
+        );
+        assert!(
+            matches!(answers[5], Err(StoreError::Rule(_))),
+            "{:?}",
+            answers[5]
+        );
+        for refused in [&too_big, &second_gpu, &other] {
+            let run = store.get_run(&refused.id).await.unwrap().unwrap();
+            assert_eq!(run.state, OpRunState::Pending, "a refusal writes nothing");
+        }
+        assert_eq!(held_cpu(&store, "w1").await, (2, 2));
+        // A worker the store does not know gets nothing.
+        let answers = store
+            .assign_runs("ghost", vec![(other.id.clone(), None)], t(8))
+            .await;
+        assert!(
+            matches!(answers[0], Err(StoreError::Rule(_))),
+            "{:?}",
+            answers[0]
+        );
+    }
+
+    pub async fn concurrent_assign_runs_never_overcommit_a_worker(store: Arc<dyn Store>) {
+        register(&store, "w1", 2, 65536, &[], t(0)).await;
+        let mut runs = Vec::new();
+        for i in 0..16 {
+            let run = sized(t(i), 1, 256, None);
+            store.insert_run(&run).await.unwrap();
+            runs.push(run.id);
+        }
+        // Eight claimers that each read 2 free cores and placed two different 1-CPU runs.
+        let mut tasks = Vec::new();
+        for pair in runs.chunks(2) {
+            let store = store.clone();
+            let placements: Vec<(String, Option<u32>)> =
+                pair.iter().map(|id| (id.clone(), None)).collect();
+            tasks.push(tokio::spawn(async move {
+                let answers = store.assign_runs("w1", placements, t(30)).await;
+                let mut won = 0;
+                for answer in answers {
+                    match answer {
+                        Ok(Some(_)) => won += 1,
+                        Err(StoreError::Rule(_)) => {}
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                won
+            }));
+        }
+        let mut won = 0;
+        for task in tasks {
+            won += task.await.unwrap();
+        }
+        assert_eq!(won, 2, "the worker's two cores were filled once");
+        assert_eq!(
+            held_cpu(&store, "w1").await,
+            (2, 2),
+            "never more than 2 CPUs held"
+        );
+    }
+
+    pub async fn reaping_re_checks_that_the_worker_is_still_silent(store: Arc<dyn Store>) {
+        register(&store, "w1", 2, 4096, &[], t(0)).await;
+        let run = sized(t(1), 1, 256, None);
+        store.insert_run(&run).await.unwrap();
+        store
+            .update_run(&run.id, Box::new(|r| r.assign("w1", t(2))))
+            .await
+            .unwrap();
+        // The reaper found w1 silent with a cutoff of t(60); w1 heartbeats at t(70) before
+        // the reaper writes.
+        register(&store, "w1", 2, 4096, &[], t(70)).await;
+        let lost = |at| -> gyoza_host::store::RunMutation {
+            Box::new(move |r: &mut OpRun| r.worker_lost("w1", 60, 3, at))
+        };
+        let answer = store
+            .update_run_if_silent(&run.id, "w1", t(60), lost(t(120)))
+            .await;
+        assert!(matches!(answer, Err(StoreError::Rule(_))), "{answer:?}");
+        let kept = store.get_run(&run.id).await.unwrap().unwrap();
+        assert_eq!(
+            kept.state,
+            OpRunState::Assigned,
+            "the worker keeps its attempt"
+        );
+        assert_eq!(kept.attempts.len(), 1);
+        // Silent again past a later cutoff: now it is reaped.
+        let answer = store
+            .update_run_if_silent(&run.id, "w1", t(130), lost(t(190)))
+            .await;
+        let requeued = answer.unwrap().unwrap();
+        assert_eq!(requeued.state, OpRunState::Pending);
+        assert_eq!(requeued.attempts.len(), 2);
+    }
 }
 
 macro_rules! conformance {
@@ -719,6 +903,9 @@ macro_rules! suite {
                 logs_keep_a_tail_per_attempt,
                 runs_are_counted_by_state,
                 concurrent_assignment_is_exactly_once,
+                assign_runs_assigns_only_what_still_fits,
+                concurrent_assign_runs_never_overcommit_a_worker,
+                reaping_re_checks_that_the_worker_is_still_silent,
             );
         )+
     };
@@ -726,12 +913,11 @@ macro_rules! suite {
 
 suite!(sqlite, mongodb);
 
-/// Run documents written before the `sched` subdocument existed are still scheduled: the
-/// window and the held runs fall back to reading them whole.
-#[tokio::test]
-async fn mongodb_documents_without_sched_fields_are_still_scheduled() {
+/// A MongoDB store on a database of its own, with its URL and database name (for tests
+/// that reach behind it); `None` when MongoDB is left out.
+async fn mongodb_alone() -> Option<(MongoStore, String, String)> {
     if std::env::var("GYOZA_TEST_SKIP_MONGO").is_ok_and(|v| v == "1") {
-        return;
+        return None;
     }
     let url = std::env::var("GYOZA_TEST_MONGO_URL")
         .unwrap_or_else(|_| "mongodb://127.0.0.1:27117".into());
@@ -739,6 +925,16 @@ async fn mongodb_documents_without_sched_fields_are_still_scheduled() {
     let store = MongoStore::connect(&url, &database)
         .await
         .unwrap_or_else(|e| panic!("no MongoDB-wire server at {url} ({e})"));
+    Some((store, url, database))
+}
+
+/// Run documents written before the `sched` subdocument existed are still scheduled: the
+/// window and the held runs fall back to reading them whole.
+#[tokio::test]
+async fn mongodb_documents_without_sched_fields_are_still_scheduled() {
+    let Some((store, url, database)) = mongodb_alone().await else {
+        return;
+    };
     let pending = sized(t(0), 2, 1024, Some(4096));
     let mut held = sized(t(1), 1, 512, None);
     held.assign("w1", t(2)).unwrap();
@@ -762,4 +958,66 @@ async fn mongodb_documents_without_sched_fields_are_still_scheduled() {
     assert_eq!(window, vec![PendingRun::from(&pending)]);
     let held_now = store.held_runs().await.unwrap();
     assert_eq!(held_now, vec![HeldRun::of(&held).unwrap()]);
+}
+
+/// A claim on MongoDB leaves no claim lease behind, and a lease left by a claimer that
+/// crashed blocks the worker's claims only until it expires.
+#[tokio::test]
+async fn mongodb_claim_leases_are_released_and_expire() {
+    let Some((store, url, database)) = mongodb_alone().await else {
+        return;
+    };
+    let beat = Heartbeat {
+        worker_id: "w1".into(),
+        resources: Resources {
+            cpu_cores: 4,
+            ram_mb: 4096,
+            gpus: vec![],
+        },
+        tags: vec![],
+        running_ops: None,
+    };
+    store.heartbeat(beat, t(0)).await.unwrap();
+    let (first, second) = (sized(t(1), 1, 256, None), sized(t(2), 1, 256, None));
+    for run in [&first, &second] {
+        store.insert_run(run).await.unwrap();
+    }
+    let client = ::mongodb::Client::with_uri_str(&url).await.unwrap();
+    let leases = client
+        .database(&database)
+        .collection::<::mongodb::bson::Document>("claim_leases");
+    let answers = store
+        .assign_runs("w1", vec![(first.id.clone(), None)], t(3))
+        .await;
+    assert!(matches!(answers[0], Ok(Some(_))), "{:?}", answers[0]);
+    assert_eq!(
+        leases
+            .count_documents(::mongodb::bson::doc! {})
+            .await
+            .unwrap(),
+        0,
+        "the claim released its lease"
+    );
+    // A claimer crashed holding the lease; it expired a second ago.
+    let expired = Utc::now().timestamp_micros() - 1_000_000;
+    leases
+        .insert_one(::mongodb::bson::doc! {"_id": "w1", "owner": "crashed", "until_us": expired})
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answers = store
+        .assign_runs("w1", vec![(second.id.clone(), None)], t(4))
+        .await;
+    assert!(matches!(answers[0], Ok(Some(_))), "{:?}", answers[0]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "an expired lease is taken over at once"
+    );
+    assert_eq!(
+        leases
+            .count_documents(::mongodb::bson::doc! {})
+            .await
+            .unwrap(),
+        0
+    );
 }

@@ -2,18 +2,21 @@
 //!
 //! The [`Scheduler`] decides; [`Service::claim`] checks its answer and makes it so. A
 //! decision is never trusted: [`place`] drops unknown or duplicate choices and runs that do
-//! not fit the worker's free capacity, and picks the GPU of each run it keeps. Each placed run
-//! then moves PENDING → ASSIGNED in an atomic store update that refuses unless the run is still
-//! PENDING, so concurrent claims, from this process or another server on the same database,
-//! never share a run. The claimed op names the GPU the run was placed on.
+//! not fit the worker's free capacity, and picks the GPU of each run it keeps. The placed runs
+//! are then assigned by [`Store::assign_runs`](crate::store::Store::assign_runs), which moves
+//! each PENDING → ASSIGNED only if it is still PENDING and still fits the worker's capacity
+//! as the store holds it at write time, atomically with the assignment. So concurrent claims,
+//! from this process or another server on the same database, never share a run and never
+//! overcommit a worker (a retried claim, two processes with one id). The claimed op names the
+//! GPU the run was placed on.
 //!
 //! Concurrent claims in one process would otherwise all be shown the same window and race for
 //! its best runs, losing most of those races in the store. So a claim reserves the runs it is
-//! about to assign ([`InFlight`]) and the others are shown the window without them; the store's
-//! refusal remains the guarantee (and resolves races with other replicas).
+//! about to assign ([`InFlight`]) and the others are shown the window without them. That is
+//! an optimisation only: the store's refusal remains the guarantee, for runs and capacity.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use gyoza_core::placement::{Placements, place};
 use gyoza_core::sync::lock;
@@ -22,7 +25,7 @@ use gyoza_core::{Capacity, HeldRun, OpRun, PendingRun, Worker, WorkerOpRun};
 
 use super::Service;
 use crate::scheduler::{ActiveWorker, ClaimRequest};
-use crate::store::{ClaimView, StoreError};
+use crate::store::{ClaimView, Placement, StoreError};
 
 /// How many claimable runs a scheduler is shown per claim, best first.
 pub const PENDING_WINDOW: usize = 1_000;
@@ -31,7 +34,7 @@ pub const PENDING_WINDOW: usize = 1_000;
 const CLAIM_ROUNDS: usize = 4;
 
 /// A run placed on the claiming worker: its id and the GPU picked for it.
-type Placed = (String, Option<u32>);
+type Placed = Placement;
 
 /// The runs that claims in this process are assigning at the moment.
 #[derive(Debug, Default)]
@@ -194,7 +197,8 @@ impl Service {
         self.scheduler.record_dropped(strategy, placements);
     }
 
-    /// Reserves the placed runs and assigns them to `worker_id` in one store write.
+    /// Reserves the placed runs and assigns those that still fit to `worker_id` in one
+    /// store write.
     async fn assign(&self, worker_id: &str, placed: Vec<Placed>, now: Timestamp) -> Round {
         let chosen = placed.len();
         let (placed, _reserved) = self.claims_in_flight.reserve(placed);
@@ -203,16 +207,12 @@ impl Service {
             lost_a_race: placed.len() != chosen,
             ..Round::default()
         };
-        let owner = worker_id.to_owned();
-        let ids: Vec<String> = placed.iter().map(|(id, _)| id.clone()).collect();
-        let answers = self
-            .store
-            .update_runs(ids, Arc::new(move |run| run.assign(&owner, now)))
-            .await;
+        let answers = self.store.assign_runs(worker_id, placed.clone(), now).await;
         for ((id, gpu), answer) in placed.into_iter().zip(answers) {
             match answer {
                 Ok(Some(run)) => round.assigned.push((run, gpu)),
-                // Gone, or taken by another claimer since the window was read.
+                // Gone, taken by another claimer since the window was read, or no longer
+                // fitting because another claimer filled the worker.
                 Ok(None) | Err(StoreError::Rule(_)) => round.lost_a_race = true,
                 Err(e) => round.failure = Some(e),
             }

@@ -13,6 +13,12 @@
 //! load this turns N fsyncs into one without weakening durability: no write is acknowledged
 //! before its group is on disk. `BEGIN IMMEDIATE` also serialises writers across processes
 //! that share the file.
+//!
+//! A claim's [`Store::assign_runs`] is one such write: it reads the worker and the runs it
+//! holds, and assigns what still fits, inside its savepoint of the writer's transaction.
+//! Since every writer (of this process or another on the same file) is serialised there, the
+//! capacity it reads is the capacity it writes against. The reaper's
+//! [`Store::update_run_if_silent`] checks the worker's last heartbeat in the same way.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +29,7 @@ use gyoza_core::definition::compare_versions;
 use gyoza_core::sync::lock;
 use gyoza_core::time::{Timestamp, from_micros, to_micros};
 use gyoza_core::{
-    Constraints, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun, Worker,
+    Capacity, Constraints, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun, Worker,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{
@@ -31,8 +37,9 @@ use rusqlite::{
 };
 
 use super::{
-    ClaimView, CreatedBound, Cursor, LogTail, QueryError, RunMutation, RunPage, RunQuery,
-    SharedRunMutation, Store, StoreError, StoreRead, from_json, replace_definition, to_json,
+    ClaimView, CreatedBound, Cursor, LogTail, Placement, QueryError, RunMutation, RunPage,
+    RunQuery, SharedRunMutation, Store, StoreError, StoreRead, answer_each, assign_if_fits,
+    from_json, replace_definition, to_json, unknown_worker, worker_not_silent,
 };
 
 /// Parallel read connections.
@@ -222,12 +229,30 @@ fn pending_window_blocking(
 
 /// Every held run, from the partial index `runs_held` alone.
 fn held_runs_blocking(conn: &Connection) -> Result<Vec<HeldRun>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+    let stmt = conn.prepare_cached(
         "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id
              FROM runs INDEXED BY runs_held
              WHERE state IN ('ASSIGNED', 'RUNNING') AND worker_id IS NOT NULL",
     )?;
-    let rows = stmt.query_map([], |r| {
+    held_rows(stmt, &[])
+}
+
+/// The runs `worker_id` holds, from the partial index `runs_held` alone.
+fn held_on_worker_blocking(conn: &Connection, worker_id: &str) -> Result<Vec<HeldRun>, StoreError> {
+    let stmt = conn.prepare_cached(
+        "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id
+             FROM runs INDEXED BY runs_held
+             WHERE state IN ('ASSIGNED', 'RUNNING') AND worker_id = ?1",
+    )?;
+    held_rows(stmt, &[SqlValue::Text(worker_id.to_owned())])
+}
+
+/// The held runs a `SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id` answers.
+fn held_rows(
+    mut stmt: rusqlite::CachedStatement<'_>,
+    values: &[SqlValue],
+) -> Result<Vec<HeldRun>, StoreError> {
+    let rows = stmt.query_map(params_from_iter(values), |r| {
         Ok(HeldRun {
             id: r.get(0)?,
             worker_id: r.get(1)?,
@@ -236,6 +261,34 @@ fn held_runs_blocking(conn: &Connection) -> Result<Vec<HeldRun>, StoreError> {
         })
     })?;
     rows.collect::<Result<_, _>>().map_err(StoreError::backend)
+}
+
+/// Assigns each of `placements` to `worker_id` if it is PENDING and fits the capacity the
+/// worker has in this transaction, each run in its own savepoint (see [`Store::assign_runs`]).
+fn assign_runs_blocking(
+    conn: &Connection,
+    worker_id: &str,
+    placements: &[Placement],
+    now: Timestamp,
+) -> Result<Vec<Result<Option<OpRun>, StoreError>>, StoreError> {
+    let Some(worker) = get_worker_blocking(conn, worker_id)? else {
+        return Ok(unknown_worker(worker_id, placements.len()));
+    };
+    let held = held_on_worker_blocking(conn, worker_id)?;
+    let mut free = Capacity::free(&worker.resources, &held);
+    let mut answers = Vec::with_capacity(placements.len());
+    for (id, gpu) in placements {
+        conn.execute_batch("SAVEPOINT run")?;
+        let answer = update_run_blocking(conn, id, &mut |run| {
+            assign_if_fits(run, worker_id, *gpu, &free, now)
+        });
+        close_savepoint(conn, "run", answer.is_ok())?;
+        if let Ok(Some(run)) = &answer {
+            free.take(&run.constraints, *gpu);
+        }
+        answers.push(answer);
+    }
+    Ok(answers)
 }
 
 fn get_worker_blocking(conn: &Connection, id: &str) -> Result<Option<Worker>, StoreError> {
@@ -817,10 +870,39 @@ impl Store for SqliteStore {
                 Ok(answers)
             })
             .await;
-        match answers {
-            Ok(answers) => answers,
-            Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
-        }
+        answer_each(answers, count)
+    }
+
+    async fn assign_runs(
+        &self,
+        worker_id: &str,
+        placements: Vec<Placement>,
+        now: Timestamp,
+    ) -> Vec<Result<Option<OpRun>, StoreError>> {
+        let count = placements.len();
+        let worker_id = worker_id.to_owned();
+        let answers = self
+            .write(move |conn| assign_runs_blocking(conn, &worker_id, &placements, now))
+            .await;
+        answer_each(answers, count)
+    }
+
+    async fn update_run_if_silent(
+        &self,
+        id: &str,
+        worker_id: &str,
+        cutoff: Timestamp,
+        mut mutation: RunMutation,
+    ) -> Result<Option<OpRun>, StoreError> {
+        let (id, worker_id) = (id.to_owned(), worker_id.to_owned());
+        self.write(move |conn| {
+            let worker = get_worker_blocking(conn, &worker_id)?;
+            if worker.is_some_and(|w| w.last_heartbeat_at >= cutoff) {
+                return Err(worker_not_silent(&worker_id).into());
+            }
+            update_run_blocking(conn, &id, &mut *mutation)
+        })
+        .await
     }
 
     async fn heartbeat(&self, heartbeat: Heartbeat, now: Timestamp) -> Result<Worker, StoreError> {
