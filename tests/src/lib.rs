@@ -22,8 +22,8 @@
 //!   reopen, so that a worker loses its engine while the engine itself (which other tests
 //!   share) keeps running.
 //! - [`wait_for_run`], [`wait_until_terminal`], [`wait_until_container_runs`]: polling a run
-//!   until a condition holds; [`assert_completed_by`], [`attempt_error`]: what tests check
-//!   of a finished run.
+//!   until a condition holds; [`assert_completed_by`], [`assert_handed_back`],
+//!   [`attempt_error`]: what tests check of a run.
 //! - [`image_run`]: an ad-hoc run of an image.
 //! - [`deploy_nap`], [`nap`]: the "nap" definition (the example sleep op) and runs of it.
 
@@ -597,6 +597,25 @@ pub fn assert_completed_by(run: &OpRunView, attempt: u32, worker_id: &str) {
     assert_eq!(run.state, OpRunState::Completed, "{:?}", run.attempts);
     assert_eq!(run.current_attempt, attempt);
     assert_eq!(run.execution_summary.worker_id.as_deref(), Some(worker_id));
+}
+
+/// Asserts that worker `worker_id` handed `run`'s first attempt back for `reason` (the start
+/// of the reason): the run is PENDING again, the attempt FAILED as lost, outside the op's
+/// retry budget. Returns the attempt's error message.
+pub fn assert_handed_back(run: &OpRunView, worker_id: &str, reason: &str) -> String {
+    assert_eq!(run.state, OpRunState::Pending, "{:?}", run.attempts);
+    let first = &run.attempts[0];
+    assert_eq!(first.state, OpRunState::Failed);
+    assert!(
+        first.worker_lost,
+        "the hand-back was counted as the op's failure (it used the op's retry budget)"
+    );
+    let error = attempt_error(first);
+    assert!(
+        error.starts_with(&format!("worker {worker_id} handed the run back: {reason}")),
+        "{error}"
+    );
+    error
 }
 
 /// The error message of `attempt` ("" when it has none).

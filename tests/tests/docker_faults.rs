@@ -11,8 +11,8 @@ use gyoza_core::OpRunState;
 use gyoza_core::api::OpRunView;
 use gyoza_core::client::Client;
 use gyoza_e2e::{
-    DockerProxy, Server, Worker, assert_completed_by, attempt_error, container_exists, deploy_nap,
-    docker_or_skip, wait_for_run, wait_until_container_runs, wait_until_terminal,
+    DockerProxy, Server, Worker, assert_completed_by, assert_handed_back, container_exists,
+    deploy_nap, docker_or_skip, wait_for_run, wait_until_container_runs, wait_until_terminal,
 };
 use serde_json::json;
 
@@ -148,25 +148,10 @@ async fn an_engine_lost_mid_run_hands_the_run_back_and_the_worker_resumes_when_i
         |r| r.current_attempt == 2 || r.state.is_terminal(),
     )
     .await;
-    assert_eq!(
-        handed_back.state,
-        OpRunState::Pending,
-        "{:?}",
-        handed_back.attempts
-    );
-    let lost = &handed_back.attempts[0];
-    assert_eq!(lost.state, OpRunState::Failed);
-    assert!(
-        lost.worker_lost,
-        "the engine's loss used the op's retry budget"
-    );
-    let error = attempt_error(lost);
-    assert!(
-        error.starts_with(&format!(
-            "worker {} handed the run back: the Docker engine became unreachable",
-            worker.id
-        )),
-        "{error}"
+    assert_handed_back(
+        &handed_back,
+        &worker.id,
+        "the Docker engine became unreachable",
     );
     // Without its engine the worker keeps heartbeating and claims nothing.
     stays_pending_while_heartbeating(&client, &run.id, 2, &mut worker, Duration::from_secs(2))
