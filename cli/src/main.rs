@@ -12,6 +12,9 @@
 //! - `up`: a server and a local worker in one process.
 //! - `table`: human-readable tables.
 //!
+//! Its integration tests (`cli/tests/`) run this binary against real server processes started
+//! by `gyoza-e2e`'s `Server`, the one process harness of the workspace.
+//!
 //! Exit codes: 0 success; 1 an error, or a waited-for run that FAILED; 2 a usage error;
 //! 3 a waited-for run that was CANCELLED.
 

@@ -329,16 +329,7 @@ pub async fn runs(conn: &Connection, command: RunsCommand) -> anyhow::Result<Out
                 ending_before,
                 ..RunFilter::default()
             };
-            let page = client.list_runs(&filter).await?;
-            conn.print(&page, || {
-                let mut out = run_rows(&page.data);
-                if page.has_more {
-                    if let Some(last) = page.data.last() {
-                        out.push_str(&format!("(more: --starting-after {})\n", last.id));
-                    }
-                }
-                out
-            })?;
+            list_runs(conn, &client, &filter).await?;
         }
         RunsCommand::Get { id } => {
             let run = client.get_run(&id).await?;
@@ -359,80 +350,110 @@ pub async fn runs(conn: &Connection, command: RunsCommand) -> anyhow::Result<Out
         }
         RunsCommand::Events { id, after } => {
             let events = client.poll_events(&id, after).await?;
-            conn.print(&events, || {
-                let rows: Vec<Vec<String>> = events
-                    .events
-                    .iter()
-                    .map(|e| {
-                        vec![
-                            e.id.to_string(),
-                            table::time(&e.t),
-                            e.event_type.to_string(),
-                            table::cell(&e.msg),
-                        ]
-                    })
-                    .collect();
-                table::render(&["#", "TIME", "TYPE", "MESSAGE"], &rows)
-            })?;
+            conn.print(&events, || event_rows(&events))?;
         }
         RunsCommand::Attempts { id } => {
             let attempts = client.get_attempts(&id).await?;
-            conn.print(&attempts, || {
-                let rows: Vec<Vec<String>> = attempts
-                    .iter()
-                    .map(|a| {
-                        let s = &a.execution_summary;
-                        vec![
-                            a.attempt.to_string(),
-                            a.state.to_string(),
-                            s.worker_id.clone().unwrap_or_default(),
-                            s.duration_ms.map(|d| d.to_string()).unwrap_or_default(),
-                            s.error_message.clone().unwrap_or_default(),
-                        ]
-                    })
-                    .collect();
-                table::render(&["ATTEMPT", "STATE", "WORKER", "MS", "ERROR"], &rows)
-            })?;
+            conn.print(&attempts, || attempt_rows(&attempts))?;
         }
-        RunsCommand::Watch { id } => {
-            let json = conn.json;
-            let state = crate::watch::follow(&client, &id, |event| {
-                if json {
-                    println!("{event}");
-                } else {
-                    println!("{}", event_line(event));
-                }
-            })
-            .await?;
-            if !json {
-                println!("run {id} ended {state}");
-            }
-            return Ok(outcome_of(&state));
-        }
+        RunsCommand::Watch { id } => return watch_run(conn, &client, &id).await,
         RunsCommand::Logs {
             id,
             attempt,
             follow,
-        } => {
-            if !follow {
-                print!("{}", client.logs(&id, attempt).await?);
-                return Ok(Outcome::Done);
-            }
-            let attempt = attempt.map(|a| a.to_string());
-            let mut query = vec![("follow", "true")];
-            if let Some(attempt) = &attempt {
-                query.push(("attempt", attempt.as_str()));
-            }
-            let mut response = client.stream(&["runs", &id, "logs"], &query, None).await?;
-            use std::io::Write as _;
-            while let Some(chunk) = response.chunk().await.context("the log stream broke")? {
-                let mut stdout = std::io::stdout().lock();
-                stdout.write_all(&chunk)?;
-                stdout.flush()?;
-            }
-        }
+        } => print_logs(&client, &id, attempt, follow).await?,
     }
     Ok(Outcome::Done)
+}
+
+/// `gyoza runs list`: a page of runs, and how to get the next one.
+async fn list_runs(conn: &Connection, client: &Client, filter: &RunFilter) -> anyhow::Result<()> {
+    let page = client.list_runs(filter).await?;
+    conn.print(&page, || {
+        let mut out = run_rows(&page.data);
+        if page.has_more {
+            if let Some(last) = page.data.last() {
+                out.push_str(&format!("(more: --starting-after {})\n", last.id));
+            }
+        }
+        out
+    })
+}
+
+fn event_rows(events: &gyoza_core::api::EventsResponse) -> String {
+    let rows: Vec<Vec<String>> = events
+        .events
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.to_string(),
+                table::time(&e.t),
+                e.event_type.to_string(),
+                table::cell(&e.msg),
+            ]
+        })
+        .collect();
+    table::render(&["#", "TIME", "TYPE", "MESSAGE"], &rows)
+}
+
+fn attempt_rows(attempts: &[gyoza_core::OpAttempt]) -> String {
+    let rows: Vec<Vec<String>> = attempts
+        .iter()
+        .map(|a| {
+            let s = &a.execution_summary;
+            vec![
+                a.attempt.to_string(),
+                a.state.to_string(),
+                s.worker_id.clone().unwrap_or_default(),
+                s.duration_ms.map(|d| d.to_string()).unwrap_or_default(),
+                s.error_message.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table::render(&["ATTEMPT", "STATE", "WORKER", "MS", "ERROR"], &rows)
+}
+
+/// `gyoza runs watch`: the run's events as they happen, until it ends.
+async fn watch_run(conn: &Connection, client: &Client, id: &str) -> anyhow::Result<Outcome> {
+    let json = conn.json;
+    let state = crate::watch::follow(client, id, |event| {
+        if json {
+            println!("{event}");
+        } else {
+            println!("{}", event_line(event));
+        }
+    })
+    .await?;
+    if !json {
+        println!("run {id} ended {state}");
+    }
+    Ok(outcome_of(&state))
+}
+
+/// `gyoza runs logs`: the attempt's container output, streamed on with `follow`.
+async fn print_logs(
+    client: &Client,
+    id: &str,
+    attempt: Option<u32>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    if !follow {
+        print!("{}", client.logs(id, attempt).await?);
+        return Ok(());
+    }
+    let attempt = attempt.map(|a| a.to_string());
+    let mut query = vec![("follow", "true")];
+    if let Some(attempt) = &attempt {
+        query.push(("attempt", attempt.as_str()));
+    }
+    let mut response = client.stream(&["runs", id, "logs"], &query, None).await?;
+    use std::io::Write as _;
+    while let Some(chunk) = response.chunk().await.context("the log stream broke")? {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&chunk)?;
+        stdout.flush()?;
+    }
+    Ok(())
 }
 
 /// `gyoza definitions …`

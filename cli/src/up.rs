@@ -50,6 +50,9 @@ fn generate_key() -> anyhow::Result<String> {
     ))
 }
 
+/// A part of the cluster running in its own task.
+type Part = tokio::task::JoinHandle<anyhow::Result<()>>;
+
 /// Runs the local cluster until `shutdown`.
 pub async fn up(
     mut args: UpArgs,
@@ -58,22 +61,8 @@ pub async fn up(
     if args.server.port == 0 {
         bail!("gyoza up needs a fixed --port (its worker must know where the server is)");
     }
-    let key = match args.server.api_key.clone().filter(|k| !k.trim().is_empty()) {
-        Some(key) => key,
-        None => {
-            let key = generate_key()?;
-            args.server.api_key = Some(key.clone());
-            println!("Generated API key: {key}");
-            println!("  export GYOZA_API_KEY={key}");
-            key
-        }
-    };
-    let host = if args.server.host == "0.0.0.0" {
-        "127.0.0.1"
-    } else {
-        args.server.host.as_str()
-    };
-    let url = format!("http://{host}:{}", args.server.port);
+    let key = api_key(&mut args)?;
+    let url = local_url(&args);
     println!(
         "Server: {url}   dashboard: {url}/dashboard   data: {}",
         args.server.data_dir.display()
@@ -81,27 +70,15 @@ pub async fn up(
 
     let (stop_server, mut server_stopping) = watch::channel(false);
     let server_config = args.server.clone();
-    let mut server = tokio::spawn(async move {
+    let mut server: Part = tokio::spawn(async move {
         gyoza_host::server::run(server_config, async move {
             let _ = server_stopping.changed().await;
         })
         .await
+        .map_err(anyhow::Error::from)
     });
-
     // The worker starts once the server answers.
-    let client = Client::new(&url, Some(&key))?;
-    let mut ready = false;
-    for _ in 0..300 {
-        if server.is_finished() {
-            break;
-        }
-        if client.health().await.is_ok() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if !ready {
+    if !server_answers(&url, &key, &server).await? {
         let _ = stop_server.send(true);
         return match (&mut server).await {
             Ok(Err(e)) => Err(e).context("the server did not start"),
@@ -109,13 +86,91 @@ pub async fn up(
         };
     }
 
+    let worker_config = worker_config(&args, &url, &key)?;
+    let (stop_worker, mut worker_stopping) = watch::channel(false);
+    let mut worker: Part = tokio::spawn(async move {
+        gyoza_worker::run(worker_config, async move {
+            let _ = worker_stopping.changed().await;
+        })
+        .await
+        .map_err(anyhow::Error::from)
+    });
+
+    // Run until Ctrl-C, or until either part stops on its own (an error).
+    tokio::pin!(shutdown);
+    tokio::select! {
+        () = &mut shutdown => {}
+        ended = &mut worker => {
+            let _ = stop_server.send(true);
+            let _ = (&mut server).await;
+            return part_ended("worker", ended);
+        }
+        ended = &mut server => {
+            let _ = stop_worker.send(true);
+            let _ = (&mut worker).await;
+            return part_ended("server", ended);
+        }
+    };
+    // The worker first: it reports its runs to the server before the server goes.
+    let _ = stop_worker.send(true);
+    match worker.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "the worker stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "the worker task failed"),
+        Ok(Ok(())) => {}
+    }
+    let _ = stop_server.send(true);
+    server.await.context("the server task failed")??;
+    Ok(())
+}
+
+/// The API key the server and worker use: the configured one, or a new one (printed, and
+/// set on the server's settings).
+fn api_key(args: &mut UpArgs) -> anyhow::Result<String> {
+    if let Some(key) = args.server.api_key.clone().filter(|k| !k.trim().is_empty()) {
+        return Ok(key);
+    }
+    let key = generate_key()?;
+    args.server.api_key = Some(key.clone());
+    println!("Generated API key: {key}");
+    println!("  export GYOZA_API_KEY={key}");
+    Ok(key)
+}
+
+/// Where the local worker finds the server (`0.0.0.0` is reached on the loopback address).
+fn local_url(args: &UpArgs) -> String {
+    let host = if args.server.host == "0.0.0.0" {
+        "127.0.0.1"
+    } else {
+        args.server.host.as_str()
+    };
+    format!("http://{host}:{}", args.server.port)
+}
+
+/// Polls the server's health for up to 30 s; whether it answered (false also when the
+/// server task ended first).
+async fn server_answers(url: &str, key: &str, server: &Part) -> anyhow::Result<bool> {
+    let client = Client::new(url, Some(key))?;
+    for _ in 0..300 {
+        if server.is_finished() {
+            return Ok(false);
+        }
+        if client.health().await.is_ok() {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(false)
+}
+
+/// The local worker's settings, parsed as `gyoza worker start` parses its flags.
+fn worker_config(args: &UpArgs, url: &str, key: &str) -> anyhow::Result<WorkerConfig> {
     let work_dir = args.server.data_dir.join("work");
     let mut flags = vec![
         "worker".to_owned(),
         "--server-url".into(),
-        url.clone(),
+        url.to_owned(),
         "--api-key".into(),
-        key.clone(),
+        key.to_owned(),
         "--max-concurrent".into(),
         args.max_concurrent.to_string(),
         "--work-dir".into(),
@@ -130,48 +185,19 @@ pub async fn up(
             flags.extend([flag.to_owned(), value]);
         }
     }
-    let worker_config = WorkerFlags::try_parse_from(flags)
+    Ok(WorkerFlags::try_parse_from(flags)
         .map_err(|e| anyhow::anyhow!("{e}"))?
-        .config;
-    let (stop_worker, mut worker_stopping) = watch::channel(false);
-    let mut worker = tokio::spawn(async move {
-        gyoza_worker::run(worker_config, async move {
-            let _ = worker_stopping.changed().await;
-        })
-        .await
-    });
+        .config)
+}
 
-    // Run until Ctrl-C, or until either part stops on its own (an error).
-    tokio::pin!(shutdown);
-    let result = tokio::select! {
-        () = &mut shutdown => Ok(()),
-        ended = &mut worker => {
-            let _ = stop_server.send(true);
-            let _ = (&mut server).await;
-            return match ended {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e).context("the worker stopped"),
-                Err(e) => Err(e).context("the worker task failed"),
-            };
-        }
-        ended = &mut server => {
-            let _ = stop_worker.send(true);
-            let _ = (&mut worker).await;
-            return match ended {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e).context("the server stopped"),
-                Err(e) => Err(e).context("the server task failed"),
-            };
-        }
-    };
-    // The worker first: it reports its runs to the server before the server goes.
-    let _ = stop_worker.send(true);
-    match worker.await {
-        Ok(Err(e)) => tracing::error!(error = %e, "the worker stopped with an error"),
-        Err(e) => tracing::error!(error = %e, "the worker task failed"),
-        Ok(Ok(())) => {}
+/// What `up` answers when its `part` ("server" or "worker") stopped on its own.
+fn part_ended(
+    part: &str,
+    ended: Result<anyhow::Result<()>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    match ended {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e).context(format!("the {part} stopped")),
+        Err(e) => Err(e).context(format!("the {part} task failed")),
     }
-    let _ = stop_server.send(true);
-    server.await.context("the server task failed")??;
-    result
 }

@@ -1,13 +1,10 @@
 //! The real `gyoza` binary against a real server process, one test per command group:
 //! tables, `--json`, errors shown as the server's `detail`, and exit codes.
 
-#[path = "support/server.rs"]
-mod server;
-
 use std::process::{Command, Output};
 
+use gyoza_e2e::Server;
 use serde_json::{Value, json};
-use server::Server;
 
 const KEY: &str = "cli-test-key";
 
@@ -101,7 +98,7 @@ fn api(server: &Server, method: &str, path: &str, body: Value) -> Value {
 #[test]
 fn deploy_definitions_and_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), KEY);
+    let server = Server::start_in(env!("CARGO_BIN_EXE_gyoza"), dir.path(), KEY, &[]);
     let url = server.url.as_str();
     let file = dir.path().join("gyoza.yaml");
     std::fs::write(&file, DEPLOY_FILE).unwrap();
@@ -215,7 +212,7 @@ fn deploy_definitions_and_runs() {
 #[test]
 fn workers_strategies_and_failures_to_connect() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), KEY);
+    let server = Server::start_in(env!("CARGO_BIN_EXE_gyoza"), dir.path(), KEY, &[]);
     let url = server.url.as_str();
     api(
         &server,
@@ -264,7 +261,7 @@ fn workers_strategies_and_failures_to_connect() {
 #[test]
 fn waiting_on_a_run_reports_how_it_ended_in_the_exit_code() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), KEY);
+    let server = Server::start_in(env!("CARGO_BIN_EXE_gyoza"), dir.path(), KEY, &[]);
     let url = server.url.clone();
     api(
         &server,

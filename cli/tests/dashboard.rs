@@ -5,14 +5,11 @@
 //! Fails when Chromium is missing (scripts/setup.d/40-chromium.sh installs it); set
 //! `GYOZA_TEST_SKIP_BROWSER=1` to leave it out knowingly.
 
-#[path = "support/server.rs"]
-mod server;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use gyoza_e2e::Server;
 use serde_json::{Value, json};
-use server::Server;
 
 const KEY: &str = "dashboard-key";
 
@@ -55,7 +52,7 @@ async fn the_dashboard_shows_runs_and_workers() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), KEY);
+    let server = Server::start_in(env!("CARGO_BIN_EXE_gyoza"), dir.path(), KEY, &[]);
     let http = reqwest::Client::new();
     let post = |path: &str, body: Value| {
         http.post(format!("{}{path}", server.url))

@@ -3,14 +3,11 @@
 //! a restarted server finds its data, and two server replicas on one database hand every run
 //! to exactly one claimer.
 
-#[path = "support/server.rs"]
-mod server;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use gyoza_e2e::Server;
 use serde_json::{Value, json};
-use server::Server;
 
 const KEY: &str = "mongo-test-key";
 
@@ -39,7 +36,12 @@ fn chrono_like_now() -> u128 {
 
 fn mongo_server(data_dir: &std::path::Path, database: &str) -> Server {
     let url = mongo_url();
-    Server::start_with(data_dir, KEY, &["--store", &url, "--mongo-db", database])
+    Server::start_in(
+        env!("CARGO_BIN_EXE_gyoza"),
+        data_dir,
+        KEY,
+        &["--store", &url, "--mongo-db", database],
+    )
 }
 
 fn client() -> reqwest::Client {

@@ -2,17 +2,14 @@
 //! `compat/gyoza_client.py` follows the original `gyoza.client` documentation and
 //! `compat/scenario.py` drives a real server process through it.
 
-#[path = "support/server.rs"]
-mod server;
-
 use std::process::Command;
 
-use server::Server;
+use gyoza_e2e::Server;
 
 #[test]
 fn original_python_client_works_unchanged() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), "compat-key");
+    let server = Server::start_in(env!("CARGO_BIN_EXE_gyoza"), dir.path(), "compat-key", &[]);
     let url = server.url.clone();
     let compat = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/compat");
     let output = Command::new("python3")

@@ -1,12 +1,9 @@
 //! The real `gyoza` binary as a process: start-up errors, SIGKILL durability, SIGTERM.
 
-#[path = "support/server.rs"]
-mod server;
-
 use std::process::Command;
 use std::time::Duration;
 
-use server::Server;
+use gyoza_e2e::Server;
 
 use serde_json::{Value, json};
 
@@ -54,7 +51,7 @@ fn refuses_to_start_without_an_api_key() {
 async fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let http = client();
-    let server = Server::start(dir.path(), KEY);
+    let server = Server::start_in(env!("CARGO_BIN_EXE_gyoza"), dir.path(), KEY, &[]);
     let base = server.url.clone();
 
     let definition = json!({
@@ -129,7 +126,7 @@ async fn acknowledged_writes_survive_sigkill() {
     assert!(status.success());
     drop(server);
 
-    let server = Server::start(dir.path(), KEY);
+    let server = Server::start_in(env!("CARGO_BIN_EXE_gyoza"), dir.path(), KEY, &[]);
     let base = server.url.clone();
     for run in &acknowledged {
         let id = run["id"].as_str().unwrap();
@@ -183,7 +180,7 @@ async fn acknowledged_writes_survive_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), KEY);
+    let mut server = Server::start_in(env!("CARGO_BIN_EXE_gyoza"), dir.path(), KEY, &[]);
     let (status, _) = send(
         &client(),
         reqwest::Method::GET,
@@ -198,7 +195,7 @@ async fn sigterm_stops_the_server_cleanly() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let exit = loop {
-        if let Some(exit) = server.child.try_wait().unwrap() {
+        if let Some(exit) = server.try_wait() {
             break exit;
         }
         assert!(

@@ -12,14 +12,19 @@
 //!
 //! # Layout
 //! - [`gyoza_bin`]: the `gyoza` binary, built on first use.
-//! - [`Server`]: a `gyoza server start` process on a free port, with a client for it.
+//! - [`Server`]: a `gyoza server start` process on a free port, with a client for it (also
+//!   the harness of the cli crate's process tests, which start their own build of the binary
+//!   on a data directory they keep).
 //! - [`Worker`]: a `gyoza worker start` process.
 //! - [`docker_or_skip`], [`container_running`], [`container_exists`]: the Docker engine, as
 //!   the tests see it.
 //! - [`DockerProxy`]: a Unix socket forwarding to the real engine that a test can close and
 //!   reopen, so that a worker loses its engine while the engine itself (which other tests
 //!   share) keeps running.
-//! - [`wait_for_run`]: polling a run until a condition holds.
+//! - [`wait_for_run`], [`wait_until_terminal`], [`wait_until_container_runs`]: polling a run
+//!   until a condition holds; [`assert_completed_by`], [`assert_handed_back`],
+//!   [`attempt_error`]: what tests check of a run.
+//! - [`image_run`]: an ad-hoc run of an image.
 //! - [`deploy_nap`], [`nap`]: the "nap" definition (the example sleep op) and runs of it.
 
 use std::io::{BufRead, BufReader};
@@ -28,8 +33,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use gyoza_core::api::{OpDefinitionCreate, OpRunCreateFromDefinition, OpRunView};
+use gyoza_core::api::{OpDefinitionCreate, OpRunCreate, OpRunCreateFromDefinition, OpRunView};
 use gyoza_core::client::Client;
+use gyoza_core::sync::lock;
+use gyoza_core::{OpAttempt, OpRunState};
 
 /// The API key of every test server.
 pub const API_KEY: &str = "e2e-secret";
@@ -101,23 +108,23 @@ impl Output {
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { break };
-                lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                lock(&lines).push(line);
             }
         })
     }
 
+    fn push(&self, line: String) {
+        lock(&self.0).push(line);
+    }
+
     /// Everything so far, one line each.
     pub fn text(&self) -> String {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+        lock(&self.0).join("\n")
     }
 
     /// Whether a line containing `needle` has been printed.
     pub fn contains(&self, needle: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|l| l.contains(needle))
+        lock(&self.0).iter().any(|l| l.contains(needle))
     }
 }
 
@@ -140,18 +147,22 @@ fn terminate(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// A `gyoza server start` process on a free port, with its own data directory.
+/// A `gyoza server start` process on a free port.
 pub struct Server {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     /// What it printed.
     pub output: Output,
-    _data: tempfile::TempDir,
+    /// The API key it was started with.
+    api_key: String,
+    /// Its data directory, when it is the server's own (removed with it).
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Server {
-    /// Starts a server and waits until it listens.
+    /// Starts a server with its own data directory and [`API_KEY`], and waits until it
+    /// listens.
     pub fn start() -> Self {
         Self::start_with(&[])
     }
@@ -159,12 +170,22 @@ impl Server {
     /// As [`Server::start`], with more `gyoza server start` flags.
     pub fn start_with(extra: &[&str]) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(gyoza_bin())
+        let mut server = Self::start_in(gyoza_bin(), data.path(), API_KEY, extra);
+        server._data = Some(data);
+        server
+    }
+
+    /// Starts binary `bin` as `gyoza server start` on `data_dir` (which outlives the server,
+    /// so that a test can start another on the same data) with API key `api_key` and the
+    /// `extra` flags, and waits until it listens. The cli crate's tests give their own
+    /// build of the binary.
+    pub fn start_in(bin: impl AsRef<Path>, data_dir: &Path, api_key: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(bin.as_ref())
             .args(["server", "start", "--port", "0", "--host", "127.0.0.1"])
             .arg("--data-dir")
-            .arg(data.path())
+            .arg(data_dir)
             .args(extra)
-            .env("GYOZA_API_KEY", API_KEY)
+            .env("GYOZA_API_KEY", api_key)
             .env("GYOZA_LOG_LEVEL", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -172,45 +193,57 @@ impl Server {
             .spawn()
             .expect("cannot start gyoza server");
         let stderr = child.stderr.take().expect("piped stderr");
-        let mut reader = BufReader::new(stderr);
         let output = Output::default();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut line = String::new();
-        let url = loop {
-            line.clear();
-            let read = reader.read_line(&mut line).unwrap_or(0);
-            assert!(
-                read > 0 && Instant::now() < deadline,
-                "gyoza server exited before listening:\n{}",
-                output.text()
-            );
-            output
-                .0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(line.trim_end().to_owned());
-            if let Some(at) = line.find("gyoza server listening on ") {
-                let rest = &line[at + "gyoza server listening on ".len()..];
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-            }
-        };
+        let (url, reader) = read_until_listening(BufReader::new(stderr), &output);
         // Detached: the server's output is only read on failure.
         drop(output.collect(reader.into_inner()));
         Self {
             child,
             url,
             output,
-            _data: data,
+            api_key: api_key.to_owned(),
+            _data: None,
         }
     }
 
     /// A client of this server with the right key.
     pub fn client(&self) -> Client {
-        Client::new(&self.url, Some(API_KEY)).expect("client")
+        Client::new(&self.url, Some(&self.api_key)).expect("client")
+    }
+
+    /// The process id, for signals (`kill -KILL <pid>`).
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .try_wait()
+            .expect("cannot check the server process")
+    }
+}
+
+/// Reads a starting server's output into `output` until it says where it listens; the
+/// address, and the reader for the rest.
+fn read_until_listening<R: BufRead>(mut reader: R, output: &Output) -> (String, R) {
+    const LISTENING: &str = "gyoza server listening on ";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = reader.read_line(&mut line).unwrap_or(0);
+        assert!(
+            read > 0 && Instant::now() < deadline,
+            "gyoza server exited before listening:\n{}",
+            output.text()
+        );
+        output.push(line.trim_end().to_owned());
+        if let Some(at) = line.find(LISTENING) {
+            let rest = &line[at + LISTENING.len()..];
+            let url = rest.split_whitespace().next().unwrap_or_default();
+            return (url.to_owned(), reader);
+        }
     }
 }
 
@@ -537,6 +570,72 @@ pub async fn wait_for_run(
             serde_json::to_string_pretty(&run).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// Polls run `id` until it is terminal (COMPLETED, FAILED or CANCELLED), or panics after
+/// `timeout`.
+pub async fn wait_until_terminal(client: &Client, id: &str, timeout: Duration) -> OpRunView {
+    wait_for_run(client, id, timeout, "terminal", |r| r.state.is_terminal()).await
+}
+
+/// Waits until run `id` is RUNNING and its container runs.
+pub async fn wait_until_container_runs(client: &Client, id: &str, timeout: Duration) {
+    wait_for_run(client, id, timeout, "RUNNING", |r| {
+        r.state == OpRunState::Running
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !container_running(id) {
+        assert!(Instant::now() < deadline, "the container of {id} never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asserts that `run` COMPLETED in attempt `attempt`, on worker `worker_id`.
+pub fn assert_completed_by(run: &OpRunView, attempt: u32, worker_id: &str) {
+    assert_eq!(run.state, OpRunState::Completed, "{:?}", run.attempts);
+    assert_eq!(run.current_attempt, attempt);
+    assert_eq!(run.execution_summary.worker_id.as_deref(), Some(worker_id));
+}
+
+/// Asserts that worker `worker_id` handed `run`'s first attempt back for `reason` (the start
+/// of the reason): the run is PENDING again, the attempt FAILED as lost, outside the op's
+/// retry budget. Returns the attempt's error message.
+pub fn assert_handed_back(run: &OpRunView, worker_id: &str, reason: &str) -> String {
+    assert_eq!(run.state, OpRunState::Pending, "{:?}", run.attempts);
+    let first = &run.attempts[0];
+    assert_eq!(first.state, OpRunState::Failed);
+    assert!(
+        first.worker_lost,
+        "the hand-back was counted as the op's failure (it used the op's retry budget)"
+    );
+    let error = attempt_error(first);
+    assert!(
+        error.starts_with(&format!("worker {worker_id} handed the run back: {reason}")),
+        "{error}"
+    );
+    error
+}
+
+/// The error message of `attempt` ("" when it has none).
+pub fn attempt_error(attempt: &OpAttempt) -> String {
+    attempt
+        .execution_summary
+        .error_message
+        .clone()
+        .unwrap_or_default()
+}
+
+/// An ad-hoc run of `image` with `inputs`, priority 5, no constraints or policies.
+pub fn image_run(image: &str, inputs: serde_json::Map<String, serde_json::Value>) -> OpRunCreate {
+    OpRunCreate {
+        image: image.into(),
+        priority: 5,
+        inputs,
+        constraints: None,
+        retry_policy: None,
+        event_delivery: None,
     }
 }
 

@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use gyoza_core::OpRunState;
-use gyoza_e2e::{Server, Worker, deploy_nap, docker_or_skip, nap, wait_for_run};
+use gyoza_e2e::{
+    Server, Worker, attempt_error, deploy_nap, docker_or_skip, nap, wait_for_run,
+    wait_until_terminal,
+};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -31,8 +34,7 @@ async fn a_killed_workers_run_is_requeued_and_completed_by_another_worker() {
 
     doomed.kill();
     let survivor = Worker::start(&server, "survivor", &[]);
-    let done = |r: &gyoza_core::api::OpRunView| r.state.is_terminal();
-    let run = wait_for_run(&client, &run.id, Duration::from_secs(90), "terminal", done).await;
+    let run = wait_until_terminal(&client, &run.id, Duration::from_secs(90)).await;
 
     assert_eq!(run.state, OpRunState::Completed, "{:?}", run.attempts);
     assert_eq!(
@@ -42,11 +44,7 @@ async fn a_killed_workers_run_is_requeued_and_completed_by_another_worker() {
     let lost = &run.attempts[0];
     assert!(lost.worker_lost);
     assert_eq!(lost.state, OpRunState::Failed);
-    let error = lost
-        .execution_summary
-        .error_message
-        .clone()
-        .unwrap_or_default();
+    let error = attempt_error(lost);
     assert!(
         error.starts_with(&format!("worker {} lost (no heartbeat for", doomed.id)),
         "{error}"

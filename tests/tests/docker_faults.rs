@@ -11,8 +11,8 @@ use gyoza_core::OpRunState;
 use gyoza_core::api::OpRunView;
 use gyoza_core::client::Client;
 use gyoza_e2e::{
-    DockerProxy, Server, Worker, container_exists, container_running, deploy_nap, docker_or_skip,
-    wait_for_run,
+    DockerProxy, Server, Worker, assert_completed_by, assert_handed_back, container_exists,
+    deploy_nap, docker_or_skip, wait_for_run, wait_until_container_runs, wait_until_terminal,
 };
 use serde_json::json;
 
@@ -111,16 +111,8 @@ async fn an_engine_unreachable_at_start_is_reported_and_waited_for_without_claim
 
     // The engine appears: the worker takes the run and completes it.
     proxy.open();
-    let done = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", |r| {
-        r.state.is_terminal()
-    })
-    .await;
-    assert_eq!(done.state, OpRunState::Completed, "{:?}", done.attempts);
-    assert_eq!(done.current_attempt, 1);
-    assert_eq!(
-        done.execution_summary.worker_id.as_deref(),
-        Some(worker.id.as_str())
-    );
+    let done = wait_until_terminal(&client, &run.id, RUN_TIMEOUT).await;
+    assert_completed_by(&done, 1, &worker.id);
     assert!(
         worker.output.contains("the Docker engine answers again"),
         "{}",
@@ -145,15 +137,7 @@ async fn an_engine_lost_mid_run_hands_the_run_back_and_the_worker_resumes_when_i
     );
     // Long enough to be seen running and lost, short enough to be run again.
     let run = nap(&client, 6).await;
-    wait_for_run(&client, &run.id, RUN_TIMEOUT, "RUNNING", |r| {
-        r.state == OpRunState::Running
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !container_running(&run.id) {
-        assert!(Instant::now() < deadline, "the container never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_container_runs(&client, &run.id, RUN_TIMEOUT).await;
 
     proxy.close().await;
     let handed_back = wait_for_run(
@@ -164,29 +148,10 @@ async fn an_engine_lost_mid_run_hands_the_run_back_and_the_worker_resumes_when_i
         |r| r.current_attempt == 2 || r.state.is_terminal(),
     )
     .await;
-    assert_eq!(
-        handed_back.state,
-        OpRunState::Pending,
-        "{:?}",
-        handed_back.attempts
-    );
-    let lost = &handed_back.attempts[0];
-    assert_eq!(lost.state, OpRunState::Failed);
-    assert!(
-        lost.worker_lost,
-        "the engine's loss used the op's retry budget"
-    );
-    let error = lost
-        .execution_summary
-        .error_message
-        .clone()
-        .unwrap_or_default();
-    assert!(
-        error.starts_with(&format!(
-            "worker {} handed the run back: the Docker engine became unreachable",
-            worker.id
-        )),
-        "{error}"
+    assert_handed_back(
+        &handed_back,
+        &worker.id,
+        "the Docker engine became unreachable",
     );
     // Without its engine the worker keeps heartbeating and claims nothing.
     stays_pending_while_heartbeating(&client, &run.id, 2, &mut worker, Duration::from_secs(2))
@@ -195,16 +160,8 @@ async fn an_engine_lost_mid_run_hands_the_run_back_and_the_worker_resumes_when_i
     // The engine returns: the worker removes the container it could not stop, then runs the
     // new attempt to completion.
     proxy.open();
-    let done = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", |r| {
-        r.state.is_terminal()
-    })
-    .await;
-    assert_eq!(done.state, OpRunState::Completed, "{:?}", done.attempts);
-    assert_eq!(done.current_attempt, 2);
-    assert_eq!(
-        done.execution_summary.worker_id.as_deref(),
-        Some(worker.id.as_str())
-    );
+    let done = wait_until_terminal(&client, &run.id, RUN_TIMEOUT).await;
+    assert_completed_by(&done, 2, &worker.id);
     assert!(
         !container_exists(&format!("gyoza-{}-1", run.id)),
         "the first attempt's container was left behind"

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use gyoza_core::client::Client;
 use gyoza_core::{EventType, OpRunState};
-use gyoza_e2e::{Server, Worker, container_running, deploy_nap, docker_or_skip, nap, wait_for_run};
+use gyoza_e2e::{
+    Server, Worker, assert_completed_by, assert_handed_back, container_running, deploy_nap,
+    docker_or_skip, nap, wait_until_container_runs, wait_until_terminal,
+};
 use serde_json::json;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -16,19 +19,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// used the budget would leave the run FAILED.
 async fn nap_definition(client: &Client) {
     deploy_nap(client, json!({"max_attempts": 1, "backoff_ms": 600000})).await;
-}
-
-/// Waits until run `id` is RUNNING and its container runs.
-async fn running(client: &Client, id: &str) {
-    wait_for_run(client, id, RUN_TIMEOUT, "RUNNING", |r| {
-        r.state == OpRunState::Running
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !container_running(id) {
-        assert!(Instant::now() < deadline, "the container of {id} never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -41,7 +31,7 @@ async fn a_run_that_finishes_within_the_grace_period_completes_and_nothing_new_i
     nap_definition(&client).await;
     let mut worker = Worker::start(&server, "graceful", &["--shutdown-grace", "30"]);
     let run = nap(&client, 4).await;
-    running(&client, &run.id).await;
+    wait_until_container_runs(&client, &run.id, RUN_TIMEOUT).await;
 
     let signalled = Instant::now();
     worker.sigterm();
@@ -97,7 +87,7 @@ async fn a_run_beyond_the_grace_period_is_handed_back_outside_its_retry_budget_a
     let mut leaving = Worker::start(&server, "leaving", &["--shutdown-grace", "2"]);
     // 8 s: longer than the 2 s grace, short enough for the second worker to finish it.
     let run = nap(&client, 8).await;
-    running(&client, &run.id).await;
+    wait_until_container_runs(&client, &run.id, RUN_TIMEOUT).await;
 
     let signalled = Instant::now();
     leaving.sigterm();
@@ -114,34 +104,11 @@ async fn a_run_beyond_the_grace_period_is_handed_back_outside_its_retry_budget_a
     );
 
     let handed_back = client.get_run(&run.id).await.expect("get run");
-    assert_eq!(
-        handed_back.state,
-        OpRunState::Pending,
-        "{:?}",
-        handed_back.attempts
-    );
+    let error = assert_handed_back(&handed_back, &leaving.id, "shutting down");
     assert_eq!(handed_back.current_attempt, 2);
     assert_eq!(
         handed_back.available_at, None,
         "a hand-back must not wait for the retry backoff"
-    );
-    let first = &handed_back.attempts[0];
-    assert_eq!(first.state, OpRunState::Failed);
-    assert!(
-        first.worker_lost,
-        "the hand-back was counted as the op's failure"
-    );
-    let error = first
-        .execution_summary
-        .error_message
-        .clone()
-        .unwrap_or_default();
-    assert!(
-        error.starts_with(&format!(
-            "worker {} handed the run back: shutting down",
-            leaving.id
-        )),
-        "{error}"
     );
     assert!(error.contains("grace period"), "{error}");
     let budget_used = handed_back
@@ -164,15 +131,7 @@ async fn a_run_beyond_the_grace_period_is_handed_back_outside_its_retry_budget_a
     );
 
     let taker = Worker::start(&server, "taker", &[]);
-    let done = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", |r| {
-        r.state.is_terminal()
-    })
-    .await;
-    assert_eq!(done.state, OpRunState::Completed, "{:?}", done.attempts);
-    assert_eq!(done.current_attempt, 2);
-    assert_eq!(
-        done.execution_summary.worker_id.as_deref(),
-        Some(taker.id.as_str())
-    );
+    let done = wait_until_terminal(&client, &run.id, RUN_TIMEOUT).await;
+    assert_completed_by(&done, 2, &taker.id);
     assert_eq!(done.outputs.get("slept"), Some(&json!(true)));
 }

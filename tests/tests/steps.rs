@@ -4,20 +4,15 @@ use std::time::Duration;
 
 use gyoza_core::OpRunState;
 use gyoza_core::api::OpRunCreate;
-use gyoza_e2e::{Server, Worker, docker_or_skip, step_plugin, wait_for_run, wasm_plugin};
+use gyoza_e2e::{
+    Server, Worker, docker_or_skip, image_run, step_plugin, wait_until_terminal, wasm_plugin,
+};
 use serde_json::{Map, json};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn echo_run() -> OpRunCreate {
-    OpRunCreate {
-        image: "gyoza-example/echo:latest".into(),
-        priority: 5,
-        inputs: Map::new(),
-        constraints: None,
-        retry_policy: None,
-        event_delivery: None,
-    }
+    image_run("gyoza-example/echo:latest", Map::new())
 }
 
 fn pipeline(dir: &tempfile::TempDir, text: &str) -> String {
@@ -59,10 +54,7 @@ async fn a_wasm_step_changes_what_the_container_sees() {
     let client = server.client();
     let _worker = Worker::start(&server, "steps", &["--pipeline", &file]);
     let run = client.create_run(&echo_run()).await.expect("create run");
-    let run = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", |r| {
-        r.state.is_terminal()
-    })
-    .await;
+    let run = wait_until_terminal(&client, &run.id, RUN_TIMEOUT).await;
     assert_eq!(
         run.state,
         OpRunState::Completed,
@@ -98,10 +90,7 @@ async fn a_failing_step_fails_the_run_naming_the_step() {
     let client = server.client();
     let _worker = Worker::start(&server, "failstep", &["--pipeline", &file]);
     let run = client.create_run(&echo_run()).await.expect("create run");
-    let run = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", |r| {
-        r.state.is_terminal()
-    })
-    .await;
+    let run = wait_until_terminal(&client, &run.id, RUN_TIMEOUT).await;
     assert_eq!(run.state, OpRunState::Failed);
     let error = run.execution_summary.error_message.unwrap_or_default();
     assert_eq!(
@@ -169,10 +158,7 @@ async fn a_misbehaving_step_is_stopped_by_its_limits_and_fails_only_its_run() {
             &["--pipeline", &file],
         );
         let run = client.create_run(&echo_run()).await.expect("create run");
-        let run = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", |r| {
-            r.state.is_terminal()
-        })
-        .await;
+        let run = wait_until_terminal(&client, &run.id, RUN_TIMEOUT).await;
         assert_eq!(run.state, OpRunState::Failed, "{mode}");
         let error = run.execution_summary.error_message.unwrap_or_default();
         assert!(

@@ -4,7 +4,10 @@ use std::time::{Duration, Instant};
 
 use gyoza_core::api::{OpDefinitionCreate, OpRunCreate, OpRunCreateFromDefinition};
 use gyoza_core::{Constraints, EventType, OpRunState, RetryPolicy};
-use gyoza_e2e::{Server, Worker, container_running, docker_or_skip, wait_for_run};
+use gyoza_e2e::{
+    Server, Worker, container_running, docker_or_skip, image_run, wait_for_run,
+    wait_until_container_runs, wait_until_terminal,
+};
 use serde_json::{Map, Value, json};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -22,10 +25,6 @@ fn definition(id: &str, image: &str, extra: Value) -> OpDefinitionCreate {
         body.extend(extra);
     }
     serde_json::from_value(body).expect("definition")
-}
-
-fn terminal(run: &gyoza_core::api::OpRunView) -> bool {
-    run.state.is_terminal()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -59,7 +58,7 @@ async fn a_run_from_a_definition_completes_with_the_outputs_its_container_wrote(
         .await
         .expect("create run");
 
-    let run = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", terminal).await;
+    let run = wait_until_terminal(&client, &run.id, RUN_TIMEOUT).await;
     assert_eq!(
         run.state,
         OpRunState::Completed,
@@ -158,25 +157,13 @@ async fn cancelling_a_running_run_stops_its_container_and_it_stays_cancelled() {
     let client = server.client();
     let worker = Worker::start(&server, "cancel", &[]);
     let run = client
-        .create_run(&OpRunCreate {
-            image: "gyoza-example/sleep:latest".into(),
-            priority: 5,
-            inputs: object(json!({"seconds": 300})),
-            constraints: None,
-            retry_policy: None,
-            event_delivery: None,
-        })
+        .create_run(&image_run(
+            "gyoza-example/sleep:latest",
+            object(json!({"seconds": 300})),
+        ))
         .await
         .expect("create run");
-    wait_for_run(&client, &run.id, RUN_TIMEOUT, "RUNNING", |r| {
-        r.state == OpRunState::Running
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !container_running(&run.id) {
-        assert!(Instant::now() < deadline, "the container never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_container_runs(&client, &run.id, RUN_TIMEOUT).await;
 
     let cancelled_at = Instant::now();
     let answer = client.cancel_run(&run.id).await.expect("cancel");
@@ -225,7 +212,7 @@ async fn a_run_that_exceeds_its_memory_limit_fails_as_oom_killed() {
         })
         .await
         .expect("create run");
-    let run = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", terminal).await;
+    let run = wait_until_terminal(&client, &run.id, RUN_TIMEOUT).await;
     assert_eq!(run.state, OpRunState::Failed);
     let error = run.execution_summary.error_message.unwrap_or_default();
     assert!(error.contains("OOM-killed"), "{error}");
@@ -252,7 +239,7 @@ async fn outputs_that_break_the_output_specs_fail_the_run() {
         .create_run_from_definition("echo", None, &OpRunCreateFromDefinition::default())
         .await
         .expect("create run");
-    let run = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", terminal).await;
+    let run = wait_until_terminal(&client, &run.id, RUN_TIMEOUT).await;
     assert_eq!(run.state, OpRunState::Failed);
     let error = run.execution_summary.error_message.unwrap_or_default();
     assert!(error.contains("echo@1.0.0"), "{error}");
@@ -272,17 +259,10 @@ async fn a_missing_image_that_may_not_be_pulled_fails_with_a_hint() {
     let client = server.client();
     let _worker = Worker::start(&server, "noimage", &["--pull", "never"]);
     let run = client
-        .create_run(&OpRunCreate {
-            image: "gyoza-example/no-such-op:1".into(),
-            priority: 5,
-            inputs: Map::new(),
-            constraints: None,
-            retry_policy: None,
-            event_delivery: None,
-        })
+        .create_run(&image_run("gyoza-example/no-such-op:1", Map::new()))
         .await
         .expect("create run");
-    let run = wait_for_run(&client, &run.id, RUN_TIMEOUT, "terminal", terminal).await;
+    let run = wait_until_terminal(&client, &run.id, RUN_TIMEOUT).await;
     assert_eq!(run.state, OpRunState::Failed);
     let error = run.execution_summary.error_message.unwrap_or_default();
     assert!(

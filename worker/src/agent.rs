@@ -20,21 +20,24 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use gyoza_core::api::HeartbeatRequest;
+use gyoza_core::backoff::Backoff;
 use gyoza_core::client::Client;
+use gyoza_core::sync::lock;
 use gyoza_core::{Capacity, OpRunState, Resources, WorkerOpRun};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::WorkerError;
-use crate::config::{PullPolicy, WorkerConfig};
+use crate::config::WorkerConfig;
 use crate::docker::Engine;
-use crate::pipeline::{self, Signals, Steps};
+use crate::pipeline;
 use crate::resources::{self, Overrides};
+use crate::run_context::{RunContext, Signals};
+use crate::step::Steps;
 
 /// Longest pause between two heartbeats while the server is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -42,29 +45,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// top of the containers' stop timeout).
 const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What every run task of the worker shares.
+/// The worker's state: what its runs share, what it offers, and which runs it holds.
 #[derive(Debug)]
-pub struct Shared {
-    /// The worker's name.
-    pub worker_id: String,
-    /// The server.
-    pub client: Client,
-    /// The Docker engine.
-    pub engine: Engine,
-    /// Parent of the per-run directories.
-    pub work_dir: PathBuf,
-    /// When to pull images.
-    pub pull: PullPolicy,
-    /// SIGTERM → SIGKILL delay when stopping a container.
-    pub stop_timeout: u32,
-    /// How long running runs may go on once the worker is shutting down.
-    pub shutdown_grace: Duration,
+struct Agent {
+    /// What every run gets.
+    context: RunContext,
     /// Period of the cancellation check of a running run.
-    pub cancel_check_interval: Duration,
-    /// Extra pipeline steps.
-    pub steps: Steps,
+    cancel_check_interval: Duration,
     /// Hardware offered.
-    pub resources: Resources,
+    resources: Resources,
     running: Mutex<HashMap<String, Running>>,
 }
 
@@ -75,13 +64,16 @@ struct Running {
     cancel: CancellationToken,
 }
 
-impl Shared {
+impl Agent {
     fn running(&self) -> MutexGuard<'_, HashMap<String, Running>> {
-        // A panic while holding this lock cannot leave the map inconsistent (single inserts
-        // and removes): keep going with it.
-        self.running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // Single inserts and removes: a panicking holder cannot leave the map inconsistent.
+        lock(&self.running)
+    }
+
+    /// The GPU for a claimed run: the one the server placed it on, else (a server that does
+    /// not say) [`Agent::pick_gpu`].
+    fn gpu_for(&self, op: &WorkerOpRun) -> Option<u32> {
+        op.gpu_id.or_else(|| self.pick_gpu(op))
     }
 
     /// The GPU for a run that needs VRAM: the tightest fit among what the running runs leave.
@@ -123,6 +115,19 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
+    let agent = Arc::new(start(&config).await?);
+    // Every run gets clones of these two (and a cancellation token of its own).
+    let shutdown_signals = Signals::default();
+    let mut tasks = JoinSet::new();
+    claim_until(&agent, &config, &shutdown_signals, &mut tasks, shutdown).await;
+    shut_down(&agent, &config, &shutdown_signals, &mut tasks).await;
+    tracing::info!("gyoza worker stopped");
+    Ok(())
+}
+
+/// Sets the worker up from `config`: its id, work directory, server client, Docker engine,
+/// pipeline steps and resources.
+async fn start(config: &WorkerConfig) -> Result<Agent, WorkerError> {
     let worker_id = config.resolve_worker_id()?;
     let work_dir = config.resolve_work_dir();
     tokio::fs::create_dir_all(&work_dir)
@@ -158,26 +163,33 @@ pub async fn run(
         steps = ?steps,
         "gyoza worker started"
     );
-    let shared = Arc::new(Shared {
-        worker_id,
-        client,
-        engine,
-        work_dir,
-        pull: config.pull,
-        stop_timeout: config.stop_timeout,
-        shutdown_grace: config.shutdown_grace,
+    Ok(Agent {
+        context: RunContext {
+            worker_id,
+            client,
+            engine,
+            work_dir,
+            pull: config.pull,
+            stop_timeout: config.stop_timeout,
+            shutdown_grace: config.shutdown_grace,
+            steps,
+        },
         cancel_check_interval: config.cancel_check_interval,
-        steps,
         resources,
         running: Mutex::new(HashMap::new()),
-    });
-    // Every run gets clones of these two (and a cancellation token of its own).
-    let shutdown_signals = Signals::default();
-    let (draining, stopping) = (
-        shutdown_signals.draining.clone(),
-        shutdown_signals.stopping.clone(),
-    );
-    let mut tasks = JoinSet::new();
+    })
+}
+
+/// Ticks (heartbeat, claim, dispatch) until `shutdown` completes, slowing down while the
+/// server does not answer.
+async fn claim_until(
+    agent: &Arc<Agent>,
+    config: &WorkerConfig,
+    shutdown_signals: &Signals,
+    tasks: &mut JoinSet<()>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let pause = heartbeat_backoff(config.heartbeat_interval);
     let mut failures: u32 = 0;
     let mut engine_state = EngineState::Unknown;
     let mut shutdown = std::pin::pin!(shutdown);
@@ -187,15 +199,7 @@ pub async fn run(
                 tracing::error!(error = %e, "a run task ended abnormally");
             }
         }
-        let ticked = tick(
-            &shared,
-            &config,
-            &mut engine_state,
-            &shutdown_signals,
-            &mut tasks,
-        )
-        .await;
-        let delay = match ticked {
+        let delay = match tick(agent, config, &mut engine_state, shutdown_signals, tasks).await {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!("the server answers again");
@@ -205,44 +209,52 @@ pub async fn run(
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                let delay = backoff(config.heartbeat_interval, failures);
+                let delay = pause.delay(failures);
                 tracing::warn!(error = %e, failures, retry_in = ?delay, "heartbeat or claim failed; will retry");
                 delay
             }
         };
         tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => return,
             () = tokio::time::sleep(delay) => {}
         }
     }
+}
 
-    draining.cancel();
-    let in_flight = shared.running().len();
+/// Stops claiming, lets the running runs finish within the grace period, then stops the
+/// remaining containers and waits for their runs to be handed back.
+async fn shut_down(
+    agent: &Arc<Agent>,
+    config: &WorkerConfig,
+    shutdown_signals: &Signals,
+    tasks: &mut JoinSet<()>,
+) {
+    shutdown_signals.draining.cancel();
+    let in_flight = agent.running().len();
     tracing::info!(
         in_flight,
         grace = ?config.shutdown_grace,
         "stopping: no more claims; running runs get the grace period to finish"
     );
-    if !drain(&shared, &config, &mut tasks, config.shutdown_grace).await {
-        tracing::warn!(
-            remaining = shared.running().len(),
-            "grace period over: stopping the remaining containers and handing their runs back"
-        );
-        stopping.cancel();
-        let patience = Duration::from_secs(u64::from(shared.stop_timeout)) + HAND_BACK_TIMEOUT;
-        if !drain(&shared, &config, &mut tasks, patience).await {
-            tracing::warn!("some runs did not finish stopping in time; leaving them");
-            tasks.abort_all();
-        }
+    if drain(agent, config, tasks, config.shutdown_grace).await {
+        return;
     }
-    tracing::info!("gyoza worker stopped");
-    Ok(())
+    tracing::warn!(
+        remaining = agent.running().len(),
+        "grace period over: stopping the remaining containers and handing their runs back"
+    );
+    shutdown_signals.stopping.cancel();
+    let patience = Duration::from_secs(u64::from(agent.context.stop_timeout)) + HAND_BACK_TIMEOUT;
+    if !drain(agent, config, tasks, patience).await {
+        tracing::warn!("some runs did not finish stopping in time; leaving them");
+        tasks.abort_all();
+    }
 }
 
 /// Waits up to `limit` for every run task to end, heartbeating meanwhile (so that the server
 /// does not take the worker for lost while its runs finish); whether they all ended.
 async fn drain(
-    shared: &Arc<Shared>,
+    agent: &Arc<Agent>,
     config: &WorkerConfig,
     tasks: &mut JoinSet<()>,
     limit: Duration,
@@ -259,7 +271,7 @@ async fn drain(
                 Some(Ok(())) => {}
             },
             _ = beat.tick() => {
-                if let Err(e) = heartbeat(shared, config).await {
+                if let Err(e) = heartbeat(agent, config).await {
                     tracing::debug!(error = %e, "heartbeat failed while stopping");
                 }
             }
@@ -268,23 +280,22 @@ async fn drain(
     }
 }
 
-/// The pause after `failures` consecutive failed ticks: doubling from the heartbeat interval.
-fn backoff(interval: Duration, failures: u32) -> Duration {
-    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
-    interval
-        .saturating_mul(factor)
-        .min(MAX_BACKOFF.max(interval))
+/// The pause after failed ticks: doubling from the heartbeat interval up to [`MAX_BACKOFF`]
+/// (an interval longer than that is never shortened).
+fn heartbeat_backoff(interval: Duration) -> Backoff {
+    Backoff::new(interval, MAX_BACKOFF)
 }
 
 /// Tells the server the worker is alive, with its resources and the runs in progress.
-async fn heartbeat(shared: &Shared, config: &WorkerConfig) -> Result<usize, WorkerError> {
-    let running_ops: Vec<WorkerOpRun> = shared.running().values().map(|r| r.op.clone()).collect();
+async fn heartbeat(agent: &Agent, config: &WorkerConfig) -> Result<usize, WorkerError> {
+    let running_ops: Vec<WorkerOpRun> = agent.running().values().map(|r| r.op.clone()).collect();
     let busy = running_ops.len();
-    shared
+    agent
+        .context
         .client
         .heartbeat(&HeartbeatRequest {
-            worker_id: shared.worker_id.clone(),
-            resources: shared.resources.clone(),
+            worker_id: agent.context.worker_id.clone(),
+            resources: agent.resources.clone(),
             tags: config.tags.clone(),
             running_ops: Some(running_ops),
         })
@@ -293,16 +304,20 @@ async fn heartbeat(shared: &Shared, config: &WorkerConfig) -> Result<usize, Work
 }
 
 /// Checks the Docker engine, logging when it stops or starts answering; whether it answers.
-async fn engine_answers(shared: &Shared, state: &mut EngineState) -> bool {
-    match shared.engine.check().await {
+async fn engine_answers(agent: &Agent, state: &mut EngineState) -> bool {
+    match agent.context.engine.check().await {
         Ok(()) => {
             match *state {
                 EngineState::Up => {}
                 EngineState::Unknown => {
-                    shared.engine.remove_leftovers(&shared.worker_id).await;
+                    agent
+                        .context
+                        .engine
+                        .remove_leftovers(&agent.context.worker_id)
+                        .await;
                 }
                 EngineState::Down => {
-                    tracing::info!(docker = %shared.engine.address(), "the Docker engine answers again; claiming runs again");
+                    tracing::info!(docker = %agent.context.engine.address(), "the Docker engine answers again; claiming runs again");
                 }
             }
             *state = EngineState::Up;
@@ -322,36 +337,37 @@ async fn engine_answers(shared: &Shared, state: &mut EngineState) -> bool {
 
 /// One heartbeat, then, if the Docker engine answers, a claim for the free slots.
 async fn tick(
-    shared: &Arc<Shared>,
+    agent: &Arc<Agent>,
     config: &WorkerConfig,
     engine_state: &mut EngineState,
     shutdown_signals: &Signals,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), WorkerError> {
-    let busy = heartbeat(shared, config).await?;
+    let busy = heartbeat(agent, config).await?;
     let free = (config.max_concurrent as usize).saturating_sub(busy);
-    if free == 0 || !engine_answers(shared, engine_state).await {
+    if free == 0 || !engine_answers(agent, engine_state).await {
         return Ok(());
     }
-    let claimed = shared
+    let claimed = agent
+        .context
         .client
-        .claim(&shared.worker_id, free.min(100) as u32)
+        .claim(&agent.context.worker_id, free.min(100) as u32)
         .await?;
     for op in claimed {
         let signals = Signals {
             cancel: CancellationToken::new(),
             ..shutdown_signals.clone()
         };
-        dispatch(shared, op, signals, tasks);
+        dispatch(agent, op, signals, tasks);
     }
     Ok(())
 }
 
-fn dispatch(shared: &Arc<Shared>, op: WorkerOpRun, signals: Signals, tasks: &mut JoinSet<()>) {
-    let gpu = shared.pick_gpu(&op);
+fn dispatch(agent: &Arc<Agent>, op: WorkerOpRun, signals: Signals, tasks: &mut JoinSet<()>) {
+    let gpu = agent.gpu_for(&op);
     let cancel = signals.cancel.clone();
     {
-        let mut running = shared.running();
+        let mut running = agent.running();
         if let Some(old) = running.get(&op.id) {
             // The server handed back a run this worker is still executing (a new attempt of
             // it, after a retry): the old attempt is superseded.
@@ -368,14 +384,14 @@ fn dispatch(shared: &Arc<Shared>, op: WorkerOpRun, signals: Signals, tasks: &mut
         );
     }
     tracing::info!(run_id = %op.id, image = %op.image, attempt = ?op.attempt, gpu = ?gpu, "claimed run");
-    let shared = Arc::clone(shared);
+    let agent = Arc::clone(agent);
     tasks.spawn(async move {
-        let watcher = tokio::spawn(watch(Arc::clone(&shared), op.clone(), cancel));
+        let watcher = tokio::spawn(watch(Arc::clone(&agent), op.clone(), cancel));
         let id = op.id.clone();
         let attempt = op.attempt;
-        pipeline::execute(Arc::clone(&shared), op, gpu, signals).await;
+        pipeline::execute(&agent.context, op, gpu, signals).await;
         watcher.abort();
-        let mut running = shared.running();
+        let mut running = agent.running();
         if running.get(&id).is_some_and(|r| r.op.attempt == attempt) {
             running.remove(&id);
         }
@@ -383,15 +399,15 @@ fn dispatch(shared: &Arc<Shared>, op: WorkerOpRun, signals: Signals, tasks: &mut
 }
 
 /// Polls the run's state until it is no longer this worker's to run, then cancels it.
-async fn watch(shared: Arc<Shared>, op: WorkerOpRun, cancel: CancellationToken) {
-    let mut ticker = tokio::time::interval(shared.cancel_check_interval);
+async fn watch(agent: Arc<Agent>, op: WorkerOpRun, cancel: CancellationToken) {
+    let mut ticker = tokio::time::interval(agent.cancel_check_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let reason = match shared.client.get_run(&op.id).await {
+        let reason = match agent.context.client.get_run(&op.id).await {
             Ok(run) => {
-                let ours =
-                    run.execution_summary.worker_id.as_deref() == Some(shared.worker_id.as_str());
+                let ours = run.execution_summary.worker_id.as_deref()
+                    == Some(agent.context.worker_id.as_str());
                 if run.state == OpRunState::Cancelled {
                     Some("the run was cancelled".to_owned())
                 } else if op.attempt.is_some_and(|a| a != run.current_attempt) {
@@ -428,6 +444,7 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_a_cap() {
         let second = Duration::from_secs(1);
+        let backoff = |interval, failures| heartbeat_backoff(interval).delay(failures);
         assert_eq!(backoff(second, 1), second);
         assert_eq!(backoff(second, 2), 2 * second);
         assert_eq!(backoff(second, 4), 8 * second);

@@ -27,6 +27,7 @@ use bollard::query_parameters::{
     WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
+use gyoza_core::sync::{lock, read, write};
 
 use crate::WorkerError;
 use crate::config::PullPolicy;
@@ -210,11 +211,7 @@ impl Engine {
 
     /// The negotiated client, or (before the engine first answered) a new one.
     fn docker(&self) -> Result<Docker, BollardError> {
-        let negotiated = self
-            .negotiated
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let negotiated = read(&self.negotiated).clone();
         negotiated.map_or_else(|| self.connect(), Ok)
     }
 
@@ -223,16 +220,12 @@ impl Engine {
     /// does, containers it could not remove while unreachable are removed. The error is a
     /// message for the log.
     pub async fn check(&self) -> Result<(), String> {
-        let negotiated = self
-            .negotiated
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let negotiated = read(&self.negotiated).clone();
         let answer = match negotiated {
             Some(docker) => docker.ping().await.map(drop),
             None => match self.connect() {
                 Ok(base) => base.negotiate_version().await.map(|docker| {
-                    *self.negotiated.write().unwrap_or_else(|p| p.into_inner()) = Some(docker);
+                    *write(&self.negotiated) = Some(docker);
                 }),
                 Err(e) => Err(e),
             },
@@ -243,7 +236,7 @@ impl Engine {
                 self.address
             )
         })?;
-        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|p| p.into_inner()));
+        let orphans = std::mem::take(&mut *lock(&self.orphans));
         for name in orphans {
             tracing::warn!(container = %name, "removing a container left while the Docker engine was unreachable (its run was handed back)");
             self.remove(&name).await;
@@ -351,10 +344,7 @@ impl Engine {
             Err(e) if is_not_found(&e) => {}
             Err(e) if is_unreachable(&e) => {
                 tracing::warn!(container = name, error = %e, "cannot remove container: the Docker engine is unreachable; will remove it when it answers again");
-                self.orphans
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(name.to_owned());
+                lock(&self.orphans).insert(name.to_owned());
             }
             Err(e) => tracing::warn!(container = name, error = %e, "cannot remove container"),
         }
@@ -384,75 +374,60 @@ impl Engine {
         on_line: &mut (dyn FnMut(Stream, String) + Send),
         stop: impl Future<Output = ()>,
     ) -> Result<ContainerExit, RunFailure> {
-        let memory = spec
-            .memory_mb
-            .filter(|mb| *mb > 0)
-            .map(|mb| i64::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX));
-        let host_config = HostConfig {
-            init: Some(true),
-            binds: Some(spec.binds.clone()),
-            memory,
-            // Equal to `memory`: a run that exceeds its RAM is killed, not swapped.
-            memory_swap: memory,
-            nano_cpus: spec
-                .cpus
-                .filter(|c| *c > 0)
-                .map(|c| i64::from(c) * 1_000_000_000),
-            device_requests: spec.gpu.map(|gpu| {
-                vec![DeviceRequest {
-                    driver: Some("nvidia".into()),
-                    device_ids: Some(vec![gpu.to_string()]),
-                    capabilities: Some(vec![vec!["gpu".into()]]),
-                    ..DeviceRequest::default()
-                }]
-            }),
-            ..HostConfig::default()
-        };
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            env: Some(spec.env.clone()),
-            labels: Some(spec.labels.clone()),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            tty: Some(false),
-            host_config: Some(host_config),
-            ..ContainerCreateBody::default()
-        };
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&spec.name)
-            .build();
         let docker = self
             .docker()
             .map_err(|e| RunFailure::of("cannot create the container", &e))?;
-        docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| RunFailure::of("cannot create the container", &e))?;
-        // Attach before starting, so that not a line of output is missed. Without `logs`:
-        // replaying the log as well as streaming it delivered a fast container's first lines
-        // twice (seen: its first INFO and PROGRESS events recorded twice), and before the
-        // start there is no log to replay.
-        let attach = AttachContainerOptionsBuilder::default()
-            .stream(true)
-            .stdout(true)
-            .stderr(true)
-            .logs(false)
+        let mut output = create_and_start(&docker, spec).await?;
+        let mut stopping = Stopping {
+            stop: std::pin::pin!(stop),
+            stopped: false,
+        };
+        self.stream_output(spec, stop_timeout_s, &mut output, on_line, &mut stopping)
+            .await;
+        // The stream also ends if the connection broke: wait for the real end. bollard reports
+        // a non-zero exit code as an error; that is an outcome, not a failure of the wait.
+        let wait = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
             .build();
-        let mut output = docker
-            .attach_container(&spec.name, Some(attach))
+        let mut waiting = docker.wait_container(&spec.name, Some(wait));
+        loop {
+            tokio::select! {
+                next = waiting.next() => match next {
+                    Some(Ok(_)) | None | Some(Err(BollardError::DockerContainerWaitError { .. })) => break,
+                    Some(Err(e)) => return Err(RunFailure::of("lost track of the running container", &e)),
+                },
+                () = &mut stopping.stop, if !stopping.stopped => {
+                    stopping.stopped = true;
+                    self.stop(&spec.name, stop_timeout_s).await;
+                }
+            }
+        }
+        let inspected = docker
+            .inspect_container(&spec.name, None)
             .await
-            .map_err(|e| RunFailure::of("cannot attach to the container", &e))?
-            .output;
-        docker
-            .start_container(&spec.name, None)
-            .await
-            .map_err(|e| RunFailure::of("cannot start the container", &e))?;
+            .map_err(|e| RunFailure::of("cannot inspect the finished container", &e))?;
+        let state = inspected.state.unwrap_or_default();
+        Ok(ContainerExit {
+            exit_code: state.exit_code.unwrap_or(-1),
+            oom_killed: state.oom_killed.unwrap_or(false),
+            stopped: stopping.stopped,
+        })
+    }
 
+    /// Hands every line of `output` to `on_line` until the stream ends, stopping the
+    /// container if `stopping` says so meanwhile.
+    async fn stream_output<S>(
+        &self,
+        spec: &ContainerSpec,
+        stop_timeout_s: u32,
+        output: &mut Output,
+        on_line: &mut (dyn FnMut(Stream, String) + Send),
+        stopping: &mut Stopping<'_, S>,
+    ) where
+        S: Future<Output = ()>,
+    {
         let mut stdout = crate::events::LineSplitter::default();
         let mut stderr = crate::events::LineSplitter::default();
-        let mut stopped = false;
-        let stop = std::pin::pin!(stop);
-        let mut stop = stop;
         loop {
             tokio::select! {
                 chunk = output.next() => match chunk {
@@ -469,8 +444,8 @@ impl Engine {
                     }
                     None => break,
                 },
-                () = &mut stop, if !stopped => {
-                    stopped = true;
+                () = &mut stopping.stop, if !stopping.stopped => {
+                    stopping.stopped = true;
                     self.stop(&spec.name, stop_timeout_s).await;
                 }
             }
@@ -481,35 +456,6 @@ impl Engine {
         if let Some(line) = stderr.finish() {
             on_line(Stream::Stderr, line);
         }
-
-        // The stream also ends if the connection broke: wait for the real end. bollard reports
-        // a non-zero exit code as an error; that is an outcome, not a failure of the wait.
-        let wait = WaitContainerOptionsBuilder::default()
-            .condition("not-running")
-            .build();
-        let mut waiting = docker.wait_container(&spec.name, Some(wait));
-        loop {
-            tokio::select! {
-                next = waiting.next() => match next {
-                    Some(Ok(_)) | None | Some(Err(BollardError::DockerContainerWaitError { .. })) => break,
-                    Some(Err(e)) => return Err(RunFailure::of("lost track of the running container", &e)),
-                },
-                () = &mut stop, if !stopped => {
-                    stopped = true;
-                    self.stop(&spec.name, stop_timeout_s).await;
-                }
-            }
-        }
-        let inspected = docker
-            .inspect_container(&spec.name, None)
-            .await
-            .map_err(|e| RunFailure::of("cannot inspect the finished container", &e))?;
-        let state = inspected.state.unwrap_or_default();
-        Ok(ContainerExit {
-            exit_code: state.exit_code.unwrap_or(-1),
-            oom_killed: state.oom_killed.unwrap_or(false),
-            stopped,
-        })
     }
 
     async fn stop(&self, name: &str, timeout_s: u32) {
@@ -532,6 +478,85 @@ impl Engine {
                 self.remove(name).await;
             }
         }
+    }
+}
+
+/// The attached output stream of a container.
+type Output =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send>>;
+
+/// The stop request of a running container, and whether it was acted on.
+struct Stopping<'a, S> {
+    stop: std::pin::Pin<&'a mut S>,
+    stopped: bool,
+}
+
+/// Creates `spec`'s container, attaches to its output and starts it.
+async fn create_and_start(docker: &Docker, spec: &ContainerSpec) -> Result<Output, RunFailure> {
+    let options = CreateContainerOptionsBuilder::default()
+        .name(&spec.name)
+        .build();
+    docker
+        .create_container(Some(options), create_body(spec))
+        .await
+        .map_err(|e| RunFailure::of("cannot create the container", &e))?;
+    // Attach before starting, so that not a line of output is missed. Without `logs`:
+    // replaying the log as well as streaming it delivered a fast container's first lines
+    // twice (seen: its first INFO and PROGRESS events recorded twice), and before the
+    // start there is no log to replay.
+    let attach = AttachContainerOptionsBuilder::default()
+        .stream(true)
+        .stdout(true)
+        .stderr(true)
+        .logs(false)
+        .build();
+    let output = docker
+        .attach_container(&spec.name, Some(attach))
+        .await
+        .map_err(|e| RunFailure::of("cannot attach to the container", &e))?
+        .output;
+    docker
+        .start_container(&spec.name, None)
+        .await
+        .map_err(|e| RunFailure::of("cannot start the container", &e))?;
+    Ok(output)
+}
+
+/// The engine's description of `spec`'s container: its image, environment, labels and limits.
+fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let memory = spec
+        .memory_mb
+        .filter(|mb| *mb > 0)
+        .map(|mb| i64::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX));
+    let host_config = HostConfig {
+        init: Some(true),
+        binds: Some(spec.binds.clone()),
+        memory,
+        // Equal to `memory`: a run that exceeds its RAM is killed, not swapped.
+        memory_swap: memory,
+        nano_cpus: spec
+            .cpus
+            .filter(|c| *c > 0)
+            .map(|c| i64::from(c) * 1_000_000_000),
+        device_requests: spec.gpu.map(|gpu| {
+            vec![DeviceRequest {
+                driver: Some("nvidia".into()),
+                device_ids: Some(vec![gpu.to_string()]),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                ..DeviceRequest::default()
+            }]
+        }),
+        ..HostConfig::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        env: Some(spec.env.clone()),
+        labels: Some(spec.labels.clone()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        host_config: Some(host_config),
+        ..ContainerCreateBody::default()
     }
 }
 

@@ -14,12 +14,22 @@
 //! - [`resources`]: CPU/RAM (sysinfo) and GPUs (NVML) offered, with overrides.
 //! - [`agent`]: the heartbeat → claim → dispatch loop, cancellation watchers, shutdown with
 //!   its grace period.
-//! - [`pipeline`]: one run from claim to cleanup; the execution context steps share.
+//! - [`run_context`]: what a run needs from the worker ([`RunContext`]: server, engine,
+//!   settings, steps) and what may interrupt it ([`Signals`]).
+//! - [`pipeline`]: one run from claim to cleanup, as named stages (pull, prepare inputs,
+//!   before-steps, start, run container, after-steps, report, cleanup).
+//! - [`report`]: what a run tells the server (its events, its log, handing it back), with
+//!   retries under one backoff rule.
+//! - [`step`]: the step interface: [`ExecutionContext`], the [`Step`] trait, the [`Steps`]
+//!   around the container.
 //! - [`docker`]: the Docker engine (bollard): reachability, images, running one container,
 //!   stopping it, and telling the engine's errors from its absence.
 //! - [`events`]: the container protocol's lines: `GYOZA_EVENT` parsing, line reassembly.
 //! - [`outputs`]: reading `outputs.json` and checking it against output specs.
 //! - [`steps`]: the pipeline file: which wasm steps run where, with what limits.
+//!
+//! Imports run one way: `agent` → `pipeline` → `report` → `run_context` → {`docker`,
+//! `config`, `step`}; `steps` loads the wasm steps of [`wasm`], which implement [`Step`].
 //! - [`wasm`]: the wasm step runtime (wasmtime): the only module that touches it.
 //! - [`error`]: [`WorkerError`] and the error policy.
 
@@ -30,10 +40,15 @@ pub mod error;
 pub mod events;
 pub mod outputs;
 pub mod pipeline;
+pub mod report;
 pub mod resources;
+pub mod run_context;
+pub mod step;
 pub mod steps;
 pub mod wasm;
 
 pub use agent::run;
 pub use config::{PullPolicy, WorkerConfig};
 pub use error::WorkerError;
+pub use run_context::{RunContext, Signals};
+pub use step::{ExecutionContext, Step, Steps};

@@ -18,20 +18,23 @@
 //! and its container stopped) and when the Docker engine cannot be reached.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use gyoza_core::api::{AddEventRequest, OpRunView, ReleaseRequest};
-use gyoza_core::client::{Client, ClientError};
-use gyoza_core::{Constraints, OutputSpec, WorkerOpRun};
-use serde::{Deserialize, Serialize};
+use gyoza_core::api::AddEventRequest;
+use gyoza_core::client::Client;
+use gyoza_core::{OutputSpec, WorkerOpRun};
 use serde_json::{Map, Value, json};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc::{self, Sender};
+use tokio::task::JoinHandle;
 
-use crate::agent::Shared;
-use crate::docker::{ContainerSpec, RUN_LABEL, RunFailure, Stream, WORKER_LABEL};
-use crate::events::{LogTail, parse_event_line, payload};
+use crate::docker::{ContainerExit, ContainerSpec, RUN_LABEL, RunFailure, Stream, WORKER_LABEL};
+use crate::events::{LogTail, parse_event_line};
 use crate::outputs::{check_outputs, read_outputs};
+use crate::report::{self, Reported, completed, failed, forward_events, release, ship_logs};
+use crate::run_context::{RunContext, Signals};
+use crate::step::{ExecutionContext, Step};
 
 /// Where the run directory is mounted in the container.
 pub const MOUNT_POINT: &str = "/gyoza";
@@ -39,64 +42,6 @@ pub const MOUNT_POINT: &str = "/gyoza";
 const TAIL_LINES: usize = 20;
 /// Most log text kept in the context for steps.
 const MAX_LOG_BYTES: usize = 1024 * 1024;
-
-/// Everything the steps of one run share (the seed's `ExecutionContext`). This is also what
-/// a wasm step receives and returns.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ExecutionContext {
-    /// The run.
-    pub run_id: String,
-    /// The image to run.
-    pub image: String,
-    /// Hardware limits.
-    pub constraints: Constraints,
-    /// Inputs (written to inputs.json).
-    pub inputs: Map<String, Value>,
-    /// Outputs (read from outputs.json).
-    pub outputs: Map<String, Value>,
-    /// The container's environment.
-    pub env_vars: BTreeMap<String, String>,
-    /// Bind mounts, host path → container path.
-    pub volumes: BTreeMap<String, String>,
-    /// The container's output (the first MiB).
-    pub logs: String,
-    /// The container's exit code, once it ran.
-    pub exit_code: Option<i64>,
-    /// Free-form values steps pass to each other.
-    pub extras: Map<String, Value>,
-}
-
-/// A pipeline step besides the built-in ones (a wasm step).
-pub trait Step: Send + Sync {
-    /// Its name, for logs and failure messages.
-    fn name(&self) -> &str;
-    /// Changes the context, or refuses with a message (which fails the run).
-    fn run(&self, context: ExecutionContext) -> Result<ExecutionContext, String>;
-}
-
-/// Steps around the container run.
-#[derive(Clone, Default)]
-pub struct Steps {
-    /// Run after inputs are prepared, before STARTED.
-    pub before: Vec<Arc<dyn Step>>,
-    /// Run after the container, before COMPLETED/FAILED.
-    pub after: Vec<Arc<dyn Step>>,
-}
-
-impl std::fmt::Debug for Steps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names = |steps: &[Arc<dyn Step>]| {
-            steps
-                .iter()
-                .map(|s| s.name().to_owned())
-                .collect::<Vec<_>>()
-        };
-        f.debug_struct("Steps")
-            .field("before", &names(&self.before))
-            .field("after", &names(&self.after))
-            .finish()
-    }
-}
 
 /// How a run ended on this worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,53 +76,66 @@ impl From<RunFailure> for Stop {
     }
 }
 
-/// What may interrupt a run.
-#[derive(Debug, Clone, Default)]
-pub struct Signals {
-    /// The server cancelled or reclaimed the run: stop its container, report nothing.
-    pub cancel: CancellationToken,
-    /// The worker is shutting down: start no container, hand the run back if it has none yet.
-    pub draining: CancellationToken,
-    /// The shutdown grace period is over: stop the container and hand the run back.
-    pub stopping: CancellationToken,
-}
-
 /// Runs `op` to its end and reports the result (COMPLETED, FAILED, or handed back; see
 /// [`Signals`]).
 pub async fn execute(
-    shared: Arc<Shared>,
+    worker: &RunContext,
     op: WorkerOpRun,
     gpu: Option<u32>,
     signals: Signals,
 ) -> Outcome {
-    let attempt = op.attempt.unwrap_or(1);
-    let run_dir = shared.work_dir.join(format!("{}-{attempt}", op.id));
-    let container = format!("gyoza-{}-{attempt}", op.id);
-    let started = std::time::Instant::now();
-    let result = stages(&shared, &op, gpu, &run_dir, &container, &signals).await;
-    let outcome = match result {
-        Ok(outputs) => match report(&shared.client, &op, completed(&outputs)).await {
-            Reported::Yes => Outcome::Completed(outputs),
-            Reported::Refused(why) => Outcome::Abandoned(why),
-        },
-        Err(Stop::Fail(message)) => match report(&shared.client, &op, failed(&message)).await {
-            Reported::Yes => Outcome::Failed(message),
-            Reported::Refused(why) => Outcome::Abandoned(why),
-        },
-        Err(Stop::Release(reason)) => match release(&shared, &op, &reason).await {
-            Reported::Yes => Outcome::Released(reason),
-            Reported::Refused(why) => Outcome::Abandoned(why),
-        },
-        Err(Stop::Abandon(why)) => Outcome::Abandoned(why),
+    let attempt = Attempt::new(worker, &op, gpu, &signals);
+    let started = Instant::now();
+    let result = attempt.stages().await;
+    let outcome = report_outcome(worker, &op, result).await;
+    cleanup(&op, &attempt.dir).await;
+    log_outcome(&op, started.elapsed(), &outcome);
+    outcome
+}
+
+/// The report stage: tells the server how the run ended (or hands it back).
+async fn report_outcome(
+    worker: &RunContext,
+    op: &WorkerOpRun,
+    result: Result<Map<String, Value>, Stop>,
+) -> Outcome {
+    let (reported, outcome) = match result {
+        Ok(outputs) => (
+            report::report(&worker.client, op, completed(&outputs)).await,
+            Outcome::Completed(outputs),
+        ),
+        Err(Stop::Fail(message)) => (
+            report::report(&worker.client, op, failed(&message)).await,
+            Outcome::Failed(message),
+        ),
+        Err(Stop::Release(reason)) => (
+            release(worker, op, &reason).await,
+            Outcome::Released(reason),
+        ),
+        Err(Stop::Abandon(why)) => return Outcome::Abandoned(why),
     };
-    // Cleanup: the container is already removed by the engine wrapper.
-    if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await {
+    match reported {
+        Reported::Delivered => outcome,
+        // Logged where it was given up; the run still ended this way on this worker.
+        Reported::GaveUp => outcome,
+        Reported::Refused(why) => Outcome::Abandoned(why),
+    }
+}
+
+/// The cleanup stage: the run directory goes (the engine wrapper already removed the
+/// container).
+async fn cleanup(op: &WorkerOpRun, run_dir: &Path) {
+    if let Err(e) = tokio::fs::remove_dir_all(run_dir).await {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(run_id = %op.id, dir = %run_dir.display(), error = %e, "cannot remove the run directory");
         }
     }
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    match &outcome {
+}
+
+fn log_outcome(op: &WorkerOpRun, elapsed: Duration, outcome: &Outcome) {
+    let attempt = op.attempt.unwrap_or(1);
+    let elapsed_ms = elapsed.as_millis() as u64;
+    match outcome {
         Outcome::Completed(_) => {
             tracing::info!(run_id = %op.id, attempt, elapsed_ms, "run completed")
         }
@@ -191,144 +149,316 @@ pub async fn execute(
             tracing::info!(run_id = %op.id, attempt, elapsed_ms, reason = %why, "run abandoned: the server moved on")
         }
     }
-    outcome
 }
 
-fn completed(outputs: &Map<String, Value>) -> AddEventRequest {
-    AddEventRequest {
-        event_type: "COMPLETED".into(),
-        msg: json!("Completed"),
-        payload: Some(payload([("outputs", Value::Object(outputs.clone()))])),
-        attempt: None,
-    }
-}
-
-fn failed(message: &str) -> AddEventRequest {
-    AddEventRequest {
-        event_type: "FAILED".into(),
-        msg: json!(first_line(message)),
-        payload: Some(payload([("error_message", json!(message))])),
-        attempt: None,
-    }
-}
-
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or(text)
-}
-
-async fn stages(
-    shared: &Arc<Shared>,
-    op: &WorkerOpRun,
+/// One attempt of a run on this worker: what its stages share.
+struct Attempt<'a> {
+    /// What the worker gives every run.
+    worker: &'a RunContext,
+    op: &'a WorkerOpRun,
+    /// The GPU the run was placed on, if it needs one.
     gpu: Option<u32>,
-    run_dir: &std::path::Path,
-    container: &str,
-    signals: &Signals,
-) -> Result<Map<String, Value>, Stop> {
-    let cancel = &signals.cancel;
-    // 1. Pull image.
-    shared.engine.ensure_image(&op.image, shared.pull).await?;
+    /// Its directory, mounted at [`MOUNT_POINT`].
+    dir: PathBuf,
+    /// Its container's name.
+    container: String,
+    signals: &'a Signals,
+}
 
-    // 2. Prepare inputs: a directory of its own, mounted at /gyoza.
-    let mut context = ExecutionContext {
-        run_id: op.id.clone(),
-        image: op.image.clone(),
-        constraints: op.constraints.clone(),
-        inputs: op.inputs.clone(),
-        ..ExecutionContext::default()
-    };
-    tokio::fs::create_dir_all(run_dir).await.map_err(|e| {
-        Stop::Fail(format!(
-            "worker error: cannot create the run directory {}: {e}",
-            run_dir.display()
-        ))
-    })?;
-    let host_dir = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf());
-    context
-        .volumes
-        .insert(host_dir.display().to_string(), MOUNT_POINT.to_owned());
-    context.env_vars.extend([
-        (
-            "GYOZA_INPUT_PATH".to_owned(),
-            format!("{MOUNT_POINT}/inputs.json"),
-        ),
-        (
-            "GYOZA_OUTPUT_PATH".to_owned(),
-            format!("{MOUNT_POINT}/outputs.json"),
-        ),
-        ("GYOZA_RUN_ID".to_owned(), op.id.clone()),
-    ]);
-    context
-        .extras
-        .insert("gyoza_dir".into(), json!(host_dir.display().to_string()));
+impl<'a> Attempt<'a> {
+    fn new(
+        worker: &'a RunContext,
+        op: &'a WorkerOpRun,
+        gpu: Option<u32>,
+        signals: &'a Signals,
+    ) -> Self {
+        let attempt = op.attempt.unwrap_or(1);
+        Self {
+            worker,
+            op,
+            gpu,
+            dir: worker.work_dir.join(format!("{}-{attempt}", op.id)),
+            container: format!("gyoza-{}-{attempt}", op.id),
+            signals,
+        }
+    }
 
-    // 3. Steps before the container; they may change inputs, environment, mounts, image.
-    context = run_steps(&shared.steps.before, context).await?;
-    write_inputs(run_dir, &context.inputs).await?;
-    if context.image != op.image {
-        shared
+    /// The stages up to the report, in the seed's order; the outputs to report COMPLETED with.
+    async fn stages(&self) -> Result<Map<String, Value>, Stop> {
+        self.pull(&self.op.image).await?;
+        let context = self.prepare_inputs().await?;
+        let context = self.before_steps(context).await?;
+        let output_specs = output_specs(&self.worker.client, &self.op.id).await;
+        self.start().await?;
+        let (context, container_error) = self.run_container(context).await?;
+        self.after_steps(context, container_error, output_specs)
+            .await
+    }
+
+    /// The pull stage: `image` present as the pull policy says.
+    async fn pull(&self, image: &str) -> Result<(), Stop> {
+        Ok(self
+            .worker
             .engine
-            .ensure_image(&context.image, shared.pull)
-            .await?;
-    }
-    let output_specs = output_specs(&shared.client, &op.id).await;
-    if signals.draining.is_cancelled() {
-        return Err(Stop::Release(
-            "shutting down (the run's container had not started)".into(),
-        ));
+            .ensure_image(image, self.worker.pull)
+            .await?)
     }
 
-    // 4. STARTED.
-    let mut started = payload([("worker_id", json!(shared.worker_id))]);
-    if let Some(gpu) = gpu {
-        started.insert("gpu_id".into(), json!(gpu));
-    }
-    let event = AddEventRequest {
-        event_type: "STARTED".into(),
-        msg: json!(format!("Started on worker {}", shared.worker_id)),
-        payload: Some(started),
-        attempt: None,
-    };
-    if let Reported::Refused(why) = report(&shared.client, op, event).await {
-        return Err(Stop::Abandon(why));
-    }
-    if cancel.is_cancelled() {
-        return Err(Stop::Abandon(
-            "cancelled before its container started".into(),
-        ));
+    /// The prepare-inputs stage: a directory of its own, mounted at /gyoza, and the context
+    /// the steps and the container start from.
+    async fn prepare_inputs(&self) -> Result<ExecutionContext, Stop> {
+        let op = self.op;
+        let run_dir = &self.dir;
+        let mut context = ExecutionContext {
+            run_id: op.id.clone(),
+            image: op.image.clone(),
+            constraints: op.constraints.clone(),
+            inputs: op.inputs.clone(),
+            ..ExecutionContext::default()
+        };
+        tokio::fs::create_dir_all(run_dir).await.map_err(|e| {
+            Stop::Fail(format!(
+                "worker error: cannot create the run directory {}: {e}",
+                run_dir.display()
+            ))
+        })?;
+        let host_dir = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf());
+        context
+            .volumes
+            .insert(host_dir.display().to_string(), MOUNT_POINT.to_owned());
+        context.env_vars.extend([
+            (
+                "GYOZA_INPUT_PATH".to_owned(),
+                format!("{MOUNT_POINT}/inputs.json"),
+            ),
+            (
+                "GYOZA_OUTPUT_PATH".to_owned(),
+                format!("{MOUNT_POINT}/outputs.json"),
+            ),
+            ("GYOZA_RUN_ID".to_owned(), op.id.clone()),
+        ]);
+        context
+            .extras
+            .insert("gyoza_dir".into(), json!(host_dir.display().to_string()));
+        Ok(context)
     }
 
-    // 5. Run the container, forwarding event lines in order as they come.
-    let (events_tx, events_rx) = tokio::sync::mpsc::channel::<AddEventRequest>(1024);
-    let forwarder = tokio::spawn(forward_events(
-        shared.client.clone(),
-        op.id.clone(),
-        op.attempt,
-        events_rx,
-    ));
-    // The container's output also goes to the server, in batches, while the run goes.
-    let (log_tx, log_rx) = tokio::sync::mpsc::channel::<String>(4096);
-    let shipper = tokio::spawn(ship_logs(
-        shared.client.clone(),
-        op.id.clone(),
-        op.attempt,
-        log_rx,
-    ));
-    let mut tail = LogTail::new(TAIL_LINES);
-    let mut logs = String::new();
-    let run_id = op.id.clone();
-    let mut on_line = |stream: Stream, line: String| {
-        tail.push(&line);
-        if log_tx.try_send(format!("{line}\n")).is_err() {
+    /// The before-steps stage: the steps may change inputs, environment, mounts and image;
+    /// then inputs.json is written and a changed image pulled.
+    async fn before_steps(&self, context: ExecutionContext) -> Result<ExecutionContext, Stop> {
+        let context = run_steps(&self.worker.steps.before, context).await?;
+        write_inputs(&self.dir, &context.inputs).await?;
+        if context.image != self.op.image {
+            self.pull(&context.image).await?;
+        }
+        Ok(context)
+    }
+
+    /// The start stage: STARTED, unless the worker is draining or the server moved on.
+    async fn start(&self) -> Result<(), Stop> {
+        if self.signals.draining.is_cancelled() {
+            return Err(Stop::Release(
+                "shutting down (the run's container had not started)".into(),
+            ));
+        }
+        let event = report::started(&self.worker.worker_id, self.gpu);
+        if let Reported::Refused(why) = report::report(&self.worker.client, self.op, event).await {
+            return Err(Stop::Abandon(why));
+        }
+        if self.signals.cancel.is_cancelled() {
+            return Err(Stop::Abandon(
+                "cancelled before its container started".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The run-container stage: the container runs, its event lines forwarded in order as
+    /// they come and its output shipped in batches; the context gets its exit code and logs,
+    /// and the container's failure (if it failed) is returned for after the steps.
+    async fn run_container(
+        &self,
+        mut context: ExecutionContext,
+    ) -> Result<(ExecutionContext, Option<String>), Stop> {
+        let (mut lines, forwarding) = Lines::forward(&self.worker.client, self.op);
+        let spec = self.container_spec(&context);
+        let stop = async {
+            tokio::select! {
+                () = self.signals.cancel.cancelled() => {},
+                () = self.signals.stopping.cancelled() => {},
+            }
+        };
+        let mut on_line = |stream: Stream, line: String| lines.take(stream, line);
+        let exit = self
+            .worker
+            .engine
+            .run(&spec, self.worker.stop_timeout, &mut on_line, stop)
+            .await;
+        let (tail, logs) = lines.finish();
+        forwarding.join(&self.op.id).await;
+        let exit = exit?;
+        if self.signals.cancel.is_cancelled() {
+            return Err(Stop::Abandon(
+                "cancelled on the server; container stopped".into(),
+            ));
+        }
+        if exit.stopped {
+            return Err(Stop::Release(format!(
+                "shutting down (the run did not finish within the {:?} shutdown grace period; its container was stopped)",
+                self.worker.shutdown_grace
+            )));
+        }
+        context.exit_code = Some(exit.exit_code);
+        context.logs = logs;
+        let container_error = self.container_error(&exit, &mut context, &tail);
+        Ok((context, container_error))
+    }
+
+    fn container_spec(&self, context: &ExecutionContext) -> ContainerSpec {
+        ContainerSpec {
+            name: self.container.clone(),
+            image: context.image.clone(),
+            env: context
+                .env_vars
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            binds: context
+                .volumes
+                .iter()
+                .map(|(host, target)| format!("{host}:{target}"))
+                .collect(),
+            memory_mb: context.constraints.ram_mb,
+            cpus: context.constraints.cpu,
+            gpu: self.gpu,
+            labels: HashMap::from([
+                (RUN_LABEL.to_owned(), self.op.id.clone()),
+                (WORKER_LABEL.to_owned(), self.worker.worker_id.clone()),
+            ]),
+        }
+    }
+
+    /// The outcome of the container, before steps see it: why it failed, or (exit code 0)
+    /// nothing, with its outputs read into `context`.
+    fn container_error(
+        &self,
+        exit: &ContainerExit,
+        context: &mut ExecutionContext,
+        tail: &LogTail,
+    ) -> Option<String> {
+        if exit.oom_killed {
+            return Some(match context.constraints.ram_mb {
+                Some(mb) if mb > 0 => format!(
+                    "the container was OOM-killed: it exceeded its memory limit of {mb} MB \
+                     (constraints.ram_mb); raise ram_mb or make the op use less memory"
+                ),
+                _ => "the container was OOM-killed by the kernel: the worker ran out of memory \
+                      (the run had no memory limit; set constraints.ram_mb)"
+                    .to_owned(),
+            });
+        }
+        if exit.exit_code != 0 {
+            let signal = if exit.exit_code > 128 && exit.exit_code < 160 {
+                format!(" (killed by signal {})", exit.exit_code - 128)
+            } else {
+                String::new()
+            };
+            let lines = if tail.is_empty() {
+                "(the container printed nothing)".to_owned()
+            } else {
+                tail.text()
+            };
+            return Some(format!(
+                "the container exited with code {}{signal}; last log lines:\n{lines}",
+                exit.exit_code
+            ));
+        }
+        match read_outputs(&self.dir.join("outputs.json")) {
+            Ok(outputs) => {
+                context.outputs = outputs;
+                None
+            }
+            Err(message) => Some(message),
+        }
+    }
+
+    /// The after-steps stage: the steps see the container's outcome; then a failed container
+    /// fails the run, and the outputs are checked against the definition's specs.
+    async fn after_steps(
+        &self,
+        context: ExecutionContext,
+        container_error: Option<String>,
+        output_specs: Option<(String, BTreeMap<String, OutputSpec>)>,
+    ) -> Result<Map<String, Value>, Stop> {
+        let context = run_steps(&self.worker.steps.after, context).await?;
+        if let Some(message) = container_error {
+            return Err(Stop::Fail(message));
+        }
+        if let Some((definition, specs)) = output_specs {
+            if let Err(problems) = check_outputs(&specs, &context.outputs) {
+                return Err(Stop::Fail(format!(
+                    "the outputs do not match the output specs of definition {definition}: {}",
+                    problems.join("; ")
+                )));
+            }
+        }
+        Ok(context.outputs)
+    }
+}
+
+/// Where the container's lines go while it runs: the server's log and events (through the
+/// forwarding tasks), the tail a failure message quotes, and the copy the steps see.
+struct Lines {
+    run_id: String,
+    tail: LogTail,
+    logs: String,
+    log_tx: Sender<String>,
+    events_tx: Sender<AddEventRequest>,
+}
+
+/// The tasks that send a running container's events and output to the server.
+struct Forwarding {
+    forwarder: JoinHandle<()>,
+    shipper: JoinHandle<()>,
+}
+
+impl Lines {
+    /// Lines for `op`'s container, with the tasks that forward them.
+    fn forward(client: &Client, op: &WorkerOpRun) -> (Self, Forwarding) {
+        let (events_tx, events_rx) = mpsc::channel::<AddEventRequest>(1024);
+        let forwarder = tokio::spawn(forward_events(
+            client.clone(),
+            op.id.clone(),
+            op.attempt,
+            events_rx,
+        ));
+        let (log_tx, log_rx) = mpsc::channel::<String>(4096);
+        let shipper = tokio::spawn(ship_logs(client.clone(), op.id.clone(), op.attempt, log_rx));
+        let lines = Self {
+            run_id: op.id.clone(),
+            tail: LogTail::new(TAIL_LINES),
+            logs: String::new(),
+            log_tx,
+            events_tx,
+        };
+        (lines, Forwarding { forwarder, shipper })
+    }
+
+    /// One line of the container's output.
+    fn take(&mut self, stream: Stream, line: String) {
+        let run_id = &self.run_id;
+        self.tail.push(&line);
+        if self.log_tx.try_send(format!("{line}\n")).is_err() {
             tracing::warn!(run_id = %run_id, "log shipping is behind; a line was not sent to the server");
         }
-        if logs.len() + line.len() < MAX_LOG_BYTES {
-            logs.push_str(&line);
-            logs.push('\n');
+        if self.logs.len() + line.len() < MAX_LOG_BYTES {
+            self.logs.push_str(&line);
+            self.logs.push('\n');
         }
         if stream == Stream::Stdout {
             match parse_event_line(&line) {
                 Ok(Some(event)) => {
-                    if events_tx.try_send(event).is_err() {
+                    if self.events_tx.try_send(event).is_err() {
                         tracing::warn!(run_id = %run_id, "too many events queued; one dropped");
                     }
                     return;
@@ -338,114 +468,28 @@ async fn stages(
             }
         }
         tracing::info!(target: "gyoza_worker::container", run_id = %run_id, stream = ?stream, "{line}");
-    };
-    let spec = ContainerSpec {
-        name: container.to_owned(),
-        image: context.image.clone(),
-        env: context
-            .env_vars
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect(),
-        binds: context
-            .volumes
-            .iter()
-            .map(|(host, target)| format!("{host}:{target}"))
-            .collect(),
-        memory_mb: context.constraints.ram_mb,
-        cpus: context.constraints.cpu,
-        gpu,
-        labels: HashMap::from([
-            (RUN_LABEL.to_owned(), op.id.clone()),
-            (WORKER_LABEL.to_owned(), shared.worker_id.clone()),
-        ]),
-    };
-    let stop = async {
-        tokio::select! {
-            () = cancel.cancelled() => {},
-            () = signals.stopping.cancelled() => {},
-        }
-    };
-    let exit = shared
-        .engine
-        .run(&spec, shared.stop_timeout, &mut on_line, stop)
-        .await;
-    // Closing the channels ends the forwarder and the shipper once they have sent what the
-    // container printed.
-    drop(events_tx);
-    drop(log_tx);
-    if forwarder.await.is_err() {
-        tracing::warn!(run_id = %op.id, "event forwarder ended abnormally");
-    }
-    if shipper.await.is_err() {
-        tracing::warn!(run_id = %op.id, "log shipper ended abnormally");
-    }
-    let exit = exit?;
-    if cancel.is_cancelled() {
-        return Err(Stop::Abandon(
-            "cancelled on the server; container stopped".into(),
-        ));
-    }
-    if exit.stopped {
-        return Err(Stop::Release(format!(
-            "shutting down (the run did not finish within the {:?} shutdown grace period; its container was stopped)",
-            shared.shutdown_grace
-        )));
-    }
-    context.exit_code = Some(exit.exit_code);
-    context.logs = logs;
-
-    // The outcome of the container, before steps see it.
-    let mut container_error = None;
-    if exit.oom_killed {
-        container_error = Some(match context.constraints.ram_mb {
-            Some(mb) if mb > 0 => format!(
-                "the container was OOM-killed: it exceeded its memory limit of {mb} MB \
-                 (constraints.ram_mb); raise ram_mb or make the op use less memory"
-            ),
-            _ => "the container was OOM-killed by the kernel: the worker ran out of memory \
-                  (the run had no memory limit; set constraints.ram_mb)"
-                .to_owned(),
-        });
-    } else if exit.exit_code != 0 {
-        let signal = if exit.exit_code > 128 && exit.exit_code < 160 {
-            format!(" (killed by signal {})", exit.exit_code - 128)
-        } else {
-            String::new()
-        };
-        let lines = if tail.is_empty() {
-            "(the container printed nothing)".to_owned()
-        } else {
-            tail.text()
-        };
-        container_error = Some(format!(
-            "the container exited with code {}{signal}; last log lines:\n{lines}",
-            exit.exit_code
-        ));
-    } else {
-        match read_outputs(&run_dir.join("outputs.json")) {
-            Ok(outputs) => context.outputs = outputs,
-            Err(message) => container_error = Some(message),
-        }
     }
 
-    // 6. Steps after the container.
-    context = run_steps(&shared.steps.after, context).await?;
-    if let Some(message) = container_error {
-        return Err(Stop::Fail(message));
+    /// The end of the output: the tail and the kept logs. Closing the channels ends the
+    /// forwarding tasks once they have sent what the container printed.
+    fn finish(self) -> (LogTail, String) {
+        (self.tail, self.logs)
     }
-    if let Some((definition, specs)) = output_specs {
-        if let Err(problems) = check_outputs(&specs, &context.outputs) {
-            return Err(Stop::Fail(format!(
-                "the outputs do not match the output specs of definition {definition}: {}",
-                problems.join("; ")
-            )));
-        }
-    }
-    Ok(context.outputs)
 }
 
-async fn write_inputs(run_dir: &std::path::Path, inputs: &Map<String, Value>) -> Result<(), Stop> {
+impl Forwarding {
+    /// Waits until everything the container printed has been sent (or given up on).
+    async fn join(self, run_id: &str) {
+        if self.forwarder.await.is_err() {
+            tracing::warn!(run_id, "event forwarder ended abnormally");
+        }
+        if self.shipper.await.is_err() {
+            tracing::warn!(run_id, "log shipper ended abnormally");
+        }
+    }
+}
+
+async fn write_inputs(run_dir: &Path, inputs: &Map<String, Value>) -> Result<(), Stop> {
     let text = serde_json::to_vec_pretty(inputs)
         .map_err(|e| Stop::Fail(format!("worker error: cannot encode the inputs: {e}")))?;
     tokio::fs::write(run_dir.join("inputs.json"), text)
@@ -503,149 +547,6 @@ async fn output_specs(
         Err(e) => {
             tracing::warn!(run_id, definition = %name, error = %e, "cannot read the definition; outputs will not be checked");
             None
-        }
-    }
-}
-
-/// Whether the server took an event.
-enum Reported {
-    /// Recorded (or, after every retry, not deliverable: logged, nothing more to do).
-    Yes,
-    /// Refused with 400/404/409: the run is no longer ours to report on.
-    Refused(String),
-}
-
-/// Delivers an event for `op`'s attempt (see [`deliver`]).
-async fn report(client: &Client, op: &WorkerOpRun, mut event: AddEventRequest) -> Reported {
-    event.attempt = op.attempt;
-    let what = event.event_type.clone();
-    deliver(&op.id, &what, || client.add_event(&op.id, &event)).await
-}
-
-/// Hands `op`'s attempt back to the server for another attempt (see [`deliver`]). A server
-/// that does not number attempts has no release endpoint either: the run is reported FAILED
-/// with the same message instead.
-async fn release(shared: &Shared, op: &WorkerOpRun, reason: &str) -> Reported {
-    let Some(attempt) = op.attempt else {
-        let message = format!("worker {} handed the run back: {reason}", shared.worker_id);
-        return report(&shared.client, op, failed(&message)).await;
-    };
-    let request = ReleaseRequest {
-        worker_id: shared.worker_id.clone(),
-        attempt,
-        reason: Some(reason.to_owned()),
-    };
-    deliver(&op.id, "release", || {
-        shared.client.release_run(&op.id, &request)
-    })
-    .await
-}
-
-/// Makes a call about run `run_id`, retrying with backoff while the server is unreachable (a
-/// run's result must not be lost to a short outage). Refusals are returned, not retried: 409
-/// means the attempt is no longer current (fencing).
-async fn deliver<F, Fut>(run_id: &str, what: &str, mut call: F) -> Reported
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<OpRunView, ClientError>>,
-{
-    let mut delay = Duration::from_millis(500);
-    for attempt in 1..=10 {
-        match call().await {
-            Ok(_) => return Reported::Yes,
-            Err(e) if refused(&e) => {
-                let detail = e.detail().unwrap_or_default().to_owned();
-                tracing::info!(run_id, what, detail = %detail, "the server refused: the run was cancelled, retried or reclaimed meanwhile");
-                return Reported::Refused(detail);
-            }
-            Err(e) if e.is_transient() && attempt < 10 => {
-                tracing::warn!(run_id, what, attempt, error = %e, "cannot report; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => {
-                tracing::error!(run_id, what, error = %e, "cannot report; giving up");
-                return Reported::Yes;
-            }
-        }
-    }
-    Reported::Yes
-}
-
-fn refused(e: &ClientError) -> bool {
-    e.status()
-        .is_some_and(|s| matches!(s.as_u16(), 400 | 404 | 409))
-}
-
-/// Bytes of output sent in one batch at most.
-const LOG_BATCH_BYTES: usize = 64 * 1024;
-
-/// Sends the container's output to the server (`POST /runs/{id}/logs`) in batches: whatever
-/// arrived within half a second, or 64 KiB. A batch that cannot be delivered after a few
-/// tries is dropped with a warning: the run must not wait on its log.
-async fn ship_logs(
-    client: Client,
-    run_id: String,
-    attempt: Option<u32>,
-    mut lines: tokio::sync::mpsc::Receiver<String>,
-) {
-    let mut open = true;
-    while open {
-        let Some(first) = lines.recv().await else {
-            break;
-        };
-        let mut batch = first;
-        let deadline = tokio::time::sleep(Duration::from_millis(500));
-        tokio::pin!(deadline);
-        while batch.len() < LOG_BATCH_BYTES {
-            tokio::select! {
-                () = &mut deadline => break,
-                line = lines.recv() => match line {
-                    Some(line) => batch.push_str(&line),
-                    None => { open = false; break }
-                },
-            }
-        }
-        let mut delay = Duration::from_millis(200);
-        for attempt_no in 1..=3 {
-            match client.append_log(&run_id, attempt, &batch).await {
-                Ok(()) => break,
-                Err(e) if e.is_transient() && attempt_no < 3 => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => {
-                    tracing::warn!(run_id = %run_id, error = %e, bytes = batch.len(), "container output not sent to the server");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Sends the container's events in order; a refused or undeliverable one is logged and
-/// skipped (an op's progress report is not worth stalling its run for).
-async fn forward_events(
-    client: Client,
-    run_id: String,
-    attempt: Option<u32>,
-    mut events: tokio::sync::mpsc::Receiver<AddEventRequest>,
-) {
-    while let Some(mut event) = events.recv().await {
-        event.attempt = attempt;
-        let mut delay = Duration::from_millis(200);
-        for attempt in 1..=3 {
-            match client.add_event(&run_id, &event).await {
-                Ok(_) => break,
-                Err(e) if e.is_transient() && attempt < 3 => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => {
-                    tracing::warn!(run_id = %run_id, event = %event.event_type, error = %e, "container event not recorded");
-                    break;
-                }
-            }
         }
     }
 }

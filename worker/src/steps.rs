@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::WorkerError;
-use crate::pipeline::Steps;
+use crate::step::Steps;
 
 /// Where a step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -137,7 +137,7 @@ pub fn load_pipeline(path: &Path) -> Result<Steps, WorkerError> {
             std::time::Duration::from_millis(step.deadline_ms),
             step.memory_mb,
         )?;
-        let loaded: std::sync::Arc<dyn crate::pipeline::Step> = std::sync::Arc::new(loaded);
+        let loaded: std::sync::Arc<dyn crate::step::Step> = std::sync::Arc::new(loaded);
         match step.stage {
             Stage::Before => steps.before.push(loaded),
             Stage::After => steps.after.push(loaded),

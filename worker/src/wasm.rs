@@ -18,7 +18,7 @@ use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::WorkerError;
-use crate::pipeline::{ExecutionContext, Step};
+use crate::step::{ExecutionContext, Step};
 
 mod wit {
     //! Host bindings of the WIT world.
