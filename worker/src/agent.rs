@@ -65,6 +65,20 @@ struct Running {
 }
 
 impl Agent {
+    /// Stops the attempts the server says this worker does not hold (it gave the run to
+    /// another worker or attempt, or the run ended): their containers must not run on.
+    fn stop_unheld(&self, stop: &[gyoza_core::StopRun]) {
+        let running = self.running();
+        for unheld in stop {
+            if let Some(run) = running.get(&unheld.id) {
+                if unheld.attempt.is_none() || unheld.attempt == run.op.attempt {
+                    tracing::warn!(run_id = %unheld.id, attempt = ?unheld.attempt, "the server does not give this run to this worker; stopping it");
+                    run.cancel.cancel();
+                }
+            }
+        }
+    }
+
     fn running(&self) -> MutexGuard<'_, HashMap<String, Running>> {
         // Single inserts and removes: a panicking holder cannot leave the map inconsistent.
         lock(&self.running)
@@ -288,9 +302,14 @@ fn heartbeat_backoff(interval: Duration) -> Backoff {
 
 /// Tells the server the worker is alive, with its resources and the runs in progress.
 async fn heartbeat(agent: &Agent, config: &WorkerConfig) -> Result<usize, WorkerError> {
-    let running_ops: Vec<WorkerOpRun> = agent.running().values().map(|r| r.op.clone()).collect();
+    // Ids and attempts, not inputs: a heartbeat stays small whatever the runs carry.
+    let running_ops: Vec<WorkerOpRun> = agent
+        .running()
+        .values()
+        .map(|r| r.op.as_reported())
+        .collect();
     let busy = running_ops.len();
-    agent
+    let answer = agent
         .context
         .client
         .heartbeat(&HeartbeatRequest {
@@ -300,6 +319,7 @@ async fn heartbeat(agent: &Agent, config: &WorkerConfig) -> Result<usize, Worker
             running_ops: Some(running_ops),
         })
         .await?;
+    agent.stop_unheld(&answer.stop);
     Ok(busy)
 }
 
