@@ -16,8 +16,9 @@
 //! - [`metrics`]: Prometheus counters and histograms (`GET /metrics`).
 //! - [`delivery`]: POSTing run events to their topic URLs, with retries.
 //! - [`reaper`]: runs of workers that stopped heartbeating are requeued.
-//! - [`strategy`]: scheduling strategies as WebAssembly components (the only wasmtime user):
-//!   the engine, plugin loading and hot reload, limits, fail policy, `/strategies`.
+//! - [`strategy`]: scheduling strategies as WebAssembly components on `gyoza-wasm` (its `wit`
+//!   module holds the only wasmtime code of the server): plugin loading and hot reload, fail
+//!   policy, stats, pending notes.
 //! - [`clock`]: the time source, replaceable in tests.
 
 pub mod api;

@@ -10,8 +10,8 @@ use axum::http::{Request, StatusCode};
 use axum::routing::post;
 use gyoza_host::api::{AppState, app};
 use gyoza_host::clock::SystemClock;
-use gyoza_host::scheduler::GreedyPriority;
 use gyoza_host::store::SqliteStore;
+use gyoza_host::strategy::PriorityBackfill;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -29,9 +29,10 @@ impl Api {
         let store = SqliteStore::open(dir.path().join("gyoza.db"))
             .await
             .unwrap();
+        let strategies = PriorityBackfill::start().unwrap();
         let state = AppState::new(
             Arc::new(store),
-            Arc::new(GreedyPriority),
+            Arc::new(strategies.clone()),
             Arc::new(SystemClock),
             KEY,
         );

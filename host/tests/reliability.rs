@@ -9,8 +9,8 @@ use chrono::{Duration, TimeZone, Utc};
 use gyoza_host::api::{AppState, app};
 use gyoza_host::clock::ManualClock;
 use gyoza_host::reaper::reap_lost_workers;
-use gyoza_host::scheduler::GreedyPriority;
 use gyoza_host::store::SqliteStore;
+use gyoza_host::strategy::PriorityBackfill;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -38,9 +38,10 @@ impl Api {
         let store = SqliteStore::open(dir.path().join("gyoza.db"))
             .await
             .unwrap();
+        let strategies = PriorityBackfill::start().unwrap();
         let state = AppState::new(
             Arc::new(store),
-            Arc::new(GreedyPriority),
+            Arc::new(strategies.clone()),
             clock.clone(),
             KEY,
         );
