@@ -20,7 +20,8 @@
 //! - [`events`]: the container protocol's lines: `GYOZA_EVENT` parsing, line reassembly.
 //! - [`outputs`]: reading `outputs.json` and checking it against output specs.
 //! - [`steps`]: the pipeline file: which wasm steps run where, with what limits.
-//! - [`wasm`]: the wasm step runtime (wasmtime): the only module that touches it.
+//! - [`wasm`]: wasm steps on the shared runtime (`gyoza-wasm`); its `wit` module holds the WIT
+//!   bindings, the only wasmtime code of the worker.
 //! - [`error`]: [`WorkerError`] and the error policy.
 
 pub mod agent;
