@@ -57,6 +57,8 @@ pub struct AppState {
     pub deliverer: Arc<Deliverer>,
     /// Runs that claims in this process are assigning right now (see [`crate::scheduler`]).
     pub claims_in_flight: Arc<crate::scheduler::InFlight>,
+    /// The wasm strategy host, for `/strategies` and its metrics (none: not a wasm scheduler).
+    pub strategies: Option<crate::strategy::StrategyHost>,
 }
 
 impl AppState {
@@ -80,6 +82,7 @@ impl AppState {
             metrics,
             changes: broadcast::channel(1024).0,
             claims_in_flight: Arc::default(),
+            strategies: None,
         }
     }
 

@@ -122,7 +122,16 @@ pub struct PendingNote {
     pub at: Timestamp,
 }
 
-/// A scheduling policy: picks run ids for a claim, best first.
+/// A strategy's raw answer: indices into `ClaimRequest::pending`, best first, unchecked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// The runs the strategy would have the requester take, best first.
+    pub chosen: Vec<usize>,
+    /// (index, reason) for runs it left pending.
+    pub reasons: Vec<(usize, String)>,
+}
+
+/// A scheduling policy: picks runs for a claim, best first.
 ///
 /// Async because a strategy is a wasm call that may run up to its deadline: implementations
 /// run it on the blocking pool rather than on the server's async threads.
@@ -130,21 +139,15 @@ pub struct PendingNote {
 pub trait Scheduler: Send + Sync + 'static {
     /// Name shown in logs.
     fn name(&self) -> &str;
-    /// The ids of the runs the worker should take, in order of preference.
-    async fn select(&self, request: &ClaimRequest<'_>) -> Vec<String>;
+    /// The runs the worker should take, in order of preference.
+    async fn decide(&self, request: &ClaimRequest<'_>) -> Decision;
     /// Why the run `run_id` was last left pending, if the scheduler said.
     fn pending_note(&self, _run_id: &str) -> Option<PendingNote> {
         None
     }
-    /// The wasm strategy host behind this scheduler, for the `/strategies` API.
-    fn strategies(&self) -> Option<&crate::strategy::StrategyHost> {
-        None
-    }
+    /// What the claim's check dropped of this scheduler's last decision (for its stats).
+    fn record_dropped(&self, _strategy: &str, _placements: &gyoza_core::placement::Placements) {}
 }
-
-/// The former native scheduler's name, kept for existing callers: it is now the built-in
-/// wasm `priority` strategy with backfill (see [`crate::strategy::PriorityBackfill`]).
-pub use crate::strategy::PriorityBackfill as GreedyPriority;
 
 /// Assigns up to `max` pending runs to `worker_id` and returns them.
 ///
@@ -185,38 +188,26 @@ pub async fn claim(
     for _round in 0..CLAIM_ROUNDS {
         state.claims_in_flight.hide_taken(&mut pending);
         let wanted = max - claimed.len();
-        let chosen = state
+        let request = ClaimRequest {
+            worker: &worker,
+            free: free.clone(),
+            pending: &pending,
+            max: wanted,
+            now,
+            cluster: &cluster,
+        };
+        let decision = state.scheduler.decide(&request).await;
+        // The one check of the answer: against the window and the worker's free capacity.
+        let placements =
+            gyoza_core::placement::place(&free, &pending, decision.chosen.iter().copied(), wanted);
+        state
             .scheduler
-            .select(&ClaimRequest {
-                worker: &worker,
-                free: free.clone(),
-                pending: &pending,
-                max: wanted,
-                now,
-                cluster: &cluster,
-            })
-            .await;
-        // Check the answer against the window and the worker's free capacity, then assign
-        // every run that passes in one store write.
-        let mut candidates: HashMap<&str, &PendingRun> =
-            pending.iter().map(|r| (r.id.as_str(), r)).collect();
-        let mut fits = free.clone();
-        let mut picked = Vec::new();
-        for id in &chosen {
-            if claimed.len() + picked.len() >= max {
-                break;
-            }
-            let Some(run) = candidates.remove(id.as_str()) else {
-                tracing::warn!(scheduler = state.scheduler.name(), run_id = %id, "scheduler chose an unknown or duplicate run; ignored");
-                continue;
-            };
-            let Some(gpu) = fits.fit(&run.constraints) else {
-                tracing::warn!(scheduler = state.scheduler.name(), run_id = %id, "scheduler chose a run that does not fit the worker; ignored");
-                continue;
-            };
-            fits.take(&run.constraints, gpu);
-            picked.push((run.id.clone(), gpu));
-        }
+            .record_dropped(state.scheduler.name(), &placements);
+        let picked: Vec<(String, Option<u32>)> = placements
+            .placed
+            .iter()
+            .map(|p| (pending[p.index].id.clone(), p.gpu))
+            .collect();
         if picked.is_empty() {
             break;
         }

@@ -44,7 +44,13 @@ pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostEr
     let strategies = tokio::task::spawn_blocking(move || StrategyHost::start(settings))
         .await
         .map_err(|e| HostError::Config(format!("strategy loader stopped: {e}")))??;
-    let mut state = AppState::new(store, Arc::new(strategies), Arc::new(SystemClock), &api_key);
+    let mut state = AppState::new(
+        store,
+        Arc::new(strategies.clone()),
+        Arc::new(SystemClock),
+        &api_key,
+    );
+    state.strategies = Some(strategies);
     state.worker_timeout = chrono::Duration::seconds(config.worker_timeout as i64);
     state.max_body_bytes = config.max_body_bytes;
     Ok(state)

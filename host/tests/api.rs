@@ -43,6 +43,7 @@ impl Api {
             clock.clone(),
             KEY,
         );
+        state.strategies = Some(strategies); // TEMP (service)
         state.max_body_bytes = max_body_bytes;
         let app = app(state);
         Self { app, clock, dir }

@@ -30,12 +30,13 @@ impl Api {
             .await
             .unwrap();
         let strategies = PriorityBackfill::start().unwrap();
-        let state = AppState::new(
+        let mut state = AppState::new(
             Arc::new(store),
             Arc::new(strategies.clone()),
             Arc::new(SystemClock),
             KEY,
         );
+        state.strategies = Some(strategies); // TEMP (service)
         Self {
             app: app(state),
             _dir: dir,

@@ -39,12 +39,13 @@ impl Api {
             .await
             .unwrap();
         let strategies = PriorityBackfill::start().unwrap();
-        let state = AppState::new(
+        let mut state = AppState::new(
             Arc::new(store),
             Arc::new(strategies.clone()),
             clock.clone(),
             KEY,
         );
+        state.strategies = Some(strategies); // TEMP (service)
         Self {
             app: app(state.clone()),
             state,

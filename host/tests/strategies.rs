@@ -90,6 +90,7 @@ impl Api {
             KEY,
         );
         state.max_body_bytes = 1 << 20;
+        state.strategies = Some(host.clone()); // TEMP (service)
         let app = app(state);
         Self {
             app,

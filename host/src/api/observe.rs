@@ -94,7 +94,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             samples: capacity(|w| w.running_ops.len() as f64),
         },
     ];
-    if let Some(host) = state.scheduler.strategies() {
+    if let Some(host) = &state.strategies {
         let list = host.list();
         let per_plugin = |value: fn(&StrategyInfo) -> Option<f64>| -> Vec<(String, f64)> {
             list.strategies
