@@ -38,6 +38,15 @@ pub(crate) fn compile(
     unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| format!("{e:#}"))
 }
 
+/// Hex sha256 of `bytes`: the identity of a guest (and the key of its cached artifact).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A short hash of everything that makes a compiled artifact usable by `engine`.
 fn compatibility(engine: &Engine) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();

@@ -17,36 +17,21 @@
 //! - [`runtime`]: [`Runtime`], the engine, linker and epoch ticker; stores built from limits.
 //! - `state`: [`HostState`], the per-store state (empty WASI context, the limiter).
 //! - [`limits`]: [`Limits`], the deadline → epoch ticks rule, the memory [`limits::Limiter`].
-//! - `cache`: compile-with-cache (artifacts keyed by wasm hash + engine compatibility hash).
+//! - `cache`: compile-with-cache (artifacts keyed by wasm hash + engine compatibility hash),
+//!   [`sha256_hex`].
+//! - `error`: [`WasmError`], when the runtime cannot start or a guest cannot compile.
 //! - [`failure`]: [`Failure`], the one classification of a failed call.
 
 mod cache;
+mod error;
 pub mod failure;
 pub mod limits;
 pub mod runtime;
 mod state;
 
+pub use cache::sha256_hex;
+pub use error::WasmError;
 pub use failure::{Failure, outcome};
 pub use limits::{Limits, MemoryLimitExceeded, TICK};
 pub use runtime::{Compiled, Export, Runtime, RuntimeOptions};
 pub use state::HostState;
-
-/// Why the runtime could not be set up or a guest could not be compiled.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WasmError {
-    /// The engine, the WASI linker or the epoch ticker could not be set up.
-    #[error("{0}")]
-    Engine(String),
-    /// The bytes are not a WebAssembly component this engine can compile.
-    #[error("{0}")]
-    Compile(String),
-}
-
-/// Hex sha256 of `bytes`: the identity of a guest (and the key of its cached artifact).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use wasmtime::{ResourceLimiter, Store};
 
-use crate::state::HostState;
-
 /// How often the engine's epoch advances. A deadline of D is D / TICK epochs, so a call is
 /// stopped between D and D + TICK after it started.
 pub const TICK: Duration = Duration::from_millis(5);
@@ -36,7 +34,7 @@ impl Limits {
 
     /// Gives `store` a fresh deadline of [`Limits::deadline`] from now: before each call on a
     /// store that is reused across calls.
-    pub fn arm(&self, store: &mut Store<HostState>) {
+    pub fn arm<T>(&self, store: &mut Store<T>) {
         store.set_epoch_deadline(self.ticks());
     }
 }

@@ -8,9 +8,10 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine, Store};
 
+use crate::cache::{self, sha256_hex};
+use crate::error::WasmError;
 use crate::limits::{Limiter, Limits, TICK};
 use crate::state::HostState;
-use crate::{WasmError, cache, sha256_hex};
 
 /// How a [`Runtime`] is set up.
 #[derive(Debug, Clone, Default)]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Instance, Module};
 
 use super::*;
-use crate::{Failure, outcome};
+use crate::failure::{Failure, outcome};
 
 /// A core module exporting `run: () -> ()` with `body` (locals and code, ending in `end`) and,
 /// if `memory`, one memory of one page.
@@ -118,7 +118,7 @@ fn a_compiled_component_is_cached_once_and_junk_never() {
     ));
     assert_eq!(artifacts(), 0);
     let first = runtime.compile(EMPTY).expect("an empty component compiles");
-    assert_eq!(first.sha256, crate::sha256_hex(EMPTY));
+    assert_eq!(first.sha256, sha256_hex(EMPTY));
     assert_eq!(artifacts(), 1);
     let again = Runtime::new(options).expect("an engine");
     again.compile(EMPTY).expect("loaded from the cache");
