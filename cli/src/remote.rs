@@ -5,12 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use gyoza_core::api::{OpRunCreate, OpRunCreateFromDefinition, OpRunView};
+use gyoza_core::api::{OpRunCreate, OpRunCreateFromDefinition, OpRunView, StrategyList};
 use gyoza_core::client::{Client, DEFAULT_SERVER_URL, RunFilter};
 use gyoza_core::{Constraints, OpRunState, RetryPolicy};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::table;
 
@@ -541,36 +541,36 @@ pub async fn strategies(conn: &Connection, command: StrategiesCommand) -> anyhow
         StrategiesCommand::List => client.strategies().await?,
         StrategiesCommand::Use { name } => client.activate_strategy(&name).await?,
     };
-    conn.print(&list, || {
-        let active = list["active"].as_str().unwrap_or_default().to_owned();
-        let items = list["strategies"].as_array().cloned().unwrap_or_default();
-        let rows: Vec<Vec<String>> = items
-            .iter()
-            .map(|s| {
-                let name = table::cell(&s["name"]);
-                vec![
-                    if name == active {
-                        format!("* {name}")
-                    } else {
-                        format!("  {name}")
-                    },
-                    table::cell(&s["wit_version"]),
-                    table::cell(&s["calls"]),
-                    table::cell(&s["failures"]),
-                    table::cell(&s["latency_p50_ms"]),
-                    table::cell(&s["latency_p99_ms"]),
-                    table::cell(&s["sha256"]).chars().take(12).collect(),
-                ]
-            })
-            .collect();
-        table::render(
-            &[
-                "NAME", "WIT", "CALLS", "FAILURES", "P50_MS", "P99_MS", "SHA256",
-            ],
-            &rows,
-        )
-    })?;
+    conn.print(&list, || strategies_table(&list))?;
     Ok(Outcome::Done)
+}
+
+/// The human table of `gyoza strategies`: the active strategy starred.
+fn strategies_table(list: &StrategyList) -> String {
+    // Latencies as JSON writes them (`1.0`, not `1`), as the table always showed them.
+    let ms = |value: Option<f64>| value.map_or_else(String::new, |v| table::cell(&json!(v)));
+    let rows: Vec<Vec<String>> = list
+        .strategies
+        .iter()
+        .map(|s| {
+            let marker = if s.name == list.active { "*" } else { " " };
+            vec![
+                format!("{marker} {}", s.name),
+                s.wit_version.clone(),
+                s.calls.to_string(),
+                s.failures.to_string(),
+                ms(s.latency_p50_ms),
+                ms(s.latency_p99_ms),
+                s.sha256.chars().take(12).collect(),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "NAME", "WIT", "CALLS", "FAILURES", "P50_MS", "P99_MS", "SHA256",
+        ],
+        &rows,
+    )
 }
 
 /// `gyoza run`

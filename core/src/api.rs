@@ -586,6 +586,111 @@ pub struct ClaimResponse {
     pub ops: Vec<WorkerOpRun>,
 }
 
+/// What happens to a claim when the active strategy traps, times out or returns an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum FailPolicy {
+    /// The embedded `priority` strategy decides the claim instead.
+    Fallback,
+    /// The claim gets no runs.
+    None,
+}
+
+impl FailPolicy {
+    /// Every policy's name, as the wire and the command line spell it.
+    pub const NAMES: [&'static str; 2] = ["fallback", "none"];
+
+    /// This policy's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fallback => "fallback",
+            Self::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for FailPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for FailPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "fallback" => Ok(Self::Fallback),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "unknown fail policy '{other}'; expected one of: {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// One strategy as `GET /strategies` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StrategyInfo {
+    /// Name (a plugin file's stem, or a built-in's name).
+    pub name: String,
+    /// The `gyoza:scheduler` version it implements.
+    pub wit_version: String,
+    /// sha256 of its wasm.
+    pub sha256: String,
+    /// `builtin` or the file it was loaded from.
+    pub origin: String,
+    /// Whether claims use it.
+    pub active: bool,
+    /// Calls since the server started.
+    pub calls: u64,
+    /// Calls that trapped, timed out, ran out of memory or returned an error.
+    pub failures: u64,
+    /// Answer entries dropped by the host's checks (unknown, duplicate or over-capacity).
+    pub dropped: u64,
+    /// Median call latency over recent calls, in milliseconds.
+    pub latency_p50_ms: Option<f64>,
+    /// 99th percentile call latency over recent calls, in milliseconds.
+    pub latency_p99_ms: Option<f64>,
+    /// The latest failure.
+    pub last_failure: Option<String>,
+}
+
+/// A plugin file that was refused, as `GET /strategies` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RejectedPlugin {
+    /// The file.
+    pub file: String,
+    /// Why.
+    pub error: String,
+}
+
+/// `GET /strategies` and the answer of `PUT /strategies/active`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StrategyList {
+    /// Loaded strategies, by name.
+    pub strategies: Vec<StrategyInfo>,
+    /// The active one.
+    pub active: String,
+    /// What a failed call leads to.
+    pub fail_policy: FailPolicy,
+    /// Plugin files that were refused (and why).
+    pub rejected: Vec<RejectedPlugin>,
+}
+
+/// `PUT /strategies/active`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ActivateStrategyRequest {
+    /// Name of a loaded strategy.
+    pub name: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

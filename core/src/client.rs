@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 
 use crate::OpAttempt;
 use crate::OpDefinition;
+use crate::api::{ActivateStrategyRequest, StrategyList};
 use crate::api::{
     AddEventRequest, ClaimResponse, ErrorBody, EventsResponse, Health, HeartbeatRequest,
     OpDefinitionCreate, OpRunCreate, OpRunCreateFromDefinition, OpRunList, OpRunUpdate, OpRunView,
@@ -528,16 +529,17 @@ impl Client {
     }
 
     /// `GET /strategies`: loaded strategies, their statistics and the active one.
-    pub async fn strategies(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn strategies(&self) -> Result<StrategyList, ClientError> {
         self.call(self.request(Method::GET, &["strategies"])).await
     }
 
     /// `PUT /strategies/active`: makes a loaded strategy the active one.
-    pub async fn activate_strategy(&self, name: &str) -> Result<serde_json::Value, ClientError> {
-        self.call(
-            self.request(Method::PUT, &["strategies", "active"])
-                .json(&serde_json::json!({ "name": name })),
-        )
+    pub async fn activate_strategy(&self, name: &str) -> Result<StrategyList, ClientError> {
+        self.call(self.request(Method::PUT, &["strategies", "active"]).json(
+            &ActivateStrategyRequest {
+                name: name.to_owned(),
+            },
+        ))
         .await
     }
 

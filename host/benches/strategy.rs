@@ -6,7 +6,8 @@
 //! Both sides decide the same claim (100 active workers, 10 / 1,000 / 10,000 pending runs)
 //! from the same `ClaimRequest`, end to end as the server does: build the WIT records
 //! (`gyoza:scheduler@0.2.0` columns), run the bin-packing plan, check the answer against the
-//! requester's capacity. The wasm side is `StrategyHost::decide_blocking` with the embedded
+//! requester's capacity (`gyoza_core::placement::place`, the claim's one check). The wasm side
+//! is `StrategyHost::decide_blocking` with the embedded
 //! `bin-packing` component (reused instance, epoch deadline and memory limit on). The native
 //! side compiles `plugins/bin-packing/src/plan.rs` and the SDK's `model.rs` (the very files
 //! the component is built from) against plain copies of the WIT records.
@@ -26,6 +27,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use gyoza_core::placement::place;
 use gyoza_core::run::NewRun;
 use gyoza_core::{
     Capacity as CoreCapacity, Constraints, Gpu as CoreGpu, OpRun, PendingRun as CorePendingRun,
@@ -162,7 +164,7 @@ fn push_worker(workers: &mut Workers, gpus: &mut Gpus, worker: &ActiveWorker, fr
 /// What the host does around a native strategy: the same records, the same checks.
 /// Not inlined, so that a profiler can count it alone (`--toggle-collect=*native_decide*`).
 #[inline(never)]
-fn native_decide(request: &ClaimRequest<'_>) -> Vec<String> {
+fn native_decide(request: &ClaimRequest<'_>) -> usize {
     let n = request.cluster.len();
     let mut workers = Workers {
         cpu_cores: Vec::with_capacity(n),
@@ -213,25 +215,31 @@ fn native_decide(request: &ClaimRequest<'_>) -> Vec<String> {
     };
     // The SDK checks this before the guest's strategy runs; so does the native side.
     if claim.malformed().is_some() {
-        return Vec::new();
+        return 0;
     }
     let decision = plan::plan(&claim);
-    let mut free = request.free.clone();
-    let mut seen = std::collections::HashSet::new();
-    let mut ids = Vec::new();
-    for &index in &decision.assign {
-        let Some(run) = request.pending.get(index as usize) else {
-            continue;
-        };
-        if !seen.insert(index) || ids.len() >= request.max {
-            continue;
-        }
-        if let Some(gpu) = free.fit(&run.constraints) {
-            free.take(&run.constraints, gpu);
-            ids.push(run.id.clone());
+    // The claim's check, as on the wasm side.
+    place(
+        &request.free,
+        request.pending,
+        decision.assign.iter().map(|&i| i as usize),
+        request.max,
+    )
+    .placed
+    .len()
+}
+
+/// The wasm side: the strategy host's decision, then the claim's check.
+fn wasm_decide(host: &StrategyHost, request: &ClaimRequest<'_>) -> usize {
+    match host.decide_blocking(request) {
+        Ok(decision) => place(&request.free, request.pending, decision.chosen, request.max)
+            .placed
+            .len(),
+        Err(e) => {
+            eprintln!("wasm call failed: {e}");
+            std::process::exit(1);
         }
     }
-    ids
 }
 
 /// Median times of `a` and `b` over `iterations` calls each, after a warm-up, and their last
@@ -293,14 +301,8 @@ fn profile(side: &str, host: &StrategyHost, worker: &CoreWorker, cluster: &[Acti
     let mut assigned = 0;
     for _ in 0..calls {
         assigned += match side {
-            "native" => native_decide(&request).len(),
-            _ => match host.decide_blocking(&request) {
-                Ok(ids) => ids.len(),
-                Err(e) => {
-                    eprintln!("wasm call failed: {e}");
-                    std::process::exit(1);
-                }
-            },
+            "native" => native_decide(&request),
+            _ => wasm_decide(host, &request),
         };
     }
     println!(
@@ -359,14 +361,8 @@ fn main() {
         };
         let ((native, native_ids), (wasm, wasm_ids)) = medians(
             iterations,
-            || native_decide(&request).len(),
-            || match host.decide_blocking(&request) {
-                Ok(ids) => ids.len(),
-                Err(e) => {
-                    eprintln!("wasm call failed: {e}");
-                    std::process::exit(1);
-                }
-            },
+            || native_decide(&request),
+            || wasm_decide(&host, &request),
         );
         // Either form of bin-packing must decide as the native plan does.
         if strategy.contains("bin_packing") || strategy == "bin-packing" {

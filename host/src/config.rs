@@ -106,7 +106,7 @@ pub struct ServerConfig {
     #[arg(
         long,
         env = "GYOZA_STRATEGY_FAIL_POLICY",
-        value_enum,
+        value_parser = crate::strategy::fail_policy_parser(),
         default_value = "fallback"
     )]
     pub strategy_fail_policy: crate::strategy::FailPolicy,

@@ -24,8 +24,9 @@
 //! - [`scheduler`]: the scheduling seam: what a strategy decides from and its raw decision.
 //! - [`store`]: the [`store::StoreRead`] (reads) and [`store::Store`] (writes) traits; the
 //!   embedded SQLite store and the MongoDB store.
-//! - [`strategy`]: scheduling strategies as WebAssembly components (the only wasmtime user):
-//!   the engine, plugin loading and hot reload, limits, fail policy, `/strategies`.
+//! - [`strategy`]: scheduling strategies as WebAssembly components on `gyoza-wasm` (its `wit`
+//!   module holds the only wasmtime code of the server): plugin loading and hot reload, fail
+//!   policy, stats, pending notes.
 //! - [`delivery`]: POSTing run events to their topic URLs, with retries.
 //! - [`destination`]: which topic URLs deliveries may reach (no loopback, private or
 //!   link-local address unless allowed), credentials redacted in logs.

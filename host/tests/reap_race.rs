@@ -178,7 +178,12 @@ async fn a_worker_that_heartbeats_while_being_reaped_keeps_its_attempt() {
     });
     let service = Service::new(
         store.clone(),
-        Arc::new(PriorityBackfill),
+        Arc::new(
+            tokio::task::spawn_blocking(PriorityBackfill::start)
+                .await
+                .unwrap()
+                .unwrap(),
+        ),
         clock.clone(),
         Arc::new(Metrics::default()),
     );

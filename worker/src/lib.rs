@@ -30,7 +30,8 @@
 //!
 //! Imports run one way: `agent` → `pipeline` → `report` → `run_context` → {`docker`,
 //! `config`, `step`}; `steps` loads the wasm steps of [`wasm`], which implement [`Step`].
-//! - [`wasm`]: the wasm step runtime (wasmtime): the only module that touches it.
+//! - [`wasm`]: wasm steps on the shared runtime (`gyoza-wasm`); its `wit` module holds the WIT
+//!   bindings, the only wasmtime code of the worker.
 //! - [`error`]: [`WorkerError`] and the error policy.
 
 pub mod agent;

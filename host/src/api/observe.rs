@@ -7,11 +7,11 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use gyoza_core::OpRunState;
+use gyoza_core::api::StrategyInfo;
 
 use super::AppState;
 use crate::error::ApiError;
 use crate::metrics::{Gauge, label};
-use crate::strategy::StrategyInfo;
 
 /// Counts every answered request by method, route pattern and status.
 pub async fn count_requests(

@@ -2,21 +2,12 @@
 
 use axum::Json;
 use axum::extract::State;
-use gyoza_core::api::ErrorBody;
-use serde::Deserialize;
-use utoipa::ToSchema;
+use gyoza_core::api::{ActivateStrategyRequest, ErrorBody, StrategyList};
 
 use super::AppState;
 use super::extract::ApiJson;
 use crate::error::ApiError;
-use crate::strategy::{StrategyError, StrategyHost, StrategyList};
-
-/// `PUT /strategies/active`.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct ActivateRequest {
-    /// Name of a loaded strategy.
-    pub name: String,
-}
+use crate::strategy::{StrategyError, StrategyHost};
 
 fn host(state: &AppState) -> Result<&StrategyHost, ApiError> {
     state
@@ -34,13 +25,13 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<StrategyList>, A
 
 /// Makes a loaded strategy the active one; claims use it from the next one on.
 #[utoipa::path(
-    put, path = "/strategies/active", request_body = ActivateRequest,
+    put, path = "/strategies/active", request_body = ActivateStrategyRequest,
     responses((status = 200, body = StrategyList), (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
 )]
 pub async fn activate(
     State(state): State<AppState>,
-    ApiJson(request): ApiJson<ActivateRequest>,
+    ApiJson(request): ApiJson<ActivateStrategyRequest>,
 ) -> Result<Json<StrategyList>, ApiError> {
     let name = request.name.trim();
     if name.is_empty() {

@@ -1,15 +1,13 @@
-//! Between the host's view of a claim and the WIT records: building the compact `claim` (as
-//! 0.2.0 columns, and as 0.1.0 records for older plugins), and checking the strategy's answer
-//! before anything acts on it.
+//! Between the host's view of a claim and the WIT records: the compact `claim` (0.2.0
+//! columns) a plugin decides from, and its answer as the raw [`Decision`] the claim checks
+//! (indices into the pending window, in the plugin's order, and the reasons it gave).
 
 use std::collections::HashSet;
 
 use gyoza_core::{Capacity, Resources};
 
-use super::wit::v0_1::gyoza::scheduler::types as v0_1;
-use super::wit::v0_2::gyoza::scheduler::types::{Gpus, PendingRuns, Workers};
-use super::wit::{Claim, Decision};
-use crate::scheduler::ClaimRequest;
+use super::wit::{self, Claim, Gpus, PendingRuns, Workers};
+use crate::scheduler::{ClaimRequest, Decision};
 
 /// Reasons kept per claim: strategies should only explain the first few runs they defer, and
 /// the host never stores more than this many from one answer.
@@ -119,120 +117,53 @@ pub(super) fn claim(request: &ClaimRequest<'_>) -> Claim {
     }
 }
 
-/// `claim` as a `gyoza:scheduler@0.1.0` plugin takes it: lists of records.
-pub(super) fn to_v0_1(claim: &Claim) -> v0_1::Claim {
-    let (w, g, p) = (&claim.workers, &claim.gpus, &claim.pending);
-    v0_1::Claim {
-        requester: claim.requester,
-        max: claim.max,
-        workers: (0..w.free_cpu.len())
-            .map(|i| v0_1::Worker {
-                cpu_cores: w.cpu_cores[i],
-                ram_mb: w.ram_mb[i],
-                free_cpu: w.free_cpu[i],
-                free_ram_mb: w.free_ram_mb[i],
-                gpu_start: w.gpu_start[i],
-                gpu_count: w.gpu_count[i],
-                running: w.running[i],
-            })
-            .collect(),
-        gpus: (0..g.id.len())
-            .map(|i| v0_1::Gpu {
-                id: g.id[i],
-                vram_mb: g.vram_mb[i],
-                free_vram_mb: g.free_vram_mb[i],
-            })
-            .collect(),
-        pending: (0..p.cpu.len())
-            .map(|i| v0_1::PendingRun {
-                priority: p.priority[i],
-                cpu: p.cpu[i],
-                ram_mb: p.ram_mb[i],
-                vram_mb: p.vram_mb[i],
-                waited_ms: p.waited_ms[i],
-            })
-            .collect(),
-    }
+/// The plugin's `answer` as a [`Decision`] on a window of `pending` runs: its choices as they
+/// are (the claim checks them), and at most [`REASONS_KEPT`] reasons, trimmed to
+/// [`REASON_CHARS`], for runs of the window it did not choose.
+pub(super) fn decision(pending: usize, answer: &wit::Decision) -> Decision {
+    let chosen: Vec<usize> = answer.assign.iter().map(|&i| i as usize).collect();
+    let picked: HashSet<usize> = chosen.iter().copied().collect();
+    let reasons = answer
+        .deferred
+        .iter()
+        .map(|deferral| (deferral.run as usize, deferral.reason.trim()))
+        .filter(|(run, reason)| *run < pending && !picked.contains(run) && !reason.is_empty())
+        .take(REASONS_KEPT)
+        .map(|(run, reason)| (run, reason.chars().take(REASON_CHARS).collect()))
+        .collect();
+    Decision { chosen, reasons }
 }
 
-/// A `gyoza:scheduler@0.1.0` plugin's answer, as the host's (0.2.0) type: the same fields.
-pub(super) fn from_v0_1(decision: v0_1::Decision) -> Decision {
-    Decision {
-        assign: decision.assign,
-        deferred: decision
-            .deferred
-            .into_iter()
-            .map(|d| super::wit::v0_2::gyoza::scheduler::types::Deferral {
-                run: d.run,
-                reason: d.reason,
-            })
-            .collect(),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wit::Deferral;
 
-/// A strategy's answer after the host's checks.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Checked {
-    /// Run ids to assign, best first: each exists, appears once, and fits the requester
-    /// together with those before it.
-    pub ids: Vec<String>,
-    /// (run id, reason) for runs the strategy explained, at most [`REASONS_KEPT`].
-    pub reasons: Vec<(String, String)>,
-    /// Indices that name no pending run.
-    pub unknown: usize,
-    /// Indices given more than once.
-    pub duplicate: usize,
-    /// Runs that do not fit the requester's free capacity, or beyond the claim's `max`.
-    pub over_capacity: usize,
-}
-
-impl Checked {
-    /// How many entries of the answer were dropped.
-    pub fn dropped(&self) -> usize {
-        self.unknown + self.duplicate + self.over_capacity
-    }
-}
-
-/// Checks `decision` against `request`: never trust a plugin.
-pub(super) fn check(request: &ClaimRequest<'_>, decision: &Decision) -> Checked {
-    let mut checked = Checked::default();
-    let mut free = request.free.clone();
-    let mut seen = HashSet::new();
-    for &index in &decision.assign {
-        let Some(run) = request.pending.get(index as usize) else {
-            checked.unknown += 1;
-            continue;
+    #[test]
+    fn choices_pass_as_they_are_and_reasons_are_bounded() {
+        let deferral = |run: u32, reason: &str| Deferral {
+            run,
+            reason: reason.into(),
         };
-        if !seen.insert(index) {
-            checked.duplicate += 1;
-            continue;
-        }
-        if checked.ids.len() >= request.max {
-            checked.over_capacity += 1;
-            continue;
-        }
-        match free.fit(&run.constraints) {
-            Some(gpu) => {
-                free.take(&run.constraints, gpu);
-                checked.ids.push(run.id.clone());
-            }
-            None => checked.over_capacity += 1,
-        }
-    }
-    for deferral in &decision.deferred {
-        if checked.reasons.len() >= REASONS_KEPT {
-            break;
-        }
-        let Some(run) = request.pending.get(deferral.run as usize) else {
-            continue;
+        let mut deferred = vec![
+            deferral(0, "chosen after all"),
+            deferral(9, "not in the window"),
+            deferral(2, "  "),
+            deferral(1, &format!("  {}  ", "x".repeat(500))),
+        ];
+        deferred.extend((0..40).map(|_| deferral(3, "waits")));
+        let answer = wit::Decision {
+            assign: vec![0, 7, 0],
+            deferred,
         };
-        if seen.contains(&deferral.run) {
-            continue;
-        }
-        let reason: String = deferral.reason.trim().chars().take(REASON_CHARS).collect();
-        if !reason.is_empty() {
-            checked.reasons.push((run.id.clone(), reason));
-        }
+        let decision = decision(4, &answer);
+        assert_eq!(decision.chosen, [0, 7, 0], "the claim checks the choices");
+        assert_eq!(decision.reasons.len(), REASONS_KEPT);
+        assert_eq!(decision.reasons[0], (1, "x".repeat(REASON_CHARS)));
+        assert!(
+            decision.reasons[1..]
+                .iter()
+                .all(|(run, r)| *run == 3 && r == "waits")
+        );
     }
-    checked
 }

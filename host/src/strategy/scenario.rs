@@ -1,5 +1,6 @@
 //! Scenarios for `gyoza plugins simulate`: a JSON cluster and pending runs, decided by one
-//! plugin file exactly as a claim would be (same records, same checks), with per-call latency.
+//! plugin file exactly as a claim would be (same records, and the claim's own check,
+//! [`gyoza_core::placement::place`]), with per-call latency; and `gyoza plugins check`.
 //!
 //! ```json
 //! {
@@ -13,14 +14,21 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use gyoza_core::api::StrategyInfo;
+use gyoza_core::placement::place;
 use gyoza_core::run::NewRun;
 use gyoza_core::{Capacity, Constraints, HeldRun, OpRun, PendingRun, Resources, Worker};
 use serde::{Deserialize, Serialize};
 
-use super::engine::Runtime;
-use super::plugin::Plugin;
-use super::{StrategyError, StrategySettings, convert, plugin_name};
-use crate::scheduler::{ActiveWorker, ClaimRequest};
+use super::builtin::FALLBACK;
+use super::convert;
+use super::error::{CallFailure, StrategyError};
+use super::plugin::{Plugin, plugin_name};
+use super::settings::{StrategySettings, runtime};
+use super::stats::Stats;
+use super::versions::WIT_PACKAGE;
+use super::wit::Claim;
+use crate::scheduler::{ActiveWorker, ClaimRequest, Decision};
 
 /// A worker of a scenario.
 #[derive(Debug, Clone, Deserialize)]
@@ -111,102 +119,133 @@ pub enum ScenarioError {
     Scenario(String),
 }
 
-/// Runs `scenario` against the plugin in `plugin_path`.
-pub fn simulate(
-    plugin_path: &Path,
-    scenario: &Scenario,
-) -> Result<SimulationReport, ScenarioError> {
-    let bytes = std::fs::read(plugin_path).map_err(|source| StrategyError::Io {
-        context: format!("cannot read {}", plugin_path.display()),
+/// Loads the plugin file at `path` with default limits and `config`.
+fn load(path: &Path, config: &str) -> Result<Plugin, StrategyError> {
+    let bytes = std::fs::read(path).map_err(|source| StrategyError::Io {
+        context: format!("cannot read {}", path.display()),
         source,
     })?;
-    let runtime = Runtime::new(None)?;
-    let limits = StrategySettings::builtin(super::FALLBACK).limits();
-    let plugin = Plugin::load(
-        &runtime,
-        &plugin_name(plugin_path),
-        plugin_path.display().to_string(),
+    let limits = StrategySettings::builtin(FALLBACK).limits();
+    Plugin::load_bytes(
+        &runtime(None)?,
+        &plugin_name(path),
+        path.display().to_string(),
         &bytes,
-        &scenario.config,
+        config,
         limits,
-    )?;
-    let now = chrono::Utc::now();
-    let mut pending = Vec::new();
-    for (i, run) in scenario.pending.iter().enumerate() {
-        let mut op = OpRun::new(
-            NewRun {
-                image: "scenario".into(),
-                priority: run.priority,
-                constraints: run.constraints.clone(),
-                ..NewRun::default()
-            },
-            now - chrono::Duration::milliseconds((scenario.pending.len() - i) as i64),
-        )
-        .map_err(|e| ScenarioError::Scenario(format!("run '{}': {e}", run.id)))?;
-        op.id = run.id.clone();
-        pending.push(PendingRun::from(&op));
+    )
+}
+
+/// Loads one plugin file (for `gyoza plugins check`), with default limits.
+pub fn check_file(path: &Path) -> Result<StrategyInfo, StrategyError> {
+    Ok(load(path, "")?.info(false, &Stats::default()))
+}
+
+impl Scenario {
+    /// The pending runs, validated as runs are and sorted by priority (stable) as the store
+    /// would; the first is the oldest.
+    fn pending_runs(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<PendingRun>, ScenarioError> {
+        let mut pending = Vec::new();
+        for (i, run) in self.pending.iter().enumerate() {
+            let mut op = OpRun::new(
+                NewRun {
+                    image: "scenario".into(),
+                    priority: run.priority,
+                    constraints: run.constraints.clone(),
+                    ..NewRun::default()
+                },
+                now - chrono::Duration::milliseconds((self.pending.len() - i) as i64),
+            )
+            .map_err(|e| ScenarioError::Scenario(format!("run '{}': {e}", run.id)))?;
+            op.id = run.id.clone();
+            pending.push(PendingRun::from(&op));
+        }
+        pending.sort_by_key(|run| std::cmp::Reverse(run.priority));
+        Ok(pending)
     }
-    pending.sort_by_key(|run| std::cmp::Reverse(run.priority));
-    let mut cluster = Vec::new();
-    for worker in &scenario.workers {
-        let held: Vec<HeldRun> = worker
-            .running
-            .iter()
-            .enumerate()
-            .map(|(i, constraints)| {
-                // Validated as a run would be.
-                OpRun::new(
-                    NewRun {
-                        image: "held".into(),
+
+    /// The workers with their free capacity after the runs they hold.
+    fn cluster(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ActiveWorker>, ScenarioError> {
+        let mut cluster = Vec::new();
+        for worker in &self.workers {
+            let held: Vec<HeldRun> = worker
+                .running
+                .iter()
+                .enumerate()
+                .map(|(i, constraints)| {
+                    // Validated as a run would be.
+                    OpRun::new(
+                        NewRun {
+                            image: "held".into(),
+                            constraints: constraints.clone(),
+                            ..NewRun::default()
+                        },
+                        now,
+                    )
+                    .map(|_| HeldRun {
+                        id: format!("{}-held-{i}", worker.id),
+                        worker_id: worker.id.clone(),
                         constraints: constraints.clone(),
-                        ..NewRun::default()
-                    },
-                    now,
-                )
-                .map(|_| HeldRun {
-                    id: format!("{}-held-{i}", worker.id),
-                    worker_id: worker.id.clone(),
-                    constraints: constraints.clone(),
-                    gpu_id: None,
+                        gpu_id: None,
+                    })
                 })
-            })
-            .collect::<Result<_, _>>()
-            .map_err(|e| ScenarioError::Scenario(format!("worker '{}': {e}", worker.id)))?;
-        cluster.push(ActiveWorker {
-            id: worker.id.clone(),
-            free: Capacity::free(&worker.resources, &held),
-            resources: worker.resources.clone(),
-            running: held.len(),
-        });
+                .collect::<Result<_, _>>()
+                .map_err(|e| ScenarioError::Scenario(format!("worker '{}': {e}", worker.id)))?;
+            cluster.push(ActiveWorker {
+                id: worker.id.clone(),
+                free: Capacity::free(&worker.resources, &held),
+                resources: worker.resources.clone(),
+                running: held.len(),
+            });
+        }
+        Ok(cluster)
     }
-    let Some(me) = cluster.iter().find(|w| w.id == scenario.requester).cloned() else {
-        return Err(ScenarioError::Scenario(format!(
-            "requester '{}' is not one of the workers",
-            scenario.requester
-        )));
-    };
-    let requester = Worker {
-        id: me.id.clone(),
-        resources: me.resources.clone(),
-        tags: Vec::new(),
-        running_ops: Vec::new(),
-        created_at: now,
-        last_heartbeat_at: now,
-    };
-    let request = ClaimRequest {
-        worker: &requester,
-        free: me.free.clone(),
-        pending: &pending,
-        max: scenario.max,
-        now,
-        cluster: &cluster,
-    };
-    let claim = convert::claim(&request);
+
+    /// The requester as a worker, and its free capacity.
+    fn requester(
+        &self,
+        cluster: &[ActiveWorker],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(Worker, Capacity), ScenarioError> {
+        let Some(me) = cluster.iter().find(|w| w.id == self.requester) else {
+            return Err(ScenarioError::Scenario(format!(
+                "requester '{}' is not one of the workers",
+                self.requester
+            )));
+        };
+        let worker = Worker {
+            id: me.id.clone(),
+            resources: me.resources.clone(),
+            tags: Vec::new(),
+            running_ops: Vec::new(),
+            created_at: now,
+            last_heartbeat_at: now,
+        };
+        Ok((worker, me.free.clone()))
+    }
+}
+
+/// Calls `plugin` on `claim` up to `calls` times (stopping at a failure): the sorted
+/// latencies and the last outcome.
+fn time_calls(
+    plugin: &Plugin,
+    claim: &Claim,
+    calls: usize,
+) -> (
+    Vec<Duration>,
+    Option<Result<super::wit::Decision, CallFailure>>,
+) {
     let mut latencies = Vec::new();
     let mut last = None;
-    for _ in 0..scenario.calls.max(1) {
+    for _ in 0..calls.max(1) {
         let started = Instant::now();
-        let outcome = plugin.schedule(&claim);
+        let outcome = plugin.schedule(claim);
         latencies.push(started.elapsed());
         let failed = outcome.is_err();
         last = Some(outcome);
@@ -215,6 +254,28 @@ pub fn simulate(
         }
     }
     latencies.sort();
+    (latencies, last)
+}
+
+/// Runs `scenario` against the plugin in `plugin_path`.
+pub fn simulate(
+    plugin_path: &Path,
+    scenario: &Scenario,
+) -> Result<SimulationReport, ScenarioError> {
+    let plugin = load(plugin_path, &scenario.config)?;
+    let now = chrono::Utc::now();
+    let pending = scenario.pending_runs(now)?;
+    let cluster = scenario.cluster(now)?;
+    let (requester, free) = scenario.requester(&cluster, now)?;
+    let request = ClaimRequest {
+        worker: &requester,
+        free,
+        pending: &pending,
+        max: scenario.max,
+        now,
+        cluster: &cluster,
+    };
+    let (latencies, last) = time_calls(&plugin, &convert::claim(&request), scenario.calls);
     let us = |d: Option<&Duration>| d.map_or(0, |d| d.as_micros() as u64);
     let mut report = SimulationReport {
         plugin: plugin.name.clone(),
@@ -229,11 +290,9 @@ pub fn simulate(
         failure: None,
     };
     match last {
-        Some(Ok(decision)) => {
-            let checked = convert::check(&request, &decision);
-            report.dropped = checked.dropped();
-            report.assigned = checked.ids;
-            report.reasons = checked.reasons;
+        Some(Ok(answer)) => {
+            let decision = convert::decision(pending.len(), &answer);
+            settle(&mut report, &request, &decision);
         }
         Some(Err(failure)) => report.failure = Some(failure.to_string()),
         None => {}
@@ -241,9 +300,28 @@ pub fn simulate(
     Ok(report)
 }
 
+/// What a claim makes of `decision`: the runs that pass the claim's check, what it dropped,
+/// and the reasons for the runs left pending.
+fn settle(report: &mut SimulationReport, request: &ClaimRequest<'_>, decision: &Decision) {
+    let placements = place(
+        &request.free,
+        request.pending,
+        decision.chosen.iter().copied(),
+        request.max,
+    );
+    let id = |index: usize| request.pending[index].id.clone();
+    report.dropped = placements.dropped();
+    report.assigned = placements.placed.iter().map(|p| id(p.index)).collect();
+    report.reasons = decision
+        .reasons
+        .iter()
+        .map(|(index, reason)| (id(*index), reason.clone()))
+        .collect();
+}
+
 /// `gyoza plugins check FILE`: what the plugin is, as text (or JSON).
 pub fn check_command(file: &Path, json: bool) -> Result<String, ScenarioError> {
-    let info = super::check_file(file)?;
+    let info = check_file(file)?;
     if json {
         return serde_json::to_string_pretty(&info)
             .map_err(|e| ScenarioError::Scenario(e.to_string()));
@@ -251,7 +329,7 @@ pub fn check_command(file: &Path, json: bool) -> Result<String, ScenarioError> {
     Ok(format!(
         "ok: {} implements {}/strategy@{} (world `strategy`)\nsha256: {}\ncopy it into the server's plugins directory to load it as strategy '{}'",
         file.display(),
-        super::WIT_PACKAGE,
+        WIT_PACKAGE,
         info.wit_version,
         info.sha256,
         info.name
@@ -271,11 +349,7 @@ pub fn simulate_command(file: &Path, scenario: &Path, json: bool) -> Result<Stri
     }
     let mut out = format!(
         "plugin {} ({}@{}), requester {}, max {}\n",
-        report.plugin,
-        super::WIT_PACKAGE,
-        report.wit_version,
-        scenario.requester,
-        scenario.max
+        report.plugin, WIT_PACKAGE, report.wit_version, scenario.requester, scenario.max
     );
     if let Some(failure) = &report.failure {
         out.push_str(&format!("FAILED: the plugin {failure}\n"));

@@ -1,7 +1,10 @@
-//! Per-strategy counters and call latencies, for `GET /strategies`.
+//! Per-strategy counters and call latencies, for `GET /strategies` and the metrics.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 use std::time::Duration;
+
+use gyoza_core::sync::lock;
 
 /// Latencies kept per strategy for the percentiles (the most recent calls).
 const WINDOW: usize = 1024;
@@ -13,7 +16,7 @@ pub(super) struct Stats {
     pub calls: u64,
     /// Calls that trapped, timed out, ran out of memory or returned an error.
     pub failures: u64,
-    /// Answer entries the host dropped (unknown, duplicate or over-capacity runs).
+    /// Answer entries the claim's check dropped (unknown, duplicate or over-capacity runs).
     pub dropped: u64,
     /// The latest failure, for operators.
     pub last_failure: Option<String>,
@@ -22,9 +25,8 @@ pub(super) struct Stats {
 
 impl Stats {
     /// Records one call.
-    pub fn record(&mut self, elapsed: Duration, failure: Option<String>, dropped: usize) {
+    pub fn record(&mut self, elapsed: Duration, failure: Option<String>) {
         self.calls += 1;
-        self.dropped += dropped as u64;
         if failure.is_some() {
             self.failures += 1;
             self.last_failure = failure;
@@ -48,6 +50,33 @@ impl Stats {
     }
 }
 
+/// The [`Stats`] of every strategy, by name.
+#[derive(Debug, Default)]
+pub(super) struct StatsBook(Mutex<HashMap<String, Stats>>);
+
+impl StatsBook {
+    /// Records one call of `strategy`.
+    pub fn record_call(&self, strategy: &str, elapsed: Duration, failure: Option<String>) {
+        lock(&self.0)
+            .entry(strategy.to_owned())
+            .or_default()
+            .record(elapsed, failure);
+    }
+
+    /// Adds `dropped` choices to `strategy`'s count.
+    pub fn record_dropped(&self, strategy: &str, dropped: usize) {
+        lock(&self.0)
+            .entry(strategy.to_owned())
+            .or_default()
+            .dropped += dropped as u64;
+    }
+
+    /// A copy of every strategy's stats.
+    pub fn snapshot(&self) -> HashMap<String, Stats> {
+        lock(&self.0).clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,13 +86,21 @@ mod tests {
         let mut stats = Stats::default();
         assert_eq!(stats.latency_ms(0.5), None);
         for ms in 1..=100 {
-            stats.record(Duration::from_millis(ms), None, 0);
+            stats.record(Duration::from_millis(ms), None);
         }
-        stats.record(Duration::from_millis(5), Some("trap".into()), 2);
+        stats.record(Duration::from_millis(5), Some("trap".into()));
         assert_eq!(stats.calls, 101);
         assert_eq!(stats.failures, 1);
-        assert_eq!(stats.dropped, 2);
         assert_eq!(stats.latency_ms(0.5), Some(50.0));
         assert_eq!(stats.latency_ms(0.99), Some(99.0));
+    }
+
+    #[test]
+    fn drops_are_counted_apart_from_calls() {
+        let book = StatsBook::default();
+        book.record_call("p", Duration::from_millis(1), None);
+        book.record_dropped("p", 2);
+        let stats = &book.snapshot()["p"];
+        assert_eq!((stats.calls, stats.dropped), (1, 2));
     }
 }
