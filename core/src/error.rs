@@ -4,7 +4,7 @@
 //! written for the person who sent the request, because the server returns it verbatim as the
 //! `detail` of a 400 answer.
 
-use crate::run::OpRunState;
+use crate::state::OpRunState;
 
 /// A domain rule refused an operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

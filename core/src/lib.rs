@@ -15,6 +15,7 @@
 //! - [`time`]: timestamps as the wire shows them (ISO 8601, `+00:00`) and as stores keep them.
 //! - [`resources`]: constraints, retry policy, event delivery, worker resources and GPUs.
 //! - [`definition`]: [`OpDefinition`], input/output specs, input validation, version order.
+//! - [`state`]: [`OpRunState`], the states of a run.
 //! - [`run`]: [`OpRun`], [`OpAttempt`], states, events and the rules that connect them.
 //! - [`worker`]: [`Worker`], the [`Heartbeat`] merged into it, [`WorkerOpRun`], the runs a
 //!   worker must stop ([`StopRun`]) and the free capacity of a worker.
@@ -34,6 +35,7 @@ pub mod limits;
 pub mod placement;
 pub mod resources;
 pub mod run;
+pub mod state;
 pub mod sync;
 pub mod time;
 pub mod worker;

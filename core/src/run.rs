@@ -33,59 +33,7 @@ use crate::time::{self, Timestamp};
 /// kills its workers does not loop forever. Such requeues do not use the op's retry budget.
 pub const MAX_LOST_REQUEUES: usize = 3;
 
-/// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OpRunState {
-    /// Waiting to be claimed by a worker.
-    Pending,
-    /// Claimed by a worker that has not started it yet.
-    Assigned,
-    /// Its container is running.
-    Running,
-    /// Finished successfully (terminal).
-    Completed,
-    /// Finished with an error and no attempt left (terminal).
-    Failed,
-    /// Cancelled by a user (terminal).
-    Cancelled,
-}
-
-impl OpRunState {
-    /// Every state, in lifecycle order.
-    pub const ALL: [OpRunState; 6] = [
-        Self::Pending,
-        Self::Assigned,
-        Self::Running,
-        Self::Completed,
-        Self::Failed,
-        Self::Cancelled,
-    ];
-
-    /// The name used on the wire and in stores.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Assigned => "ASSIGNED",
-            Self::Running => "RUNNING",
-            Self::Completed => "COMPLETED",
-            Self::Failed => "FAILED",
-            Self::Cancelled => "CANCELLED",
-        }
-    }
-
-    /// Whether the state is final (the run is locked).
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
-    }
-}
-
-impl fmt::Display for OpRunState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::state::OpRunState;
 
 impl FromStr for OpRunState {
     type Err = DomainError;
