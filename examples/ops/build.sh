@@ -8,6 +8,7 @@
 #   fail      exits with the `exit_code` input (default 3)
 #   sleep     sleeps for the `seconds` input (default 600): something to cancel
 #   memhog    holds the `mb` input (default 256) MB: something to OOM-kill
+#   link      a hostile op: links outputs.json to the `target` input (a host path)
 #
 # Usage: examples/ops/build.sh [op ...]      (all of them by default)
 set -euo pipefail
@@ -21,7 +22,7 @@ fi
 export DOCKER_BUILDKIT=0
 
 ops=("$@")
-[ "${#ops[@]}" -gt 0 ] || ops=(echo progress fail sleep memhog)
+[ "${#ops[@]}" -gt 0 ] || ops=(echo progress fail sleep memhog link)
 context="$(mktemp -d)"
 trap 'rm -rf "$context"' EXIT
 cp "$busybox" "$context/busybox"

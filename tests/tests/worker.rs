@@ -353,3 +353,39 @@ async fn the_worker_keeps_going_while_the_server_is_unreachable() {
     };
     assert!(worker.stop());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_op_that_links_its_outputs_to_a_host_file_fails_and_gets_nothing_of_it() {
+    if !docker_or_skip("an_op_that_links_its_outputs") {
+        return;
+    }
+    // A JSON file on the worker's host, outside any run directory.
+    let host = tempfile::tempdir().expect("tempdir");
+    let secret = host.path().join("registry-credentials.json");
+    std::fs::write(&secret, r#"{"token": "s3cr3t-host-token"}"#).expect("write secret");
+    let server = Server::start();
+    let client = server.client();
+    let _worker = Worker::start(&server, "link", &[]);
+    let target = secret.display().to_string();
+    let run = client
+        .create_run(&image_run(
+            "gyoza-example/link:latest",
+            object(json!({ "target": target })),
+        ))
+        .await
+        .expect("create run");
+    let run = wait_until_terminal(&client, &run.id, RUN_TIMEOUT).await;
+    assert_eq!(run.state, OpRunState::Failed, "{run:?}");
+    let error = run.attempts[0]
+        .execution_summary
+        .error_message
+        .clone()
+        .unwrap_or_default();
+    assert!(error.contains("symbolic link"), "{error}");
+    let everything = serde_json::to_string(&run).expect("encode");
+    assert!(
+        !everything.contains("s3cr3t-host-token"),
+        "host content leaked: {everything}"
+    );
+    assert!(run.outputs.is_empty());
+}

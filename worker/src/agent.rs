@@ -185,6 +185,7 @@ async fn start(config: &WorkerConfig) -> Result<Agent, WorkerError> {
             work_dir,
             pull: config.pull,
             stop_timeout: config.stop_timeout,
+            max_output_bytes: config.max_output_bytes,
             shutdown_grace: config.shutdown_grace,
             steps,
         },

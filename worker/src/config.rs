@@ -16,6 +16,7 @@
 //! | `--gpu ID:VRAM_MB[:tag,…]` | — | detected by NVML | a GPU offered (repeatable; replaces detection) |
 //! | `--cancel-check-interval` | `GYOZA_CANCEL_CHECK_INTERVAL` | `0.5` | seconds between checks of a running run's state |
 //! | `--stop-timeout` | `GYOZA_STOP_TIMEOUT` | `1` | seconds a stopped container gets between SIGTERM and SIGKILL |
+//! | `--max-output-bytes` | `GYOZA_WORKER_MAX_OUTPUT_BYTES` | `16777216` | largest outputs.json read (links, FIFOs and devices are refused whatever the size) |
 //! | `--shutdown-grace` | `GYOZA_WORKER_SHUTDOWN_GRACE` | `30` | seconds running runs get to finish after SIGTERM/SIGINT; then their containers are stopped and the runs handed back (0: at once) |
 //! | `--pipeline` | `GYOZA_PIPELINE` | none | pipeline file adding wasm steps |
 //!
@@ -92,6 +93,10 @@ pub struct WorkerConfig {
     /// meanwhile.
     #[arg(long, env = "GYOZA_WORKER_SHUTDOWN_GRACE", default_value = "30", value_parser = parse_grace, value_name = "SECONDS")]
     pub shutdown_grace: Duration,
+    /// Largest outputs.json the worker reads, in bytes; a larger one FAILS the run with a
+    /// message that gives both sizes.
+    #[arg(long, env = "GYOZA_WORKER_MAX_OUTPUT_BYTES", default_value_t = crate::outputs::DEFAULT_MAX_OUTPUT_BYTES, value_name = "BYTES")]
+    pub max_output_bytes: u64,
     /// Pipeline file (TOML) adding wasm steps before or after the container.
     #[arg(long, env = "GYOZA_PIPELINE", value_name = "FILE")]
     pub pipeline: Option<PathBuf>,

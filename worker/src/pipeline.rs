@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 
 use crate::docker::{ContainerExit, ContainerSpec, RUN_LABEL, RunFailure, Stream, WORKER_LABEL};
 use crate::events::{LogTail, parse_event_line};
-use crate::outputs::{check_outputs, read_outputs};
+use crate::outputs::{check_outputs, read_outputs_limited, write_new_file};
 use crate::report::{self, Reported, completed, failed, forward_events, release, ship_logs};
 use crate::run_context::{RunContext, Signals};
 use crate::step::{ExecutionContext, Step};
@@ -373,7 +373,7 @@ impl<'a> Attempt<'a> {
                 exit.exit_code
             ));
         }
-        match read_outputs(&self.dir.join("outputs.json")) {
+        match read_outputs_limited(&self.dir.join("outputs.json"), self.worker.max_output_bytes) {
             Ok(outputs) => {
                 context.outputs = outputs;
                 None
@@ -492,8 +492,11 @@ impl Forwarding {
 async fn write_inputs(run_dir: &Path, inputs: &Map<String, Value>) -> Result<(), Stop> {
     let text = serde_json::to_vec_pretty(inputs)
         .map_err(|e| Stop::Fail(format!("worker error: cannot encode the inputs: {e}")))?;
-    tokio::fs::write(run_dir.join("inputs.json"), text)
+    // Never through a link or over a file left in the directory.
+    let dir = run_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || write_new_file(&dir, "inputs.json", &text))
         .await
+        .map_err(|e| Stop::Fail(format!("worker error: cannot write inputs.json: {e}")))?
         .map_err(|e| Stop::Fail(format!("worker error: cannot write inputs.json: {e}")))
 }
 

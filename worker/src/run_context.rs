@@ -29,6 +29,8 @@ pub struct RunContext {
     pub pull: PullPolicy,
     /// SIGTERM → SIGKILL delay when stopping a container.
     pub stop_timeout: u32,
+    /// Largest outputs.json read.
+    pub max_output_bytes: u64,
     /// How long running runs may go on once the worker is shutting down.
     pub shutdown_grace: Duration,
     /// Extra pipeline steps.
