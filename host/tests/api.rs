@@ -7,15 +7,9 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use chrono::{TimeZone, Utc};
-use common::{Api, KEY};
+use common::{Api, KEY, detail};
 use gyoza_host::store::SqliteStore;
 use serde_json::{Value, json};
-
-fn detail(value: &Value) -> &str {
-    value["detail"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no detail in {value}"))
-}
 
 fn definition(version: &str, image: &str) -> Value {
     json!({

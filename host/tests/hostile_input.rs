@@ -5,14 +5,8 @@
 pub mod common;
 
 use axum::http::StatusCode;
-use common::Api;
-use serde_json::{Value, json};
-
-fn detail(value: &Value) -> &str {
-    value["detail"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no detail in {value}"))
-}
+use common::{Api, detail};
+use serde_json::json;
 
 async fn run_count(api: &Api) -> usize {
     api.ok("GET", "/runs?limit=100", None).await["data"]

@@ -4,7 +4,7 @@ pub mod common;
 
 use axum::http::StatusCode;
 use chrono::Duration;
-use common::{Api, KEY};
+use common::{Api, KEY, detail};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -153,10 +153,6 @@ async fn events_for_the_current_attempt_pass_the_fence() {
         Some(json!({"type": "INFO", "msg": "hi", "attempt": 2})),
     )
     .await;
-}
-
-fn detail(body: &Value) -> &str {
-    body["detail"].as_str().unwrap_or_default()
 }
 
 #[tokio::test]

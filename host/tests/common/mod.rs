@@ -31,6 +31,13 @@ pub const KEY: &str = "test-key";
 /// Default body limit of a test server, as the server's.
 const BODY_LIMIT: usize = 10 * 1024 * 1024;
 
+/// The `detail` of an error answer (the test fails when there is none).
+pub fn detail(value: &Value) -> &str {
+    value["detail"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no detail in {value}"))
+}
+
 /// A server's router and what tests reach behind it.
 pub struct Api {
     /// The router.
