@@ -9,6 +9,7 @@
 #   sleep     sleeps for the `seconds` input (default 600): something to cancel
 #   memhog    holds the `mb` input (default 256) MB: something to OOM-kill
 #   link      a hostile op: links outputs.json to the `target` input (a host path)
+#   fork      a hostile op: starts the `count` input (default 200) processes, says how many
 #
 # Usage: examples/ops/build.sh [op ...]      (all of them by default)
 set -euo pipefail
@@ -22,7 +23,7 @@ fi
 export DOCKER_BUILDKIT=0
 
 ops=("$@")
-[ "${#ops[@]}" -gt 0 ] || ops=(echo progress fail sleep memhog link)
+[ "${#ops[@]}" -gt 0 ] || ops=(echo progress fail sleep memhog link fork)
 context="$(mktemp -d)"
 trap 'rm -rf "$context"' EXIT
 cp "$busybox" "$context/busybox"

@@ -389,3 +389,27 @@ async fn an_op_that_links_its_outputs_to_a_host_file_fails_and_gets_nothing_of_i
     );
     assert!(run.outputs.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_op_cannot_fork_past_the_workers_pids_limit() {
+    if !docker_or_skip("an_op_cannot_fork_past_the_pids_limit") {
+        return;
+    }
+    let server = Server::start();
+    let client = server.client();
+    let _worker = Worker::start(&server, "fork", &["--pids-limit", "32"]);
+    let run = client
+        .create_run(&image_run(
+            "gyoza-example/fork:latest",
+            object(json!({"count": 100})),
+        ))
+        .await
+        .expect("create run");
+    let run = wait_until_terminal(&client, &run.id, RUN_TIMEOUT).await;
+    assert_eq!(run.state, OpRunState::Completed, "{run:?}");
+    let started = run.outputs["started"].as_u64().expect("started");
+    assert!(
+        (1..32).contains(&started),
+        "the op started {started} processes under a limit of 32"
+    );
+}

@@ -186,6 +186,11 @@ async fn start(config: &WorkerConfig) -> Result<Agent, WorkerError> {
             pull: config.pull,
             stop_timeout: config.stop_timeout,
             max_output_bytes: config.max_output_bytes,
+            sandbox: crate::docker::Sandbox {
+                pids_limit: config.pids_limit,
+                network: config.container_network.clone(),
+                default_memory_mb: config.default_memory_mb,
+            },
             shutdown_grace: config.shutdown_grace,
             steps,
         },

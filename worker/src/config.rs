@@ -16,6 +16,9 @@
 //! | `--gpu ID:VRAM_MB[:tag,…]` | — | detected by NVML | a GPU offered (repeatable; replaces detection) |
 //! | `--cancel-check-interval` | `GYOZA_CANCEL_CHECK_INTERVAL` | `0.5` | seconds between checks of a running run's state |
 //! | `--stop-timeout` | `GYOZA_STOP_TIMEOUT` | `1` | seconds a stopped container gets between SIGTERM and SIGKILL |
+//! | `--pids-limit` | `GYOZA_WORKER_PIDS_LIMIT` | `512` | most processes an op container may run at once |
+//! | `--container-network` | `GYOZA_WORKER_CONTAINER_NETWORK` | `bridge` | Docker network of op containers (`none`: no network) |
+//! | `--default-memory-mb` | `GYOZA_WORKER_DEFAULT_MEMORY_MB` | `2048` | memory limit of a run without `ram_mb` (0: none) |
 //! | `--max-output-bytes` | `GYOZA_WORKER_MAX_OUTPUT_BYTES` | `16777216` | largest outputs.json read (links, FIFOs and devices are refused whatever the size) |
 //! | `--shutdown-grace` | `GYOZA_WORKER_SHUTDOWN_GRACE` | `30` | seconds running runs get to finish after SIGTERM/SIGINT; then their containers are stopped and the runs handed back (0: at once) |
 //! | `--pipeline` | `GYOZA_PIPELINE` | none | pipeline file adding wasm steps |
@@ -93,6 +96,21 @@ pub struct WorkerConfig {
     /// meanwhile.
     #[arg(long, env = "GYOZA_WORKER_SHUTDOWN_GRACE", default_value = "30", value_parser = parse_grace, value_name = "SECONDS")]
     pub shutdown_grace: Duration,
+    /// Most processes an op container may run at once.
+    #[arg(long, env = "GYOZA_WORKER_PIDS_LIMIT", default_value_t = 512, value_parser = clap::value_parser!(i64).range(16..=1_000_000), value_name = "N")]
+    pub pids_limit: i64,
+    /// Docker network op containers join: `bridge` (default), `none` (no network), or the
+    /// name of a network.
+    #[arg(long, env = "GYOZA_WORKER_CONTAINER_NETWORK", default_value = "bridge")]
+    pub container_network: String,
+    /// Memory limit in MB of a run that states no `constraints.ram_mb` (0: none).
+    #[arg(
+        long,
+        env = "GYOZA_WORKER_DEFAULT_MEMORY_MB",
+        default_value_t = 2048,
+        value_name = "MB"
+    )]
+    pub default_memory_mb: u64,
     /// Largest outputs.json the worker reads, in bytes; a larger one FAILS the run with a
     /// message that gives both sizes.
     #[arg(long, env = "GYOZA_WORKER_MAX_OUTPUT_BYTES", default_value_t = crate::outputs::DEFAULT_MAX_OUTPUT_BYTES, value_name = "BYTES")]

@@ -78,6 +78,29 @@ pub struct ContainerSpec {
     pub gpu: Option<u32>,
     /// Labels.
     pub labels: HashMap<String, String>,
+    /// Limits every op container gets.
+    pub sandbox: Sandbox,
+}
+
+/// What every op container is confined to, whatever its image asks (worker settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Most processes (and threads) the container may have at once (`--pids-limit`).
+    pub pids_limit: i64,
+    /// Docker network the container joins (`bridge`, `none`, or a network's name).
+    pub network: String,
+    /// Memory limit of a run that states no `ram_mb`, in MB (0: none).
+    pub default_memory_mb: u64,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self {
+            pids_limit: 512,
+            network: "bridge".into(),
+            default_memory_mb: 2048,
+        }
+    }
 }
 
 /// How a container ended.
@@ -526,11 +549,18 @@ async fn create_and_start(docker: &Docker, spec: &ContainerSpec) -> Result<Outpu
 fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let memory = spec
         .memory_mb
+        .or(Some(spec.sandbox.default_memory_mb))
         .filter(|mb| *mb > 0)
         .map(|mb| i64::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX));
     let host_config = HostConfig {
         init: Some(true),
         binds: Some(spec.binds.clone()),
+        // The sandbox: no capabilities, no privilege gain through setuid binaries, a bounded
+        // number of processes, the worker's chosen network.
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        pids_limit: Some(spec.sandbox.pids_limit),
+        network_mode: Some(spec.sandbox.network.clone()),
         memory,
         // Equal to `memory`: a run that exceeds its RAM is killed, not swapped.
         memory_swap: memory,

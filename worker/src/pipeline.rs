@@ -216,7 +216,13 @@ impl<'a> Attempt<'a> {
             inputs: op.inputs.clone(),
             ..ExecutionContext::default()
         };
-        tokio::fs::create_dir_all(run_dir).await.map_err(|e| {
+        let made = async {
+            tokio::fs::create_dir_all(run_dir).await?;
+            // Owner-only: other users of the host do not read a run's inputs and outputs.
+            use std::os::unix::fs::PermissionsExt;
+            tokio::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o700)).await
+        };
+        made.await.map_err(|e: std::io::Error| {
             Stop::Fail(format!(
                 "worker error: cannot create the run directory {}: {e}",
                 run_dir.display()
@@ -335,6 +341,7 @@ impl<'a> Attempt<'a> {
                 (RUN_LABEL.to_owned(), self.op.id.clone()),
                 (WORKER_LABEL.to_owned(), self.worker.worker_id.clone()),
             ]),
+            sandbox: self.worker.sandbox.clone(),
         }
     }
 

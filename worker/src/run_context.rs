@@ -29,6 +29,8 @@ pub struct RunContext {
     pub pull: PullPolicy,
     /// SIGTERM → SIGKILL delay when stopping a container.
     pub stop_timeout: u32,
+    /// What every op container is confined to.
+    pub sandbox: crate::docker::Sandbox,
     /// Largest outputs.json read.
     pub max_output_bytes: u64,
     /// How long running runs may go on once the worker is shutting down.
