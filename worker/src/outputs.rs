@@ -74,14 +74,8 @@ pub fn read_at_most(file: File, len: u64, max_bytes: u64, what: &str) -> Result<
     Ok(bytes)
 }
 
-/// The outputs file as the op wrote it, or a message for the op's author; at most
-/// [`DEFAULT_MAX_OUTPUT_BYTES`].
-pub fn read_outputs(path: &Path) -> Result<Map<String, Value>, String> {
-    read_outputs_limited(path, DEFAULT_MAX_OUTPUT_BYTES)
-}
-
-/// [`read_outputs`] with a size limit of `max_bytes`.
-pub fn read_outputs_limited(path: &Path, max_bytes: u64) -> Result<Map<String, Value>, String> {
+/// The outputs file as the op wrote it (at most `max_bytes`), or a message for the op's author.
+pub fn read_outputs(path: &Path, max_bytes: u64) -> Result<Map<String, Value>, String> {
     let what = "outputs file";
     let Some((file, len)) = open_regular(path, what)? else {
         return Err(format!(
@@ -114,8 +108,7 @@ pub fn write_new_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<(
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .mode(0o644)
         .open(dir.join(name))?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    file.write_all(bytes)
 }
 
 fn file_name(path: &Path) -> String {
@@ -172,15 +165,22 @@ mod tests {
     fn outputs_file_must_be_a_json_object() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outputs.json");
-        let err = read_outputs(&path).unwrap_err();
+        let err = read_outputs(&path, DEFAULT_MAX_OUTPUT_BYTES).unwrap_err();
         assert!(err.contains("wrote no outputs"), "{err}");
         std::fs::write(&path, "[1,2]").unwrap();
-        let err = read_outputs(&path).unwrap_err();
+        let err = read_outputs(&path, DEFAULT_MAX_OUTPUT_BYTES).unwrap_err();
         assert!(err.contains("holds an array"), "{err}");
         std::fs::write(&path, "{oops").unwrap();
-        assert!(read_outputs(&path).unwrap_err().contains("not valid JSON"));
+        assert!(
+            read_outputs(&path, DEFAULT_MAX_OUTPUT_BYTES)
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
         std::fs::write(&path, r#"{"n": 1}"#).unwrap();
-        assert_eq!(read_outputs(&path).unwrap()["n"], json!(1));
+        assert_eq!(
+            read_outputs(&path, DEFAULT_MAX_OUTPUT_BYTES).unwrap()["n"],
+            json!(1)
+        );
     }
 
     #[test]
@@ -190,7 +190,7 @@ mod tests {
         std::fs::write(&secret, r#"{"token": "s3cr3t"}"#).unwrap();
         let path = dir.path().join("outputs.json");
         std::os::unix::fs::symlink(&secret, &path).unwrap();
-        let err = read_outputs(&path).unwrap_err();
+        let err = read_outputs(&path, DEFAULT_MAX_OUTPUT_BYTES).unwrap_err();
         assert!(err.contains("symbolic link"), "{err}");
         assert!(!err.contains("s3cr3t"));
         std::fs::remove_file(&path).unwrap();
@@ -200,25 +200,25 @@ mod tests {
             .status()
             .unwrap();
         assert!(made.success());
-        let err = read_outputs(&path).unwrap_err();
+        let err = read_outputs(&path, DEFAULT_MAX_OUTPUT_BYTES).unwrap_err();
         assert!(err.contains("not a regular file"), "{err}");
         std::fs::remove_file(&path).unwrap();
 
         std::fs::create_dir(&path).unwrap();
         assert!(
-            read_outputs(&path)
+            read_outputs(&path, DEFAULT_MAX_OUTPUT_BYTES)
                 .unwrap_err()
                 .contains("not a regular file")
         );
         std::fs::remove_dir(&path).unwrap();
 
         std::fs::write(&path, format!(r#"{{"pad": "{}"}}"#, "x".repeat(100))).unwrap();
-        let err = read_outputs_limited(&path, 64).unwrap_err();
+        let err = read_outputs(&path, 64).unwrap_err();
         assert!(
             err.contains("more than the worker's limit of 64 bytes"),
             "{err}"
         );
-        assert!(read_outputs_limited(&path, 1_000).is_ok());
+        assert!(read_outputs(&path, 1_000).is_ok());
     }
 
     #[test]

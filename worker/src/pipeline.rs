@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 
 use crate::docker::{ContainerExit, ContainerSpec, RUN_LABEL, RunFailure, Stream, WORKER_LABEL};
 use crate::events::{LogTail, parse_event_line};
-use crate::outputs::{check_outputs, read_outputs_limited, write_new_file};
+use crate::outputs::{check_outputs, read_outputs, write_new_file};
 use crate::report::{self, Reported, completed, failed, forward_events, release, ship_logs};
 use crate::run_context::{RunContext, Signals};
 use crate::step::{ExecutionContext, Step};
@@ -380,7 +380,7 @@ impl<'a> Attempt<'a> {
                 exit.exit_code
             ));
         }
-        match read_outputs_limited(&self.dir.join("outputs.json"), self.worker.max_output_bytes) {
+        match read_outputs(&self.dir.join("outputs.json"), self.worker.max_output_bytes) {
             Ok(outputs) => {
                 context.outputs = outputs;
                 None
