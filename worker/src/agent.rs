@@ -72,7 +72,8 @@ impl Agent {
         for unheld in stop {
             if let Some(run) = running.get(&unheld.id) {
                 if unheld.attempt.is_none() || unheld.attempt == run.op.attempt {
-                    tracing::warn!(run_id = %unheld.id, attempt = ?unheld.attempt, "the server does not give this run to this worker; stopping it");
+                    // The same line as the run's own watcher: one act, one message.
+                    tracing::info!(run_id = %unheld.id, attempt = ?unheld.attempt, reason = "the server does not give this run to this worker (heartbeat answer)", "stopping the run");
                     run.cancel.cancel();
                 }
             }
