@@ -7,19 +7,28 @@
 //! of order: the body carries the attempt and the event's index so a receiver can order and
 //! deduplicate. Topics that are not URLs are left alone.
 //!
+//! Deliveries in flight are bounded twice: `concurrency` in all, and `per_destination` for
+//! each destination (scheme, host and port), so a topic that never answers holds at most its
+//! own share of the slots and other topics' events keep flowing. Each destination's checked
+//! addresses and HTTP client are kept for [`DESTINATION_TTL`] (one DNS lookup and one
+//! connection pool per destination, not per event); the entry goes when its last delivery is
+//! done.
+//!
 //! Each delivery first passes the destination policy ([`crate::destination`]): by default only
 //! public addresses are reached (after DNS resolution, pinned for the request), redirects are
 //! not followed, and URLs are logged with their credentials redacted.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use gyoza_core::backoff::Backoff;
+use gyoza_core::sync::lock;
 use gyoza_core::{EventEntry, OpRun};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
 use crate::destination::{DestinationPolicy, redact};
 use crate::metrics::Metrics;
@@ -37,6 +46,8 @@ pub struct DeliveryConfig {
     pub queue: usize,
     /// Deliveries in flight at once.
     pub concurrency: usize,
+    /// Deliveries in flight at once to one destination (scheme, host and port).
+    pub per_destination: usize,
     /// Which destinations may be reached (see [`crate::destination`]).
     pub policy: DestinationPolicy,
 }
@@ -49,6 +60,7 @@ impl Default for DeliveryConfig {
             timeout: Duration::from_secs(10),
             queue: 10_000,
             concurrency: 16,
+            per_destination: 4,
             policy: DestinationPolicy::default(),
         }
     }
@@ -78,10 +90,26 @@ struct Delivery {
     message: EventMessage,
 }
 
+/// How long a destination's checked addresses and client are reused.
+pub const DESTINATION_TTL: Duration = Duration::from_secs(30);
+
+/// One destination's share of the slots and its checked client.
+#[derive(Default)]
+struct Lane {
+    slots: Option<Arc<Semaphore>>,
+    client: tokio::sync::Mutex<Option<(Instant, reqwest::Client)>>,
+}
+
 /// Queues and sends event deliveries.
 pub struct Deliverer {
-    queue: mpsc::Sender<Delivery>,
+    config: DeliveryConfig,
     metrics: Arc<Metrics>,
+    /// Slots of all deliveries in flight.
+    slots: Arc<Semaphore>,
+    /// Deliveries queued or in flight (bounded by `config.queue`).
+    queued: AtomicUsize,
+    /// The destinations with deliveries queued or in flight.
+    lanes: Mutex<HashMap<String, Arc<Lane>>>,
 }
 
 /// Where a run's timeline stood before a change: (attempts, events in the last attempt).
@@ -100,28 +128,75 @@ fn is_url(topic: &str) -> bool {
 }
 
 impl Deliverer {
-    /// Starts the delivery loop on the current tokio runtime.
+    /// A deliverer; deliveries are sent by tasks on the current tokio runtime.
     pub fn start(config: DeliveryConfig, metrics: Arc<Metrics>) -> Arc<Self> {
-        let (queue, mut receiver) = mpsc::channel::<Delivery>(config.queue);
-        let slots = Arc::new(Semaphore::new(config.concurrency));
-        let loop_metrics = metrics.clone();
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            queued: AtomicUsize::new(0),
+            lanes: Mutex::default(),
+            config,
+            metrics,
+        })
+    }
+
+    /// Queues `delivery` unless the queue is full; sent by a task of its own that waits for a
+    /// slot of its destination, then for one of all.
+    fn queue(self: &Arc<Self>, delivery: Delivery) -> bool {
+        let taken = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.config.queue).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return false;
+        }
+        let key = destination_key(&delivery.url);
+        let lane = {
+            let mut lanes = lock(&self.lanes);
+            let lane = lanes.entry(key.clone()).or_insert_with(|| {
+                Arc::new(Lane {
+                    slots: Some(Arc::new(Semaphore::new(self.config.per_destination.max(1)))),
+                    ..Lane::default()
+                })
+            });
+            lane.clone()
+        };
+        let this = self.clone();
         tokio::spawn(async move {
-            while let Some(delivery) = receiver.recv().await {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let (config, metrics) = (config.clone(), loop_metrics.clone());
-                tokio::spawn(async move {
-                    send(&config, &metrics, delivery).await;
-                    drop(slot);
-                });
+            if let Some(slots) = &lane.slots {
+                if let Ok(_own) = slots.acquire().await {
+                    if let Ok(_any) = this.slots.acquire().await {
+                        this.send(&lane, delivery).await;
+                    }
+                }
+            }
+            this.queued.fetch_sub(1, Ordering::AcqRel);
+            drop(lane);
+            let mut lanes = lock(&this.lanes);
+            if lanes.get(&key).is_some_and(|l| Arc::strong_count(l) == 1) {
+                lanes.remove(&key);
             }
         });
-        Arc::new(Self { queue, metrics })
+        true
+    }
+
+    /// The destination's client: the cached one while fresh, else checked anew by the policy.
+    async fn client(&self, lane: &Lane, url: &str) -> Result<reqwest::Client, String> {
+        let mut cached = lane.client.lock().await;
+        if let Some((checked, client)) = cached.as_ref() {
+            if checked.elapsed() < DESTINATION_TTL {
+                return Ok(client.clone());
+            }
+        }
+        let destination = self.config.policy.check(url).await?;
+        let client = pinned_client(&self.config, &destination)
+            .map_err(|e| format!("cannot build the delivery client: {e}"))?;
+        *cached = Some((Instant::now(), client.clone()));
+        Ok(client)
     }
 
     /// Queues the events `run` gained since `before`, if its topic is a URL.
-    pub fn enqueue_new(&self, run: &OpRun, before: Mark) {
+    pub fn enqueue_new(self: &Arc<Self>, run: &OpRun, before: Mark) {
         if !is_url(&run.event_delivery.topic) {
             return;
         }
@@ -144,7 +219,7 @@ impl Deliverer {
                         attributes: run.event_delivery.attributes.clone(),
                     },
                 };
-                if self.queue.try_send(delivery).is_err() {
+                if !self.queue(delivery) {
                     self.metrics
                         .deliveries_dropped
                         .fetch_add(1, Ordering::Relaxed);
@@ -152,6 +227,20 @@ impl Deliverer {
                 }
             }
         }
+    }
+}
+
+/// The destination of `url` as lanes count it: scheme, host and port (the URL itself when it
+/// does not parse; the policy then refuses it).
+fn destination_key(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) => format!(
+            "{}://{}:{}",
+            parsed.scheme(),
+            parsed.host_str().unwrap_or_default(),
+            parsed.port_or_known_default().unwrap_or_default()
+        ),
+        Err(_) => url.to_owned(),
     }
 }
 
@@ -169,47 +258,42 @@ fn pinned_client(
         .build()
 }
 
-async fn send(config: &DeliveryConfig, metrics: &Metrics, delivery: Delivery) {
-    let url = redact(&delivery.url);
-    let run_id = &delivery.message.run_id;
-    let client = match config.policy.check(&delivery.url).await {
-        Ok(destination) => pinned_client(config, &destination),
-        Err(reason) => {
-            metrics.deliveries_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%url, %run_id, %reason, "event delivery refused by the destination policy");
-            return;
-        }
-    };
-    let client = match client {
-        Ok(client) => client,
-        Err(e) => {
-            metrics.deliveries_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%url, %run_id, error = %e, "cannot build the delivery client");
-            return;
-        }
-    };
-    // Uncapped: `tries` bounds the waits.
-    let backoff = Backoff::new(config.backoff, Duration::MAX);
-    for attempt in 1..=config.tries {
-        let outcome = client
-            .post(&delivery.url)
-            .json(&delivery.message)
-            .send()
-            .await;
-        let error = match outcome {
-            Ok(response) if response.status().is_success() => {
-                metrics.deliveries_ok.fetch_add(1, Ordering::Relaxed);
+impl Deliverer {
+    async fn send(&self, lane: &Lane, delivery: Delivery) {
+        let (config, metrics) = (&self.config, &self.metrics);
+        let url = redact(&delivery.url);
+        let run_id = &delivery.message.run_id;
+        let client = match self.client(lane, &delivery.url).await {
+            Ok(client) => client,
+            Err(reason) => {
+                metrics.deliveries_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%url, %run_id, %reason, "event delivery refused by the destination policy");
                 return;
             }
-            Ok(response) => format!("HTTP {}", response.status()),
-            Err(e) => e.without_url().to_string(),
         };
-        if attempt == config.tries {
-            metrics.deliveries_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%url, %run_id, %error, "event delivery failed; giving up");
-            return;
+        // Uncapped: `tries` bounds the waits.
+        let backoff = Backoff::new(config.backoff, Duration::MAX);
+        for attempt in 1..=config.tries {
+            let outcome = client
+                .post(&delivery.url)
+                .json(&delivery.message)
+                .send()
+                .await;
+            let error = match outcome {
+                Ok(response) if response.status().is_success() => {
+                    metrics.deliveries_ok.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Ok(response) => format!("HTTP {}", response.status()),
+                Err(e) => e.without_url().to_string(),
+            };
+            if attempt == config.tries {
+                metrics.deliveries_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%url, %run_id, %error, "event delivery failed; giving up");
+                return;
+            }
+            tracing::debug!(%url, %error, "event delivery failed; retrying");
+            tokio::time::sleep(backoff.delay(attempt)).await;
         }
-        tracing::debug!(%url, %error, "event delivery failed; retrying");
-        tokio::time::sleep(backoff.delay(attempt)).await;
     }
 }

@@ -378,3 +378,82 @@ async fn a_topic_aimed_inward_gets_nothing_and_redirects_are_not_followed() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(hits.lock().unwrap().is_empty(), "a redirect was followed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_never_answers_does_not_starve_other_topics() {
+    // A receiver that accepts connections and never answers: every delivery to it holds its
+    // slot until the delivery timeout (10 s), then retries.
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stuck_hook = format!("http://{}/hook", stuck.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            for connection in stuck.incoming().flatten() {
+                held.lock().unwrap().push(connection);
+            }
+        });
+    }
+    // A receiver that answers at once, on another port (another destination).
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let receiver = {
+        let received = received.clone();
+        Router::new().route(
+            "/hook",
+            post(move |axum::Json(body): axum::Json<Value>| {
+                let received = received.clone();
+                async move {
+                    received.lock().unwrap().push(body);
+                    StatusCode::OK
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let good_hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+
+    let api = Api::with_delivery_allow("127.0.0.1").await;
+    // More events for the stuck topic than there are delivery slots in all (16).
+    let chatty = api
+        .claimed_run(json!({"image": "x", "event_delivery": {"topic": stuck_hook}}))
+        .await;
+    for n in 0..24 {
+        api.event_ok(
+            &chatty,
+            json!({"type": "INFO", "msg": format!("stuck {n}")}),
+        )
+        .await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while held.lock().unwrap().len() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stuck receiver got no connections"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Another run's events reach their receiver well before the stuck deliveries time out.
+    let other = api
+        .claimed_run(json!({"image": "x", "event_delivery": {"topic": good_hook}}))
+        .await;
+    for n in 0..3 {
+        api.event_ok(&other, json!({"type": "INFO", "msg": format!("good {n}")}))
+            .await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while received.lock().unwrap().len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "another topic's events waited behind a topic that never answers ({} delivered)",
+            received.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        held.lock().unwrap().len() <= 4,
+        "one destination held more than its share of the delivery slots: {} connections",
+        held.lock().unwrap().len()
+    );
+}
