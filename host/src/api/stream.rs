@@ -101,7 +101,7 @@ impl Watch {
             cursor: self
                 .position
                 .index
-                .map_or(EventCursor::Start, |i| EventCursor::After(i)),
+                .map_or(EventCursor::Start, EventCursor::After),
             limit: MAX_EVENT_PAGE,
         };
         let page = match list_events(&*self.state.service.store, &self.run_id, &query).await {
