@@ -6,6 +6,7 @@
 //! cargo run --release -p gyoza-bench -- claims  [--store URL]   # 10,000 runs, 50 workers
 //! cargo run --release -p gyoza-bench -- memory                  # RSS idle and with 100,000 runs
 //! cargo run --release -p gyoza-bench -- worker                  # claim → container start vs docker run
+//! cargo run --release -p gyoza-bench -- events  [--events N] [--event-bytes B]   # one chatty run
 //! ```
 //!
 //! The server binary is `target/release/gyoza` (or `GYOZA_BIN`); `--store` is passed to it
@@ -303,6 +304,100 @@ async fn claims(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Res
     Ok(())
 }
 
+/// One chatty run: `events` INFO events of `bytes` bytes appended to it one after the other
+/// over HTTP, while 4 other workers claim, start and complete short runs; the mean cost of
+/// the first and of the last thousand appends, their ratio, and the other workers' claim
+/// latencies.
+async fn events(events: usize, bytes: usize) -> anyhow::Result<()> {
+    const CLAIMERS: usize = 4;
+    let server = Server::start(None)?;
+    let client = server.client().await?;
+    let beat = |name: String| HeartbeatRequest {
+        worker_id: name,
+        resources: Resources {
+            cpu_cores: 64,
+            ram_mb: 1 << 20,
+            gpus: vec![],
+        },
+        tags: vec![],
+        running_ops: None,
+    };
+    // The chatty run, assigned to a worker of its own.
+    client.heartbeat(&beat("chatty".into())).await?;
+    let chatty = client.create_run(&ad_hoc(0)).await?;
+    let claimed = client.claim("chatty", 1).await?;
+    if claimed.first().map(|op| &op.id) != Some(&chatty.id) {
+        bail!("the chatty run was not claimed first");
+    }
+    // Runs for the others to claim meanwhile.
+    create_runs(&client, 20_000, 8).await?;
+    let appending = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut claimers = Vec::new();
+    for w in 0..CLAIMERS {
+        let (client, appending) = (client.clone(), appending.clone());
+        let beat = beat(format!("claimer-{w}"));
+        claimers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while appending.load(Ordering::Relaxed) {
+                client.heartbeat(&beat).await?;
+                let t = Instant::now();
+                let ops = client.claim(&beat.worker_id, 1).await?;
+                latencies.push(t.elapsed());
+                for op in ops {
+                    let event = |kind: &str| AddEventRequest {
+                        event_type: kind.into(),
+                        msg: json!(""),
+                        payload: Some(
+                            serde_json::from_value(json!({"worker_id": beat.worker_id}))
+                                .unwrap_or_default(),
+                        ),
+                        attempt: op.attempt,
+                    };
+                    client.add_event(&op.id, &event("STARTED")).await?;
+                    client.add_event(&op.id, &event("COMPLETED")).await?;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let pad = "x".repeat(bytes);
+    let meter = CpuMeter::start(&server)?;
+    let mut costs = Vec::with_capacity(events);
+    for i in 0..events {
+        let event = AddEventRequest {
+            event_type: "INFO".into(),
+            msg: json!(format!("event {i}")),
+            payload: Some(serde_json::from_value(json!({"pad": pad})).unwrap_or_default()),
+            attempt: chatty.current_attempt.into(),
+        };
+        let t = Instant::now();
+        client.add_event(&chatty.id, &event).await?;
+        costs.push(t.elapsed());
+    }
+    appending.store(false, Ordering::Relaxed);
+    let mut claims = Latencies::default();
+    for claimer in claimers {
+        claims.0.extend(claimer.await??);
+    }
+    let window = 1_000.min(events);
+    let mean = |part: &[Duration]| -> f64 {
+        part.iter().map(Duration::as_secs_f64).sum::<f64>() * 1000.0 / part.len().max(1) as f64
+    };
+    let (first, last) = (mean(&costs[..window]), mean(&costs[events - window..]));
+    let view = client.get_run(&chatty.id).await?;
+    println!(
+        "events: {events} INFO events of {bytes} B on one run (SQLite): first {window} mean {first:.2} ms, last {window} mean {last:.2} ms, ratio {:.2}; {} claims by {CLAIMERS} other workers meanwhile: p50 {:.2} ms, p99 {:.2} ms; events_total {}; {}",
+        last / first,
+        claims.0.len(),
+        claims.percentile(0.5),
+        claims.percentile(0.99),
+        view.events_total,
+        meter.per(&server, events, "event")?
+    );
+    Ok(())
+}
+
 /// Container start times (nanoseconds since the epoch) by container name, from `docker events`.
 struct ContainerStarts {
     child: Child,
@@ -554,9 +649,21 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("memory") => memory().await,
         Some("worker") => worker_start().await,
+        Some("events") => {
+            let number = |flag: &str, default: usize| -> anyhow::Result<usize> {
+                match args.iter().position(|a| a == flag) {
+                    Some(i) => args
+                        .get(i + 1)
+                        .and_then(|v| v.parse().ok())
+                        .with_context(|| format!("{flag} needs a number")),
+                    None => Ok(default),
+                }
+            };
+            events(number("--events", 10_000)?, number("--event-bytes", 4_096)?).await
+        }
         Some("all") => all(store).await,
         _ => bail!(
-            "usage: gyoza-bench create|claims|memory|worker|all [--store URL] [--runs N] [--workers N]"
+            "usage: gyoza-bench create|claims|memory|worker|events|all [--store URL] [--runs N] [--workers N] [--events N] [--event-bytes B]"
         ),
     }
 }

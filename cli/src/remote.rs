@@ -393,7 +393,17 @@ fn event_rows(events: &gyoza_core::api::EventsResponse) -> String {
             ]
         })
         .collect();
-    table::render(&["#", "TIME", "TYPE", "MESSAGE"], &rows)
+    let mut out = table::render(&["#", "TIME", "TYPE", "MESSAGE"], &rows);
+    // The server answers a page at a time (100 events at most).
+    if events.has_more {
+        if let Some(last) = events.events.last() {
+            out.push_str(&format!(
+                "(more: --after {}; {} events in attempt {})\n",
+                last.id, events.events_total, events.attempt
+            ));
+        }
+    }
+    out
 }
 
 fn attempt_rows(attempts: &[gyoza_core::OpAttempt]) -> String {

@@ -310,8 +310,14 @@ pub struct OpRunView {
     pub outputs: Map<String, Value>,
     /// Current attempt's progress (0–100).
     pub progress: u8,
-    /// Current attempt's timeline.
+    /// The end of the current attempt's timeline: at most the last
+    /// [`limits::RUN_VIEW_EVENTS`](crate::limits::RUN_VIEW_EVENTS) events of the run (fewer in
+    /// `GET /runs`); `GET /runs/{id}/events` pages through all of them.
     pub events: Vec<crate::run::EventEntry>,
+    /// Events in the current attempt's whole timeline: more than `events` holds when the view
+    /// shows only its end (each attempt says the same in its own `events_total`).
+    #[serde(default)]
+    pub events_total: u64,
     /// Current attempt's execution summary.
     pub execution_summary: ExecutionSummary,
     /// Hardware requirements.
@@ -367,6 +373,7 @@ impl From<&OpRun> for OpRunView {
             outputs: current.outputs.clone(),
             progress: current.progress,
             events: current.events.clone(),
+            events_total: current.events_total,
             execution_summary: current.execution_summary.clone(),
             constraints: run.constraints.clone(),
             retry_policy: run.retry_policy.clone(),
@@ -401,7 +408,7 @@ pub struct OpRunList {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventView {
-    /// Index in the current attempt's timeline (pass it as `after` to poll for newer ones).
+    /// Index in its attempt's timeline (pass it as `after` to poll for newer ones).
     pub id: usize,
     /// Event type.
     #[serde(rename = "type")]
@@ -418,34 +425,51 @@ pub struct EventView {
     pub payload: Map<String, Value>,
 }
 
-/// `GET /runs/{id}/events`.
+/// `GET /runs/{id}/events`: one page of an attempt's timeline, oldest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventsResponse {
-    /// Events after the requested index.
+    /// The page.
     pub events: Vec<EventView>,
+    /// Whether more events lie beyond the page in the direction of travel (after its last
+    /// event, or before its first for a `before` page).
+    #[serde(default)]
+    pub has_more: bool,
+    /// The attempt the events belong to.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Events in that attempt's whole timeline.
+    #[serde(default)]
+    pub events_total: u64,
 }
 
 impl EventsResponse {
-    /// The current attempt's events with index greater than `after` (all when `None`).
-    pub fn of(run: &OpRun, after: Option<i64>) -> Self {
-        let start = after.map_or(0, |a| usize::try_from(a.saturating_add(1)).unwrap_or(0));
-        let events = run
-            .current()
-            .events
-            .iter()
-            .enumerate()
-            .skip(start)
-            .map(|(id, e)| EventView {
-                id,
+    /// A page of attempt `attempt` (of `events_total` events) of a run now in `state`: each
+    /// event with its index in the timeline.
+    pub fn page(
+        state: OpRunState,
+        attempt: u32,
+        events_total: u64,
+        events: Vec<(u64, crate::run::EventEntry)>,
+        has_more: bool,
+    ) -> Self {
+        let events = events
+            .into_iter()
+            .map(|(index, e)| EventView {
+                id: usize::try_from(index).unwrap_or(usize::MAX),
                 event_type: e.event_type,
                 t: time::to_wire(&e.t),
-                msg: e.msg.clone(),
-                state: run.state,
-                payload: e.payload.clone(),
+                msg: e.msg,
+                state,
+                payload: e.payload,
             })
             .collect();
-        Self { events }
+        Self {
+            events,
+            has_more,
+            attempt,
+            events_total,
+        }
     }
 }
 
@@ -752,30 +776,27 @@ mod tests {
     }
 
     #[test]
-    fn events_after_index() {
+    fn an_event_page_numbers_each_event_by_its_index() {
         let now = chrono::Utc::now();
-        let mut run = OpRunCreate {
-            image: "x".into(),
-            priority: 1,
-            inputs: Map::new(),
-            constraints: None,
-            retry_policy: None,
-            event_delivery: None,
-        }
-        .into_run(now)
-        .unwrap();
-        for i in 0..3 {
-            run.add_event(EventType::Info, json!(i), Map::new(), now)
-                .unwrap();
-        }
-        let ids: Vec<usize> = EventsResponse::of(&run, Some(0))
-            .events
-            .iter()
-            .map(|e| e.id)
-            .collect();
-        assert_eq!(ids, vec![1, 2]);
-        assert_eq!(EventsResponse::of(&run, None).events.len(), 3);
-        assert_eq!(EventsResponse::of(&run, Some(-5)).events.len(), 3);
-        assert!(EventsResponse::of(&run, Some(10)).events.is_empty());
+        let entry = |i: i64| crate::run::EventEntry {
+            t: now,
+            event_type: EventType::Info,
+            msg: json!(i),
+            payload: Map::new(),
+        };
+        let page = EventsResponse::page(
+            OpRunState::Running,
+            2,
+            40,
+            vec![(7, entry(7)), (8, entry(8))],
+            true,
+        );
+        let ids: Vec<usize> = page.events.iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![7, 8]);
+        assert_eq!(
+            (page.attempt, page.events_total, page.has_more),
+            (2, 40, true)
+        );
+        assert_eq!(page.events[0].state, OpRunState::Running);
     }
 }

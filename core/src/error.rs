@@ -66,6 +66,31 @@ pub enum DomainError {
         /// The current attempt.
         current: u32,
     },
+    /// An INFO, PROGRESS or ERROR event larger than [`crate::limits::MAX_EVENT_BYTES`] (413).
+    #[error(
+        "event too large: its msg and payload are {bytes} bytes as JSON; the most an INFO, PROGRESS or ERROR event may have is {limit} bytes"
+    )]
+    EventTooLarge {
+        /// Bytes of `msg` and `payload` as JSON.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The attempt already holds [`crate::limits::MAX_EVENTS_PER_ATTEMPT`] INFO, PROGRESS and
+    /// ERROR events; state events are still accepted.
+    #[error(
+        "attempt {attempt} of OpRun '{run_id}' already has {limit} INFO, PROGRESS and ERROR events, the most an attempt records; this {event_type} event is refused (state events are still accepted)"
+    )]
+    TooManyEvents {
+        /// The run.
+        run_id: String,
+        /// Its current attempt.
+        attempt: u32,
+        /// The refused event's type.
+        event_type: String,
+        /// The limit.
+        limit: u64,
+    },
     /// A retry without force when every attempt of the retry policy has been used.
     #[error("OpRun '{run_id}' has used all {max_attempts} attempt(s) of its retry policy")]
     RetriesExhausted {

@@ -37,6 +37,20 @@ pub const MAX_TAGS: usize = 64;
 pub const MAX_TAG_BYTES: usize = 256;
 /// Running ops one heartbeat may report (each one the server cannot match costs it a read).
 pub const MAX_RUNNING_OPS: usize = 10_000;
+/// Bytes of one INFO, PROGRESS or ERROR event: its `msg` and `payload` as JSON (64 KiB). State
+/// events (STARTED, COMPLETED, FAILED, CANCELLED, RETRIED) carry outputs and error messages and
+/// happen once per attempt: only the request body limit bounds them.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// INFO, PROGRESS and ERROR events one attempt may record; beyond, they are refused (400).
+/// State events are always accepted.
+pub const MAX_EVENTS_PER_ATTEMPT: u64 = 10_000;
+/// Events of a run's timeline (its last, across attempts) that `GET /runs/{id}` and the
+/// answers of run changes show; `GET /runs/{id}/events` pages through all of them.
+pub const RUN_VIEW_EVENTS: usize = 100;
+/// Events of each run's timeline that `GET /runs` shows.
+pub const RUN_LIST_EVENTS: usize = 10;
+/// Events one page of `GET /runs/{id}/events` holds at most (and by default).
+pub const MAX_EVENT_PAGE: usize = 100;
 
 /// Adds "`field` must be at most `limit`, got `value`" to `problems` when `value > limit`.
 pub fn at_most<T: PartialOrd + std::fmt::Display>(

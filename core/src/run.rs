@@ -165,9 +165,16 @@ pub struct OpAttempt {
     pub state: OpRunState,
     /// Progress percentage (0–100).
     pub progress: u8,
-    /// Timeline.
+    /// The end of the timeline: the last `events.len()` of its `events_total` events (see
+    /// [`OpAttempt::first_event`]). Stores keep the timeline apart from the run and load
+    /// only part of it; a run built in memory has all of it.
     pub events: Vec<EventEntry>,
+    /// Events in the whole timeline (absent in runs stored before gyoza counted them: then
+    /// `events` is the whole timeline, see [`OpRun::settle`]).
+    #[serde(default)]
+    pub events_total: u64,
     /// Inputs as this attempt received them.
+    #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub inputs: Map<String, Value>,
     /// Outputs it produced.
@@ -207,6 +214,7 @@ impl OpAttempt {
             state: OpRunState::Pending,
             progress: 0,
             events: Vec::new(),
+            events_total: 0,
             inputs: run.inputs.clone(),
             outputs: Map::new(),
             execution_summary: ExecutionSummary::default(),
@@ -216,6 +224,39 @@ impl OpAttempt {
             finished_at: None,
             worker_lost: false,
         }
+    }
+
+    /// A copy without the timeline and inputs (filled in by [`OpRun::stored`]).
+    fn clone_without_timeline(&self) -> OpAttempt {
+        OpAttempt {
+            id: self.id.clone(),
+            op_run_id: self.op_run_id.clone(),
+            attempt: self.attempt,
+            state: self.state,
+            progress: self.progress,
+            events: Vec::new(),
+            events_total: self.events_total,
+            inputs: Map::new(),
+            outputs: self.outputs.clone(),
+            execution_summary: self.execution_summary.clone(),
+            constraints: self.constraints.clone(),
+            assigned_at: self.assigned_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            worker_lost: self.worker_lost,
+        }
+    }
+
+    /// Index in the timeline of `events[0]`: the events before it are not loaded.
+    pub fn first_event(&self) -> u64 {
+        let loaded = u64::try_from(self.events.len()).unwrap_or(u64::MAX);
+        self.events_total.saturating_sub(loaded)
+    }
+
+    /// Appends `entry` to the timeline.
+    fn record(&mut self, entry: EventEntry) {
+        self.events.push(entry);
+        self.events_total = self.events_total.saturating_add(1);
     }
 
     /// Ends the attempt in `state` at `now`, recording its duration when it had started.
@@ -327,6 +368,65 @@ impl OpRun {
         };
         run.attempts.push(OpAttempt::new(&run, 1));
         Ok(run)
+    }
+
+    /// Makes a run decoded from a store whole: an attempt stored before gyoza counted its
+    /// events has them all loaded (so `events_total` is their number), and an attempt stored
+    /// without its copy of the inputs (see [`OpRun::stored`]) gets the run's back.
+    pub fn settle(&mut self) {
+        for attempt in &mut self.attempts {
+            let loaded = u64::try_from(attempt.events.len()).unwrap_or(u64::MAX);
+            attempt.events_total = attempt.events_total.max(loaded);
+            if attempt.inputs.is_empty() {
+                attempt.inputs.clone_from(&self.inputs);
+            }
+        }
+    }
+
+    /// The run as a store keeps it: the attempts' copies of the inputs left out (every attempt
+    /// gets the run's inputs when it starts, so [`OpRun::settle`] restores them; the run keeps
+    /// one copy), and their loaded events too unless `keep_events` (the store keeps the
+    /// timeline apart; `events_total` still counts it).
+    pub fn stored(&self, keep_events: bool) -> OpRun {
+        let mut stored = OpRun {
+            attempts: Vec::with_capacity(self.attempts.len()),
+            ..self.clone_without_attempts()
+        };
+        for attempt in &self.attempts {
+            stored.attempts.push(OpAttempt {
+                events: if keep_events {
+                    attempt.events.clone()
+                } else {
+                    Vec::new()
+                },
+                inputs: if attempt.inputs == self.inputs {
+                    Map::new()
+                } else {
+                    attempt.inputs.clone()
+                },
+                ..attempt.clone_without_timeline()
+            });
+        }
+        stored
+    }
+
+    fn clone_without_attempts(&self) -> OpRun {
+        OpRun {
+            id: self.id.clone(),
+            state: self.state,
+            priority: self.priority,
+            image: self.image.clone(),
+            inputs: self.inputs.clone(),
+            constraints: self.constraints.clone(),
+            retry_policy: self.retry_policy.clone(),
+            event_delivery: self.event_delivery.clone(),
+            op_definition: self.op_definition.clone(),
+            op_definition_version: self.op_definition_version.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            available_at: self.available_at,
+            attempts: Vec::new(),
+        }
     }
 
     /// The current (last) attempt.
@@ -492,7 +592,7 @@ impl OpRun {
         attempt.worker_lost = true;
         attempt.execution_summary.error_message = Some(message.clone());
         attempt.finish(OpRunState::Failed, now);
-        attempt.events.push(EventEntry {
+        attempt.record(EventEntry {
             t: now,
             event_type: EventType::Failed,
             msg: Value::String(message.clone()),
@@ -627,7 +727,7 @@ impl OpRun {
                 self.available_at = None;
             }
             OpRunState::Completed | OpRunState::Failed | OpRunState::Cancelled => {
-                self.current_mut().events.push(EventEntry {
+                self.current_mut().record(EventEntry {
                     t: now,
                     event_type: EventType::Info,
                     msg: Value::String(format!("manual: state set to {state}")),
@@ -659,6 +759,20 @@ impl OpRun {
             return self.retry(force, msg, payload, now);
         }
         self.check_unlocked()?;
+        if matches!(
+            event_type,
+            EventType::Info | EventType::Progress | EventType::Error
+        ) {
+            check_event_size(&msg, &payload)?;
+            if self.current().events_total >= limits::MAX_EVENTS_PER_ATTEMPT {
+                return Err(DomainError::TooManyEvents {
+                    run_id: self.id.clone(),
+                    attempt: self.current_attempt(),
+                    event_type: event_type.as_str().to_owned(),
+                    limit: limits::MAX_EVENTS_PER_ATTEMPT,
+                });
+            }
+        }
         let entry = EventEntry {
             t: now,
             event_type,
@@ -704,7 +818,7 @@ impl OpRun {
                 let attempt = self.current_mut();
                 attempt.execution_summary.error_message = Some(error_message.clone());
                 attempt.finish(OpRunState::Failed, now);
-                attempt.events.push(entry);
+                attempt.record(entry);
                 self.updated_at = now;
                 if self.attempts_used() < attempts_allowed(&self.retry_policy) {
                     let next = self.attempts_used() + 1;
@@ -734,7 +848,7 @@ impl OpRun {
             EventType::Info | EventType::Error => {}
             EventType::Retried => unreachable!("handled above"),
         }
-        self.current_mut().events.push(entry);
+        self.current_mut().record(entry);
         self.updated_at = now;
         Ok(())
     }
@@ -828,7 +942,7 @@ impl OpRun {
             .unwrap_or(u32::MAX)
             .saturating_add(1);
         let mut attempt = OpAttempt::new(self, number);
-        attempt.events.push(EventEntry {
+        attempt.record(EventEntry {
             t: now,
             event_type: EventType::Retried,
             msg,
@@ -838,6 +952,38 @@ impl OpRun {
         self.state = OpRunState::Pending;
         self.updated_at = now;
     }
+}
+
+/// Refuses an event whose `msg` and `payload` are larger than [`limits::MAX_EVENT_BYTES`] as
+/// JSON.
+fn check_event_size(msg: &Value, payload: &Map<String, Value>) -> Result<(), DomainError> {
+    let bytes = json_len(msg).saturating_add(json_len(payload));
+    if bytes > limits::MAX_EVENT_BYTES {
+        return Err(DomainError::EventTooLarge {
+            bytes,
+            limit: limits::MAX_EVENT_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Bytes of `value` as JSON (what the store keeps).
+fn json_len(value: &impl Serialize) -> usize {
+    /// Counts what serde writes, without keeping it.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing into a counter cannot fail, and a map of JSON values always serialises.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// Refuses a priority below 0 or above [`limits::MAX_PRIORITY`].

@@ -112,14 +112,15 @@ pub struct Deliverer {
     lanes: Mutex<HashMap<String, Arc<Lane>>>,
 }
 
-/// Where a run's timeline stood before a change: (attempts, events in the last attempt).
-pub type Mark = (usize, usize);
+/// Where a run's timeline stood before a change: (attempts, events in the last attempt's
+/// whole timeline).
+pub type Mark = (usize, u64);
 
 /// The mark of `run` now.
 pub fn mark(run: &OpRun) -> Mark {
     (
         run.attempts.len(),
-        run.attempts.last().map_or(0, |a| a.events.len()),
+        run.attempts.last().map_or(0, |a| a.events_total),
     )
 }
 
@@ -200,13 +201,17 @@ impl Deliverer {
         if !is_url(&run.event_delivery.topic) {
             return;
         }
+        // Only the events the change appended are loaded past the mark: a store loads a run
+        // for a change with at most the inline end of its timeline.
         for attempt in run.attempts.iter().skip(before.0.saturating_sub(1)) {
-            let first = if attempt.attempt as usize == before.0 {
+            let first = if usize::try_from(attempt.attempt).is_ok_and(|a| a == before.0) {
                 before.1
             } else {
                 0
             };
-            for (index, event) in attempt.events.iter().enumerate().skip(first) {
+            let indexed = (attempt.first_event()..).zip(&attempt.events);
+            for (index, event) in indexed.filter(|(index, _)| *index >= first) {
+                let index = usize::try_from(index).unwrap_or(usize::MAX);
                 let delivery = Delivery {
                     url: run.event_delivery.topic.clone(),
                     message: EventMessage {

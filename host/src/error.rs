@@ -10,7 +10,8 @@
 //! - 405: the route exists, the method does not;
 //! - 409: a worker's call for an attempt that is no longer current (the run was retried or
 //!   reclaimed meanwhile); nothing changed;
-//! - 413: the body is larger than the server accepts;
+//! - 413: the body is larger than the server accepts, or an INFO/PROGRESS/ERROR event is
+//!   larger than `limits::MAX_EVENT_BYTES` (the detail gives both sizes);
 //! - 422: well-formed JSON or query parameters of the wrong shape or type;
 //! - 500: the store failed. The cause is logged; the answer says only that the server
 //!   failed, never how (no SQL, paths or stack traces leave the server).
@@ -81,6 +82,7 @@ impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         match e {
             DomainError::StaleAttempt { .. } => Self::Conflict(e.to_string()),
+            DomainError::EventTooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
             other => Self::BadRequest(other.to_string()),
         }
     }
@@ -99,6 +101,7 @@ impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
         match e {
             QueryError::UnknownCursor { .. } => Self::BadRequest(e.to_string()),
+            QueryError::UnknownAttempt { .. } => Self::NotFound(e.to_string()),
             QueryError::Store(store) => store.into(),
         }
     }

@@ -17,6 +17,46 @@
 //! [`Store`], which adds the writes. Code that only looks (a listing, a strategy's view) can
 //! take a `StoreRead`; the server holds an `Arc<dyn Store>`.
 //!
+//! # Events apart from the run
+//!
+//! An attempt's timeline can be long (an op may log thousands of INFO events) while the run's
+//! state machine needs none of it: no rule of `core/src/run.rs` reads past events, only
+//! their count (the per-attempt cap). So the run row / document keeps the state and, per
+//! attempt, `events_total`; the events themselves live apart, one row or document per event
+//! keyed by (run id, attempt, index): the `events` table on SQLite, the `events` collection on
+//! MongoDB. An update loads the run without its history, the domain mutation appends to
+//! `events` (which [`gyoza_core::OpAttempt::first_event`] numbers from `events_total`), and
+//! the store writes back the run and inserts only what was appended: the cost of an event is
+//! the same whatever the history.
+//!
+//! Atomicity: SQLite writes the run row and inserts the new events in one savepoint of the
+//! writer's transaction. MongoDB has no multi-document transaction here (see `mongo`), so the
+//! run document is the commit point: it keeps the events the last change appended inline
+//! (an outbox, at most one change's events), and the next update first inserts those into
+//! the collection (idempotent: the `_id` is `<run>:<attempt>:<index>`, and a duplicate is one
+//! already there with the same content) and only then replaces them with its own by the
+//! run's compare-and-set. A crash between the two leaves the events inline, where readers see
+//! them; nothing is ever inserted that a committed run does not contain, so an event without
+//! its run change is never visible. A run stored before this design (every event inline, no
+//! `events_total`) reads the same way ([`gyoza_core::OpRun::settle`] counts them) and is moved
+//! out on its next update (MongoDB) or when the file is opened (SQLite, in one transaction).
+//!
+//! Reads: [`StoreRead::load_run`] is the stored run with only its inline events;
+//! [`StoreRead::get_run`] adds the end of the run's timeline ([`RUN_VIEW_EVENTS`] events,
+//! the last attempts' last ones) and [`list_events`] pages through an attempt's timeline by
+//! index. Both merge the inline events with those stored apart ([`StoreRead::event_range`])
+//! and only show indexes below the loaded `events_total`, so a read never shows an event of a
+//! change it does not show.
+//!
+//! Inputs: every attempt receives the run's inputs when it starts and they never change, so
+//! the stored run keeps one copy ([`gyoza_core::OpRun::stored`]); a retried run's row does
+//! not grow by its inputs per attempt.
+//!
+//! Caps (`core/src/limits.rs`): an INFO, PROGRESS or ERROR event is at most
+//! `MAX_EVENT_BYTES` (64 KiB) of `msg` and `payload` (413 beyond) and an attempt records at
+//! most `MAX_EVENTS_PER_ATTEMPT` (10,000) of them (400 beyond); state events are always
+//! accepted.
+//!
 //! # Layout
 //! - [`sqlite`]: [`SqliteStore`], the embedded default (one file, WAL, group commits).
 //! - [`mongo`]: [`MongoStore`], for production and several server replicas on one database.
@@ -27,6 +67,8 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use gyoza_core::limits::RUN_VIEW_EVENTS;
+use gyoza_core::run::EventEntry;
 use gyoza_core::time::Timestamp;
 use gyoza_core::{
     Capacity, Constraints, DomainError, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState,
@@ -103,6 +145,24 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
 /// The value of document `id` from its JSON.
 fn from_json<T: serde::de::DeserializeOwned>(id: &str, json: &str) -> Result<T, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::corrupt(id, e))
+}
+
+/// A run from its stored JSON, made whole ([`OpRun::settle`]).
+fn run_from_json(id: &str, json: &str) -> Result<OpRun, StoreError> {
+    let mut run: OpRun = from_json(id, json)?;
+    run.settle();
+    Ok(run)
+}
+
+/// The events loaded in `run` (those a change appended, or the inline ones of a stored run),
+/// each with its attempt and index.
+fn loaded_events(run: &OpRun) -> impl Iterator<Item = (u32, u64, &EventEntry)> {
+    run.attempts.iter().flat_map(|attempt| {
+        let first = attempt.first_event();
+        (first..)
+            .zip(&attempt.events)
+            .map(move |(index, event)| (attempt.attempt, index, event))
+    })
 }
 
 /// Keeps the first `created_at` of `existing`, the stored definition of the same id and
@@ -251,9 +311,58 @@ pub struct RunPage {
     pub has_more: bool,
 }
 
+/// Where a page of an attempt's events starts (indexes in its timeline, from 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventCursor {
+    /// The first page: the oldest events.
+    Start,
+    /// Events with an index above this one, oldest first.
+    After(u64),
+    /// Events with an index below this one: the page just before it, shown oldest first.
+    Before(u64),
+}
+
+/// Which events of a run `GET /runs/{id}/events` wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    /// The attempt; `None` for the current one.
+    pub attempt: Option<u32>,
+    /// Where the page starts.
+    pub cursor: EventCursor,
+    /// Page size (1–`MAX_EVENT_PAGE`, checked by the API).
+    pub limit: usize,
+}
+
+/// One page of an attempt's events, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventPage {
+    /// The run's state.
+    pub state: OpRunState,
+    /// The attempt.
+    pub attempt: u32,
+    /// The run's current attempt.
+    pub current_attempt: u32,
+    /// Events in the attempt's whole timeline.
+    pub events_total: u64,
+    /// The events with their indexes.
+    pub events: Vec<(u64, EventEntry)>,
+    /// Whether more lie beyond the page in the direction of travel.
+    pub has_more: bool,
+}
+
 /// Why a listing could not be answered although the store works.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
+    /// The run has no such attempt.
+    #[error("OpRun '{run_id}' has no attempt {attempt} (its attempts are 1 to {current})")]
+    UnknownAttempt {
+        /// The run.
+        run_id: String,
+        /// The attempt asked for.
+        attempt: u32,
+        /// Its current attempt.
+        current: u32,
+    },
     /// The cursor names a run that does not exist.
     #[error("{param}: no OpRun with id '{id}'")]
     UnknownCursor {
@@ -295,8 +404,37 @@ pub trait StoreRead: Send + Sync + 'static {
     /// Every version of every definition, by id then creation.
     async fn list_definitions(&self) -> Result<Vec<OpDefinition>, StoreError>;
 
-    /// A run with all its attempts.
-    async fn get_run(&self, id: &str) -> Result<Option<OpRun>, StoreError>;
+    /// A run with all its attempts, as stored: each attempt with its `events_total` and
+    /// only the events the store keeps inline (see the module docs).
+    async fn load_run(&self, id: &str) -> Result<Option<OpRun>, StoreError>;
+
+    /// A run with all its attempts and the end of its timeline: the last
+    /// [`RUN_VIEW_EVENTS`] events across its attempts (see [`with_recent_events`]).
+    async fn get_run(&self, id: &str) -> Result<Option<OpRun>, StoreError> {
+        let Some(mut run) = self.load_run(id).await? else {
+            return Ok(None);
+        };
+        with_recent_events(self, &mut run, RUN_VIEW_EVENTS).await?;
+        Ok(Some(run))
+    }
+
+    /// The events of attempt `attempt` of run `run_id` stored apart from the run, with an
+    /// index in `from..to`: the first `limit` of them in index order, or the last `limit`
+    /// when `descending` (then in descending order). Events kept inline in the run are not
+    /// included (see [`list_events`]).
+    async fn event_range(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        from: u64,
+        to: u64,
+        limit: usize,
+        descending: bool,
+    ) -> Result<Vec<(u64, EventEntry)>, StoreError>;
+
+    /// Bytes the store keeps for the run itself, without the events stored apart: what each
+    /// update of it reads and rewrites.
+    async fn stored_run_bytes(&self, id: &str) -> Result<Option<u64>, StoreError>;
 
     /// A page of runs, newest first.
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueryError>;
@@ -358,6 +496,110 @@ pub trait StoreRead: Send + Sync + 'static {
 
     /// The kept tail of an attempt's log, and how many bytes were ever appended to it.
     async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError>;
+}
+
+/// Gives each attempt of `run` (loaded by [`StoreRead::load_run`]) the events before its
+/// loaded ones, newest attempts first, until the run shows its last `limit` events or all of
+/// them (an attempt that already holds more inline keeps them).
+pub async fn with_recent_events<S: StoreRead + ?Sized>(
+    store: &S,
+    run: &mut OpRun,
+    limit: usize,
+) -> Result<(), StoreError> {
+    let mut shown = 0usize;
+    for attempt in run.attempts.iter_mut().rev() {
+        shown = shown.saturating_add(attempt.events.len());
+        if shown >= limit {
+            break;
+        }
+        let first = attempt.first_event();
+        if first == 0 {
+            continue;
+        }
+        let mut older = store
+            .event_range(&run.id, attempt.attempt, 0, first, limit - shown, true)
+            .await?;
+        shown = shown.saturating_add(older.len());
+        older.reverse();
+        let mut events: Vec<EventEntry> = older.into_iter().map(|(_, e)| e).collect();
+        events.append(&mut attempt.events);
+        attempt.events = events;
+    }
+    Ok(())
+}
+
+/// One page of a run's events ([`EventQuery`]): the events stored apart and those kept inline
+/// in the run, by index, only below the `events_total` of the run as loaded. `Ok(None)` for
+/// an unknown run.
+pub async fn list_events<S: StoreRead + ?Sized>(
+    store: &S,
+    run_id: &str,
+    query: &EventQuery,
+) -> Result<Option<EventPage>, QueryError> {
+    let Some(run) = store.load_run(run_id).await? else {
+        return Ok(None);
+    };
+    let current = run.current_attempt();
+    let number = query.attempt.unwrap_or(current);
+    let Some(attempt) = run.attempts.iter().find(|a| a.attempt == number) else {
+        return Err(QueryError::UnknownAttempt {
+            run_id: run_id.to_owned(),
+            attempt: number,
+            current,
+        });
+    };
+    let (total, first) = (attempt.events_total, attempt.first_event());
+    let inline = (first..).zip(attempt.events.iter().cloned());
+    // One more than the page, to tell whether there is more.
+    let want = query.limit.saturating_add(1);
+    let mut events: Vec<(u64, EventEntry)> = match query.cursor {
+        EventCursor::Start | EventCursor::After(_) => {
+            let from = match query.cursor {
+                EventCursor::After(after) => after.saturating_add(1),
+                _ => 0,
+            };
+            let mut events = if from < first {
+                store
+                    .event_range(run_id, number, from, first, want, false)
+                    .await?
+            } else {
+                Vec::new()
+            };
+            let left = want.saturating_sub(events.len());
+            events.extend(inline.filter(|(i, _)| *i >= from).take(left));
+            events
+        }
+        EventCursor::Before(before) => {
+            let to = before.min(total);
+            let mut events: Vec<(u64, EventEntry)> =
+                inline.filter(|(i, _)| *i < to).collect::<Vec<_>>();
+            events.reverse();
+            events.truncate(want);
+            let left = want.saturating_sub(events.len());
+            if left > 0 && first > 0 {
+                let end = to.min(first);
+                events.extend(
+                    store
+                        .event_range(run_id, number, 0, end, left, true)
+                        .await?,
+                );
+            }
+            events
+        }
+    };
+    let has_more = events.len() > query.limit;
+    events.truncate(query.limit);
+    if matches!(query.cursor, EventCursor::Before(_)) {
+        events.reverse();
+    }
+    Ok(Some(EventPage {
+        state: run.state,
+        attempt: number,
+        current_attempt: current,
+        events_total: total,
+        events,
+        has_more,
+    }))
 }
 
 /// Everything the server persists: the reads of [`StoreRead`] and the writes.

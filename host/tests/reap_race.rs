@@ -56,8 +56,24 @@ impl StoreRead for HeartbeatInTheGap {
     async fn list_definitions(&self) -> Result<Vec<OpDefinition>, StoreError> {
         self.inner.list_definitions().await
     }
-    async fn get_run(&self, id: &str) -> Result<Option<OpRun>, StoreError> {
-        self.inner.get_run(id).await
+    async fn load_run(&self, id: &str) -> Result<Option<OpRun>, StoreError> {
+        self.inner.load_run(id).await
+    }
+    async fn event_range(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        from: u64,
+        to: u64,
+        limit: usize,
+        descending: bool,
+    ) -> Result<Vec<(u64, gyoza_core::run::EventEntry)>, StoreError> {
+        self.inner
+            .event_range(run_id, attempt, from, to, limit, descending)
+            .await
+    }
+    async fn stored_run_bytes(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.stored_run_bytes(id).await
     }
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueryError> {
         self.inner.list_runs(query).await

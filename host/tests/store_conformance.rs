@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
+use gyoza_core::limits::{MAX_EVENT_BYTES, MAX_EVENTS_PER_ATTEMPT, RUN_VIEW_EVENTS};
 use gyoza_core::run::NewRun;
 use gyoza_core::time::Timestamp;
 use gyoza_core::{
@@ -14,8 +15,8 @@ use gyoza_core::{
     PendingRun, Resources, WorkerOpRun,
 };
 use gyoza_host::store::{
-    CreatedBound, Cursor, MongoStore, QueryError, RunQuery, SqliteStore, Store, StoreError,
-    StoreRead,
+    CreatedBound, Cursor, EventCursor, EventPage, EventQuery, MongoStore, QueryError, RunQuery,
+    SqliteStore, Store, StoreError, StoreRead, list_events,
 };
 
 /// A store under test and what keeps it alive (a temp dir, a database to drop).
@@ -123,8 +124,288 @@ fn sized(at: Timestamp, cpu: u32, ram_mb: u64, vram_mb: Option<u64>) -> OpRun {
     .unwrap()
 }
 
+/// A run RUNNING on worker `w1`, stored.
+async fn running_run(store: &dyn Store) -> OpRun {
+    let run = run_at(t(0), "img", 0);
+    store.insert_run(&run).await.unwrap();
+    store
+        .update_run(
+            &run.id,
+            Box::new(|r| {
+                r.assign("w1", t(1))?;
+                r.add_event(EventType::Started, "".into(), Default::default(), t(1))
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Appends an INFO event with message `msg` and a payload of `pad` bytes to `id`.
+async fn info(store: &dyn Store, id: &str, msg: String, pad: usize) -> Result<OpRun, StoreError> {
+    let payload = serde_json::json!({"pad": "x".repeat(pad)});
+    let payload = payload.as_object().cloned().unwrap_or_default();
+    store
+        .update_run(
+            id,
+            Box::new(move |r| {
+                r.add_event(
+                    EventType::Info,
+                    serde_json::json!(msg.clone()),
+                    payload.clone(),
+                    t(2),
+                )
+            }),
+        )
+        .await
+        .map(|run| run.unwrap())
+}
+
+/// Every event of the current attempt of `id`, paged forward `limit` at a time.
+async fn page_all(store: &dyn Store, id: &str, limit: usize) -> Vec<(u64, String)> {
+    let mut seen = Vec::new();
+    let mut cursor = EventCursor::Start;
+    loop {
+        let query = EventQuery {
+            attempt: None,
+            cursor,
+            limit,
+        };
+        let page: EventPage = list_events(store, id, &query).await.unwrap().unwrap();
+        assert!(page.events.len() <= limit);
+        seen.extend(
+            page.events
+                .iter()
+                .map(|(i, e)| (*i, e.msg.as_str().unwrap_or_default().to_owned())),
+        );
+        match page.events.last() {
+            Some((last, _)) if page.has_more => cursor = EventCursor::After(*last),
+            _ => return seen,
+        }
+    }
+}
+
 mod cases {
     use super::*;
+
+    pub async fn events_are_stored_apart_and_paged_in_order(store: Arc<dyn Store>) {
+        let run = running_run(&*store).await;
+        // 4 appenders at once; a reader pages meanwhile.
+        let appenders: Vec<_> = (0..4)
+            .map(|task| {
+                let (store, id) = (store.clone(), run.id.clone());
+                tokio::spawn(async move {
+                    for i in 0..40 {
+                        info(&*store, &id, format!("{task}-{i:03}"), 2_000)
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        let early = store.stored_run_bytes(&run.id).await.unwrap().unwrap();
+        let pager = {
+            let (store, id) = (store.clone(), run.id.clone());
+            tokio::spawn(async move { page_all(&*store, &id, 7).await })
+        };
+        let during = pager.await.unwrap();
+        for appender in appenders {
+            appender.await.unwrap();
+        }
+        // What a reader saw during the appends is a prefix of the timeline, in index order.
+        let all = page_all(&*store, &run.id, 9).await;
+        assert_eq!(all.len(), 161, "STARTED and 160 INFO events, each once");
+        assert_eq!(&all[..during.len()], &during[..]);
+        let indexes: Vec<u64> = all.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indexes, (0..161).collect::<Vec<_>>());
+        for task in 0..4 {
+            let mine: Vec<&String> = all
+                .iter()
+                .map(|(_, m)| m)
+                .filter(|m| m.starts_with(&format!("{task}-")))
+                .collect();
+            let expected: Vec<String> = (0..40).map(|i| format!("{task}-{i:03}")).collect();
+            assert_eq!(mine, expected.iter().collect::<Vec<_>>(), "task {task}");
+        }
+        // The run itself does not grow with its history (at most one change's events inline).
+        let late = store.stored_run_bytes(&run.id).await.unwrap().unwrap();
+        assert!(
+            late < early + 8_000,
+            "run stored in {early} bytes after 1 event, {late} after 161"
+        );
+        // The view shows the end of the timeline and says how long it is.
+        let view = store.get_run(&run.id).await.unwrap().unwrap();
+        assert_eq!(view.current().events_total, 161);
+        assert_eq!(view.current().events.len(), RUN_VIEW_EVENTS);
+        let shown: Vec<String> = view
+            .current()
+            .events
+            .iter()
+            .map(|e| e.msg.as_str().unwrap_or_default().to_owned())
+            .collect();
+        let last: Vec<String> = all[61..].iter().map(|(_, m)| m.clone()).collect();
+        assert_eq!(shown, last);
+        // Backwards from the end, and bounds.
+        let before = list_events(
+            &*store,
+            &run.id,
+            &EventQuery {
+                attempt: Some(1),
+                cursor: EventCursor::Before(10),
+                limit: 4,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let indexes: Vec<u64> = before.events.iter().map(|(i, _)| *i).collect();
+        assert_eq!((indexes, before.has_more), (vec![6, 7, 8, 9], true));
+        let past_end = list_events(
+            &*store,
+            &run.id,
+            &EventQuery {
+                attempt: None,
+                cursor: EventCursor::After(u64::MAX),
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(past_end.events.is_empty() && !past_end.has_more);
+        let unknown = list_events(
+            &*store,
+            &run.id,
+            &EventQuery {
+                attempt: Some(2),
+                cursor: EventCursor::Start,
+                limit: 1,
+            },
+        )
+        .await;
+        assert!(matches!(unknown, Err(QueryError::UnknownAttempt { .. })));
+        assert!(
+            list_events(
+                &*store,
+                "missing",
+                &EventQuery {
+                    attempt: None,
+                    cursor: EventCursor::Start,
+                    limit: 1
+                }
+            )
+            .await
+            .unwrap()
+            .is_none()
+        );
+    }
+
+    pub async fn event_caps_refuse_and_state_events_pass(store: Arc<dyn Store>) {
+        let mut run = run_at(t(0), "img", 0);
+        run.assign("w1", t(1)).unwrap();
+        store.insert_run(&run).await.unwrap();
+        // Too large: refused, nothing written.
+        let refused = info(&*store, &run.id, String::new(), MAX_EVENT_BYTES).await;
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::Rule(DomainError::EventTooLarge { bytes, limit }))
+                    if bytes > limit && limit == MAX_EVENT_BYTES
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(
+            store
+                .get_run(&run.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .current()
+                .events_total,
+            0
+        );
+        // An attempt one event short of the count cap (as if it had recorded them).
+        let mut full = run_at(t(0), "img", 0);
+        full.assign("w1", t(1)).unwrap();
+        full.attempts[0].events_total = MAX_EVENTS_PER_ATTEMPT - 1;
+        store.insert_run(&full).await.unwrap();
+        info(&*store, &full.id, "last".into(), 0).await.unwrap();
+        let refused = info(&*store, &full.id, "one too many".into(), 0).await;
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::Rule(DomainError::TooManyEvents { .. }))
+            ),
+            "{refused:?}"
+        );
+        // State events still pass: the run completes.
+        let done = store
+            .update_run(
+                &full.id,
+                Box::new(|r| {
+                    r.add_event(EventType::Started, "".into(), Default::default(), t(3))?;
+                    r.add_event(EventType::Completed, "".into(), Default::default(), t(4))
+                }),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.state, OpRunState::Completed);
+        let page = list_events(
+            &*store,
+            &full.id,
+            &EventQuery {
+                attempt: None,
+                cursor: EventCursor::After(MAX_EVENTS_PER_ATTEMPT - 2),
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let kinds: Vec<(u64, EventType)> = page
+            .events
+            .iter()
+            .map(|(i, e)| (*i, e.event_type))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (MAX_EVENTS_PER_ATTEMPT - 1, EventType::Info),
+                (MAX_EVENTS_PER_ATTEMPT, EventType::Started),
+                (MAX_EVENTS_PER_ATTEMPT + 1, EventType::Completed),
+            ]
+        );
+    }
+
+    pub async fn attempts_keep_one_copy_of_the_inputs(store: Arc<dyn Store>) {
+        let mut run = run_at(t(0), "img", 0);
+        run.inputs
+            .insert("blob".into(), serde_json::json!("y".repeat(50_000)));
+        run.attempts[0].inputs = run.inputs.clone();
+        store.insert_run(&run).await.unwrap();
+        let one = store.stored_run_bytes(&run.id).await.unwrap().unwrap();
+        for i in 0..5 {
+            store
+                .update_run(
+                    &run.id,
+                    Box::new(move |r| {
+                        r.assign("w1", t(1 + i))?;
+                        r.retry(true, "again".into(), Default::default(), t(1 + i))
+                    }),
+                )
+                .await
+                .unwrap();
+        }
+        let six = store.stored_run_bytes(&run.id).await.unwrap().unwrap();
+        assert!(
+            six < one + 20_000,
+            "1 attempt: {one} bytes; 6 attempts: {six}"
+        );
+        let back = store.get_run(&run.id).await.unwrap().unwrap();
+        assert_eq!(back.attempts.len(), 6);
+        assert!(back.attempts.iter().all(|a| a.inputs == run.inputs));
+    }
 
     pub async fn definitions_upsert_and_latest(store: Arc<dyn Store>) {
         let (first, created) = store
@@ -189,6 +470,8 @@ mod cases {
             "nested".into(),
             serde_json::json!({"a": [1, 2.5, null, "x"]}),
         );
+        // As `OpRun::new` does: an attempt receives the run's inputs (the store keeps one copy).
+        run.attempts[0].inputs = run.inputs.clone();
         store.insert_run(&run).await.unwrap();
         assert_eq!(
             store.get_run(&run.id).await.unwrap(),
@@ -906,6 +1189,9 @@ macro_rules! suite {
                 assign_runs_assigns_only_what_still_fits,
                 concurrent_assign_runs_never_overcommit_a_worker,
                 reaping_re_checks_that_the_worker_is_still_silent,
+                events_are_stored_apart_and_paged_in_order,
+                event_caps_refuse_and_state_events_pass,
+                attempts_keep_one_copy_of_the_inputs,
             );
         )+
     };
@@ -1019,5 +1305,71 @@ async fn mongodb_claim_leases_are_released_and_expire() {
             .await
             .unwrap(),
         0
+    );
+}
+
+/// A run document written before events lived apart (every event inline, no `events_total`)
+/// shows all its events, in order; two replicas updating it at once move them out once,
+/// and its document shrinks.
+#[tokio::test]
+async fn mongodb_documents_with_inline_events_are_moved_out_by_their_first_update() {
+    let Some((store, url, database)) = mongodb_alone().await else {
+        return;
+    };
+    let mut run = run_at(t(0), "img", 0);
+    run.assign("w1", t(1)).unwrap();
+    for i in 0..50 {
+        let payload = serde_json::json!({"pad": "z".repeat(1_000)});
+        let payload = payload.as_object().cloned().unwrap_or_default();
+        run.add_event(
+            EventType::Info,
+            serde_json::json!(format!("old-{i:02}")),
+            payload,
+            t(2),
+        )
+        .unwrap();
+    }
+    store.insert_run(&run).await.unwrap();
+    // The old shape: the timeline inline, no count.
+    let mut old = serde_json::to_value(&run).unwrap();
+    old["attempts"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("events_total");
+    assert_eq!(old["attempts"][0]["events"].as_array().unwrap().len(), 50);
+    let client = ::mongodb::Client::with_uri_str(&url).await.unwrap();
+    let runs = client
+        .database(&database)
+        .collection::<::mongodb::bson::Document>("runs");
+    runs.update_one(
+        ::mongodb::bson::doc! {"_id": &run.id},
+        ::mongodb::bson::doc! {"$set": {"doc": old.to_string()}},
+    )
+    .await
+    .unwrap();
+    let before = store.stored_run_bytes(&run.id).await.unwrap().unwrap();
+    let expected: Vec<String> = (0..50).map(|i| format!("old-{i:02}")).collect();
+    let msgs = |events: Vec<(u64, String)>| -> Vec<String> {
+        events.into_iter().map(|(_, m)| m).collect()
+    };
+    assert_eq!(msgs(page_all(&store, &run.id, 8).await), expected);
+    // Two replicas append at once.
+    let other = MongoStore::connect(&url, &database).await.unwrap();
+    let (a, b) = tokio::join!(
+        info(&store, &run.id, "new-a".into(), 0),
+        info(&other, &run.id, "new-b".into(), 0)
+    );
+    a.unwrap();
+    b.unwrap();
+    let after = msgs(page_all(&store, &run.id, 8).await);
+    assert_eq!(after.len(), 52);
+    assert_eq!(&after[..50], &expected[..]);
+    let mut new = after[50..].to_vec();
+    new.sort();
+    assert_eq!(new, ["new-a", "new-b"]);
+    let shrunk = store.stored_run_bytes(&run.id).await.unwrap().unwrap();
+    assert!(
+        shrunk < before / 10,
+        "{before} bytes before, {shrunk} after"
     );
 }

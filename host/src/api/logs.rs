@@ -147,7 +147,7 @@ impl Follower {
             }
             // Read the run before the log: output written before the run ended is then
             // always seen before the follower stops.
-            let ended = match self.state.service.store.get_run(&self.run_id).await {
+            let ended = match self.state.service.store.load_run(&self.run_id).await {
                 Ok(Some(run)) => run.is_locked() || run.current_attempt() != self.attempt,
                 _ => true,
             };

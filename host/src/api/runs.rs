@@ -22,7 +22,11 @@ use utoipa::IntoParams;
 use super::AppState;
 use super::extract::{ApiJson, ApiQuery, int_param};
 use crate::error::ApiError;
-use crate::store::{CreatedBound, Cursor, RunMutation, RunQuery};
+use crate::store::{
+    CreatedBound, Cursor, EventCursor, EventQuery, RunMutation, RunQuery, list_events,
+    with_recent_events,
+};
+use gyoza_core::limits::{MAX_EVENT_PAGE, RUN_LIST_EVENTS};
 
 /// Query parameters of `GET /runs`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -144,7 +148,10 @@ pub async fn list(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<OpRunList>, ApiError> {
     let query = params.into_query()?;
-    let page = state.service.store.list_runs(&query).await?;
+    let mut page = state.service.store.list_runs(&query).await?;
+    for run in &mut page.runs {
+        with_recent_events(&*state.service.store, run, RUN_LIST_EVENTS).await?;
+    }
     Ok(Json(OpRunList {
         object: "list".into(),
         data: page
@@ -182,7 +189,9 @@ pub(super) async fn load(state: &AppState, id: &str) -> Result<OpRun, ApiError> 
 }
 
 /// Applies a domain change to a run (see [`Service::update_run`](crate::service::Service::update_run))
-/// and answers with the run.
+/// and answers with the run as the change left it. Its `events` (and each attempt's) are
+/// those the change appended, `events_total` counts the whole timeline: the answer costs the
+/// same whatever the history (`GET /runs/{id}` shows the end of the timeline).
 async fn mutate(
     state: &AppState,
     id: &str,
@@ -344,25 +353,83 @@ pub async fn release(
 /// Which events to return.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct AfterParam {
-    /// Only events with an index greater than this.
+pub struct EventParams {
+    /// The attempt (default: the current one).
+    #[param(value_type = Option<i64>, minimum = 1)]
+    attempt: Option<String>,
+    /// Cursor: only events with an index greater than this (the next page; what the
+    /// original server's `after` meant).
     #[param(value_type = Option<i64>)]
     after: Option<String>,
+    /// Cursor: the page of events just before this index (the previous page).
+    #[param(value_type = Option<i64>)]
+    before: Option<String>,
+    /// Page size, 1–100 (default 100).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
 }
 
-/// The current attempt's events, optionally only those after an index.
+impl EventParams {
+    fn into_query(self) -> Result<EventQuery, ApiError> {
+        let limit = int_param("limit", self.limit.as_deref())?.unwrap_or(100);
+        let max = i64::try_from(MAX_EVENT_PAGE).unwrap_or(i64::MAX);
+        if !(1..=max).contains(&limit) {
+            return Err(ApiError::Unprocessable(format!(
+                "Query parameter 'limit' must be between 1 and {max}, got {limit}"
+            )));
+        }
+        let attempt = match int_param("attempt", self.attempt.as_deref())? {
+            None => None,
+            Some(n) => Some(u32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+                ApiError::BadRequest(format!("attempt must be a number from 1, got {n}"))
+            })?),
+        };
+        let after = int_param("after", self.after.as_deref())?;
+        let before = int_param("before", self.before.as_deref())?;
+        let cursor = match (after, before) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::BadRequest(
+                    "after and before cannot be used together".into(),
+                ));
+            }
+            // As the original server: a negative `after` starts at the beginning.
+            (Some(after), None) => {
+                u64::try_from(after).map_or(EventCursor::Start, EventCursor::After)
+            }
+            (None, Some(before)) => EventCursor::Before(u64::try_from(before).unwrap_or(0)),
+            (None, None) => EventCursor::Start,
+        };
+        Ok(EventQuery {
+            attempt,
+            cursor,
+            limit: usize::try_from(limit).unwrap_or(MAX_EVENT_PAGE),
+        })
+    }
+}
+
+/// One page of an attempt's events, oldest first: the current attempt's unless `attempt`
+/// names another, from its start, `after` an index or `before` one; `has_more` says whether
+/// more lie beyond the page in that direction.
 #[utoipa::path(
-    get, path = "/runs/{id}/events", params(("id" = String, Path), AfterParam),
-    responses((status = 200, body = EventsResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
+    get, path = "/runs/{id}/events", params(("id" = String, Path), EventParams),
+    responses((status = 200, body = EventsResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
 )]
 pub async fn poll_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    ApiQuery(params): ApiQuery<AfterParam>,
+    ApiQuery(params): ApiQuery<EventParams>,
 ) -> Result<Json<EventsResponse>, ApiError> {
-    let after = int_param("after", params.after.as_deref())?;
-    let run = load(&state, &id).await?;
-    Ok(Json(EventsResponse::of(&run, after)))
+    let query = params.into_query()?;
+    let page = list_events(&*state.service.store, &id, &query)
+        .await?
+        .ok_or_else(|| ApiError::run_not_found(&id))?;
+    Ok(Json(EventsResponse::page(
+        page.state,
+        page.attempt,
+        page.events_total,
+        page.events,
+        page.has_more,
+    )))
 }
 
 /// Appends an event to the current attempt; STARTED, PROGRESS, COMPLETED, FAILED, CANCELLED

@@ -14,13 +14,16 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use gyoza_core::api::ErrorBody;
-use gyoza_core::{OpRun, time};
+use gyoza_core::limits::MAX_EVENT_PAGE;
+use gyoza_core::run::EventEntry;
+use gyoza_core::{OpRunState, time};
 use serde_json::json;
 use tokio::sync::broadcast;
 
 use super::AppState;
 use crate::error::ApiError;
 use crate::service::Service;
+use crate::store::{EventCursor, EventQuery, QueryError, list_events};
 
 /// How long a stream waits for news before looking at the store anyway.
 const POLL: Duration = Duration::from_secs(1);
@@ -29,7 +32,7 @@ const POLL: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Position {
     attempt: u32,
-    index: Option<usize>,
+    index: Option<u64>,
 }
 
 fn parse_last_event_id(headers: &HeaderMap) -> Position {
@@ -41,7 +44,7 @@ fn parse_last_event_id(headers: &HeaderMap) -> Position {
         return start;
     };
     match value.split_once('.') {
-        Some((attempt, index)) => match (attempt.parse::<u32>(), index.parse::<usize>()) {
+        Some((attempt, index)) => match (attempt.parse::<u32>(), index.parse::<u64>()) {
             (Ok(attempt), Ok(index)) if attempt >= 1 => Position {
                 attempt,
                 index: Some(index),
@@ -52,38 +55,20 @@ fn parse_last_event_id(headers: &HeaderMap) -> Position {
     }
 }
 
-/// The events of `run` after `position`, as SSE events; moves `position` past them.
-fn events_after(run: &OpRun, position: &mut Position) -> Vec<Event> {
-    let mut out = Vec::new();
-    let from = position.attempt;
-    for attempt in run.attempts.iter().filter(|a| a.attempt >= from) {
-        let first = if attempt.attempt == position.attempt {
-            position.index.map_or(0, |i| i + 1)
-        } else {
-            0
-        };
-        for (index, event) in attempt.events.iter().enumerate().skip(first) {
-            let data = json!({
-                "id": index,
-                "attempt": attempt.attempt,
-                "type": event.event_type,
-                "t": time::to_wire(&event.t),
-                "msg": event.msg,
-                "state": run.state,
-                "payload": event.payload,
-            });
-            out.push(
-                Event::default()
-                    .id(format!("{}.{index}", attempt.attempt))
-                    .data(data.to_string()),
-            );
-            *position = Position {
-                attempt: attempt.attempt,
-                index: Some(index),
-            };
-        }
-    }
-    out
+/// The SSE event of `event`, index `index` of attempt `attempt`, of a run now in `state`.
+fn sse_event(attempt: u32, index: u64, event: &EventEntry, state: OpRunState) -> Event {
+    let data = json!({
+        "id": index,
+        "attempt": attempt,
+        "type": event.event_type,
+        "t": time::to_wire(&event.t),
+        "msg": event.msg,
+        "state": state,
+        "payload": event.payload,
+    });
+    Event::default()
+        .id(format!("{attempt}.{index}"))
+        .data(data.to_string())
 }
 
 struct Watch {
@@ -95,7 +80,58 @@ struct Watch {
     finished: bool,
 }
 
+/// What one look at the store found.
+enum Found {
+    /// Events to send (the position moved past them).
+    Events,
+    /// Nothing new in this attempt, but a later attempt exists: look there.
+    NextAttempt,
+    /// Nothing new; the run is in this state.
+    Nothing(OpRunState),
+    /// The run is gone.
+    Gone,
+}
+
 impl Watch {
+    /// Queues the next page of events after the position (one page at a time, so a long
+    /// timeline is streamed without being loaded whole).
+    async fn look(&mut self) -> Result<Found, QueryError> {
+        let query = EventQuery {
+            attempt: Some(self.position.attempt),
+            cursor: self
+                .position
+                .index
+                .map_or(EventCursor::Start, EventCursor::After),
+            limit: MAX_EVENT_PAGE,
+        };
+        let page = match list_events(&*self.state.service.store, &self.run_id, &query).await {
+            Ok(Some(page)) => page,
+            Ok(None) => return Ok(Found::Gone),
+            // A Last-Event-ID naming an attempt that does not exist (yet).
+            Err(QueryError::UnknownAttempt { .. }) => {
+                return Ok(
+                    match self.state.service.store.load_run(&self.run_id).await? {
+                        Some(run) => Found::Nothing(run.state),
+                        None => Found::Gone,
+                    },
+                );
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some((last, _)) = page.events.last() {
+            self.position.index = Some(*last);
+            for (index, event) in &page.events {
+                self.queue
+                    .push_back(sse_event(page.attempt, *index, event, page.state));
+            }
+            return Ok(Found::Events);
+        }
+        if page.attempt < page.current_attempt {
+            return Ok(Found::NextAttempt);
+        }
+        Ok(Found::Nothing(page.state))
+    }
+
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
         loop {
             if let Some(event) = self.queue.pop_front() {
@@ -104,24 +140,28 @@ impl Watch {
             if self.finished {
                 return None;
             }
-            match self.state.service.store.get_run(&self.run_id).await {
-                Ok(Some(run)) => {
-                    self.queue.extend(events_after(&run, &mut self.position));
-                    if run.is_locked() {
-                        self.finished = true;
-                        let end = json!({"state": run.state});
-                        self.queue
-                            .push_back(Event::default().event("end").data(end.to_string()));
-                    }
+            match self.look().await {
+                Ok(Found::Events) => {}
+                Ok(Found::NextAttempt) => {
+                    self.position = Position {
+                        attempt: self.position.attempt.saturating_add(1),
+                        index: None,
+                    };
                 }
-                Ok(None) => self.finished = true,
+                Ok(Found::Nothing(state)) if state.is_terminal() => {
+                    self.finished = true;
+                    let end = json!({"state": state});
+                    self.queue
+                        .push_back(Event::default().event("end").data(end.to_string()));
+                }
+                Ok(Found::Nothing(_)) => {
+                    Service::wait_for_change(&mut self.changes, &self.run_id, POLL).await;
+                }
+                Ok(Found::Gone) => self.finished = true,
                 Err(e) => {
                     tracing::error!(run_id = %self.run_id, error = %e, "event stream: store failed; closing the stream");
                     self.finished = true;
                 }
-            }
-            if self.queue.is_empty() && !self.finished {
-                Service::wait_for_change(&mut self.changes, &self.run_id, POLL).await;
             }
         }
     }

@@ -55,7 +55,7 @@ impl Service {
             }
             // Not held when read above: look again, so that only a run the store still does
             // not give to this worker is stopped.
-            let run = self.store.get_run(&op.id).await?;
+            let run = self.store.load_run(&op.id).await?;
             if !run.is_some_and(|run| run.is_held_by(worker_id, op.attempt)) {
                 stop.push(StopRun {
                     id: op.id.clone(),

@@ -35,8 +35,17 @@
 //! worker just before the run's compare-and-set, which narrows the window in which a worker
 //! that came back loses its attempt to one round trip (a heartbeat does not take the lease).
 //!
-//! Collections: `definitions` (unique on id + version), `runs`, `workers`, `run_logs`,
-//! `claim_leases`.
+//! Events live in the `events` collection, one document per event (`_id`
+//! `<run>:<attempt>:<index>`, indexed on run, attempt and index); the run document keeps the
+//! events of its last change inline until the next update moves them there, just before its
+//! compare-and-set (see the store's module docs: the run document is the commit point, and
+//! the insert is idempotent). A run document written before events lived apart holds its
+//! whole timeline inline: readers see it as it is, and its first update moves it out. Two
+//! replicas doing that at once insert the same documents (a duplicate is skipped) and one
+//! compare-and-set wins, so nothing is lost or doubled; there is no start-up migration.
+//!
+//! Collections: `definitions` (unique on id + version), `runs`, `events`, `workers`,
+//! `run_logs`, `claim_leases`.
 
 use std::time::Duration;
 
@@ -44,6 +53,7 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use gyoza_core::backoff::Backoff;
 use gyoza_core::definition::compare_versions;
+use gyoza_core::run::EventEntry;
 use gyoza_core::time::{Timestamp, from_micros, to_micros};
 use gyoza_core::{
     Capacity, Constraints, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun, Worker,
@@ -76,6 +86,7 @@ pub struct MongoStore {
     database: Database,
     definitions: Collection<Document>,
     runs: Collection<Document>,
+    events: Collection<Document>,
     workers: Collection<Document>,
     logs: Collection<Document>,
     leases: Collection<Document>,
@@ -88,6 +99,22 @@ fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
         e.kind.as_ref(),
         ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000
     )
+}
+
+/// Whether `e` failed only for duplicate keys: an `insert_many` of documents some of which
+/// are already there.
+fn only_duplicates(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(failure) => {
+            failure.write_concern_error.is_none()
+                && failure
+                    .write_errors
+                    .as_ref()
+                    .is_some_and(|errors| errors.iter().all(|w| w.code == 11000))
+        }
+        _ => is_duplicate_key(e),
+    }
 }
 
 /// A name for one claim's lease, unique across processes and claims.
@@ -145,8 +172,18 @@ fn run_document(run: &OpRun, rev: i64) -> Result<Document, StoreError> {
             "vram_mb": optional(run.constraints.vram_mb.map(|v| v as i64)),
             "gpu_id": optional(run.current().execution_summary.gpu_id.map(i64::from)),
         },
-        "doc": to_json(run)?,
+        // The events loaded in `run` stay inline (those its last change appended).
+        "doc": to_json(&run.stored(true))?,
     })
+}
+
+/// The run a run document holds, made whole ([`OpRun::settle`]).
+fn decode_run(document: &Document) -> Result<OpRun, StoreError> {
+    let id = document.get_str("_id").unwrap_or_default();
+    let json = document
+        .get_str("doc")
+        .map_err(|e| StoreError::corrupt(id, e))?;
+    super::run_from_json(id, json)
 }
 
 /// What scheduling reads of a run: its `sched` fields, so that a claim does not decode run
@@ -252,6 +289,7 @@ impl MongoStore {
         let store = Self {
             definitions: database.collection("definitions"),
             runs: database.collection("runs"),
+            events: database.collection("events"),
             workers: database.collection("workers"),
             logs: database.collection("run_logs"),
             leases: database.collection("claim_leases"),
@@ -288,6 +326,9 @@ impl MongoStore {
                 // Free capacity of a worker.
                 index(doc! {"worker_id": 1, "state": 1}),
             ])
+            .await?;
+        self.events
+            .create_index(index(doc! {"run_id": 1, "attempt": 1, "seq": 1}))
             .await?;
         Ok(())
     }
@@ -381,9 +422,33 @@ impl MongoStore {
         let id = listed
             .get_str("_id")
             .map_err(|e| StoreError::corrupt("runs._id", e))?;
-        find_value(&self.runs, doc! {"_id": id})
+        self.load_run(id)
             .await?
             .ok_or_else(|| StoreError::backend(format!("run '{id}' vanished while listed")))
+    }
+
+    /// Inserts the events `run` keeps inline into the `events` collection; those already there
+    /// (the same event, inserted by an earlier try or another replica) are skipped.
+    async fn flush_events(&self, run: &OpRun) -> Result<(), StoreError> {
+        let mut documents = Vec::new();
+        for (attempt, index, event) in super::loaded_events(run) {
+            let index = i64::try_from(index).map_err(StoreError::backend)?;
+            documents.push(doc! {
+                "_id": format!("{}:{attempt}:{index}", run.id),
+                "run_id": &run.id,
+                "attempt": i64::from(attempt),
+                "seq": index,
+                "doc": to_json(event)?,
+            });
+        }
+        if documents.is_empty() {
+            return Ok(());
+        }
+        match self.events.insert_many(documents).ordered(false).await {
+            Ok(_) => Ok(()),
+            Err(e) if only_duplicates(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn run_key(&self, param: &'static str, id: &str) -> Result<(i64, String), QueryError> {
@@ -470,8 +535,56 @@ impl StoreRead for MongoStore {
         find_values(&self.definitions, doc! {}, Some(sort)).await
     }
 
-    async fn get_run(&self, id: &str) -> Result<Option<OpRun>, StoreError> {
-        find_value(&self.runs, doc! {"_id": id}).await
+    async fn load_run(&self, id: &str) -> Result<Option<OpRun>, StoreError> {
+        let found = self.runs.find_one(doc! {"_id": id}).await?;
+        found.as_ref().map(decode_run).transpose()
+    }
+
+    async fn event_range(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        from: u64,
+        to: u64,
+        limit: usize,
+        descending: bool,
+    ) -> Result<Vec<(u64, EventEntry)>, StoreError> {
+        let bound = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let filter = doc! {
+            "run_id": run_id,
+            "attempt": i64::from(attempt),
+            "seq": {"$gte": bound(from), "$lt": bound(to)},
+        };
+        let cursor = self
+            .events
+            .find(filter)
+            .sort(doc! {"seq": if descending { -1 } else { 1 }})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await?;
+        let mut events = Vec::new();
+        for document in collect(cursor).await? {
+            let seq = document
+                .get_i64("seq")
+                .ok()
+                .and_then(|s| u64::try_from(s).ok())
+                .ok_or_else(|| StoreError::corrupt(run_id, "event without a valid seq"))?;
+            let json = document
+                .get_str("doc")
+                .map_err(|e| StoreError::corrupt(run_id, e))?;
+            events.push((seq, from_json(run_id, json)?));
+        }
+        Ok(events)
+    }
+
+    async fn stored_run_bytes(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        let Some(document) = self.runs.find_one(doc! {"_id": id}).await? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        document
+            .to_writer(&mut bytes)
+            .map_err(StoreError::backend)?;
+        Ok(Some(u64::try_from(bytes.len()).unwrap_or(u64::MAX)))
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueryError> {
@@ -518,7 +631,7 @@ impl StoreRead for MongoStore {
                     .is_some()
             }
         };
-        let runs = documents.iter().map(decode).collect::<Result<_, _>>()?;
+        let runs = documents.iter().map(decode_run).collect::<Result<_, _>>()?;
         Ok(RunPage { runs, has_more })
     }
 
@@ -551,7 +664,8 @@ impl StoreRead for MongoStore {
 
     async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError> {
         let filter = doc! {"worker_id": worker_id, "state": {"$in": ["ASSIGNED", "RUNNING"]}};
-        find_values(&self.runs, filter, None).await
+        let cursor = self.runs.find(filter).await?;
+        collect(cursor).await?.iter().map(decode_run).collect()
     }
 
     async fn held_runs(&self) -> Result<Vec<HeldRun>, StoreError> {
@@ -638,7 +752,13 @@ impl Store for MongoStore {
                 return Ok(None);
             };
             let rev = document.get_i64("rev").map_err(StoreError::backend)?;
-            let mut run: OpRun = decode(&document)?;
+            let mut run = decode_run(&document)?;
+            // The events the last change left inline go to the collection before this change
+            // replaces them (see the module docs); the run keeps counting them.
+            self.flush_events(&run).await?;
+            for attempt in &mut run.attempts {
+                attempt.events.clear();
+            }
             mutation(&mut run)?;
             let replaced = self
                 .runs

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use gyoza_core::definition::compare_versions;
+use gyoza_core::run::EventEntry;
 use gyoza_core::sync::lock;
 use gyoza_core::time::{Timestamp, from_micros, to_micros};
 use gyoza_core::{
@@ -39,7 +40,8 @@ use rusqlite::{
 use super::{
     ClaimView, CreatedBound, Cursor, LogTail, Placement, QueryError, RunMutation, RunPage,
     RunQuery, SharedRunMutation, Store, StoreError, StoreRead, answer_each, assign_if_fits,
-    from_json, replace_definition, to_json, unknown_worker, worker_not_silent,
+    from_json, loaded_events, replace_definition, run_from_json, to_json, unknown_worker,
+    worker_not_silent,
 };
 
 /// Parallel read connections.
@@ -116,7 +118,21 @@ CREATE INDEX runs_held ON runs (worker_id, state, id, cpu, ram_mb, vram_mb, gpu_
 DROP INDEX runs_by_state;
 CREATE INDEX runs_by_state ON runs (state, created_at, seq);
 "#,
+    // Events apart from the run (see the store's module docs); `migrate` then moves the
+    // events of existing runs here, in the same transaction.
+    r#"
+CREATE TABLE IF NOT EXISTS events (
+    run_id  TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    doc     TEXT NOT NULL,
+    PRIMARY KEY (run_id, attempt, seq)
+);
+"#,
 ];
+
+/// The schema version from which events live in the `events` table.
+const EVENTS_APART: usize = 4;
 
 /// The SQLite [`Store`].
 #[derive(Clone)]
@@ -154,12 +170,55 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for migration in &MIGRATIONS[version..] {
         tx.execute_batch(migration)?;
     }
+    if version < EVENTS_APART {
+        move_events_out(&tx)?;
+    }
     tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
     tx.commit().map_err(StoreError::backend)
 }
 
+/// Moves the events of every run stored with its timeline inline into the `events` table and
+/// rewrites the run without them (and without its attempts' copies of the inputs), inside
+/// the caller's transaction: a file is migrated whole or not at all.
+fn move_events_out(conn: &Connection) -> Result<(), StoreError> {
+    let ids: Vec<String> = {
+        let mut stmt = conn.prepare("SELECT id FROM runs ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut moved = 0usize;
+    for id in &ids {
+        if let Some(run) = read_run(conn, id)? {
+            moved = moved.saturating_add(loaded_events(&run).count());
+            write_run(conn, &run, false)?;
+        }
+    }
+    if moved > 0 {
+        tracing::info!(
+            runs = ids.len(),
+            events = moved,
+            "moved the runs' events into their own table"
+        );
+    }
+    Ok(())
+}
+
+/// Inserts the events loaded in `run` (those a change appended) into the `events` table.
+fn insert_events(conn: &Connection, run: &OpRun) -> Result<(), StoreError> {
+    let mut insert = conn
+        .prepare_cached("INSERT INTO events (run_id, attempt, seq, doc) VALUES (?1, ?2, ?3, ?4)")?;
+    for (attempt, index, event) in loaded_events(run) {
+        let index = i64::try_from(index).map_err(StoreError::backend)?;
+        insert.execute(params![run.id, attempt, index, to_json(event)?])?;
+    }
+    Ok(())
+}
+
+/// Writes `run` (inserted new, or over its stored row) and inserts the events it has loaded:
+/// all a change appended, since a run is loaded for a change without its history.
 fn write_run(conn: &Connection, run: &OpRun, insert: bool) -> Result<(), StoreError> {
-    let doc = to_json(run)?;
+    insert_events(conn, run)?;
+    let doc = to_json(&run.stored(false))?;
     let sql = if insert {
         "INSERT INTO runs (id, state, priority, created_at, available_at, op_definition, image, worker_id, doc,
                           cpu, ram_mb, vram_mb, gpu_id)
@@ -195,7 +254,7 @@ fn update_run_blocking(
     id: &str,
     mutation: &mut dyn FnMut(&mut OpRun) -> Result<(), gyoza_core::DomainError>,
 ) -> Result<Option<OpRun>, StoreError> {
-    let Some(mut run) = read_doc::<OpRun>(conn, "SELECT doc FROM runs WHERE id = ?1", id)? else {
+    let Some(mut run) = read_run(conn, id)? else {
         return Ok(None);
     };
     mutation(&mut run)?;
@@ -289,6 +348,46 @@ fn assign_runs_blocking(
         answers.push(answer);
     }
     Ok(answers)
+}
+
+/// Run `id` as stored (see [`StoreRead::load_run`]).
+fn read_run(conn: &Connection, id: &str) -> Result<Option<OpRun>, StoreError> {
+    let doc: Option<String> = conn
+        .prepare_cached("SELECT doc FROM runs WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    doc.map(|doc| run_from_json(id, &doc)).transpose()
+}
+
+/// Events of a run's attempt stored apart, with an index in `from..to` (see
+/// [`StoreRead::event_range`]).
+fn event_range_blocking(
+    conn: &Connection,
+    run_id: &str,
+    attempt: u32,
+    (from, to): (u64, u64),
+    limit: usize,
+    descending: bool,
+) -> Result<Vec<(u64, EventEntry)>, StoreError> {
+    let order = if descending { "DESC" } else { "ASC" };
+    let sql = format!(
+        "SELECT seq, doc FROM events WHERE run_id = ?1 AND attempt = ?2 AND seq >= ?3 AND seq < ?4
+         ORDER BY seq {order} LIMIT ?5"
+    );
+    let bound = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        params![run_id, attempt, bound(from), bound(to), limit],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+    )?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (seq, doc) = row?;
+        let seq = u64::try_from(seq).map_err(|e| StoreError::corrupt(run_id, e))?;
+        events.push((seq, from_json(run_id, &doc)?));
+    }
+    Ok(events)
 }
 
 fn get_worker_blocking(conn: &Connection, id: &str) -> Result<Option<Worker>, StoreError> {
@@ -619,7 +718,7 @@ fn list_runs_blocking(conn: &mut Connection, query: &RunQuery) -> Result<RunPage
         let mut rows = Vec::new();
         for row in mapped {
             let (seq, created, id, doc) = row?;
-            rows.push((seq, created, from_json(&id, &doc)?));
+            rows.push((seq, created, run_from_json(&id, &doc)?));
         }
         rows
     };
@@ -692,10 +791,37 @@ impl StoreRead for SqliteStore {
         .await
     }
 
-    async fn get_run(&self, id: &str) -> Result<Option<OpRun>, StoreError> {
+    async fn load_run(&self, id: &str) -> Result<Option<OpRun>, StoreError> {
         let id = id.to_owned();
-        self.read(move |conn| read_doc(conn, "SELECT doc FROM runs WHERE id = ?1", &id))
-            .await
+        self.read(move |conn| read_run(conn, &id)).await
+    }
+
+    async fn event_range(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        from: u64,
+        to: u64,
+        limit: usize,
+        descending: bool,
+    ) -> Result<Vec<(u64, EventEntry)>, StoreError> {
+        let run_id = run_id.to_owned();
+        self.read(move |conn| {
+            event_range_blocking(conn, &run_id, attempt, (from, to), limit, descending)
+        })
+        .await
+    }
+
+    async fn stored_run_bytes(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            let bytes: Option<i64> = conn
+                .prepare_cached("SELECT length(CAST(doc AS BLOB)) FROM runs WHERE id = ?1")?
+                .query_row([&id], |r| r.get(0))
+                .optional()?;
+            Ok(bytes.map(|b| u64::try_from(b).unwrap_or(0)))
+        })
+        .await
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueryError> {
@@ -723,11 +849,13 @@ impl StoreRead for SqliteStore {
     async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError> {
         let worker_id = worker_id.to_owned();
         self.read(move |conn| {
-            read_docs(
+            let mut runs: Vec<OpRun> = read_docs(
                 conn,
                 "SELECT id, doc FROM runs WHERE worker_id = ?1 AND state IN ('ASSIGNED', 'RUNNING')",
                 &[SqlValue::Text(worker_id)],
-            )
+            )?;
+            runs.iter_mut().for_each(OpRun::settle);
+            Ok(runs)
         })
         .await
     }
@@ -1012,6 +1140,105 @@ mod tests {
                 gpu_id: Some(3),
             }]
         );
+    }
+
+    #[tokio::test]
+    async fn an_older_file_has_its_events_moved_out_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gyoza.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let now = from_micros(to_micros(&chrono::Utc::now()));
+        // A run with two attempts and their timelines, as an older gyoza stored it: inline.
+        let mut run = sized(1, 256, None);
+        run.inputs.insert("k".into(), serde_json::json!("v"));
+        run.attempts[0].inputs = run.inputs.clone();
+        run.assign("w1", now).unwrap();
+        for i in 0..30 {
+            run.add_event(
+                EventType::Info,
+                serde_json::json!(format!("a1-{i}")),
+                Default::default(),
+                now,
+            )
+            .unwrap();
+        }
+        run.retry(true, "again".into(), Default::default(), now)
+            .unwrap();
+        run.assign("w1", now).unwrap();
+        for i in 0..20 {
+            run.add_event(
+                EventType::Info,
+                serde_json::json!(format!("a2-{i}")),
+                Default::default(),
+                now,
+            )
+            .unwrap();
+        }
+        let mut old = serde_json::to_value(&run).unwrap();
+        for attempt in old["attempts"].as_array_mut().unwrap() {
+            attempt.as_object_mut().unwrap().remove("events_total");
+        }
+        store.insert_run(&sized(1, 1, None)).await.unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        conn.execute_batch("DROP TABLE events; PRAGMA user_version = 3;")
+            .unwrap();
+        conn.execute(
+            "INSERT INTO runs (id, state, priority, created_at, image, worker_id, doc)
+             VALUES (?1, ?2, 0, ?3, 'img', 'w1', ?4)",
+            params![
+                run.id,
+                run.state.as_str(),
+                to_micros(&run.created_at),
+                old.to_string()
+            ],
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let doc: String = conn
+            .query_row("SELECT doc FROM runs WHERE id = ?1", [&run.id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(
+            !doc.contains("a1-") && !doc.contains("a2-"),
+            "no event left in the row"
+        );
+        let version: usize = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+        // Attempt 1: 30 INFO (the forced retry ends it without an event); attempt 2: RETRIED
+        // then 20 INFO.
+        for (attempt, prefix, count, infos) in [(1, "a1", 30, 30), (2, "a2", 21, 20)] {
+            let query = crate::store::EventQuery {
+                attempt: Some(attempt),
+                cursor: crate::store::EventCursor::Start,
+                limit: 100,
+            };
+            let page = crate::store::list_events(&store, &run.id, &query)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(page.events_total, count);
+            let indexes: Vec<u64> = page.events.iter().map(|(i, _)| *i).collect();
+            assert_eq!(indexes, (0..count).collect::<Vec<_>>());
+            let shown: Vec<String> = page
+                .events
+                .iter()
+                .filter(|(_, e)| e.event_type == EventType::Info)
+                .map(|(_, e)| e.msg.as_str().unwrap().to_owned())
+                .collect();
+            let expected: Vec<String> = (0..infos).map(|i| format!("{prefix}-{i}")).collect();
+            assert_eq!(shown, expected);
+        }
+        let back = store.get_run(&run.id).await.unwrap().unwrap();
+        assert_eq!(back, run, "the run reads back as it was");
     }
 
     #[tokio::test]
