@@ -50,7 +50,11 @@ async fn concurrent_claims_through_two_mongodb_replicas_never_overcommit_a_worke
     }
     let every: Vec<&String> = claimed.values().flatten().collect();
     let distinct: HashSet<&String> = every.iter().copied().collect();
-    assert_eq!(every.len(), distinct.len(), "no run given twice: {claimed:?}");
+    assert_eq!(
+        every.len(),
+        distinct.len(),
+        "no run given twice: {claimed:?}"
+    );
     for (worker, ids) in &claimed {
         assert!(
             ids.len() <= 2,
@@ -94,7 +98,11 @@ async fn a_run_changed_through_one_mongodb_replica_is_seen_through_the_other() {
     assert_eq!(seen["state"], "PENDING");
 
     second
-        .ok("PATCH", &format!("/runs/{id}"), Some(json!({"priority": 7})))
+        .ok(
+            "PATCH",
+            &format!("/runs/{id}"),
+            Some(json!({"priority": 7})),
+        )
         .await;
     assert_eq!(
         first.ok("GET", &format!("/runs/{id}"), None).await["priority"],
