@@ -14,7 +14,9 @@
 //!   larger than `limits::MAX_EVENT_BYTES` (the detail gives both sizes);
 //! - 422: well-formed JSON or query parameters of the wrong shape or type;
 //! - 500: the store failed. The cause is logged; the answer says only that the server
-//!   failed, never how (no SQL, paths or stack traces leave the server).
+//!   failed, never how (no SQL, paths or stack traces leave the server);
+//! - 507: the store has no space left (a full disk): nothing of the request was stored, and
+//!   the same request succeeds once space is freed. The detail says so in fixed words.
 //!
 //! Handlers never panic on input: everything they read is validated into one of the above.
 //! Below the API nothing knows HTTP: the domain service and the stores answer with
@@ -56,7 +58,13 @@ pub enum ApiError {
     /// 500: the server failed; the message is logged, not sent.
     #[error("{0}")]
     Internal(String),
+    /// 507: the store is full; the cause is logged, the detail is fixed.
+    #[error("{0}")]
+    StorageFull(String),
 }
+
+/// The detail of every 507 answer.
+pub const STORAGE_FULL_DETAIL: &str = "storage full: the server's database has no space left, so nothing of this request was stored; retry once space is freed";
 
 impl ApiError {
     /// 404 for a run.
@@ -74,6 +82,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 }
@@ -92,6 +101,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Rule(rule) => rule.into(),
+            full @ StoreError::Full(_) => Self::StorageFull(full.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -114,6 +124,10 @@ impl IntoResponse for ApiError {
             Self::Internal(cause) => {
                 tracing::error!(%cause, "request failed");
                 "Internal server error; the server log has the cause".to_owned()
+            }
+            Self::StorageFull(cause) => {
+                tracing::error!(%cause, "request failed: the store is full");
+                STORAGE_FULL_DETAIL.to_owned()
             }
             other => other.to_string(),
         };

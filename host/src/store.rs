@@ -76,7 +76,7 @@ use gyoza_core::{
 };
 
 pub use mongo::MongoStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// The error of a database driver (or of the store's own machinery around it), kept whole as
 /// the source of [`StoreError::Backend`]. Shared, so that one failed group commit can answer
@@ -93,6 +93,10 @@ pub enum StoreError {
     /// only, and the driver's error is the source.
     #[error("database error: {0}")]
     Backend(#[source] BackendError),
+    /// The database has no space left (a full disk, or its size limit): nothing of the write
+    /// was stored. The message is for the log; the API answers 507 with a fixed detail.
+    #[error("storage full: {0}")]
+    Full(String),
     /// A stored document could not be decoded.
     #[error("stored document for '{id}' is unreadable: {reason}")]
     Corrupt {

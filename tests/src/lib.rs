@@ -180,8 +180,13 @@ impl Server {
     /// `extra` flags, and waits until it listens. The cli crate's tests give their own
     /// build of the binary.
     pub fn start_in(bin: impl AsRef<Path>, data_dir: &Path, api_key: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(bin.as_ref())
-            .args(["server", "start", "--port", "0", "--host", "127.0.0.1"])
+        let mut command = Command::new(bin.as_ref());
+        command.args(["server", "start", "--host", "127.0.0.1"]);
+        // `extra` may name the port (a restart on the same address); else a free one.
+        if !extra.contains(&"--port") {
+            command.args(["--port", "0"]);
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -214,6 +219,21 @@ impl Server {
     /// The process id, for signals (`kill -KILL <pid>`).
     pub fn pid(&self) -> String {
         self.child.id().to_string()
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {}", self.url))
+    }
+
+    /// Kills the process with SIGKILL (a crash: in-flight requests are cut) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The exit status, if the process has exited.
@@ -264,7 +284,8 @@ pub struct Worker {
     /// What it printed.
     pub output: Output,
     reader: Option<std::thread::JoinHandle<()>>,
-    _work: tempfile::TempDir,
+    /// Its work directory, when it is the worker's own (removed with it).
+    _work: Option<tempfile::TempDir>,
 }
 
 impl Worker {
@@ -273,15 +294,23 @@ impl Worker {
     pub fn start(server: &Server, name: &str, extra: &[&str]) -> Self {
         let work = tempfile::tempdir().expect("temp dir");
         let id = format!("e2e-{name}-{}", std::process::id());
+        let mut worker = Self::start_at(&server.url, &id, work.path(), extra);
+        worker._work = Some(work);
+        worker
+    }
+
+    /// Starts worker `id` for the server at `url` on `work_dir` (which outlives the process,
+    /// so that a restarted worker keeps its id and work directory), as [`Worker::start`].
+    pub fn start_at(url: &str, id: &str, work_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(gyoza_bin())
             .args(["worker", "start", "--heartbeat-interval", "0.3"])
             .args(["--cancel-check-interval", "0.3"])
             .arg("--work-dir")
-            .arg(work.path())
+            .arg(work_dir)
             .args(extra)
-            .env("GYOZA_SERVER_URL", &server.url)
+            .env("GYOZA_SERVER_URL", url)
             .env("GYOZA_API_KEY", API_KEY)
-            .env("GYOZA_WORKER_ID", &id)
+            .env("GYOZA_WORKER_ID", id)
             .env("GYOZA_LOG_LEVEL", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -292,10 +321,10 @@ impl Worker {
         let reader = output.collect(child.stderr.take().expect("piped stderr"));
         Self {
             child,
-            id,
+            id: id.to_owned(),
             output,
             reader: Some(reader),
-            _work: work,
+            _work: None,
         }
     }
 

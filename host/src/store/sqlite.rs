@@ -14,6 +14,14 @@
 //! before its group is on disk. `BEGIN IMMEDIATE` also serialises writers across processes
 //! that share the file.
 //!
+//! SQLite may roll the whole transaction back on its own when a statement fails with
+//! `SQLITE_FULL` or an I/O error. The writes of the group done before that are then lost and
+//! are answered so; the rest of the group runs in a new transaction. Nothing commits but the
+//! group's own `COMMIT`: a commit hook refuses every other commit (a statement run after such
+//! a rollback would otherwise start and commit a transaction of its own, and a write answered
+//! with an error would be stored). A full database answers [`StoreError::Full`] (the API's
+//! 507), and the store serves again as soon as there is space.
+//!
 //! A claim's [`Store::assign_runs`] is one such write: it reads the worker and the runs it
 //! holds, and assigns what still fits, inside its savepoint of the writer's transaction.
 //! Since every writer (of this process or another on the same file) is serialised there, the
@@ -21,7 +29,7 @@
 //! [`Store::update_run_if_silent`] checks the worker's last heartbeat in the same way.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -51,9 +59,9 @@ const READERS: usize = 4;
 const MAX_GROUP: usize = 256;
 
 /// A write for the writer thread: runs against the connection inside its savepoint, says
-/// whether it succeeded (else its savepoint is rolled back) and hands back how to answer its
-/// caller once the group's commit outcome is known.
-type WriteJob = Box<dyn FnOnce(&Connection) -> (bool, WriteReply) + Send>;
+/// whether it succeeded (else why; its savepoint is then rolled back) and hands back how to
+/// answer its caller once the group's commit outcome is known.
+type WriteJob = Box<dyn FnOnce(&Connection) -> (Result<(), StoreError>, WriteReply) + Send>;
 type WriteReply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// The schema; `user_version` says which of these statements a database has seen.
@@ -138,6 +146,39 @@ const EVENTS_APART: usize = 4;
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
+}
+
+/// Options of [`SqliteStore::open_with`].
+#[derive(Debug, Clone, Default)]
+pub struct SqliteOptions {
+    /// The most pages the database file may have (`PRAGMA max_page_count`); `None` for
+    /// SQLite's default (no practical limit). Tests use a small one to fill the "disk".
+    pub max_page_count: Option<u32>,
+}
+
+/// The writer thread's connection, and whether it is committing a group: the commit hook
+/// refuses every commit but that one.
+struct Writer {
+    conn: Connection,
+    committing: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn new(conn: Connection) -> Self {
+        let committing = Arc::new(AtomicBool::new(false));
+        let allowed = committing.clone();
+        // Returning true turns the commit into a rollback.
+        conn.commit_hook(Some(move || !allowed.load(Ordering::SeqCst)));
+        Self { conn, committing }
+    }
+
+    /// Commits the open transaction (the one commit the hook lets through).
+    fn commit(&self) -> rusqlite::Result<()> {
+        self.committing.store(true, Ordering::SeqCst);
+        let committed = self.conn.execute_batch("COMMIT");
+        self.committing.store(false, Ordering::SeqCst);
+        committed
+    }
 }
 
 struct Inner {
@@ -454,7 +495,7 @@ fn read_docs<T: serde::de::DeserializeOwned>(
 }
 
 /// The writer thread: group commits until every [`SqliteStore`] handle is gone.
-fn write_loop(conn: Connection, queue: std::sync::mpsc::Receiver<WriteJob>) {
+fn write_loop(writer: Writer, queue: std::sync::mpsc::Receiver<WriteJob>) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -463,7 +504,7 @@ fn write_loop(conn: Connection, queue: std::sync::mpsc::Receiver<WriteJob>) {
                 Err(_) => break,
             }
         }
-        commit_group(&conn, group);
+        commit_group(&writer, group);
     }
 }
 
@@ -476,37 +517,75 @@ fn close_savepoint(conn: &Connection, name: &str, keep: bool) -> rusqlite::Resul
     }
 }
 
-fn commit_group(conn: &Connection, group: Vec<WriteJob>) {
+/// Why the writes of a transaction SQLite rolled back on its own were lost: the failure of
+/// the write during which it happened, if that says (a full database stays [`StoreError::Full`]).
+fn rolled_back(cause: Option<StoreError>) -> StoreError {
+    match cause {
+        Some(full @ StoreError::Full(_)) => full,
+        Some(e) => StoreError::backend(format!(
+            "SQLite rolled back the group's transaction after a write of it failed ({e}); nothing of this write was stored"
+        )),
+        None => StoreError::backend(
+            "SQLite rolled back the group's transaction on its own; nothing of this write was stored",
+        ),
+    }
+}
+
+fn commit_group(writer: &Writer, group: Vec<WriteJob>) {
+    let conn = &writer.conn;
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let reason = format!("cannot begin a write transaction: {e}");
         tracing::error!("{reason}; {} writes dropped", group.len());
         // Dropping a job unblocks its caller with an error.
         return;
     }
+    // The replies of the writes done in the open transaction.
     let mut replies = Vec::with_capacity(group.len());
-    for job in group {
+    let mut jobs = group.into_iter();
+    while let Some(job) = jobs.next() {
         if let Err(e) = conn.execute_batch("SAVEPOINT write") {
             tracing::error!(error = %e, "cannot open a savepoint; the write is dropped");
             continue;
         }
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)));
-        let keep = match outcome {
-            Ok((ok, reply)) => {
+        let (keep, failure) = match outcome {
+            Ok((result, reply)) => {
                 replies.push(reply);
-                ok
+                (result.is_ok(), result.err())
             }
             Err(_) => {
                 tracing::error!("a store write panicked; its changes are rolled back");
-                false
+                (false, None)
             }
         };
-        if let Err(e) = close_savepoint(conn, "write", keep) {
+        // After SQLite's own rollback there is no savepoint left to close.
+        if !conn.is_autocommit()
+            && let Err(e) = close_savepoint(conn, "write", keep)
+        {
             tracing::error!(error = %e, "cannot close a savepoint");
         }
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (SQLITE_FULL, an I/O error): what the
+            // group wrote so far is gone. Answer those writes so, and run the rest of the
+            // group in a new transaction.
+            let lost = rolled_back(failure);
+            tracing::error!(error = %lost, writes = replies.len(), "SQLite rolled back a group commit; the rest of the group is redone");
+            for reply in replies.drain(..) {
+                reply(Err(lost.clone()));
+            }
+            if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                tracing::error!(error = %e, "cannot begin a write transaction; {} writes dropped", jobs.len());
+                return;
+            }
+        }
     }
-    let committed = conn.execute_batch("COMMIT").map_err(|e| {
+    let committed = writer.commit().map_err(|e| {
         let _ = conn.execute_batch("ROLLBACK");
-        StoreError::backend_while("commit failed", e)
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            StoreError::from(e)
+        } else {
+            StoreError::backend_while("commit failed", e)
+        }
     });
     for reply in replies {
         reply(committed.clone());
@@ -516,7 +595,11 @@ fn commit_group(conn: &Connection, group: Vec<WriteJob>) {
 impl From<rusqlite::Error> for StoreError {
     /// A failure of the SQLite driver, kept as the source.
     fn from(e: rusqlite::Error) -> Self {
-        Self::backend(e)
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            Self::Full(e.to_string())
+        } else {
+            Self::backend(e)
+        }
     }
 }
 
@@ -529,13 +612,31 @@ impl From<rusqlite::Error> for QueryError {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub async fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default()).await
+    }
+
+    /// [`SqliteStore::open`] with `options`.
+    pub async fn open_with(
+        path: impl Into<PathBuf>,
+        options: SqliteOptions,
+    ) -> Result<Self, StoreError> {
         let path = path.into();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&path))
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path, &options))
             .await
             .map_err(StoreError::backend)?
     }
 
-    fn open_blocking(path: &Path) -> Result<Self, StoreError> {
+    /// Sets the most pages the database file may have from now on (`PRAGMA max_page_count`,
+    /// as [`SqliteOptions::max_page_count`]): tests fill the "disk" and free it again.
+    pub async fn set_max_page_count(&self, pages: u32) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.pragma_update(None, "max_page_count", pages)?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn open_blocking(path: &Path, options: &SqliteOptions) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 StoreError::backend_while(
@@ -548,6 +649,10 @@ impl SqliteStore {
             .map_err(|e| StoreError::backend_while(format!("cannot open {}", path.display()), e))?;
         configure(&writer)?;
         migrate(&mut writer)?;
+        if let Some(pages) = options.max_page_count {
+            writer.pragma_update(None, "max_page_count", pages)?;
+        }
+        let writer = Writer::new(writer);
         let readers = (0..READERS)
             .map(|_| {
                 let conn = Connection::open_with_flags(
@@ -587,7 +692,7 @@ impl SqliteStore {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let job: WriteJob = Box::new(move |conn| {
             let result = f(conn);
-            let ok = result.is_ok();
+            let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
             let reply: WriteReply = Box::new(move |commit| {
                 let _ = answer.send(match (result, commit) {
                     (Err(e), _) => Err(e),
@@ -595,7 +700,7 @@ impl SqliteStore {
                     (Ok(_), Err(e)) => Err(e),
                 });
             });
-            (ok, reply)
+            (outcome, reply)
         });
         self.inner
             .writes

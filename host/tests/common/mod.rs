@@ -1,7 +1,7 @@
 //! The router test harness of the host's integration tests (`api`, `observe`, `reliability`,
-//! `strategies`): a server state over a SQLite store in a temporary directory and a manual
-//! clock, its router called through `tower::ServiceExt::oneshot` (no sockets), and the
-//! requests the tests make over and over.
+//! `strategies`, …): a server state over a SQLite store in a temporary directory (or over the
+//! MongoDB-wire test server, [`Api::mongodb`]) and a manual clock, its router called through
+//! `tower::ServiceExt::oneshot` (no sockets), and the requests the tests make over and over.
 //!
 //! Each test file declares it with `pub mod common;`, so that helpers a file does not use
 //! are not dead code.
@@ -19,7 +19,7 @@ use gyoza_host::delivery::DeliveryConfig;
 use gyoza_host::destination::DestinationPolicy;
 use gyoza_host::metrics::Metrics;
 use gyoza_host::service::Service;
-use gyoza_host::store::SqliteStore;
+use gyoza_host::store::{MongoStore, SqliteOptions, SqliteStore, Store};
 use gyoza_host::strategy::{StrategyHost, StrategySettings};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -46,8 +46,46 @@ pub struct Api {
     pub service: Arc<Service>,
     /// Its clock, starting at 2026-01-01 00:00 UTC.
     pub clock: Arc<ManualClock>,
-    /// The directory of its database (`gyoza.db`).
+    /// The directory of its database (`gyoza.db`; empty on MongoDB).
     pub dir: Arc<tempfile::TempDir>,
+    /// The MongoDB database it uses, when it is on MongoDB.
+    pub mongo_db: Option<String>,
+}
+
+/// The MongoDB-wire test server's URL (`GYOZA_TEST_MONGO_URL`, default
+/// `mongodb://127.0.0.1:27117`, which `scripts/test.sh` starts).
+pub fn mongo_url() -> String {
+    std::env::var("GYOZA_TEST_MONGO_URL").unwrap_or_else(|_| "mongodb://127.0.0.1:27117".into())
+}
+
+/// A database name no other test (of this or another run) uses.
+pub fn fresh_mongo_db(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}_{}_{nanos}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// True when MongoDB tests are left out (`GYOZA_TEST_SKIP_MONGO=1`), said once on stderr.
+pub fn skip_mongo() -> bool {
+    let skip = std::env::var("GYOZA_TEST_SKIP_MONGO").is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("GYOZA_TEST_SKIP_MONGO=1: MongoDB test left out");
+    }
+    skip
+}
+
+fn new_clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+    ))
 }
 
 /// Where compiled strategies are cached: shared across tests, so that each is compiled once
@@ -88,9 +126,7 @@ impl Api {
     /// A server scheduling with `host` (also behind `/strategies`), on a new database.
     pub async fn with_strategies(host: StrategyHost, max_body_bytes: usize) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let clock = Arc::new(ManualClock::new(
-            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-        ));
+        let clock = new_clock();
         Self::start(host, max_body_bytes, dir, clock, "").await
     }
 
@@ -98,14 +134,59 @@ impl Api {
     /// `GYOZA_DELIVERY_ALLOW`).
     pub async fn with_delivery_allow(allow: &str) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let clock = Arc::new(ManualClock::new(
-            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-        ));
+        let clock = new_clock();
         Self::start(priority_backfill().await, BODY_LIMIT, dir, clock, allow).await
     }
 
-    /// Another server replica on the same database file and clock.
+    /// A server on a new SQLite database opened with `options`, and its store (to change
+    /// them while it serves).
+    pub async fn with_sqlite_options(options: SqliteOptions) -> (Self, SqliteStore) {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let store = SqliteStore::open_with(dir.path().join("gyoza.db"), options)
+            .await
+            .unwrap();
+        let api = Self::on_store(
+            Arc::new(store.clone()),
+            priority_backfill().await,
+            BODY_LIMIT,
+            dir,
+            None,
+            new_clock(),
+            "",
+        );
+        (api, store)
+    }
+
+    /// A server on a new database of the MongoDB-wire test server ([`mongo_url`]); the test
+    /// fails when no server answers. Check [`skip_mongo`] first.
+    pub async fn mongodb() -> Self {
+        Self::on_mongodb(fresh_mongo_db("gyoza_api"), new_clock()).await
+    }
+
+    async fn on_mongodb(database: String, clock: Arc<ManualClock>) -> Self {
+        let url = mongo_url();
+        let store = MongoStore::connect(&url, &database)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("no MongoDB-wire server at {url} ({e}); run scripts/setup.d/30-mongo.sh or set GYOZA_TEST_SKIP_MONGO=1")
+            });
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::on_store(
+            Arc::new(store),
+            priority_backfill().await,
+            BODY_LIMIT,
+            dir,
+            Some(database),
+            clock,
+            "",
+        )
+    }
+
+    /// Another server replica on the same database (file or MongoDB) and clock.
     pub async fn replica(&self) -> Self {
+        if let Some(database) = &self.mongo_db {
+            return Self::on_mongodb(database.clone(), self.clock.clone()).await;
+        }
         let host = priority_backfill().await;
         Self::start(host, BODY_LIMIT, self.dir.clone(), self.clock.clone(), "").await
     }
@@ -120,13 +201,33 @@ impl Api {
         let store = SqliteStore::open(dir.path().join("gyoza.db"))
             .await
             .unwrap();
+        Self::on_store(
+            Arc::new(store),
+            host,
+            max_body_bytes,
+            dir,
+            None,
+            clock,
+            delivery_allow,
+        )
+    }
+
+    fn on_store(
+        store: Arc<dyn Store>,
+        host: StrategyHost,
+        max_body_bytes: usize,
+        dir: Arc<tempfile::TempDir>,
+        mongo_db: Option<String>,
+        clock: Arc<ManualClock>,
+        delivery_allow: &str,
+    ) -> Self {
         let metrics = Arc::new(Metrics::default());
         let delivery = DeliveryConfig {
             policy: DestinationPolicy::parse(delivery_allow).unwrap(),
             ..DeliveryConfig::default()
         };
         let service = Arc::new(Service::with_delivery(
-            Arc::new(store),
+            store,
             Arc::new(host.clone()),
             clock.clone(),
             metrics.clone(),
@@ -140,6 +241,7 @@ impl Api {
             service,
             clock,
             dir,
+            mongo_db,
         }
     }
 
