@@ -1,7 +1,8 @@
 //! The router test harness of the host's integration tests (`api`, `observe`, `reliability`,
-//! `strategies`): a server state over a SQLite store in a temporary directory and a manual
-//! clock, its router called through `tower::ServiceExt::oneshot` (no sockets), and the
-//! requests the tests make over and over.
+//! `strategies`, `timeouts`): a server state over a SQLite store in a temporary directory (or,
+//! with [`Api::on_mongodb`], over a database of its own on the MongoDB-wire test server) and
+//! a manual clock, its router called through `tower::ServiceExt::oneshot` (no sockets), and
+//! the requests the tests make over and over.
 //!
 //! Each test file declares it with `pub mod common;`, so that helpers a file does not use
 //! are not dead code.
@@ -19,7 +20,7 @@ use gyoza_host::delivery::DeliveryConfig;
 use gyoza_host::destination::DestinationPolicy;
 use gyoza_host::metrics::Metrics;
 use gyoza_host::service::Service;
-use gyoza_host::store::SqliteStore;
+use gyoza_host::store::{MongoStore, SqliteStore, Store};
 use gyoza_host::strategy::{StrategyHost, StrategySettings};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -48,6 +49,52 @@ pub struct Api {
     pub clock: Arc<ManualClock>,
     /// The directory of its database (`gyoza.db`).
     pub dir: Arc<tempfile::TempDir>,
+    /// On MongoDB ([`Api::on_mongodb`]): the URL and database, else SQLite in `dir`.
+    mongo: Option<(String, String)>,
+}
+
+/// The MongoDB-wire test server's URL, or `None` when `GYOZA_TEST_SKIP_MONGO=1` leaves
+/// MongoDB out (as the store conformance suite does).
+pub fn mongo_url() -> Option<String> {
+    if std::env::var("GYOZA_TEST_SKIP_MONGO").is_ok_and(|v| v == "1") {
+        eprintln!("GYOZA_TEST_SKIP_MONGO=1: the MongoDB half of this test is left out");
+        return None;
+    }
+    Some(
+        std::env::var("GYOZA_TEST_MONGO_URL")
+            .unwrap_or_else(|_| "mongodb://127.0.0.1:27117".into()),
+    )
+}
+
+/// A store on the MongoDB database `mongo` (URL, name), else on SQLite in `dir`.
+async fn open_store(mongo: &Option<(String, String)>, dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    match mongo {
+        Some((url, database)) => Arc::new(MongoStore::connect(url, database).await.unwrap_or_else(
+            |e| {
+                panic!(
+                    "no MongoDB-wire server at {url} ({e}); run scripts/setup.d/30-mongo.sh \
+                     or set GYOZA_TEST_SKIP_MONGO=1"
+                )
+            },
+        )),
+        None => Arc::new(
+            SqliteStore::open(dir.path().join("gyoza.db"))
+                .await
+                .unwrap(),
+        ),
+    }
+}
+
+/// A database name no other test uses.
+fn fresh_database() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "gyoza_api_{}_{}_{}",
+        std::process::id(),
+        Utc::now().timestamp_micros(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Where compiled strategies are cached: shared across tests, so that each is compiled once
@@ -94,6 +141,21 @@ impl Api {
         Self::start(host, max_body_bytes, dir, clock, "").await
     }
 
+    /// [`Api::new`] on a new database of the MongoDB-wire test server; `None` when MongoDB
+    /// is left out ([`mongo_url`]).
+    pub async fn on_mongodb() -> Option<Self> {
+        let mongo = Some((mongo_url()?, fresh_database()));
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let clock = Arc::new(ManualClock::new(
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        ));
+        let store = open_store(&mongo, &dir).await;
+        let host = priority_backfill().await;
+        let mut api = Self::start_on(store, host, BODY_LIMIT, dir, clock, "").await;
+        api.mongo = mongo;
+        Some(api)
+    }
+
     /// [`Api::new`] whose event deliveries may also reach `allow` (hosts and CIDRs, as
     /// `GYOZA_DELIVERY_ALLOW`).
     pub async fn with_delivery_allow(allow: &str) -> Self {
@@ -104,10 +166,21 @@ impl Api {
         Self::start(priority_backfill().await, BODY_LIMIT, dir, clock, allow).await
     }
 
-    /// Another server replica on the same database file and clock.
+    /// Another server replica on the same database (file or MongoDB) and clock.
     pub async fn replica(&self) -> Self {
+        let store = open_store(&self.mongo, &self.dir).await;
         let host = priority_backfill().await;
-        Self::start(host, BODY_LIMIT, self.dir.clone(), self.clock.clone(), "").await
+        let mut api = Self::start_on(
+            store,
+            host,
+            BODY_LIMIT,
+            self.dir.clone(),
+            self.clock.clone(),
+            "",
+        )
+        .await;
+        api.mongo = self.mongo.clone();
+        api
     }
 
     async fn start(
@@ -120,13 +193,32 @@ impl Api {
         let store = SqliteStore::open(dir.path().join("gyoza.db"))
             .await
             .unwrap();
+        Self::start_on(
+            Arc::new(store),
+            host,
+            max_body_bytes,
+            dir,
+            clock,
+            delivery_allow,
+        )
+        .await
+    }
+
+    async fn start_on(
+        store: Arc<dyn Store>,
+        host: StrategyHost,
+        max_body_bytes: usize,
+        dir: Arc<tempfile::TempDir>,
+        clock: Arc<ManualClock>,
+        delivery_allow: &str,
+    ) -> Self {
         let metrics = Arc::new(Metrics::default());
         let delivery = DeliveryConfig {
             policy: DestinationPolicy::parse(delivery_allow).unwrap(),
             ..DeliveryConfig::default()
         };
         let service = Arc::new(Service::with_delivery(
-            Arc::new(store),
+            store,
             Arc::new(host.clone()),
             clock.clone(),
             metrics.clone(),
@@ -140,6 +232,7 @@ impl Api {
             service,
             clock,
             dir,
+            mongo: None,
         }
     }
 
