@@ -70,7 +70,7 @@ async fn started(api: &Api, worker: &str, constraints: Value) -> String {
         }))
         .await;
     let id = created["id"].as_str().unwrap().to_owned();
-    assert_eq!(api.claim(worker, 1).await, [id.clone()]);
+    assert_eq!(api.claim(worker, 1).await, std::slice::from_ref(&id));
     api.event_ok(
         &id,
         json!({"type": "STARTED", "msg": "", "payload": {"worker_id": worker}, "attempt": 1}),
@@ -137,7 +137,7 @@ async fn running_past_timeout(api: Api) {
     );
 
     // The second attempt times out too: no attempts left, the run ends FAILED.
-    assert_eq!(api.claim("w1", 1).await, [limited.clone()]);
+    assert_eq!(api.claim("w1", 1).await, std::slice::from_ref(&limited));
     api.event_ok(
         &limited,
         json!({"type": "STARTED", "msg": "", "payload": {"worker_id": "w1"}, "attempt": 2}),
