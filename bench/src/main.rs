@@ -170,6 +170,7 @@ fn ad_hoc(i: usize) -> OpRunCreate {
             cpu: Some(1 + (i % 4) as u32),
             ram_mb: Some(256 << (i % 4)),
             vram_mb: None,
+            ..Constraints::default()
         }),
         retry_policy: None,
         event_delivery: None,

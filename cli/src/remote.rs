@@ -198,6 +198,14 @@ pub struct RunArgs {
     /// Attempts in all for an ad-hoc run (retries after failure).
     #[arg(long, requires = "image")]
     pub max_attempts: Option<u32>,
+    /// Longest an attempt may run, in seconds (constraints.timeout_s; overrides a
+    /// definition's; 0 for none).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout_s: Option<u64>,
+    /// Longest the run may wait to be claimed, in seconds (constraints.queue_timeout_s;
+    /// overrides a definition's; 0 for none).
+    #[arg(long, value_name = "SECONDS")]
+    pub queue_timeout_s: Option<u64>,
     /// Wait until the run ends; exit 1 if it FAILED, 3 if CANCELLED.
     #[arg(long, conflicts_with = "follow")]
     pub wait: bool,
@@ -601,7 +609,16 @@ pub async fn run(conn: &Connection, args: RunArgs) -> anyhow::Result<Outcome> {
     let priority = args.priority.unwrap_or(gyoza_core::api::DEFAULT_PRIORITY);
     let run = match (&args.definition, &args.image) {
         (Some(definition), _) => {
-            let request = OpRunCreateFromDefinition { inputs, priority };
+            let overrides = Constraints {
+                timeout_s: args.timeout_s,
+                queue_timeout_s: args.queue_timeout_s,
+                ..Constraints::default()
+            };
+            let request = OpRunCreateFromDefinition {
+                inputs,
+                priority,
+                constraints: (overrides != Constraints::default()).then_some(overrides),
+            };
             client
                 .create_run_from_definition(definition, args.version.as_deref(), &request)
                 .await?
@@ -611,6 +628,8 @@ pub async fn run(conn: &Connection, args: RunArgs) -> anyhow::Result<Outcome> {
                 cpu: args.cpu,
                 ram_mb: args.ram_mb,
                 vram_mb: args.vram_mb,
+                timeout_s: args.timeout_s,
+                queue_timeout_s: args.queue_timeout_s,
             };
             let request = OpRunCreate {
                 image: image.clone(),

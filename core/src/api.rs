@@ -145,19 +145,28 @@ pub struct OpRunCreateFromDefinition {
     /// Scheduling priority, >= 0 (default 5).
     #[serde(default = "default_priority")]
     pub priority: i64,
+    /// Constraints of this run that differ from the definition's: each figure given replaces
+    /// the definition's, the others are inherited (e.g. `{"timeout_s": 30}`; `0` drops a
+    /// timeout). Absent: the definition's constraints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraints: Option<Constraints>,
 }
 
 impl OpRunCreateFromDefinition {
-    /// The new run: inputs validated with defaults applied; constraints, retry policy and
-    /// event delivery copied from the definition.
+    /// The new run: inputs validated with defaults applied; constraints (with this request's
+    /// overrides), retry policy and event delivery copied from the definition.
     pub fn into_run(self, definition: &OpDefinition, now: Timestamp) -> Result<OpRun, DomainError> {
         let inputs = definition.prepare_inputs(&self.inputs)?;
+        let constraints = match &self.constraints {
+            Some(overrides) => definition.constraints.overridden_by(overrides),
+            None => definition.constraints.clone(),
+        };
         OpRun::new(
             NewRun {
                 image: definition.image.clone(),
                 priority: self.priority,
                 inputs,
-                constraints: definition.constraints.clone(),
+                constraints,
                 retry_policy: definition.retry_policy.clone(),
                 event_delivery: definition.event_delivery.clone(),
                 op_definition: Some(definition.id.clone()),

@@ -35,6 +35,10 @@ pub const MAX_TOPIC_BYTES: usize = 2_048;
 pub const MAX_TAGS: usize = 64;
 /// Bytes of one tag.
 pub const MAX_TAG_BYTES: usize = 256;
+/// Seconds of a run's timeout or queue timeout (`constraints.timeout_s`,
+/// `constraints.queue_timeout_s`): one year, far beyond any op, and far from the end of a
+/// timestamp's range when added to one.
+pub const MAX_TIMEOUT_S: u64 = 366 * 24 * 3_600;
 /// Running ops one heartbeat may report (each one the server cannot match costs it a read).
 pub const MAX_RUNNING_OPS: usize = 10_000;
 /// Bytes of one INFO, PROGRESS or ERROR event: its `msg` and `payload` as JSON (64 KiB). State
@@ -105,5 +109,8 @@ mod tests {
         // The longest backoff is a valid chrono duration and far from Timestamp's range end.
         let backoff = chrono::Duration::try_milliseconds(MAX_BACKOFF_MS as i64).unwrap();
         assert!(chrono::Utc::now().checked_add_signed(backoff).is_some());
+        // So is the longest timeout, with a grace of a year on top.
+        let timeout = chrono::Duration::try_seconds(2 * MAX_TIMEOUT_S as i64).unwrap();
+        assert!(chrono::Utc::now().checked_add_signed(timeout).is_some());
     }
 }

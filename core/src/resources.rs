@@ -5,7 +5,15 @@ use serde_json::{Map, Value};
 
 use crate::limits::{self, at_most, bytes_at_most};
 
-/// Hardware an op needs to run. A missing figure means "no requirement".
+/// Hardware an op needs to run, and how long it may wait and run. A missing figure means "no
+/// requirement".
+///
+/// The timeouts live here (not at the top of a definition or run) because constraints already
+/// travel everywhere a run goes — definition → run → each attempt → a claim's answer to the
+/// worker — so a worker and every server replica see them without a new field on the wire.
+/// Both are whole seconds; `0` means "none", like leaving the field out, so that a run made
+/// from a definition can drop the definition's timeout (`{"constraints": {"timeout_s": 0}}`).
+/// Both are new and optional: a document or a client without them means no timeout.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Constraints {
@@ -18,6 +26,18 @@ pub struct Constraints {
     /// VRAM in megabytes, on one GPU.
     #[serde(default)]
     pub vram_mb: Option<u64>,
+    /// Longest an attempt may run, in seconds from its container's start: the worker stops
+    /// the container at the limit and the attempt FAILS with `timed out after N s` (retried
+    /// per the retry policy); the server fails a RUNNING attempt past the limit plus its grace
+    /// (`GYOZA_TIMEOUT_GRACE`) even when its worker does not. `0` or absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    /// Longest a PENDING attempt may wait to be claimed, in seconds from when it became
+    /// claimable (the run's creation, or its last requeue once any retry backoff is over):
+    /// past it the run FAILS for good with `not started within N s` (no retry). `0` or
+    /// absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_s: Option<u64>,
 }
 
 impl Constraints {
@@ -38,8 +58,55 @@ impl Constraints {
                 limits::MAX_VRAM_MB,
             );
         }
+        if let Some(timeout) = self.timeout_s {
+            at_most(
+                &mut problems,
+                "constraints.timeout_s",
+                timeout,
+                limits::MAX_TIMEOUT_S,
+            );
+        }
+        if let Some(timeout) = self.queue_timeout_s {
+            at_most(
+                &mut problems,
+                "constraints.queue_timeout_s",
+                timeout,
+                limits::MAX_TIMEOUT_S,
+            );
+        }
         problems
     }
+
+    /// The run timeout in seconds, if there is one (`0` means none).
+    pub fn timeout(&self) -> Option<u64> {
+        self.timeout_s.filter(|s| *s > 0)
+    }
+
+    /// The queue timeout in seconds, if there is one (`0` means none).
+    pub fn queue_timeout(&self) -> Option<u64> {
+        self.queue_timeout_s.filter(|s| *s > 0)
+    }
+
+    /// These constraints with every figure `overrides` sets replacing this one's (a run made
+    /// from a definition may override the definition's constraints one by one).
+    pub fn overridden_by(&self, overrides: &Constraints) -> Constraints {
+        Constraints {
+            cpu: overrides.cpu.or(self.cpu),
+            ram_mb: overrides.ram_mb.or(self.ram_mb),
+            vram_mb: overrides.vram_mb.or(self.vram_mb),
+            timeout_s: overrides.timeout_s.or(self.timeout_s),
+            queue_timeout_s: overrides.queue_timeout_s.or(self.queue_timeout_s),
+        }
+    }
+}
+
+/// A number of seconds as a duration; one beyond chrono's range (only a document stored
+/// before the limits could hold one) is the longest duration.
+pub fn seconds(s: u64) -> chrono::Duration {
+    i64::try_from(s)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .unwrap_or(chrono::Duration::MAX)
 }
 
 /// How a failed run is retried.

@@ -9,7 +9,24 @@
 //! any non-terminal state ──CANCELLED──▶ CANCELLED
 //! ASSIGNED | RUNNING ──worker lost, run handed back or no longer reported──▶ new attempt, PENDING
 //!                      (outside the retry budget; capped, then FAILED)
+//! RUNNING ──past constraints.timeout_s + grace (the server's check)──▶ as FAILED above
+//! PENDING ──past constraints.queue_timeout_s──▶ FAILED (no retry)
 //! ```
+//!
+//! # Timeouts
+//! A run's `constraints.timeout_s` bounds each attempt's execution, counted from its STARTED
+//! (when the worker is about to start its container). The worker enforces it itself and
+//! reports an ordinary FAILED; [`OpRun::time_out`] is the server's backstop for a worker that
+//! is gone or does not enforce it, applied only once the limit *plus a grace* has passed (the
+//! grace covers the worker's own stop, SIGTERM then SIGKILL, and its report). An ASSIGNED
+//! attempt that never started is not timed out: pulling an image is not running, and a held
+//! run that does not start is already dealt with by the lost-worker and unreported-run rules.
+//!
+//! `constraints.queue_timeout_s` bounds how long an attempt waits in PENDING, counted from
+//! when it became claimable ([`OpRun::queued_since`]: the run's creation, or its last
+//! requeue once any retry backoff is over, so a retry's backoff is not counted as queueing).
+//! [`OpRun::queue_time_out`] then FAILS the run for good: a run that could not get a worker in
+//! time is not retried (another attempt would wait in the same queue).
 //!
 //! COMPLETED, FAILED and CANCELLED are terminal: a run in one of them is *locked* and refuses
 //! every event but a manual RETRIED (a COMPLETED run refuses that too: its result stands).
@@ -550,6 +567,138 @@ impl OpRun {
             max_requeues,
             now,
         );
+        Ok(())
+    }
+
+    /// When the current attempt's run timeout plus `grace` is over: `None` unless the run is
+    /// RUNNING with a `constraints.timeout_s` (an attempt counts from its STARTED). The
+    /// sum saturates: a limit beyond the timestamp range never passes.
+    pub fn timeout_deadline(&self, grace: chrono::Duration) -> Option<Timestamp> {
+        if self.state != OpRunState::Running {
+            return None;
+        }
+        let limit = self.constraints.timeout()?;
+        let started = self.current().started_at?;
+        Some(
+            started
+                .checked_add_signed(crate::resources::seconds(limit))
+                .and_then(|t| t.checked_add_signed(grace))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+        )
+    }
+
+    /// Fails RUNNING attempt `attempt`, whose worker did not stop it at its
+    /// `constraints.timeout_s`, once that limit plus `grace` has passed at `now`: the attempt
+    /// FAILS with "timed out after N s (enforced by the server)" exactly as if its worker had
+    /// reported that FAILED, so the run is retried per its retry policy. The failed attempt's
+    /// worker finds the run in its heartbeat's `stop` list and stops the container.
+    ///
+    /// Refused for an attempt that is no longer current, for a run that is not RUNNING, and
+    /// before the deadline ([`OpRun::timeout_deadline`]), so that the server's check, read
+    /// before a change (a report, a reap, another replica's check), changes nothing.
+    pub fn time_out(
+        &mut self,
+        attempt: u32,
+        grace: chrono::Duration,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        self.check_attempt(Some(attempt))?;
+        self.check_unlocked()?;
+        if self.state != OpRunState::Running {
+            return Err(self.transition_error("time out", "RUNNING"));
+        }
+        let (Some(limit), Some(deadline)) =
+            (self.constraints.timeout(), self.timeout_deadline(grace))
+        else {
+            return Err(DomainError::InvalidEvent(format!(
+                "OpRun '{}' has no run timeout",
+                self.id
+            )));
+        };
+        if now <= deadline {
+            return Err(DomainError::InvalidEvent(format!(
+                "OpRun '{}' has not run past its timeout and grace yet",
+                self.id
+            )));
+        }
+        let message = format!("timed out after {limit} s (enforced by the server)");
+        let payload = Map::from_iter([
+            ("error_message".to_owned(), Value::String(message.clone())),
+            ("timed_out".to_owned(), Value::Bool(true)),
+        ]);
+        self.add_event(EventType::Failed, Value::String(message), payload, now)
+    }
+
+    /// When the current attempt started waiting to be claimed: the run's creation for the
+    /// first attempt, the requeue (its RETRIED event) for a later one, and the end of the
+    /// retry backoff when that is later.
+    pub fn queued_since(&self) -> Timestamp {
+        let current = self.current();
+        let requeued = if current.attempt > 1 {
+            current.events.first().map_or(self.created_at, |e| e.t)
+        } else {
+            self.created_at
+        };
+        self.available_at.map_or(requeued, |t| t.max(requeued))
+    }
+
+    /// When the current attempt's queue timeout is over: `None` unless the run is PENDING
+    /// with a `constraints.queue_timeout_s`. Saturates like [`OpRun::timeout_deadline`].
+    pub fn queue_deadline(&self) -> Option<Timestamp> {
+        if self.state != OpRunState::Pending {
+            return None;
+        }
+        let limit = self.constraints.queue_timeout()?;
+        Some(
+            self.queued_since()
+                .checked_add_signed(crate::resources::seconds(limit))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+        )
+    }
+
+    /// Fails PENDING attempt `attempt`, which no worker claimed within the run's
+    /// `constraints.queue_timeout_s`, once that has passed at `now`: the attempt and the run
+    /// end FAILED with "not started within N s" (a FAILED event on the timeline, delivered
+    /// like any other), without a retry. A manual retry may reopen it.
+    ///
+    /// Refused for an attempt that is no longer current, for a run that is not PENDING (a
+    /// claim got there first) and before the deadline ([`OpRun::queue_deadline`]).
+    pub fn queue_time_out(&mut self, attempt: u32, now: Timestamp) -> Result<(), DomainError> {
+        self.check_attempt(Some(attempt))?;
+        self.check_unlocked()?;
+        if self.state != OpRunState::Pending {
+            return Err(self.transition_error("queue time out", "PENDING"));
+        }
+        let (Some(limit), Some(deadline)) =
+            (self.constraints.queue_timeout(), self.queue_deadline())
+        else {
+            return Err(DomainError::InvalidEvent(format!(
+                "OpRun '{}' has no queue timeout",
+                self.id
+            )));
+        };
+        if now <= deadline {
+            return Err(DomainError::InvalidEvent(format!(
+                "OpRun '{}' has not waited past its queue timeout yet",
+                self.id
+            )));
+        }
+        let message = format!("not started within {limit} s");
+        let attempt = self.current_mut();
+        attempt.execution_summary.error_message = Some(message.clone());
+        attempt.finish(OpRunState::Failed, now);
+        attempt.events.push(EventEntry {
+            t: now,
+            event_type: EventType::Failed,
+            msg: Value::String(message.clone()),
+            payload: Map::from_iter([
+                ("error_message".to_owned(), Value::String(message)),
+                ("queue_timed_out".to_owned(), Value::Bool(true)),
+            ]),
+        });
+        self.state = OpRunState::Failed;
+        self.available_at = None;
+        self.updated_at = now;
         Ok(())
     }
 
@@ -1490,6 +1639,194 @@ mod tests {
             OpRunState::Failed,
             "the fourth requeue ends the run"
         );
+    }
+
+    fn timed(max_attempts: u32, backoff_ms: u64, timeout_s: u64, queue_timeout_s: u64) -> OpRun {
+        let mut run = run_with(max_attempts, backoff_ms);
+        run.constraints.timeout_s = Some(timeout_s);
+        run.constraints.queue_timeout_s = Some(queue_timeout_s);
+        run
+    }
+
+    fn started_at(run: &mut OpRun, now: Timestamp) {
+        run.assign("w1", now).unwrap();
+        run.add_event(
+            EventType::Started,
+            json!("go"),
+            obj(json!({"worker_id": "w1"})),
+            now,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_running_attempt_past_its_timeout_and_grace_fails_and_is_retried_per_policy() {
+        let grace = Duration::seconds(60);
+        let mut run = timed(2, 0, 10, 0);
+        let err = run.time_out(1, grace, t0()).unwrap_err();
+        assert!(
+            matches!(err, DomainError::InvalidTransition { .. }),
+            "a PENDING run has not started: {err:?}"
+        );
+        run.assign("w1", t0()).unwrap();
+        assert!(
+            run.time_out(1, grace, t0() + Duration::days(1)).is_err(),
+            "an ASSIGNED attempt has not started: no run timeout"
+        );
+        run.add_event(
+            EventType::Started,
+            json!("go"),
+            obj(json!({"worker_id": "w1"})),
+            t0(),
+        )
+        .unwrap();
+        assert_eq!(
+            run.timeout_deadline(grace),
+            Some(t0() + Duration::seconds(70))
+        );
+        assert!(
+            run.time_out(1, grace, t0() + Duration::seconds(70))
+                .is_err(),
+            "not past the limit plus the grace"
+        );
+        assert!(matches!(
+            run.time_out(2, grace, t0() + Duration::seconds(71))
+                .unwrap_err(),
+            DomainError::StaleAttempt { .. }
+        ));
+        assert_eq!(run.state, OpRunState::Running, "refusals change nothing");
+        run.time_out(1, grace, t0() + Duration::seconds(71))
+            .unwrap();
+        assert_eq!((run.state, run.current_attempt()), (OpRunState::Pending, 2));
+        let failed = &run.attempts[0];
+        assert_eq!(failed.state, OpRunState::Failed);
+        assert!(!failed.worker_lost, "a timeout is the op's failure");
+        assert_eq!(
+            failed.execution_summary.error_message.as_deref(),
+            Some("timed out after 10 s (enforced by the server)")
+        );
+        let event = failed.events.last().unwrap();
+        assert_eq!(event.event_type, EventType::Failed);
+        assert_eq!(event.payload["timed_out"], true);
+        assert!(
+            run.time_out(1, grace, t0() + Duration::seconds(71))
+                .is_err(),
+            "applying it twice changes nothing the second time"
+        );
+        // The second attempt times out too: no attempts left, the run ends FAILED.
+        let later = t0() + Duration::seconds(100);
+        started_at(&mut run, later);
+        run.time_out(2, grace, later + Duration::seconds(71))
+            .unwrap();
+        assert_eq!(run.state, OpRunState::Failed);
+        assert_eq!(run.attempts.len(), 2);
+    }
+
+    #[test]
+    fn no_timeout_and_a_zero_timeout_never_time_out() {
+        for limit in [None, Some(0)] {
+            let mut run = run_with(1, 0);
+            run.constraints.timeout_s = limit;
+            started(&mut run);
+            assert_eq!(run.timeout_deadline(Duration::zero()), None);
+            assert!(
+                run.time_out(1, Duration::zero(), t0() + Duration::days(3_650))
+                    .is_err()
+            );
+            assert_eq!(run.state, OpRunState::Running);
+        }
+    }
+
+    #[test]
+    fn a_timeout_beyond_the_timestamp_range_saturates() {
+        let mut run = timed(1, 0, u64::MAX, u64::MAX);
+        assert_eq!(run.queue_deadline(), Some(chrono::DateTime::<Utc>::MAX_UTC));
+        started(&mut run);
+        assert_eq!(
+            run.timeout_deadline(Duration::MAX),
+            Some(chrono::DateTime::<Utc>::MAX_UTC)
+        );
+        assert!(
+            run.time_out(1, Duration::MAX, chrono::DateTime::<Utc>::MAX_UTC)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_pending_run_past_its_queue_timeout_fails_for_good_and_a_fresh_one_waits() {
+        let mut run = timed(3, 0, 0, 30);
+        assert_eq!(run.queue_deadline(), Some(t0() + Duration::seconds(30)));
+        assert!(
+            run.queue_time_out(1, t0() + Duration::seconds(30)).is_err(),
+            "not past the limit yet"
+        );
+        assert_eq!(run.state, OpRunState::Pending);
+        assert!(matches!(
+            run.queue_time_out(2, t0() + Duration::seconds(31))
+                .unwrap_err(),
+            DomainError::StaleAttempt { .. }
+        ));
+        run.queue_time_out(1, t0() + Duration::seconds(31)).unwrap();
+        assert_eq!(
+            run.state,
+            OpRunState::Failed,
+            "no retry for a queue timeout"
+        );
+        assert_eq!(run.attempts.len(), 1);
+        let attempt = run.current();
+        assert_eq!(attempt.state, OpRunState::Failed);
+        assert_eq!(
+            attempt.execution_summary.error_message.as_deref(),
+            Some("not started within 30 s")
+        );
+        let event = attempt.events.last().unwrap();
+        assert_eq!(event.event_type, EventType::Failed);
+        assert_eq!(event.payload["queue_timed_out"], true);
+        assert!(run.queue_time_out(1, t0() + Duration::seconds(31)).is_err());
+        // A manual retry reopens it, with a queue timeout of its own.
+        let reopened = t0() + Duration::seconds(100);
+        run.retry(false, json!("again"), Map::new(), reopened)
+            .unwrap();
+        assert_eq!(run.queued_since(), reopened);
+        assert!(
+            run.queue_time_out(2, reopened + Duration::seconds(30))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_queue_timeout_counts_from_the_last_requeue_after_its_backoff() {
+        let mut run = timed(3, 50_000, 0, 30);
+        let failed_at = t0() + Duration::seconds(200);
+        started_at(&mut run, t0());
+        run.add_event(EventType::Failed, json!("boom"), Map::new(), failed_at)
+            .unwrap();
+        assert_eq!(run.state, OpRunState::Pending);
+        let claimable = failed_at + Duration::seconds(50);
+        assert_eq!(run.queued_since(), claimable, "the backoff is not queueing");
+        assert!(
+            run.queue_time_out(2, claimable + Duration::seconds(30))
+                .is_err()
+        );
+        run.queue_time_out(2, claimable + Duration::seconds(31))
+            .unwrap();
+        assert_eq!(run.state, OpRunState::Failed);
+        assert_eq!(run.attempts.len(), 2);
+    }
+
+    #[test]
+    fn a_claimed_run_is_not_queue_timed_out() {
+        let mut run = timed(1, 0, 0, 30);
+        run.assign("w1", t0() + Duration::seconds(29)).unwrap();
+        assert_eq!(run.queue_deadline(), None);
+        assert!(
+            run.queue_time_out(1, t0() + Duration::days(1)).is_err(),
+            "a claim got there first"
+        );
+        assert_eq!(run.state, OpRunState::Assigned);
+        let mut none = timed(1, 0, 0, 0);
+        assert_eq!(none.queue_deadline(), None, "0 means no queue timeout");
+        assert!(none.queue_time_out(1, t0() + Duration::days(1)).is_err());
     }
 
     #[test]

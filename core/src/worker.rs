@@ -305,6 +305,7 @@ mod tests {
                 cpu: Some(cpu),
                 ram_mb: Some(ram),
                 vram_mb: vram,
+                ..Constraints::default()
             },
             gpu_id: None,
         }
@@ -378,6 +379,7 @@ mod tests {
             cpu: Some(1),
             ram_mb: Some(1),
             vram_mb: Some(vram),
+            ..Constraints::default()
         };
         assert_eq!(capacity.fit(&needs(6000)), Some(Some(0)));
         assert_eq!(capacity.fit(&needs(12000)), Some(Some(1)));

@@ -1,6 +1,6 @@
 //! Property tests of the run state machine: any sequence of the operations a server applies
 //! to a run (claims, worker events with any payload, operator PATCHes and retries, lost and
-//! handed-back workers), with any numbers — including figures at their type's limits, as a
+//! handed-back workers, run and queue timeouts), with any numbers — including figures at their type's limits, as a
 //! document stored before the API's limits existed may hold — never panics, and after every
 //! step the invariants hold: attempts are numbered 1..n and only the last is live, a held run
 //! has a worker, a terminal run refuses every change but a retry.
@@ -29,6 +29,8 @@ enum Op {
     Retry(bool),
     WorkerLost(u8, i64),
     Release(u8, u32),
+    TimeOut(u32, i64),
+    QueueTimeOut(u32),
     Advance(i64),
 }
 
@@ -75,6 +77,8 @@ fn any_op() -> impl Strategy<Value = Op> {
         any::<bool>().prop_map(Op::Retry),
         (0u8..3, any::<i64>()).prop_map(|(w, s)| Op::WorkerLost(w, s)),
         (0u8..3, 0u32..5).prop_map(|(w, a)| Op::Release(w, a)),
+        (0u32..5, prop_oneof![0i64..100, Just(i64::MAX)]).prop_map(|(a, g)| Op::TimeOut(a, g)),
+        (0u32..5).prop_map(Op::QueueTimeOut),
         prop_oneof![0i64..10_000, 0i64..1_000_000_000_000].prop_map(Op::Advance),
     ]
 }
@@ -93,6 +97,21 @@ fn any_policy() -> impl Strategy<Value = RetryPolicy> {
             max_attempts,
             backoff_ms,
         })
+}
+
+/// A timeout as a stored document may hold it: none, 0 (none), a few seconds, or huge.
+fn any_timeout() -> impl Strategy<Value = Option<u64>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(0)),
+        (1u64..20_000).prop_map(Some),
+        Just(Some(u64::MAX)),
+    ]
+}
+
+/// A grace of `seconds`, the longest duration beyond chrono's range.
+fn grace(seconds: i64) -> chrono::Duration {
+    chrono::Duration::try_seconds(seconds).unwrap_or(chrono::Duration::MAX)
 }
 
 fn t0() -> DateTime<Utc> {
@@ -130,6 +149,8 @@ fn apply(run: &mut OpRun, op: &Op, now: &mut DateTime<Utc>) {
         Op::Retry(force) => next.retry(*force, json!("retry"), Default::default(), *now),
         Op::WorkerLost(w, silent) => next.worker_lost(&format!("w{w}"), *silent, 3, *now),
         Op::Release(w, attempt) => next.release(&format!("w{w}"), *attempt, "test", 3, *now),
+        Op::TimeOut(attempt, g) => next.time_out(*attempt, grace(*g), *now),
+        Op::QueueTimeOut(attempt) => next.queue_time_out(*attempt, *now),
         Op::Advance(ms) => {
             *now = now
                 .checked_add_signed(chrono::Duration::milliseconds(*ms))
@@ -185,17 +206,44 @@ proptest! {
     #[test]
     fn any_sequence_keeps_the_invariants(
         policy in any_policy(),
+        timeout in any_timeout(),
+        queue_timeout in any_timeout(),
         ops in proptest::collection::vec(any_op(), 1..40),
     ) {
         let new = NewRun { image: "img".into(), priority: 5, ..NewRun::default() };
         let mut run = OpRun::new(new, t0()).unwrap();
-        // As a document stored before the limits may hold: any policy.
+        // As a document stored before the limits may hold: any policy, any timeouts.
         run.retry_policy = policy;
+        run.constraints.timeout_s = timeout;
+        run.constraints.queue_timeout_s = queue_timeout;
         let mut now = t0();
         for op in &ops {
             let before = run.clone();
             apply(&mut run, op, &mut now);
             check_invariants(&run)?;
+            if run != before {
+                match op {
+                    Op::TimeOut(attempt, g) => {
+                        // Only a RUNNING attempt with a limit, past the limit and the grace,
+                        // and as an ordinary failure: retried per policy, or the run FAILS.
+                        let deadline = before.timeout_deadline(grace(*g));
+                        prop_assert!(deadline.is_some_and(|d| d < now), "timed out early");
+                        prop_assert_eq!(before.state, OpRunState::Running);
+                        let ended = &run.attempts[*attempt as usize - 1];
+                        prop_assert_eq!(ended.state, OpRunState::Failed);
+                        prop_assert!(!ended.worker_lost);
+                        prop_assert!(matches!(run.state, OpRunState::Pending | OpRunState::Failed));
+                    }
+                    Op::QueueTimeOut(_) => {
+                        let deadline = before.queue_deadline();
+                        prop_assert!(deadline.is_some_and(|d| d < now), "queue timed out early");
+                        prop_assert_eq!(before.state, OpRunState::Pending);
+                        prop_assert_eq!(run.state, OpRunState::Failed, "no retry");
+                        prop_assert_eq!(run.attempts.len(), before.attempts.len());
+                    }
+                    _ => {}
+                }
+            }
             if before.state.is_terminal() && !may_touch_terminal(op) {
                 prop_assert_eq!(&run, &before, "terminal run changed by {:?}", op);
             }
@@ -210,8 +258,15 @@ proptest! {
         cpu in any::<u32>(), ram in any::<u64>(), vram in any::<u64>(),
         max_attempts in any::<u32>(), backoff_ms in any::<u64>(), priority in any::<i64>(),
         worker_cpu in any::<u32>(), worker_ram in any::<u64>(), gpu_vram in any::<u64>(),
+        timeout in any::<u64>(), queue_timeout in any::<u64>(),
     ) {
-        let constraints = Constraints { cpu: Some(cpu), ram_mb: Some(ram), vram_mb: Some(vram) };
+        let constraints = Constraints {
+            cpu: Some(cpu),
+            ram_mb: Some(ram),
+            vram_mb: Some(vram),
+            timeout_s: Some(timeout),
+            queue_timeout_s: Some(queue_timeout),
+        };
         let created = OpRunCreate {
             image: "img".into(),
             priority,
@@ -226,6 +281,8 @@ proptest! {
             && vram <= limits::MAX_VRAM_MB
             && (1..=limits::MAX_ATTEMPTS).contains(&max_attempts)
             && backoff_ms <= limits::MAX_BACKOFF_MS
+            && timeout <= limits::MAX_TIMEOUT_S
+            && queue_timeout <= limits::MAX_TIMEOUT_S
             && (0..=limits::MAX_PRIORITY).contains(&priority);
         prop_assert_eq!(created.is_ok(), within, "{:?}", created.err());
         // Capacity arithmetic on any figures (stored documents may predate the limits).

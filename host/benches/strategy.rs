@@ -127,6 +127,7 @@ fn pending(n: usize) -> Vec<CorePendingRun> {
                         cpu: Some(1 + (i % 8) as u32),
                         ram_mb: Some(512 * (1 + (i % 16) as u64)),
                         vram_mb: (i % 5 == 0).then_some(2048 * (1 + (i % 6) as u64)),
+                        ..Constraints::default()
                     },
                     ..NewRun::default()
                 },

@@ -10,6 +10,7 @@
 //! | `--mongo-db` | `GYOZA_MONGO_DB` | `gyoza` | database name on a MongoDB store |
 //! | `--worker-timeout` | `GYOZA_WORKER_TIMEOUT` | `60` | seconds without a heartbeat after which a worker is inactive |
 //! | `--reconcile-grace` | `GYOZA_RECONCILE_GRACE` | `30` | seconds after its assignment past which a held run its live worker no longer reports is requeued |
+//! | `--timeout-grace` | `GYOZA_TIMEOUT_GRACE` | `60` | seconds past a run's `constraints.timeout_s` after which the server fails a RUNNING attempt its worker did not stop |
 //! | `--max-body-bytes` | `GYOZA_MAX_BODY_BYTES` | `10485760` | largest request body accepted (413 beyond) |
 //! | `--plugins-dir` | `GYOZA_PLUGINS_DIR` | `<data dir>/plugins` | directory watched for strategy plugins (`*.wasm`) |
 //! | `--strategy` | `GYOZA_STRATEGY` | `bin-packing` | active scheduling strategy (`direct`, `priority`, `bin-packing` or a plugin's file stem) |
@@ -85,6 +86,17 @@ pub struct ServerConfig {
         value_parser = clap::value_parser!(u64).range(1..=86_400)
     )]
     pub reconcile_grace: u64,
+    /// Seconds past a run's `constraints.timeout_s` after which the server itself fails a
+    /// RUNNING attempt that its worker did not stop (a worker gone, or too old to enforce
+    /// timeouts); longer than a worker takes to stop a container and report.
+    #[arg(
+        long,
+        env = "GYOZA_TIMEOUT_GRACE",
+        default_value_t = 60,
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(0..=86_400)
+    )]
+    pub timeout_grace: u64,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "GYOZA_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -4,7 +4,8 @@
 //! store, the scheduler, the clock, event delivery, this process's change notifications, the
 //! claims in flight and the worker timeout. Its methods are the domain's acts:
 //! [`Service::update_run`] (a run change, delivered to its topic and announced to watchers),
-//! [`Service::claim`], [`Service::reap`] and [`Service::reconcile`]. It knows nothing of HTTP: its errors are the
+//! [`Service::claim`], [`Service::reap`], [`Service::reconcile`] and
+//! [`Service::enforce_timeouts`]. It knows nothing of HTTP: its errors are the
 //! store's ([`StoreError`], domain rules included), which the API maps to statuses.
 //!
 //! # Layout
@@ -14,10 +15,13 @@
 //! - `reap`: runs of workers that stopped heartbeating are requeued.
 //! - `reconcile`: each heartbeat against the runs its worker holds (unreported runs requeued,
 //!   runs it must stop answered).
+//! - `timeout`: RUNNING attempts past their run timeout plus a grace are failed, PENDING runs
+//!   past their queue timeout too.
 
 mod claim;
 mod reap;
 mod reconcile;
+mod timeout;
 
 use std::sync::{Arc, Mutex};
 
@@ -34,6 +38,9 @@ use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::store::{RunMutation, Store, StoreError};
 
+/// The default of [`Service::timeout_grace`], in seconds (`GYOZA_TIMEOUT_GRACE`).
+pub const DEFAULT_TIMEOUT_GRACE_S: i64 = 60;
+
 /// The domain service of one server process.
 pub struct Service {
     /// Persistence.
@@ -47,6 +54,10 @@ pub struct Service {
     /// A held run its live worker no longer reports is requeued once it was assigned longer
     /// ago than this (see `reconcile`).
     pub reconcile_grace: chrono::Duration,
+    /// A RUNNING attempt is failed by the server once it ran longer than its
+    /// `constraints.timeout_s` plus this (see `timeout`): time for its worker to stop the
+    /// container and report first.
+    pub timeout_grace: chrono::Duration,
     /// Sends run events to their topic URLs.
     deliverer: Arc<Deliverer>,
     /// Ids of runs that changed in this process (wakes event streams and log followers).
@@ -61,12 +72,13 @@ impl std::fmt::Debug for Service {
             .field("scheduler", &self.scheduler.name())
             .field("worker_timeout", &self.worker_timeout)
             .field("reconcile_grace", &self.reconcile_grace)
+            .field("timeout_grace", &self.timeout_grace)
             .finish_non_exhaustive()
     }
 }
 
 impl Service {
-    /// A service with a 60 s worker timeout, a 30 s reconcile grace and default event delivery (counted in
+    /// A service with a 60 s worker timeout, a 30 s reconcile grace, a 60 s timeout grace and default event delivery (counted in
     /// `metrics`); starts the delivery loop, so it must be called within a tokio runtime.
     pub fn new(
         store: Arc<dyn Store>,
@@ -91,6 +103,7 @@ impl Service {
             clock,
             worker_timeout: chrono::Duration::seconds(60),
             reconcile_grace: chrono::Duration::seconds(30),
+            timeout_grace: chrono::Duration::seconds(DEFAULT_TIMEOUT_GRACE_S),
             deliverer: Deliverer::start(delivery, metrics),
             changes: broadcast::channel(1024).0,
             claims_in_flight: InFlight::default(),

@@ -116,6 +116,7 @@ fn sized(at: Timestamp, cpu: u32, ram_mb: u64, vram_mb: Option<u64>) -> OpRun {
                 cpu: Some(cpu),
                 ram_mb: Some(ram_mb),
                 vram_mb,
+                ..Constraints::default()
             },
             ..NewRun::default()
         },

@@ -573,6 +573,7 @@ pub async fn nap(client: &Client, seconds: u64) -> OpRunView {
                 inputs: serde_json::from_value(serde_json::json!({ "seconds": seconds }))
                     .expect("inputs"),
                 priority: 5,
+                ..Default::default()
             },
         )
         .await

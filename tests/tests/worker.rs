@@ -53,6 +53,7 @@ async fn a_run_from_a_definition_completes_with_the_outputs_its_container_wrote(
             &OpRunCreateFromDefinition {
                 inputs: object(json!({"name": "gyoza"})),
                 priority: 5,
+                ..Default::default()
             },
         )
         .await
@@ -124,6 +125,7 @@ async fn a_failing_op_is_retried_and_ends_failed_with_its_exit_code() {
             &OpRunCreateFromDefinition {
                 inputs: object(json!({"exit_code": 3})),
                 priority: 5,
+                ..Default::default()
             },
         )
         .await

@@ -11,6 +11,12 @@
 //! logged, not treated as a failure. A run cancelled on the server has its container stopped
 //! and reports nothing (the server already says CANCELLED).
 //!
+//! A run with a `constraints.timeout_s` has its container stopped once it has run that long
+//! (counted from the container's start; the usual stop, SIGTERM then SIGKILL after the stop
+//! timeout) and FAILS with `timed out after N s`, an ordinary failure the server retries per
+//! the run's retry policy. The limit is the claim's (`op.constraints`), never a step's
+//! changed constraints: the server enforces the same figure, plus a grace, as a backstop.
+//!
 //! A run this worker cannot finish through no fault of the op is *handed back*
 //! (`POST /runs/{id}/release`): the server requeues it as a new attempt without using its
 //! retry budget. That happens when the worker shuts down (a run whose container has not
@@ -20,6 +26,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gyoza_core::api::AddEventRequest;
@@ -288,10 +295,24 @@ impl<'a> Attempt<'a> {
     ) -> Result<(ExecutionContext, Option<String>), Stop> {
         let (mut lines, forwarding) = Lines::forward(&self.worker.client, self.op);
         let spec = self.container_spec(&context);
+        let timeout = self.op.constraints.timeout();
+        let timed_out = AtomicBool::new(false);
+        // Polled first once the container has started, so the timeout's clock starts there
+        // (the sleep is created at that first poll, not here).
         let stop = async {
+            let limit = async {
+                match timeout {
+                    Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = self.signals.cancel.cancelled() => {},
                 () = self.signals.stopping.cancelled() => {},
+                () = limit => {
+                    tracing::warn!(run_id = %self.op.id, timeout_s = timeout, "the run reached its timeout; stopping its container");
+                    timed_out.store(true, Ordering::SeqCst);
+                }
             }
         };
         let mut on_line = |stream: Stream, line: String| lines.take(stream, line);
@@ -307,6 +328,12 @@ impl<'a> Attempt<'a> {
             return Err(Stop::Abandon(
                 "cancelled on the server; container stopped".into(),
             ));
+        }
+        if exit.stopped && timed_out.load(Ordering::SeqCst) {
+            return Err(Stop::Fail(format!(
+                "timed out after {} s",
+                timeout.unwrap_or_default()
+            )));
         }
         if exit.stopped {
             return Err(Stop::Release(format!(

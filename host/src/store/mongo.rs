@@ -200,6 +200,7 @@ fn sched_fields(document: &Document) -> Option<(Constraints, Option<u32>)> {
             cpu: number("cpu").map(|v| v as u32),
             ram_mb: number("ram_mb").map(|v| v as u64),
             vram_mb: number("vram_mb").map(|v| v as u64),
+            ..Constraints::default()
         },
         number("gpu_id").map(|v| v as u32),
     ))

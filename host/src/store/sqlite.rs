@@ -473,6 +473,7 @@ fn constraints(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Constr
         cpu: row.get(first)?,
         ram_mb: row.get::<_, Option<i64>>(first + 1)?.map(|v| v as u64),
         vram_mb: row.get::<_, Option<i64>>(first + 2)?.map(|v| v as u64),
+        ..Constraints::default()
     })
 }
 
@@ -1186,6 +1187,7 @@ mod tests {
                     cpu: Some(cpu),
                     ram_mb: Some(ram_mb),
                     vram_mb,
+                    ..Constraints::default()
                 },
                 ..NewRun::default()
             },

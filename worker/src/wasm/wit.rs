@@ -96,6 +96,9 @@ fn from_wit(context: wit_types::ExecutionContext) -> Result<ExecutionContext, St
             cpu: context.constraints.cpu,
             ram_mb: context.constraints.ram_mb,
             vram_mb: context.constraints.vram_mb,
+            // The step interface (frozen WIT) has no timeouts: the pipeline takes them from
+            // the claim, never from what a step returns.
+            ..Constraints::default()
         },
         inputs: object(&context.inputs, "inputs")?,
         outputs: object(&context.outputs, "outputs")?,
