@@ -66,8 +66,11 @@ impl Service {
                 let page = match self.store.list_runs(&query).await {
                     Ok(page) => page,
                     Err(QueryError::Store(e)) => return Err(e),
-                    // The cursor is a run this listing returned, and runs are never deleted.
-                    Err(QueryError::UnknownCursor { .. }) => break,
+                    // The cursor is a run this listing returned, and runs are never deleted;
+                    // a run listing names no attempt.
+                    Err(QueryError::UnknownCursor { .. } | QueryError::UnknownAttempt { .. }) => {
+                        break;
+                    }
                 };
                 let now = self.clock.now();
                 for run in &page.runs {
