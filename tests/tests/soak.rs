@@ -441,6 +441,7 @@ async fn a_cluster_under_random_kills_runs_every_run_to_the_end_once() {
         let create = OpRunCreateFromDefinition {
             inputs: serde_json::from_value(json!({"seconds": 1})).expect("inputs"),
             priority: 5,
+            ..Default::default()
         };
         let turn = [clients[n % 2].clone(), clients[(n + 1) % 2].clone()];
         let run = on_any(&turn, "create a run", |client| {
