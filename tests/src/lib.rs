@@ -15,7 +15,9 @@
 //! - [`Server`]: a `gyoza server start` process on a free port, with a client for it (also
 //!   the harness of the cli crate's process tests, which start their own build of the binary
 //!   on a data directory they keep).
-//! - [`Worker`]: a `gyoza worker start` process.
+//! - [`Worker`]: a `gyoza worker start` process, on a state directory of its own or one the
+//!   test keeps (to restart it, or start two on one); [`worker_id`] names them.
+//! - [`free_port`], [`Server::start_at`]: a server restartable on the same port and data.
 //! - [`docker_or_skip`], [`container_running`], [`container_exists`]: the Docker engine, as
 //!   the tests see it.
 //! - [`DockerProxy`]: a Unix socket forwarding to the real engine that a test can close and
@@ -42,7 +44,7 @@ use gyoza_core::{OpAttempt, OpRunState};
 pub const API_KEY: &str = "e2e-secret";
 
 /// The example op images the tests run.
-pub const EXAMPLE_OPS: [&str; 5] = ["echo", "progress", "fail", "sleep", "memhog"];
+pub const EXAMPLE_OPS: [&str; 6] = ["echo", "progress", "fail", "sleep", "memhog", "bigout"];
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -180,8 +182,20 @@ impl Server {
     /// `extra` flags, and waits until it listens. The cli crate's tests give their own
     /// build of the binary.
     pub fn start_in(bin: impl AsRef<Path>, data_dir: &Path, api_key: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(bin.as_ref())
-            .args(["server", "start", "--port", "0", "--host", "127.0.0.1"])
+        Self::spawn(bin.as_ref(), data_dir, 0, api_key, extra)
+    }
+
+    /// Starts a server on `data_dir` at a fixed `port` (see [`free_port`]) with API key
+    /// `api_key`: stopping it (dropping it) and starting another on the same directory and
+    /// port is a server restart as its workers see it.
+    pub fn start_at(data_dir: &Path, port: u16, api_key: &str, extra: &[&str]) -> Self {
+        Self::spawn(&gyoza_bin(), data_dir, port, api_key, extra)
+    }
+
+    fn spawn(bin: &Path, data_dir: &Path, port: u16, api_key: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(bin)
+            .args(["server", "start", "--host", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -224,6 +238,14 @@ impl Server {
     }
 }
 
+/// A TCP port on 127.0.0.1 that nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// Reads a starting server's output into `output` until it says where it listens; the
 /// address, and the reader for the rest.
 fn read_until_listening<R: BufRead>(mut reader: R, output: &Output) -> (String, R) {
@@ -256,6 +278,11 @@ impl Drop for Server {
     }
 }
 
+/// The worker id [`Worker::start`] gives worker `name` of this test process.
+pub fn worker_id(name: &str) -> String {
+    format!("e2e-{name}-{}", std::process::id())
+}
+
 /// A `gyoza worker start` process.
 pub struct Worker {
     child: Child,
@@ -264,20 +291,31 @@ pub struct Worker {
     /// What it printed.
     pub output: Output,
     reader: Option<std::thread::JoinHandle<()>>,
-    _work: tempfile::TempDir,
+    /// Its state directory, when it is the worker's own (removed with it).
+    _state: Option<tempfile::TempDir>,
 }
 
 impl Worker {
     /// Starts a worker for `server` with fast heartbeats and cancellation checks; `extra`
     /// flags are appended (and win over the defaults here).
     pub fn start(server: &Server, name: &str, extra: &[&str]) -> Self {
-        let work = tempfile::tempdir().expect("temp dir");
-        let id = format!("e2e-{name}-{}", std::process::id());
+        let state = tempfile::tempdir().expect("temp dir");
+        let id = worker_id(name);
+        let mut worker = Self::start_on(server, &id, state.path(), extra);
+        worker._state = Some(state);
+        worker
+    }
+
+    /// Starts a worker with id `id` on state directory `state_dir` (which outlives it, so that
+    /// a test can restart a worker on the same directory, or start two on one), as
+    /// [`Worker::start`] does otherwise.
+    pub fn start_on(server: &Server, id: &str, state_dir: &Path, extra: &[&str]) -> Self {
+        let id = id.to_owned();
         let mut child = Command::new(gyoza_bin())
             .args(["worker", "start", "--heartbeat-interval", "0.3"])
             .args(["--cancel-check-interval", "0.3"])
-            .arg("--work-dir")
-            .arg(work.path())
+            .arg("--state-dir")
+            .arg(state_dir)
             .args(extra)
             .env("GYOZA_SERVER_URL", &server.url)
             .env("GYOZA_API_KEY", API_KEY)
@@ -295,7 +333,7 @@ impl Worker {
             id,
             output,
             reader: Some(reader),
-            _work: work,
+            _state: None,
         }
     }
 
