@@ -235,6 +235,7 @@ async fn claims(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Res
         },
         tags: vec![],
         running_ops: Some(vec![]),
+        instance: None,
     };
     for w in 0..workers {
         client.heartbeat(&heartbeat(w)).await?;

@@ -19,7 +19,8 @@ pub struct UpArgs {
     /// Runs the local worker executes at once.
     #[arg(long, default_value_t = 2)]
     max_concurrent: u32,
-    /// Worker name (default: this host's name).
+    /// Worker name (default: this host's name and 8 hex digits, kept in <data dir>/worker,
+    /// the local worker's state directory).
     #[arg(long)]
     worker_id: Option<String>,
     /// CPU cores the worker offers (default: all).
@@ -164,7 +165,7 @@ async fn server_answers(url: &str, key: &str, server: &Part) -> anyhow::Result<b
 
 /// The local worker's settings, parsed as `gyoza worker start` parses its flags.
 fn worker_config(args: &UpArgs, url: &str, key: &str) -> anyhow::Result<WorkerConfig> {
-    let work_dir = args.server.data_dir.join("work");
+    let state_dir = args.server.data_dir.join("worker");
     let mut flags = vec![
         "worker".to_owned(),
         "--server-url".into(),
@@ -173,8 +174,8 @@ fn worker_config(args: &UpArgs, url: &str, key: &str) -> anyhow::Result<WorkerCo
         key.to_owned(),
         "--max-concurrent".into(),
         args.max_concurrent.to_string(),
-        "--work-dir".into(),
-        work_dir.display().to_string(),
+        "--state-dir".into(),
+        state_dir.display().to_string(),
     ];
     for (flag, value) in [
         ("--worker-id", args.worker_id.clone()),

@@ -499,6 +499,12 @@ pub struct HeartbeatRequest {
     #[serde(default, deserialize_with = "reported_ops")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<ReportedOp>>))]
     pub running_ops: Option<Vec<WorkerOpRun>>,
+    /// A token of the worker process, the same across its restarts (gyoza workers keep it in
+    /// their state directory). While a worker with one token is live, a heartbeat under the
+    /// same id with another token is refused with 409. Optional: a heartbeat without one is
+    /// never refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// A running op as a heartbeat reports it: what [`WorkerOpRun`] holds, all optional but the id.
@@ -557,6 +563,14 @@ impl HeartbeatRequest {
             crate::limits::MAX_ID_BYTES,
         );
         crate::resources::tag_problems(&mut problems, "tags", &self.tags);
+        if let Some(instance) = &self.instance {
+            crate::limits::bytes_at_most(
+                &mut problems,
+                "instance",
+                instance,
+                crate::limits::MAX_ID_BYTES,
+            );
+        }
         let ops = self.running_ops.as_deref().unwrap_or_default();
         crate::limits::at_most(
             &mut problems,
@@ -591,6 +605,9 @@ impl From<HeartbeatRequest> for Heartbeat {
             resources: request.resources,
             tags: request.tags,
             running_ops: request.running_ops,
+            instance: request.instance,
+            // The API layer sets the server's worker timeout.
+            exclusive_for: None,
         }
     }
 }

@@ -91,6 +91,16 @@ pub enum DomainError {
         /// The limit.
         limit: u64,
     },
+    /// A heartbeat from another worker process under the id of a worker that is still live.
+    #[error(
+        "worker id '{worker_id}' is in use by another live worker process (it heartbeated {seconds_ago} s ago): give this worker another --worker-id (or GYOZA_WORKER_ID), or stop the other one first"
+    )]
+    WorkerIdInUse {
+        /// The worker id.
+        worker_id: String,
+        /// Seconds since the other process's last heartbeat.
+        seconds_ago: i64,
+    },
     /// A retry without force when every attempt of the retry policy has been used.
     #[error("OpRun '{run_id}' has used all {max_attempts} attempt(s) of its retry policy")]
     RetriesExhausted {

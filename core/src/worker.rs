@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::error::DomainError;
 use crate::resources::{Constraints, Resources};
 use crate::run::{OpRun, OpRunState};
 use crate::time::{self, Timestamp};
@@ -142,6 +143,11 @@ pub struct Worker {
     #[serde(with = "time::wire")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub last_heartbeat_at: Timestamp,
+    /// The token of the worker process that sent the latest heartbeat (absent for workers
+    /// that do not send one): another process heartbeating under the same id with another
+    /// token is refused while this one is live (see [`Worker::from_heartbeat`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// What a worker says about itself in a heartbeat: the domain side of the wire's
@@ -158,14 +164,41 @@ pub struct Heartbeat {
     /// Runs it is executing; `None` when the heartbeat does not say (older workers), which
     /// keeps what the worker reported before.
     pub running_ops: Option<Vec<WorkerOpRun>>,
+    /// The sending process's instance token (`None` from workers that send none).
+    pub instance: Option<String>,
+    /// How recent the stored worker's heartbeat must be for another instance's heartbeat
+    /// under its id to be refused (the server's worker timeout); `None`: never refused.
+    pub exclusive_for: Option<chrono::Duration>,
 }
 
 impl Worker {
     /// The worker after `heartbeat` arrived at `now`: first-seen time kept from `existing`,
     /// and its running ops too when the heartbeat does not list them. The one merge of a
     /// heartbeat, whichever store keeps the worker.
-    pub fn from_heartbeat(existing: Option<Worker>, heartbeat: Heartbeat, now: Timestamp) -> Self {
-        Self {
+    ///
+    /// Refused ([`DomainError::WorkerIdInUse`]) when `existing` was last heartbeated by
+    /// another instance (both tokens known and different) within `heartbeat.exclusive_for`:
+    /// two live processes under one id would take each other's runs and containers. A
+    /// heartbeat or a stored worker without a token (the seed's workers) is never refused.
+    pub fn from_heartbeat(
+        existing: Option<Worker>,
+        heartbeat: Heartbeat,
+        now: Timestamp,
+    ) -> Result<Self, DomainError> {
+        if let (Some(existing), Some(window)) = (&existing, heartbeat.exclusive_for) {
+            let other = match (&existing.instance, &heartbeat.instance) {
+                (Some(stored), Some(sent)) => stored != sent,
+                _ => false,
+            };
+            let ago = now - existing.last_heartbeat_at;
+            if other && ago <= window {
+                return Err(DomainError::WorkerIdInUse {
+                    worker_id: existing.id.clone(),
+                    seconds_ago: ago.num_seconds().max(0),
+                });
+            }
+        }
+        Ok(Self {
             created_at: existing.as_ref().map_or(now, |w| w.created_at),
             running_ops: match heartbeat.running_ops {
                 Some(ops) => ops,
@@ -175,7 +208,8 @@ impl Worker {
             resources: heartbeat.resources,
             tags: heartbeat.tags,
             last_heartbeat_at: now,
-        }
+            instance: heartbeat.instance,
+        })
     }
 
     /// Whether the worker heartbeated within `timeout` of `now`.
@@ -319,6 +353,8 @@ mod tests {
             resources: resources(),
             tags: vec!["fast".into()],
             running_ops,
+            instance: None,
+            exclusive_for: None,
         };
         let op = WorkerOpRun {
             id: "r1".into(),
@@ -328,10 +364,10 @@ mod tests {
             attempt: Some(1),
             gpu_id: None,
         };
-        let first = Worker::from_heartbeat(None, beat(Some(vec![op.clone()])), t0);
+        let first = Worker::from_heartbeat(None, beat(Some(vec![op.clone()])), t0).unwrap();
         assert_eq!((first.created_at, first.last_heartbeat_at), (t0, t0));
         let later = t0 + chrono::Duration::seconds(5);
-        let second = Worker::from_heartbeat(Some(first.clone()), beat(None), later);
+        let second = Worker::from_heartbeat(Some(first.clone()), beat(None), later).unwrap();
         assert_eq!(second.created_at, t0, "first-seen time kept");
         assert_eq!(second.last_heartbeat_at, later);
         assert_eq!(
@@ -339,8 +375,53 @@ mod tests {
             vec![op],
             "running ops kept when not reported"
         );
-        let third = Worker::from_heartbeat(Some(second), beat(Some(vec![])), later);
+        let third = Worker::from_heartbeat(Some(second), beat(Some(vec![])), later).unwrap();
         assert!(third.running_ops.is_empty(), "an empty list is a report");
+    }
+
+    #[test]
+    fn another_live_instance_under_the_same_id_is_refused_and_the_same_one_is_not() {
+        let t0 = chrono::Utc::now();
+        let window = chrono::Duration::seconds(60);
+        let beat = |instance: Option<&str>| Heartbeat {
+            worker_id: "w1".into(),
+            resources: resources(),
+            tags: vec![],
+            running_ops: None,
+            instance: instance.map(str::to_owned),
+            exclusive_for: Some(window),
+        };
+        let first = Worker::from_heartbeat(None, beat(Some("a")), t0).unwrap();
+        assert_eq!(first.instance.as_deref(), Some("a"));
+        let at = |s| t0 + chrono::Duration::seconds(s);
+        let err = Worker::from_heartbeat(Some(first.clone()), beat(Some("b")), at(12)).unwrap_err();
+        assert_eq!(
+            err,
+            DomainError::WorkerIdInUse {
+                worker_id: "w1".into(),
+                seconds_ago: 12
+            }
+        );
+        assert!(
+            err.to_string().contains("'w1'") && err.to_string().contains("12 s ago"),
+            "{err}"
+        );
+        // Right at the window's edge it is still live; past it, the new instance takes over.
+        assert!(Worker::from_heartbeat(Some(first.clone()), beat(Some("b")), at(60)).is_err());
+        let taken = Worker::from_heartbeat(Some(first.clone()), beat(Some("b")), at(61)).unwrap();
+        assert_eq!(taken.instance.as_deref(), Some("b"));
+        // The same instance (a restart from the same state directory) is accepted at once.
+        assert!(Worker::from_heartbeat(Some(first.clone()), beat(Some("a")), at(1)).is_ok());
+        // Workers without a token (the seed's) are never refused, nor refuse others.
+        assert!(Worker::from_heartbeat(Some(first.clone()), beat(None), at(1)).is_ok());
+        let seed = Worker::from_heartbeat(None, beat(None), t0).unwrap();
+        assert!(Worker::from_heartbeat(Some(seed), beat(Some("b")), at(1)).is_ok());
+        // No window (a caller that does not ask for exclusivity): never refused.
+        let lenient = Heartbeat {
+            exclusive_for: None,
+            ..beat(Some("b"))
+        };
+        assert!(Worker::from_heartbeat(Some(first), lenient, at(1)).is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 #   memhog    holds the `mb` input (default 256) MB: something to OOM-kill
 #   link      a hostile op: links outputs.json to the `target` input (a host path)
 #   fork      a hostile op: starts the `count` input (default 200) processes, says how many
+#   bigout    writes outputs of the `bytes` input (default 100000) bytes
 #
 # Usage: examples/ops/build.sh [op ...]      (all of them by default)
 set -euo pipefail
@@ -23,7 +24,7 @@ fi
 export DOCKER_BUILDKIT=0
 
 ops=("$@")
-[ "${#ops[@]}" -gt 0 ] || ops=(echo progress fail sleep memhog link fork)
+[ "${#ops[@]}" -gt 0 ] || ops=(echo progress fail sleep memhog link fork bigout)
 context="$(mktemp -d)"
 trap 'rm -rf "$context"' EXIT
 cp "$busybox" "$context/busybox"

@@ -340,6 +340,7 @@ fn main() {
         running_ops: vec![],
         created_at: Utc::now(),
         last_heartbeat_at: Utc::now(),
+        instance: None,
     };
     if let Ok(side) = std::env::var("GYOZA_BENCH_PROFILE") {
         profile(&side, &host, &worker, &cluster);

@@ -90,7 +90,9 @@ impl ApiError {
 impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         match e {
-            DomainError::StaleAttempt { .. } => Self::Conflict(e.to_string()),
+            DomainError::StaleAttempt { .. } | DomainError::WorkerIdInUse { .. } => {
+                Self::Conflict(e.to_string())
+            }
             DomainError::EventTooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
             other => Self::BadRequest(other.to_string()),
         }

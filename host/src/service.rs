@@ -58,6 +58,10 @@ pub struct Service {
     /// `constraints.timeout_s` plus this (see `timeout`): time for its worker to stop the
     /// container and report first.
     pub timeout_grace: chrono::Duration,
+    /// When this process started (the service was made): the reaper counts a worker's
+    /// silence from here at the earliest, so a server that was down does not take the
+    /// workers that kept trying to heartbeat it for dead (see `reap`).
+    pub started_at: gyoza_core::time::Timestamp,
     /// Sends run events to their topic URLs.
     deliverer: Arc<Deliverer>,
     /// Ids of runs that changed in this process (wakes event streams and log followers).
@@ -100,6 +104,7 @@ impl Service {
         Self {
             store,
             scheduler,
+            started_at: clock.now(),
             clock,
             worker_timeout: chrono::Duration::seconds(60),
             reconcile_grace: chrono::Duration::seconds(30),

@@ -40,6 +40,8 @@ fn beat(at: Timestamp) -> (Heartbeat, Timestamp) {
         },
         tags: vec![],
         running_ops: None,
+        instance: None,
+        exclusive_for: None,
     };
     (heartbeat, at)
 }

@@ -341,3 +341,50 @@ async fn the_release_endpoint_is_in_the_openapi_document() {
         .unwrap_or_default();
     assert_eq!(required, ["worker_id", "attempt"], "{schema}");
 }
+
+#[tokio::test]
+async fn a_restarted_server_gives_its_workers_a_full_timeout_before_reaping() {
+    let before = Api::new().await;
+    let id = before.running_on("w1", json!({"max_attempts": 1})).await;
+    // The server is down for ten minutes (the worker keeps trying, nobody hears it); then a
+    // new server process starts on the same database.
+    before.clock.advance(Duration::minutes(10));
+    let after = before.replica().await;
+    assert_eq!(
+        after.service.reap().await.unwrap(),
+        0,
+        "the worker's silence counts from the restart, not from its last heartbeat"
+    );
+    after.clock.advance(Duration::seconds(59));
+    assert_eq!(after.service.reap().await.unwrap(), 0);
+    let run = after.ok("GET", &format!("/runs/{id}"), None).await;
+    assert_eq!(
+        (run["state"].as_str(), run["current_attempt"].as_u64()),
+        (Some("RUNNING"), Some(1))
+    );
+
+    // The worker reaches the restarted server in time: it keeps its run and completes it.
+    after.heartbeat("w1", 4, 4096).await;
+    after.clock.advance(Duration::seconds(30));
+    assert_eq!(after.service.reap().await.unwrap(), 0);
+    let done = after
+        .event_ok(
+            &id,
+            json!({"type": "COMPLETED", "msg": "", "payload": {"outputs": {}}, "attempt": 1}),
+        )
+        .await;
+    assert_eq!(done["state"], "COMPLETED");
+
+    // A worker that never comes back is still reaped, a worker timeout after the restart.
+    let lost = after.running_on("w2", json!({"max_attempts": 1})).await;
+    after.clock.advance(Duration::minutes(10));
+    let again = after.replica().await;
+    assert_eq!(again.service.reap().await.unwrap(), 0);
+    again.clock.advance(Duration::seconds(61));
+    assert_eq!(again.service.reap().await.unwrap(), 1);
+    let run = again.ok("GET", &format!("/runs/{lost}"), None).await;
+    assert_eq!(
+        (run["state"].as_str(), run["current_attempt"].as_u64()),
+        (Some("PENDING"), Some(2))
+    );
+}

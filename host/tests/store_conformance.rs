@@ -784,6 +784,8 @@ mod cases {
                 resources: resources.clone(),
                 tags: vec![],
                 running_ops: None,
+                instance: None,
+                exclusive_for: None,
             };
             store.heartbeat(beat, t(1)).await.unwrap();
         }
@@ -858,6 +860,8 @@ mod cases {
             },
             tags: vec!["gpu".into()],
             running_ops: ops,
+            instance: None,
+            exclusive_for: None,
         };
         let first = store
             .heartbeat(beat(Some(vec![op.clone()]), 4), t(0))
@@ -894,6 +898,59 @@ mod cases {
             .collect();
         assert_eq!(listed, vec!["a0", "w1"]);
         assert!(store.get_worker("nobody").await.unwrap().is_none());
+    }
+
+    pub async fn a_heartbeat_from_another_live_instance_is_refused_and_changes_nothing(
+        store: Arc<dyn Store>,
+    ) {
+        let beat = |instance: &str, cpu| Heartbeat {
+            worker_id: "w1".into(),
+            resources: Resources {
+                cpu_cores: cpu,
+                ram_mb: 1024,
+                gpus: vec![],
+            },
+            tags: vec![],
+            running_ops: None,
+            instance: Some(instance.into()),
+            exclusive_for: Some(Duration::seconds(60)),
+        };
+        let first = store.heartbeat(beat("a", 4), t(0)).await.unwrap();
+        assert_eq!(first.instance.as_deref(), Some("a"));
+        let refused = store.heartbeat(beat("b", 8), t(20)).await.unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                StoreError::Rule(DomainError::WorkerIdInUse { ref worker_id, seconds_ago: 20 }) if worker_id == "w1"
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(
+            store.get_worker("w1").await.unwrap().unwrap(),
+            first,
+            "a refused heartbeat writes nothing"
+        );
+        // The same instance again (a restart from the same state directory) is at home.
+        let again = store.heartbeat(beat("a", 4), t(30)).await.unwrap();
+        assert_eq!(again.last_heartbeat_at, t(30));
+        // Once the first has been silent past the window, another instance takes the id.
+        let taken = store.heartbeat(beat("b", 8), t(91)).await.unwrap();
+        assert_eq!(taken.instance.as_deref(), Some("b"));
+        assert_eq!(store.get_worker("w1").await.unwrap().unwrap(), taken);
+
+        // Two instances heartbeating a new id at once: exactly one gets it.
+        for round in 0..10 {
+            let id = format!("fresh-{round}");
+            let fresh = |instance: &str| Heartbeat {
+                worker_id: id.clone(),
+                ..beat(instance, 1)
+            };
+            let (a, b) = tokio::join!(
+                store.heartbeat(fresh("a"), t(100)),
+                store.heartbeat(fresh("b"), t(100))
+            );
+            assert!(a.is_ok() != b.is_ok(), "round {round}: {a:?} {b:?}");
+        }
     }
 
     pub async fn logs_keep_a_tail_per_attempt(store: Arc<dyn Store>) {
@@ -995,6 +1052,8 @@ mod cases {
             },
             tags: vec![],
             running_ops: None,
+            instance: None,
+            exclusive_for: None,
         };
         store.heartbeat(beat, at).await.unwrap();
     }
@@ -1184,6 +1243,7 @@ macro_rules! suite {
                 update_runs_applies_each_run_on_its_own,
                 claim_view_is_the_parts_read_together,
                 heartbeats_register_and_refresh_workers,
+                a_heartbeat_from_another_live_instance_is_refused_and_changes_nothing,
                 logs_keep_a_tail_per_attempt,
                 runs_are_counted_by_state,
                 concurrent_assignment_is_exactly_once,
@@ -1263,6 +1323,8 @@ async fn mongodb_claim_leases_are_released_and_expire() {
         },
         tags: vec![],
         running_ops: None,
+        instance: None,
+        exclusive_for: None,
     };
     store.heartbeat(beat, t(0)).await.unwrap();
     let (first, second) = (sized(t(1), 1, 256, None), sized(t(2), 1, 256, None));

@@ -15,7 +15,9 @@
 //! - [`Server`]: a `gyoza server start` process on a free port, with a client for it (also
 //!   the harness of the cli crate's process tests, which start their own build of the binary
 //!   on a data directory they keep).
-//! - [`Worker`]: a `gyoza worker start` process.
+//! - [`Worker`]: a `gyoza worker start` process, on a state directory of its own or one the
+//!   test keeps (to restart it, or start two on one); [`worker_id`] names them.
+//! - [`free_port`], [`Server::start_at`]: a server restartable on the same port and data.
 //! - [`docker_or_skip`], [`container_running`], [`container_exists`]: the Docker engine, as
 //!   the tests see it.
 //! - [`DockerProxy`]: a Unix socket forwarding to the real engine that a test can close and
@@ -42,7 +44,7 @@ use gyoza_core::{OpAttempt, OpRunState};
 pub const API_KEY: &str = "e2e-secret";
 
 /// The example op images the tests run.
-pub const EXAMPLE_OPS: [&str; 5] = ["echo", "progress", "fail", "sleep", "memhog"];
+pub const EXAMPLE_OPS: [&str; 6] = ["echo", "progress", "fail", "sleep", "memhog", "bigout"];
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -180,11 +182,23 @@ impl Server {
     /// `extra` flags, and waits until it listens. The cli crate's tests give their own
     /// build of the binary.
     pub fn start_in(bin: impl AsRef<Path>, data_dir: &Path, api_key: &str, extra: &[&str]) -> Self {
-        let mut command = Command::new(bin.as_ref());
+        Self::spawn(bin.as_ref(), data_dir, 0, api_key, extra)
+    }
+
+    /// Starts a server on `data_dir` at a fixed `port` (see [`free_port`]) with API key
+    /// `api_key`: stopping it (dropping it) and starting another on the same directory and
+    /// port is a server restart as its workers see it.
+    pub fn start_at(data_dir: &Path, port: u16, api_key: &str, extra: &[&str]) -> Self {
+        Self::spawn(&gyoza_bin(), data_dir, port, api_key, extra)
+    }
+
+    /// Starts the server; `extra` may name the port itself (a restart on the same address),
+    /// else it listens on `port` (0: a free one).
+    fn spawn(bin: &Path, data_dir: &Path, port: u16, api_key: &str, extra: &[&str]) -> Self {
+        let mut command = Command::new(bin);
         command.args(["server", "start", "--host", "127.0.0.1"]);
-        // `extra` may name the port (a restart on the same address); else a free one.
         if !extra.contains(&"--port") {
-            command.args(["--port", "0"]);
+            command.args(["--port", &port.to_string()]);
         }
         let mut child = command
             .arg("--data-dir")
@@ -244,6 +258,14 @@ impl Server {
     }
 }
 
+/// A TCP port on 127.0.0.1 that nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// Reads a starting server's output into `output` until it says where it listens; the
 /// address, and the reader for the rest.
 fn read_until_listening<R: BufRead>(mut reader: R, output: &Output) -> (String, R) {
@@ -276,6 +298,11 @@ impl Drop for Server {
     }
 }
 
+/// The worker id [`Worker::start`] gives worker `name` of this test process.
+pub fn worker_id(name: &str) -> String {
+    format!("e2e-{name}-{}", std::process::id())
+}
+
 /// A `gyoza worker start` process.
 pub struct Worker {
     child: Child,
@@ -284,29 +311,35 @@ pub struct Worker {
     /// What it printed.
     pub output: Output,
     reader: Option<std::thread::JoinHandle<()>>,
-    /// Its work directory, when it is the worker's own (removed with it).
-    _work: Option<tempfile::TempDir>,
+    /// Its state directory, when it is the worker's own (removed with it).
+    _state: Option<tempfile::TempDir>,
 }
 
 impl Worker {
     /// Starts a worker for `server` with fast heartbeats and cancellation checks; `extra`
     /// flags are appended (and win over the defaults here).
     pub fn start(server: &Server, name: &str, extra: &[&str]) -> Self {
-        let work = tempfile::tempdir().expect("temp dir");
-        let id = format!("e2e-{name}-{}", std::process::id());
-        let mut worker = Self::start_at(&server.url, &id, work.path(), extra);
-        worker._work = Some(work);
+        let state = tempfile::tempdir().expect("temp dir");
+        let id = worker_id(name);
+        let mut worker = Self::start_on(server, &id, state.path(), extra);
+        worker._state = Some(state);
         worker
     }
 
-    /// Starts worker `id` for the server at `url` on `work_dir` (which outlives the process,
-    /// so that a restarted worker keeps its id and work directory), as [`Worker::start`].
-    pub fn start_at(url: &str, id: &str, work_dir: &Path, extra: &[&str]) -> Self {
+    /// Starts a worker with id `id` on state directory `state_dir` (which outlives it, so that
+    /// a test can restart a worker on the same directory, or start two on one), as
+    /// [`Worker::start`] does otherwise.
+    pub fn start_on(server: &Server, id: &str, state_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_at(&server.url, id, state_dir, extra)
+    }
+
+    /// [`Worker::start_on`] for the server at `url` (which may be restarted meanwhile).
+    pub fn start_at(url: &str, id: &str, state_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(gyoza_bin())
             .args(["worker", "start", "--heartbeat-interval", "0.3"])
             .args(["--cancel-check-interval", "0.3"])
-            .arg("--work-dir")
-            .arg(work_dir)
+            .arg("--state-dir")
+            .arg(state_dir)
             .args(extra)
             .env("GYOZA_SERVER_URL", url)
             .env("GYOZA_API_KEY", API_KEY)
@@ -324,7 +357,7 @@ impl Worker {
             id: id.to_owned(),
             output,
             reader: Some(reader),
-            _work: None,
+            _state: None,
         }
     }
 

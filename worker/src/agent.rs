@@ -12,6 +12,12 @@
 //! runs whose engine went away under them are handed back to the server (see [`pipeline`]).
 //! When the engine answers again the worker resumes claiming.
 //!
+//! At start the worker opens and locks its state directory (see [`crate::state`]); its
+//! first heartbeat carries the directory's instance token, and a 409 to it (another live
+//! worker process has this id) ends the worker with the server's message *before* it removes
+//! leftover containers of its id (those are the other worker's). Results a previous life
+//! left in the outbox are sent again at once, and reported as held until they are decided.
+//!
 //! On shutdown (SIGTERM, SIGINT) the worker stops claiming at once and keeps heartbeating
 //! while its running runs get `--shutdown-grace` to finish; those that do are reported as
 //! usual. Runs whose container had not started are handed back at once; when the grace
@@ -34,9 +40,11 @@ use tokio_util::sync::CancellationToken;
 use crate::WorkerError;
 use crate::config::WorkerConfig;
 use crate::docker::Engine;
+use crate::outbox::Outbox;
 use crate::pipeline;
 use crate::resources::{self, Overrides};
 use crate::run_context::{RunContext, Signals};
+use crate::state::StateDir;
 use crate::step::Steps;
 
 /// Longest pause between two heartbeats while the server is unreachable.
@@ -55,6 +63,10 @@ struct Agent {
     /// Hardware offered.
     resources: Resources,
     running: Mutex<HashMap<String, Running>>,
+    /// The token this worker's heartbeats carry (kept in the state directory).
+    instance: String,
+    /// The state directory, locked for as long as the worker runs.
+    _state: StateDir,
 }
 
 #[derive(Debug, Clone)]
@@ -131,26 +143,52 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
     let agent = Arc::new(start(&config).await?);
+    resend_outbox(&agent);
     // Every run gets clones of these two (and a cancellation token of its own).
     let shutdown_signals = Signals::default();
     let mut tasks = JoinSet::new();
-    claim_until(&agent, &config, &shutdown_signals, &mut tasks, shutdown).await;
+    // An error is a refusal before anything was claimed or cleaned up: nothing to hand back.
+    claim_until(&agent, &config, &shutdown_signals, &mut tasks, shutdown).await?;
     shut_down(&agent, &config, &shutdown_signals, &mut tasks).await;
     tracing::info!("gyoza worker stopped");
     Ok(())
 }
 
-/// Sets the worker up from `config`: its id, work directory, server client, Docker engine,
-/// pipeline steps and resources.
+/// Sends again, each in a task of its own, the results a previous life of this worker had
+/// not delivered (they are reported as held meanwhile).
+fn resend_outbox(agent: &Arc<Agent>) {
+    for entry in agent.context.outbox.entries() {
+        tracing::info!(run_id = %entry.run_id, attempt = ?entry.attempt, what = entry.what(), "sending again a result not delivered before the worker stopped");
+        let agent = Arc::clone(agent);
+        tokio::spawn(async move {
+            let context = &agent.context;
+            crate::report::deliver_result(&context.client, &context.outbox, entry).await;
+        });
+    }
+}
+
+/// Sets the worker up from `config`: its state directory (locked), id, instance token,
+/// outbox, work directory, server client, Docker engine, pipeline steps and resources.
 async fn start(config: &WorkerConfig) -> Result<Agent, WorkerError> {
-    let worker_id = config.resolve_worker_id()?;
-    let work_dir = config.resolve_work_dir();
-    tokio::fs::create_dir_all(&work_dir)
+    let state_path = config.resolve_state_dir()?;
+    let state = tokio::task::spawn_blocking(move || StateDir::open(&state_path))
         .await
-        .map_err(|source| WorkerError::Io {
-            context: format!("cannot create the work directory {}", work_dir.display()),
-            source,
-        })?;
+        .map_err(|e| WorkerError::Config(format!("cannot open the state directory: {e}")))??;
+    let worker_id = config.resolve_worker_id(&state)?;
+    let instance = state.instance()?;
+    let outbox = Arc::new(Outbox::open(&state.path().join("outbox"))?);
+    let work_dir = config.resolve_work_dir(&state);
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&work_dir)
+            .map_err(|source| WorkerError::Io {
+                context: format!("cannot create the work directory {}", work_dir.display()),
+                source,
+            })?;
+    }
     let client = Client::builder(config.server_url.clone())
         .api_key(config.api_key.clone())
         .timeout(Duration::from_secs(15))
@@ -168,6 +206,8 @@ async fn start(config: &WorkerConfig) -> Result<Agent, WorkerError> {
     });
     tracing::info!(
         worker_id = %worker_id,
+        state_dir = %state.path().display(),
+        undelivered = outbox.entries().len(),
         server = %client.base_url(),
         docker = %engine.address(),
         cpu_cores = resources.cpu_cores,
@@ -184,6 +224,7 @@ async fn start(config: &WorkerConfig) -> Result<Agent, WorkerError> {
             client,
             engine,
             work_dir,
+            outbox,
             pull: config.pull,
             stop_timeout: config.stop_timeout,
             max_output_bytes: config.max_output_bytes,
@@ -198,21 +239,27 @@ async fn start(config: &WorkerConfig) -> Result<Agent, WorkerError> {
         cancel_check_interval: config.cancel_check_interval,
         resources,
         running: Mutex::new(HashMap::new()),
+        instance,
+        _state: state,
     })
 }
 
 /// Ticks (heartbeat, claim, dispatch) until `shutdown` completes, slowing down while the
-/// server does not answer.
+/// server does not answer. Fails only on a 409 to a heartbeat before any tick of this
+/// process went through: another live worker has its id (nothing was claimed or cleaned up
+/// yet, so that worker's containers are untouched).
 async fn claim_until(
     agent: &Arc<Agent>,
     config: &WorkerConfig,
     shutdown_signals: &Signals,
     tasks: &mut JoinSet<()>,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Result<(), WorkerError> {
     let pause = heartbeat_backoff(config.heartbeat_interval);
     let mut failures: u32 = 0;
     let mut engine_state = EngineState::Unknown;
+    // Whether a tick went through: then a 409 is another process's intrusion, not ours.
+    let mut accepted = false;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         while let Some(done) = tasks.try_join_next() {
@@ -226,17 +273,29 @@ async fn claim_until(
                     tracing::info!("the server answers again");
                 }
                 failures = 0;
+                accepted = true;
                 config.heartbeat_interval
+            }
+            Err(e) if id_in_use(&e) && !accepted => {
+                // Never accepted: this process is the intruder.
+                return Err(WorkerError::Config(format!(
+                    "the server refused this worker: {}",
+                    refusal_detail(&e)
+                )));
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let delay = pause.delay(failures);
-                tracing::warn!(error = %e, failures, retry_in = ?delay, "heartbeat or claim failed; will retry");
+                if id_in_use(&e) {
+                    tracing::error!(detail = %refusal_detail(&e), "the server refuses this worker's heartbeats: another live worker process uses its id; will retry");
+                } else {
+                    tracing::warn!(error = %e, failures, retry_in = ?delay, "heartbeat or claim failed; will retry");
+                }
                 delay
             }
         };
         tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => return Ok(()),
             () = tokio::time::sleep(delay) => {}
         }
     }
@@ -307,15 +366,37 @@ fn heartbeat_backoff(interval: Duration) -> Backoff {
     Backoff::new(interval, MAX_BACKOFF)
 }
 
-/// Tells the server the worker is alive, with its resources and the runs in progress.
+/// Whether `e` is the server's 409 to a heartbeat: another live instance has this worker id.
+fn id_in_use(e: &WorkerError) -> bool {
+    matches!(e, WorkerError::Client(c) if c.status().is_some_and(|s| s.as_u16() == 409))
+}
+
+fn refusal_detail(e: &WorkerError) -> String {
+    match e {
+        WorkerError::Client(c) => c.detail().map_or_else(|| c.to_string(), str::to_owned),
+        other => other.to_string(),
+    }
+}
+
+/// Tells the server the worker is alive, with its resources and the runs it holds: those in
+/// progress and those whose result is still in the outbox (so that the server does not
+/// requeue a finished run whose result is on its way). Returns how many runs are in progress.
 async fn heartbeat(agent: &Agent, config: &WorkerConfig) -> Result<usize, WorkerError> {
     // Ids and attempts, not inputs: a heartbeat stays small whatever the runs carry.
-    let running_ops: Vec<WorkerOpRun> = agent
+    let mut running_ops: Vec<WorkerOpRun> = agent
         .running()
         .values()
         .map(|r| r.op.as_reported())
         .collect();
     let busy = running_ops.len();
+    for held in agent.context.outbox.held() {
+        if !running_ops
+            .iter()
+            .any(|r| r.id == held.id && r.attempt == held.attempt)
+        {
+            running_ops.push(held);
+        }
+    }
     let answer = agent
         .context
         .client
@@ -324,6 +405,7 @@ async fn heartbeat(agent: &Agent, config: &WorkerConfig) -> Result<usize, Worker
             resources: agent.resources.clone(),
             tags: config.tags.clone(),
             running_ops: Some(running_ops),
+            instance: Some(agent.instance.clone()),
         })
         .await?;
     agent.stop_unheld(&answer.stop);

@@ -4,11 +4,12 @@
 //! |---|---|---|---|
 //! | `--server-url` | `GYOZA_SERVER_URL` | `http://localhost:5555` | the gyoza server |
 //! | `--api-key` | `GYOZA_API_KEY` | none | sent as `X-API-Key` |
-//! | `--worker-id` | `GYOZA_WORKER_ID` | the host name | the worker's name on the server |
+//! | `--state-dir` | `GYOZA_WORKER_STATE_DIR` | `$XDG_STATE_HOME/gyoza-worker`, else `$HOME/.local/state/gyoza-worker` | the worker's own directory (0700, one worker at a time: locked): its default id, instance token, undelivered results (`outbox/`) and run directories (`runs/`) |
+//! | `--worker-id` | `GYOZA_WORKER_ID` | `<host name>-<8 hex>`, made once and kept in the state directory | the worker's name on the server (one live worker per id: another is refused) |
 //! | `--tags` | `GYOZA_WORKER_TAGS` | none | capability tags, comma-separated |
 //! | `--heartbeat-interval` | `GYOZA_HEARTBEAT_INTERVAL` | `5` | seconds between heartbeats (and claims) |
 //! | `--max-concurrent` | `GYOZA_MAX_CONCURRENT` | `4` | runs executed at once |
-//! | `--work-dir` | `GYOZA_WORK_DIR` | `$TMPDIR/gyoza-worker` | where per-run directories are made |
+//! | `--work-dir` | `GYOZA_WORK_DIR` | `<state dir>/runs` | where per-run directories (0700) are made |
 //! | `--docker-host` | `DOCKER_HOST` | `unix:///var/run/docker.sock` | the Docker engine |
 //! | `--pull` | `GYOZA_PULL` | `missing` | `always`, `missing` or `never` pull op images |
 //! | `--cpu-cores` | `GYOZA_CPU_CORES` | detected | CPU cores offered |
@@ -50,7 +51,13 @@ pub struct WorkerConfig {
     /// API key sent as X-API-Key.
     #[arg(long, env = "GYOZA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// The worker's name on the server (default: the host name).
+    /// The worker's own directory: its lock, default id, instance token, undelivered results
+    /// and run directories (default: $XDG_STATE_HOME/gyoza-worker, else
+    /// $HOME/.local/state/gyoza-worker).
+    #[arg(long, env = "GYOZA_WORKER_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The worker's name on the server (default: <host name>-<8 hex>, made once and kept in
+    /// the state directory).
     #[arg(long, env = "GYOZA_WORKER_ID")]
     pub worker_id: Option<String>,
     /// Capability tags, comma-separated.
@@ -62,7 +69,7 @@ pub struct WorkerConfig {
     /// Runs executed at once; a claim asks for the free slots.
     #[arg(long, env = "GYOZA_MAX_CONCURRENT", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_concurrent: u32,
-    /// Directory for per-run directories (default: gyoza-worker in the system's temp dir).
+    /// Directory for per-run directories (default: runs in the state directory).
     #[arg(long, env = "GYOZA_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
     /// Docker engine address (unix:///path or tcp://host:port; default: the local socket).
@@ -121,17 +128,37 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    /// The worker id: the configured one, else the host name.
-    pub fn resolve_worker_id(&self) -> Result<String, crate::WorkerError> {
+    /// The state directory: the configured one, else the XDG rule (see the table above).
+    pub fn resolve_state_dir(&self) -> Result<PathBuf, crate::WorkerError> {
+        if let Some(dir) = &self.state_dir {
+            return Ok(dir.clone());
+        }
+        let var = |name| std::env::var(name).ok();
+        crate::state::default_dir(var("XDG_STATE_HOME").as_deref(), var("HOME").as_deref())
+            .ok_or_else(|| {
+                crate::WorkerError::Config(
+                    "neither XDG_STATE_HOME nor HOME is set: give the worker a state directory \
+                     (--state-dir or GYOZA_WORKER_STATE_DIR)"
+                        .into(),
+                )
+            })
+    }
+
+    /// The worker id: the configured one, else the one kept in `state` (made once from the
+    /// host name and 8 random hex digits).
+    pub fn resolve_worker_id(
+        &self,
+        state: &crate::state::StateDir,
+    ) -> Result<String, crate::WorkerError> {
         let id = match self.worker_id.as_deref().map(str::trim) {
             Some(id) if !id.is_empty() => id.to_owned(),
-            _ => sysinfo::System::host_name()
-                .filter(|h| !h.trim().is_empty())
-                .ok_or_else(|| {
-                    crate::WorkerError::Config(
-                        "cannot read the host name: set GYOZA_WORKER_ID (or --worker-id)".into(),
-                    )
-                })?,
+            _ => {
+                let host = sysinfo::System::host_name()
+                    .map(|h| h.trim().replace(['/', '?', '#'], "-"))
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "gyoza-worker".to_owned());
+                state.worker_id(&host)?
+            }
         };
         if id.contains(['/', '?', '#']) {
             return Err(crate::WorkerError::Config(format!(
@@ -141,11 +168,11 @@ impl WorkerConfig {
         Ok(id)
     }
 
-    /// The work directory: the configured one, else gyoza-worker in the temp dir.
-    pub fn resolve_work_dir(&self) -> PathBuf {
+    /// The work directory: the configured one, else `runs` in the state directory.
+    pub fn resolve_work_dir(&self, state: &crate::state::StateDir) -> PathBuf {
         self.work_dir
             .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("gyoza-worker"))
+            .unwrap_or_else(|| state.path().join("runs"))
     }
 }
 

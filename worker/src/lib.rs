@@ -19,13 +19,15 @@
 //! - [`pipeline`]: one run from claim to cleanup, as named stages (pull, prepare inputs,
 //!   before-steps, start, run container, after-steps, report, cleanup).
 //! - [`report`]: what a run tells the server (its events, its log, handing it back), with
-//!   retries under one backoff rule.
+//!   retries under one backoff rule; results through the [`outbox`], never given up.
 //! - [`step`]: the step interface: [`ExecutionContext`], the [`Step`] trait, the [`Steps`]
 //!   around the container.
 //! - [`docker`]: the Docker engine (bollard): reachability, images, running one container,
 //!   stopping it, and telling the engine's errors from its absence.
 //! - [`events`]: the container protocol's lines: `GYOZA_EVENT` parsing, line reassembly.
 //! - [`outputs`]: reading `outputs.json` and checking it against output specs.
+//! - [`state`]: the state directory (locked for one process): default id, instance token.
+//! - [`outbox`]: results kept on disk until the server decides on them.
 //! - [`steps`]: the pipeline file: which wasm steps run where, with what limits.
 //!
 //! Imports run one way: `agent` → `pipeline` → `report` → `run_context` → {`docker`,
@@ -39,11 +41,13 @@ pub mod config;
 pub mod docker;
 pub mod error;
 pub mod events;
+pub mod outbox;
 pub mod outputs;
 pub mod pipeline;
 pub mod report;
 pub mod resources;
 pub mod run_context;
+pub mod state;
 pub mod step;
 pub mod steps;
 pub mod wasm;

@@ -8,7 +8,8 @@
 //! Whatever goes wrong with the run becomes a FAILED event whose message tells the op's author
 //! what to do; nothing here brings the worker down. A 400/409 answer to STARTED, COMPLETED or
 //! FAILED means the server moved on (the run was cancelled, retried or reclaimed): it is
-//! logged, not treated as a failure. A run cancelled on the server has its container stopped
+//! logged, not treated as a failure. The result (COMPLETED, FAILED, a hand-back) is kept in
+//! the worker's outbox until the server decides on it (see [`crate::report`]). A run cancelled on the server has its container stopped
 //! and reports nothing (the server already says CANCELLED).
 //!
 //! A run with a `constraints.timeout_s` has its container stopped once it has run that long
@@ -39,7 +40,10 @@ use tokio::task::JoinHandle;
 use crate::docker::{ContainerExit, ContainerSpec, RUN_LABEL, RunFailure, Stream, WORKER_LABEL};
 use crate::events::{LogTail, parse_event_line};
 use crate::outputs::{check_outputs, read_outputs, write_new_file};
-use crate::report::{self, Reported, completed, failed, forward_events, release, ship_logs};
+use crate::report::{
+    self, Reported, completed, deliver_result, failed, forward_events, release_entry, result_entry,
+    ship_logs,
+};
 use crate::run_context::{RunContext, Signals};
 use crate::step::{ExecutionContext, Step};
 
@@ -106,26 +110,22 @@ async fn report_outcome(
     op: &WorkerOpRun,
     result: Result<Map<String, Value>, Stop>,
 ) -> Outcome {
-    let (reported, outcome) = match result {
+    let (entry, outcome) = match result {
         Ok(outputs) => (
-            report::report(&worker.client, op, completed(&outputs)).await,
+            result_entry(op, completed(&outputs)),
             Outcome::Completed(outputs),
         ),
-        Err(Stop::Fail(message)) => (
-            report::report(&worker.client, op, failed(&message)).await,
-            Outcome::Failed(message),
-        ),
+        Err(Stop::Fail(message)) => (result_entry(op, failed(&message)), Outcome::Failed(message)),
         Err(Stop::Release(reason)) => (
-            release(worker, op, &reason).await,
+            release_entry(&worker.worker_id, op, &reason),
             Outcome::Released(reason),
         ),
         Err(Stop::Abandon(why)) => return Outcome::Abandoned(why),
     };
-    match reported {
-        Reported::Delivered => outcome,
-        // Logged where it was given up; the run still ended this way on this worker.
-        Reported::GaveUp => outcome,
+    // Kept in the outbox and retried until the server decides: never given up.
+    match deliver_result(&worker.client, &worker.outbox, entry).await {
         Reported::Refused(why) => Outcome::Abandoned(why),
+        Reported::Delivered | Reported::GaveUp => outcome,
     }
 }
 

@@ -1,11 +1,16 @@
 //! What a run tells the server: its events (STARTED, COMPLETED, FAILED and the container's
 //! own), its log, and handing it back — each with retries under one backoff rule.
 //!
-//! A run's result must not be lost to a short outage, so STARTED, COMPLETED, FAILED and a
-//! release are retried for a while ([`report`], [`release`]); the container's events and log
-//! batches are worth less than the run itself and get a few tries only ([`forward_events`],
-//! [`ship_logs`]). A 400/404/409 answer is a refusal, never retried: the run was cancelled,
-//! retried or reclaimed meanwhile (409 is the server fencing a stale attempt).
+//! A run's *result* (COMPLETED, FAILED, or its hand-back) is never dropped
+//! ([`deliver_result`]): it is written to the worker's [`Outbox`] first, and sent until the
+//! server answers with a decision — 2xx (taken), 409 (a stale attempt, fenced), 404 (the run
+//! is gone) or another 4xx (refused as sent). While the server is unreachable or answers 5xx,
+//! 401/403 (a key being rotated), 408 or 429, the worker keeps trying, forever, waiting up to
+//! 30 s between tries and warning at most once a minute per run. A COMPLETED refused with 413
+//! (outputs over the server's body limit) becomes a FAILED that says so, delivered the same
+//! way. STARTED is retried for a while ([`report`]); the container's events and log batches
+//! are worth less than the run itself and get a few tries only ([`forward_events`],
+//! [`ship_logs`]).
 
 use std::time::Duration;
 
@@ -17,12 +22,14 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc::Receiver;
 
 use crate::events::payload;
-use crate::run_context::RunContext;
+use crate::outbox::{Entry, Message, Outbox};
 
-/// Tries of a report of the run's result or state before giving up.
+/// Tries of a STARTED report before going on without it.
 const REPORT_TRIES: u32 = 10;
-/// Waits between those tries.
+/// Waits between tries of a report (STARTED, and results, which are tried forever).
 const REPORT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+/// At most one warning per run this often while its result cannot be delivered.
+const RESULT_WARN_EVERY: Duration = Duration::from_secs(60);
 /// Tries of a container event or a log batch.
 const SIDE_TRIES: u32 = 3;
 /// Waits between those tries.
@@ -37,10 +44,10 @@ const LOG_BATCH_WAIT: Duration = Duration::from_millis(500);
 pub enum Reported {
     /// The server recorded it.
     Delivered,
-    /// The server could not be reached (or failed) on every try: the report is lost. Logged;
-    /// the run goes on as if it had been delivered.
+    /// A STARTED the server could not be reached for on every try (logged; the run goes on
+    /// without it). Never the answer for a result: [`deliver_result`] does not give up.
     GaveUp,
-    /// Refused with 400/404/409: the run is no longer ours to report on.
+    /// Refused with a 4xx decision: the run is no longer ours to report on.
     Refused(String),
 }
 
@@ -82,42 +89,20 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or(text)
 }
 
-/// Delivers an event for `op`'s attempt (see [`deliver`]).
+/// Sends STARTED (or another event) for `op`'s attempt, retrying for a while while the
+/// server is unreachable; a refusal is returned, not retried.
 pub async fn report(client: &Client, op: &WorkerOpRun, mut event: AddEventRequest) -> Reported {
     event.attempt = op.attempt;
     let what = event.event_type.clone();
-    deliver(&op.id, &what, || client.add_event(&op.id, &event)).await
-}
-
-/// Hands `op`'s attempt back to the server for another attempt (see [`deliver`]). A server
-/// that does not number attempts has no release endpoint either: the run is reported FAILED
-/// with the same message instead.
-pub async fn release(context: &RunContext, op: &WorkerOpRun, reason: &str) -> Reported {
-    let Some(attempt) = op.attempt else {
-        let message = format!("worker {} handed the run back: {reason}", context.worker_id);
-        return report(&context.client, op, failed(&message)).await;
-    };
-    let request = ReleaseRequest {
-        worker_id: context.worker_id.clone(),
-        attempt,
-        reason: Some(reason.to_owned()),
-    };
-    deliver(&op.id, "release", || {
-        context.client.release_run(&op.id, &request)
-    })
-    .await
-}
-
-/// Makes a call about run `run_id`, retrying while the server is unreachable. Refusals are
-/// returned, not retried.
-async fn deliver<T, F, Fut>(run_id: &str, what: &str, call: F) -> Reported
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ClientError>>,
-{
-    let retried = retry(REPORT_TRIES, REPORT_BACKOFF, call, |attempt, e| {
-        tracing::warn!(run_id, what, attempt, error = %e, "cannot report; retrying");
-    })
+    let run_id = op.id.as_str();
+    let retried = retry(
+        REPORT_TRIES,
+        REPORT_BACKOFF,
+        || client.add_event(&op.id, &event),
+        |attempt, e| {
+            tracing::warn!(run_id, what, attempt, error = %e, "cannot report; retrying");
+        },
+    )
     .await;
     match retried {
         Ok(_) => Reported::Delivered,
@@ -127,8 +112,155 @@ where
             Reported::Refused(detail)
         }
         Err(e) => {
-            tracing::error!(run_id, what, error = %e, "cannot report; gave up: the server never took it");
+            tracing::error!(run_id, what, error = %e, "cannot report; going on without it");
             Reported::GaveUp
+        }
+    }
+}
+
+/// The result entry of `op`'s attempt with `event` (COMPLETED or FAILED).
+pub fn result_entry(op: &WorkerOpRun, mut event: AddEventRequest) -> Entry {
+    event.attempt = op.attempt;
+    Entry {
+        run_id: op.id.clone(),
+        attempt: op.attempt,
+        message: Message::Event(event),
+    }
+}
+
+/// The entry handing `op`'s attempt back to the server for another attempt. A server that
+/// does not number attempts has no release endpoint either: the run is reported FAILED with
+/// the same message instead.
+pub fn release_entry(worker_id: &str, op: &WorkerOpRun, reason: &str) -> Entry {
+    let Some(attempt) = op.attempt else {
+        let message = format!("worker {worker_id} handed the run back: {reason}");
+        return result_entry(op, failed(&message));
+    };
+    Entry {
+        run_id: op.id.clone(),
+        attempt: Some(attempt),
+        message: Message::Release(ReleaseRequest {
+            worker_id: worker_id.to_owned(),
+            attempt,
+            reason: Some(reason.to_owned()),
+        }),
+    }
+}
+
+/// How the worker takes an answer to a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Taken (2xx; also a 2xx whose body this client cannot read).
+    Taken,
+    /// 413 on COMPLETED: the outputs are over the server's body limit.
+    TooLarge,
+    /// A decision against it (409 fenced, 404 gone, another 4xx): forget it.
+    Refused,
+    /// No decision (unreachable, timeout, 5xx, 401/403, 408, 429): try again.
+    Retry,
+}
+
+fn answer(result: &Result<(), ClientError>, what: &str) -> Answer {
+    let e = match result {
+        Ok(()) | Err(ClientError::Decode { .. }) => return Answer::Taken,
+        Err(e) => e,
+    };
+    match e.status().map(|s| s.as_u16()) {
+        None if e.is_transient() => Answer::Retry,
+        None => Answer::Refused,
+        Some(413) if what == "COMPLETED" => Answer::TooLarge,
+        Some(401 | 403 | 408 | 429) => Answer::Retry,
+        Some(status) if status >= 500 => Answer::Retry,
+        Some(_) => Answer::Refused,
+    }
+}
+
+/// `entry`'s COMPLETED turned into a FAILED saying its outputs (of `bytes` bytes) were too
+/// large for the server (`detail`: the server's words).
+fn too_large(entry: &Entry, detail: &str) -> Entry {
+    let bytes = match &entry.message {
+        Message::Event(event) => event
+            .payload
+            .as_ref()
+            .and_then(|p| p.get("outputs"))
+            .and_then(|o| serde_json::to_vec(o).ok())
+            .map_or(0, |v| v.len()),
+        Message::Release(_) => 0,
+    };
+    let message = format!(
+        "the outputs were {bytes} bytes and the server refused them as too large ({detail}); \
+         write smaller outputs (e.g. a reference to where the data is) or raise the server's \
+         --max-body-bytes"
+    );
+    let mut event = failed(&message);
+    event.attempt = entry.attempt;
+    Entry {
+        run_id: entry.run_id.clone(),
+        attempt: entry.attempt,
+        message: Message::Event(event),
+    }
+}
+
+/// Delivers a run's result (see the module doc): written to `outbox` first, sent until the
+/// server decides, then removed. Never gives up; returns `Delivered` or `Refused`.
+pub async fn deliver_result(client: &Client, outbox: &Outbox, mut entry: Entry) -> Reported {
+    if let Err(e) = outbox.put(&entry).await {
+        tracing::error!(run_id = %entry.run_id, error = %e, "cannot keep the result in the outbox; sending it anyway (it is lost if the worker dies before the server takes it)");
+    }
+    let mut failures: u32 = 0;
+    let mut warned: Option<tokio::time::Instant> = None;
+    loop {
+        let what = entry.what().to_owned();
+        let sent = match &entry.message {
+            Message::Event(event) => client.add_event(&entry.run_id, event).await.map(drop),
+            Message::Release(request) => client.release_run(&entry.run_id, request).await.map(drop),
+        };
+        let run_id = entry.run_id.as_str();
+        match answer(&sent, &what) {
+            Answer::Taken => {
+                if failures > 0 {
+                    tracing::info!(
+                        run_id,
+                        what,
+                        tries = failures.saturating_add(1),
+                        "result delivered"
+                    );
+                }
+                outbox.remove(&entry).await;
+                return Reported::Delivered;
+            }
+            Answer::TooLarge => {
+                let detail = sent
+                    .err()
+                    .and_then(|e| e.detail().map(str::to_owned))
+                    .unwrap_or_default();
+                tracing::warn!(run_id, detail = %detail, "the server refused the outputs as too large; reporting FAILED instead");
+                entry = too_large(&entry, &detail);
+                if let Err(e) = outbox.put(&entry).await {
+                    tracing::error!(run_id = %entry.run_id, error = %e, "cannot keep the result in the outbox; sending it anyway");
+                }
+                failures = 0;
+            }
+            Answer::Refused => {
+                let detail = sent
+                    .err()
+                    .map(|e| e.detail().map_or_else(|| e.to_string(), str::to_owned))
+                    .unwrap_or_default();
+                tracing::info!(run_id, what, detail = %detail, "the server refused: the run was cancelled, retried or reclaimed meanwhile");
+                outbox.remove(&entry).await;
+                return Reported::Refused(detail);
+            }
+            Answer::Retry => {
+                failures = failures.saturating_add(1);
+                let now = tokio::time::Instant::now();
+                if warned.is_none_or(|at| now.duration_since(at) >= RESULT_WARN_EVERY) {
+                    warned = Some(now);
+                    if let Err(e) = &sent {
+                        tracing::warn!(run_id, what, tries = failures, error = %e, "cannot deliver the result yet; it is kept in the outbox and retried until the server takes it");
+                    }
+                }
+                tokio::time::sleep(REPORT_BACKOFF.delay(failures)).await;
+            }
         }
     }
 }

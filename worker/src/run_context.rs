@@ -25,6 +25,8 @@ pub struct RunContext {
     pub engine: Engine,
     /// Parent of the per-run directories.
     pub work_dir: PathBuf,
+    /// Results not yet decided by the server.
+    pub outbox: std::sync::Arc<crate::outbox::Outbox>,
     /// When to pull images.
     pub pull: PullPolicy,
     /// SIGTERM → SIGKILL delay when stopping a container.

@@ -34,7 +34,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<WorkerView>>
 /// it must stop.
 #[utoipa::path(
     post, path = "/workers/heartbeat", request_body = HeartbeatRequest,
-    responses((status = 200, body = WorkerView), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody))
+    responses((status = 200, body = WorkerView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody))
 )]
 pub async fn heartbeat(
     State(state): State<AppState>,
@@ -45,10 +45,13 @@ pub async fn heartbeat(
     }
     request.validate()?;
     let reports_runs = request.running_ops.is_some();
+    let mut heartbeat = gyoza_core::Heartbeat::from(request);
+    // Another live process under this id is refused (409): see `Worker::from_heartbeat`.
+    heartbeat.exclusive_for = Some(state.service.worker_timeout);
     let worker = state
         .service
         .store
-        .heartbeat(request.into(), state.service.clock.now())
+        .heartbeat(heartbeat, state.service.clock.now())
         .await?;
     let mut answer = view(&state, worker);
     if reports_runs {

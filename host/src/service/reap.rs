@@ -12,6 +12,10 @@
 //! the worker is still silent: two replicas reaping the same worker requeue each run once, and
 //! a worker that heartbeated between the reaper's read and its write keeps its attempt. A
 //! worker that comes back after the requeue is fenced: its calls for the old attempt get 409.
+//!
+//! Silence is counted from the later of a worker's last heartbeat and this process's start
+//! ([`Service::started_at`]): while the server was down, its workers could not heartbeat, so
+//! a restarted server gives every worker a full worker timeout to reach it before reaping.
 
 use gyoza_core::run::MAX_LOST_REQUEUES;
 
@@ -27,6 +31,11 @@ impl Service {
         let now = self.clock.now();
         let mut changed = 0;
         let cutoff = now - self.worker_timeout;
+        if self.started_at > cutoff {
+            // Up for less than a worker timeout: nobody has been silent towards this process
+            // for that long yet.
+            return Ok(0);
+        }
         for worker in self.store.stale_workers(cutoff).await? {
             let silent = (now - worker.last_heartbeat_at).num_seconds();
             for run in self.store.runs_on_worker(&worker.id).await? {

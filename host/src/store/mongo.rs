@@ -794,18 +794,45 @@ impl Store for MongoStore {
     }
 
     async fn heartbeat(&self, heartbeat: Heartbeat, now: Timestamp) -> Result<Worker, StoreError> {
-        let existing = self.get_worker(&heartbeat.worker_id).await?;
-        let worker = Worker::from_heartbeat(existing, heartbeat, now);
-        let document = doc! {
-            "_id": &worker.id,
-            "last_heartbeat_us": to_micros(&now),
-            "doc": to_json(&worker)?,
-        };
-        self.workers
-            .replace_one(doc! {"_id": &worker.id}, document)
-            .upsert(true)
-            .await?;
-        Ok(worker)
+        // A compare-and-set on the stored heartbeat time (an insert for a new worker), so
+        // that the instance check of `from_heartbeat` holds against a concurrent heartbeat:
+        // the write that lost re-reads and is checked again.
+        let id = heartbeat.worker_id.clone();
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let stored = self.workers.find_one(doc! {"_id": &id}).await?;
+            let existing = stored.as_ref().map(decode::<Worker>).transpose()?;
+            let worker = Worker::from_heartbeat(existing, heartbeat.clone(), now)?;
+            let document = doc! {
+                "_id": &worker.id,
+                "last_heartbeat_us": to_micros(&now),
+                "doc": to_json(&worker)?,
+            };
+            let written = match &stored {
+                Some(read) => {
+                    let mut filter = doc! {"_id": &id};
+                    if let Some(seen) = read.get("last_heartbeat_us") {
+                        filter.insert("last_heartbeat_us", seen.clone());
+                    }
+                    self.workers
+                        .replace_one(filter, document)
+                        .await?
+                        .matched_count
+                        == 1
+                }
+                None => match self.workers.insert_one(document).await {
+                    Ok(_) => true,
+                    Err(e) if is_duplicate_key(&e) => false,
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            if written {
+                return Ok(worker);
+            }
+            // Another heartbeat of this id was written since the read: check against it.
+        }
+        Err(StoreError::backend(format!(
+            "worker '{id}' heartbeated concurrently {MAX_CONFLICT_RETRIES} times in a row; giving up"
+        )))
     }
 
     async fn append_log(

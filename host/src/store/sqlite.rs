@@ -1142,7 +1142,7 @@ impl Store for SqliteStore {
     async fn heartbeat(&self, heartbeat: Heartbeat, now: Timestamp) -> Result<Worker, StoreError> {
         self.write(move |conn| {
             let existing = get_worker_blocking(conn, &heartbeat.worker_id)?;
-            let worker = Worker::from_heartbeat(existing, heartbeat, now);
+            let worker = Worker::from_heartbeat(existing, heartbeat, now)?;
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO workers (id, last_heartbeat_at, doc) VALUES (?1, ?2, ?3)",
             )?

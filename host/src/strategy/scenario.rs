@@ -226,6 +226,7 @@ impl Scenario {
             running_ops: Vec::new(),
             created_at: now,
             last_heartbeat_at: now,
+            instance: None,
         };
         Ok((worker, me.free.clone()))
     }
