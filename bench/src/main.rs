@@ -323,6 +323,7 @@ async fn events(events: usize, bytes: usize) -> anyhow::Result<()> {
         },
         tags: vec![],
         running_ops: None,
+        instance: None,
     };
     // The chatty run, assigned to a worker of its own.
     client.heartbeat(&beat("chatty".into())).await?;
