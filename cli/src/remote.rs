@@ -630,6 +630,7 @@ pub async fn run(conn: &Connection, args: RunArgs) -> anyhow::Result<Outcome> {
                 vram_mb: args.vram_mb,
                 timeout_s: args.timeout_s,
                 queue_timeout_s: args.queue_timeout_s,
+                capabilities: Vec::new(),
             };
             let request = OpRunCreate {
                 image: image.clone(),

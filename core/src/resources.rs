@@ -38,6 +38,67 @@ pub struct Constraints {
     /// absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout_s: Option<u64>,
+    /// Linux capabilities the op's container needs back (every op container starts with all
+    /// of them dropped), by name (`NET_BIND_SERVICE`; a `CAP_` prefix is accepted). A worker
+    /// grants only those its operator allows (`--allow-capabilities`); an attempt asking for
+    /// more FAILS on it with a message naming them. Empty or absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+}
+
+/// The Linux capabilities a run may ask for (`capabilities(7)`, without `CAP_`).
+pub const LINUX_CAPABILITIES: [&str; 41] = [
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYSLOG",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
+];
+
+/// A capability's name as Docker and [`LINUX_CAPABILITIES`] spell it: upper case, without
+/// `CAP_`.
+pub fn capability_name(name: &str) -> String {
+    let upper = name.trim().to_ascii_uppercase();
+    upper
+        .strip_prefix("CAP_")
+        .map(str::to_owned)
+        .unwrap_or(upper)
 }
 
 impl Constraints {
@@ -74,7 +135,33 @@ impl Constraints {
                 limits::MAX_TIMEOUT_S,
             );
         }
+        at_most(
+            &mut problems,
+            "constraints.capabilities (entries)",
+            self.capabilities.len(),
+            LINUX_CAPABILITIES.len(),
+        );
+        for name in self.capabilities.iter().take(LINUX_CAPABILITIES.len()) {
+            if !LINUX_CAPABILITIES.contains(&capability_name(name).as_str()) {
+                let shown: String = name.chars().take(64).collect();
+                problems.push(format!(
+                    "constraints.capabilities: '{shown}' is not a Linux capability (name them one by one, e.g. NET_BIND_SERVICE; ALL is not granted)"
+                ));
+            }
+        }
         problems
+    }
+
+    /// The capabilities asked for, in Docker's spelling, each once.
+    pub fn capability_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .capabilities
+            .iter()
+            .map(|c| capability_name(c))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// The run timeout in seconds, if there is one (`0` means none).
@@ -96,6 +183,11 @@ impl Constraints {
             vram_mb: overrides.vram_mb.or(self.vram_mb),
             timeout_s: overrides.timeout_s.or(self.timeout_s),
             queue_timeout_s: overrides.queue_timeout_s.or(self.queue_timeout_s),
+            capabilities: if overrides.capabilities.is_empty() {
+                self.capabilities.clone()
+            } else {
+                overrides.capabilities.clone()
+            },
         }
     }
 }
@@ -273,6 +365,42 @@ pub fn tag_problems(problems: &mut Vec<String>, field: &str, tags: &[String]) {
             &format!("{field} entry"),
             tag,
             limits::MAX_TAG_BYTES,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_are_linux_ones_by_name_and_each_is_asked_once() {
+        let asking = |names: &[&str]| Constraints {
+            capabilities: names.iter().map(|n| (*n).to_owned()).collect(),
+            ..Constraints::default()
+        };
+        let ok = asking(&["cap_chown", "NET_BIND_SERVICE", "CHOWN"]);
+        assert!(ok.problems().is_empty(), "{:?}", ok.problems());
+        assert_eq!(ok.capability_names(), vec!["CHOWN", "NET_BIND_SERVICE"]);
+        for bad in ["ALL", "", "CAP_", "NOT_ONE"] {
+            let problems = asking(&[bad]).problems();
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert!(
+                problems[0].contains("is not a Linux capability"),
+                "{problems:?}"
+            );
+        }
+        // A run may replace the definition's capabilities, not add to them.
+        let definition = asking(&["CHOWN"]);
+        assert_eq!(
+            definition
+                .overridden_by(&Constraints::default())
+                .capabilities,
+            ["CHOWN"]
+        );
+        assert_eq!(
+            definition.overridden_by(&asking(&["KILL"])).capabilities,
+            ["KILL"]
         );
     }
 }

@@ -266,6 +266,7 @@ proptest! {
             vram_mb: Some(vram),
             timeout_s: Some(timeout),
             queue_timeout_s: Some(queue_timeout),
+            capabilities: Vec::new(),
         };
         let created = OpRunCreate {
             image: "img".into(),

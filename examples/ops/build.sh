@@ -11,6 +11,7 @@
 #   link      a hostile op: links outputs.json to the `target` input (a host path)
 #   fork      a hostile op: starts the `count` input (default 200) processes, says how many
 #   bigout    writes outputs of the `bytes` input (default 100000) bytes
+#   chown     gives a file to user 4242: needs CAP_CHOWN back, says whether it could
 #
 # Usage: examples/ops/build.sh [op ...]      (all of them by default)
 set -euo pipefail
@@ -24,7 +25,7 @@ fi
 export DOCKER_BUILDKIT=0
 
 ops=("$@")
-[ "${#ops[@]}" -gt 0 ] || ops=(echo progress fail sleep memhog link fork bigout)
+[ "${#ops[@]}" -gt 0 ] || ops=(echo progress fail sleep memhog link fork bigout chown)
 context="$(mktemp -d)"
 trap 'rm -rf "$context"' EXIT
 cp "$busybox" "$context/busybox"

@@ -47,6 +47,18 @@ async fn numbers_beyond_their_limits_are_refused_with_the_field_and_its_limit() 
             json!({"image": "x".repeat(200_000)}),
             "image must be at most 1024 bytes, got 200000",
         ),
+        (
+            json!({"image": "x", "constraints": {"capabilities": ["ALL"]}}),
+            "constraints.capabilities: 'ALL' is not a Linux capability",
+        ),
+        (
+            json!({"image": "x", "constraints": {"capabilities": ["NET_ADMIN", "x".repeat(100_000)]}}),
+            "is not a Linux capability",
+        ),
+        (
+            json!({"image": "x", "constraints": {"capabilities": vec!["CHOWN"; 100_000]}}),
+            "constraints.capabilities (entries) must be at most 41, got 100000",
+        ),
     ];
     for (body, fragment) in cases {
         let (status, answer) = api.call("POST", "/runs", Some(body)).await;

@@ -44,7 +44,9 @@ use gyoza_core::{OpAttempt, OpRunState};
 pub const API_KEY: &str = "e2e-secret";
 
 /// The example op images the tests run.
-pub const EXAMPLE_OPS: [&str; 6] = ["echo", "progress", "fail", "sleep", "memhog", "bigout"];
+pub const EXAMPLE_OPS: [&str; 7] = [
+    "echo", "progress", "fail", "sleep", "memhog", "bigout", "chown",
+];
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

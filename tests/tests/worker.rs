@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use gyoza_core::api::{OpDefinitionCreate, OpRunCreate, OpRunCreateFromDefinition};
 use gyoza_core::{Constraints, EventType, OpRunState, RetryPolicy};
 use gyoza_e2e::{
-    Server, Worker, container_running, docker_or_skip, image_run, wait_for_run,
+    Server, Worker, attempt_error, container_running, docker_or_skip, image_run, wait_for_run,
     wait_until_container_runs, wait_until_terminal,
 };
 use serde_json::{Map, Value, json};
@@ -413,5 +413,53 @@ async fn an_op_cannot_fork_past_the_workers_pids_limit() {
     assert!(
         (1..32).contains(&started),
         "the op started {started} processes under a limit of 32"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capability_is_given_back_only_when_the_run_asks_and_the_worker_allows() {
+    if !docker_or_skip("a_capability_is_given_back_only_when_the_run_asks_and_the_worker_allows") {
+        return;
+    }
+    let server = Server::start();
+    let client = server.client();
+    let chown = |capabilities: &[&str]| {
+        let mut run = image_run("gyoza-example/chown:latest", Map::new());
+        run.constraints = Some(Constraints {
+            capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+            ..Constraints::default()
+        });
+        run
+    };
+
+    // A worker that allows none: a run asking for CHOWN FAILS, naming it, before any container.
+    let mut strict = Worker::start(&server, "caps-strict", &[]);
+    let asked = client
+        .create_run(&chown(&["CAP_CHOWN"]))
+        .await
+        .expect("create");
+    let asked = wait_until_terminal(&client, &asked.id, RUN_TIMEOUT).await;
+    assert_eq!(asked.state, OpRunState::Failed, "{asked:?}");
+    let error = attempt_error(asked.attempts.last().expect("an attempt"));
+    assert!(
+        error.contains("does not grant: CHOWN") && error.contains("--allow-capabilities"),
+        "{error}"
+    );
+    strict.stop();
+
+    // A worker that allows CHOWN: the run that asks gets it; one that does not ask still has
+    // every capability dropped.
+    let _lenient = Worker::start(&server, "caps-lenient", &["--allow-capabilities", "chown"]);
+    let granted = client.create_run(&chown(&["CHOWN"])).await.expect("create");
+    let granted = wait_until_terminal(&client, &granted.id, RUN_TIMEOUT).await;
+    assert_eq!(granted.state, OpRunState::Completed, "{granted:?}");
+    assert_eq!(granted.outputs["chowned"], json!(true), "{granted:?}");
+    let plain = client.create_run(&chown(&[])).await.expect("create");
+    let plain = wait_until_terminal(&client, &plain.id, RUN_TIMEOUT).await;
+    assert_eq!(plain.state, OpRunState::Completed, "{plain:?}");
+    assert_eq!(
+        plain.outputs["chowned"],
+        json!(false),
+        "a run that asked for nothing could chown: capabilities were not dropped"
     );
 }

@@ -232,6 +232,7 @@ async fn start(config: &WorkerConfig) -> Result<Agent, WorkerError> {
                 pids_limit: config.pids_limit,
                 network: config.container_network.clone(),
                 default_memory_mb: config.default_memory_mb,
+                allowed_capabilities: config.allowed_capabilities(),
             },
             shutdown_grace: config.shutdown_grace,
             steps,

@@ -20,6 +20,7 @@
 //! | `--pids-limit` | `GYOZA_WORKER_PIDS_LIMIT` | `512` | most processes an op container may run at once |
 //! | `--container-network` | `GYOZA_WORKER_CONTAINER_NETWORK` | `bridge` | Docker network of op containers (`none`: no network) |
 //! | `--default-memory-mb` | `GYOZA_WORKER_DEFAULT_MEMORY_MB` | `2048` | memory limit of a run without `ram_mb` (0: none) |
+//! | `--allow-capabilities` | `GYOZA_WORKER_ALLOW_CAPABILITIES` | none | Linux capabilities a run may ask back (`constraints.capabilities`), comma-separated; a run asking for another FAILS here |
 //! | `--max-output-bytes` | `GYOZA_WORKER_MAX_OUTPUT_BYTES` | `16777216` | largest outputs.json read (links, FIFOs and devices are refused whatever the size) |
 //! | `--shutdown-grace` | `GYOZA_WORKER_SHUTDOWN_GRACE` | `30` | seconds running runs get to finish after SIGTERM/SIGINT; then their containers are stopped and the runs handed back (0: at once) |
 //! | `--pipeline` | `GYOZA_PIPELINE` | none | pipeline file adding wasm steps |
@@ -118,6 +119,11 @@ pub struct WorkerConfig {
         value_name = "MB"
     )]
     pub default_memory_mb: u64,
+    /// Linux capabilities a run may ask back through `constraints.capabilities` (every op
+    /// container starts with all dropped), comma-separated (`NET_BIND_SERVICE,CHOWN`); an
+    /// attempt asking for one not listed FAILS with a message naming it.
+    #[arg(long = "allow-capabilities", env = "GYOZA_WORKER_ALLOW_CAPABILITIES", value_delimiter = ',', value_parser = parse_capability, value_name = "CAPS")]
+    pub allow_capabilities: Vec<String>,
     /// Largest outputs.json the worker reads, in bytes; a larger one FAILS the run with a
     /// message that gives both sizes.
     #[arg(long, env = "GYOZA_WORKER_MAX_OUTPUT_BYTES", default_value_t = crate::outputs::DEFAULT_MAX_OUTPUT_BYTES, value_name = "BYTES")]
@@ -168,11 +174,31 @@ impl WorkerConfig {
         Ok(id)
     }
 
+    /// The capabilities runs may ask back, each once.
+    pub fn allowed_capabilities(&self) -> Vec<String> {
+        let mut names = self.allow_capabilities.clone();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The work directory: the configured one, else `runs` in the state directory.
     pub fn resolve_work_dir(&self, state: &crate::state::StateDir) -> PathBuf {
         self.work_dir
             .clone()
             .unwrap_or_else(|| state.path().join("runs"))
+    }
+}
+
+/// A Linux capability's name (`CAP_` prefix and case ignored), in Docker's spelling.
+pub fn parse_capability(text: &str) -> Result<String, String> {
+    let name = gyoza_core::resources::capability_name(text);
+    if gyoza_core::resources::LINUX_CAPABILITIES.contains(&name.as_str()) {
+        Ok(name)
+    } else {
+        Err(format!(
+            "'{text}' is not a Linux capability (e.g. NET_BIND_SERVICE; ALL cannot be allowed)"
+        ))
     }
 }
 

@@ -80,6 +80,9 @@ pub struct ContainerSpec {
     pub labels: HashMap<String, String>,
     /// Limits every op container gets.
     pub sandbox: Sandbox,
+    /// Capabilities given back to this container (all others are dropped); already checked
+    /// against [`Sandbox::allowed_capabilities`].
+    pub capabilities: Vec<String>,
 }
 
 /// What every op container is confined to, whatever its image asks (worker settings).
@@ -91,6 +94,8 @@ pub struct Sandbox {
     pub network: String,
     /// Memory limit of a run that states no `ram_mb`, in MB (0: none).
     pub default_memory_mb: u64,
+    /// Capabilities a run may ask back (`--allow-capabilities`), in Docker's spelling.
+    pub allowed_capabilities: Vec<String>,
 }
 
 impl Default for Sandbox {
@@ -99,7 +104,33 @@ impl Default for Sandbox {
             pids_limit: 512,
             network: "bridge".into(),
             default_memory_mb: 2048,
+            allowed_capabilities: Vec::new(),
         }
+    }
+}
+
+impl Sandbox {
+    /// Why this worker does not run an op asking for `asked` (capability names in Docker's
+    /// spelling): the ones it does not grant, named with what it does grant.
+    pub fn refusal(&self, asked: &[String]) -> Option<String> {
+        let missing: Vec<&str> = asked
+            .iter()
+            .filter(|c| !self.allowed_capabilities.contains(c))
+            .map(String::as_str)
+            .collect();
+        if missing.is_empty() {
+            return None;
+        }
+        let granted = if self.allowed_capabilities.is_empty() {
+            "none".to_owned()
+        } else {
+            self.allowed_capabilities.join(", ")
+        };
+        Some(format!(
+            "the run asks for capabilities this worker does not grant: {} (it grants: {granted}; \
+             an operator allows more with --allow-capabilities / GYOZA_WORKER_ALLOW_CAPABILITIES)",
+            missing.join(", ")
+        ))
     }
 }
 
@@ -555,9 +586,11 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let host_config = HostConfig {
         init: Some(true),
         binds: Some(spec.binds.clone()),
-        // The sandbox: no capabilities, no privilege gain through setuid binaries, a bounded
+        // The sandbox: no capabilities (but those the run asked for and the worker allows),
+        // no privilege gain through setuid binaries, a bounded
         // number of processes, the worker's chosen network.
         cap_drop: Some(vec!["ALL".into()]),
+        cap_add: (!spec.capabilities.is_empty()).then(|| spec.capabilities.clone()),
         security_opt: Some(vec!["no-new-privileges:true".into()]),
         pids_limit: Some(spec.sandbox.pids_limit),
         network_mode: Some(spec.sandbox.network.clone()),
@@ -593,6 +626,26 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_grants_only_the_capabilities_it_allows() {
+        let mut sandbox = Sandbox::default();
+        let refusal = sandbox.refusal(&["CHOWN".into()]).expect("refused");
+        assert!(
+            refusal.contains("does not grant: CHOWN (it grants: none;"),
+            "{refusal}"
+        );
+        assert_eq!(sandbox.refusal(&[]), None);
+        sandbox.allowed_capabilities = vec!["CHOWN".into(), "KILL".into()];
+        assert_eq!(sandbox.refusal(&["CHOWN".into()]), None);
+        let refusal = sandbox
+            .refusal(&["CHOWN".into(), "SYS_ADMIN".into()])
+            .expect("refused");
+        assert!(
+            refusal.contains("does not grant: SYS_ADMIN (it grants: CHOWN, KILL;"),
+            "{refusal}"
+        );
+    }
 
     #[test]
     fn image_references_split_into_repository_and_tag() {

@@ -192,6 +192,13 @@ impl<'a> Attempt<'a> {
 
     /// The stages up to the report, in the seed's order; the outputs to report COMPLETED with.
     async fn stages(&self) -> Result<Map<String, Value>, Stop> {
+        if let Some(refusal) = self
+            .worker
+            .sandbox
+            .refusal(&self.op.constraints.capability_names())
+        {
+            return Err(Stop::Fail(refusal));
+        }
         self.pull(&self.op.image).await?;
         let context = self.prepare_inputs().await?;
         let context = self.before_steps(context).await?;
@@ -369,6 +376,7 @@ impl<'a> Attempt<'a> {
                 (WORKER_LABEL.to_owned(), self.worker.worker_id.clone()),
             ]),
             sandbox: self.worker.sandbox.clone(),
+            capabilities: self.op.constraints.capability_names(),
         }
     }
 
