@@ -52,7 +52,7 @@ async fn stays_pending_while_heartbeating(
     period: Duration,
 ) {
     let until = Instant::now() + period;
-    let mut last_beat = None;
+    let mut first_beat = None;
     while Instant::now() < until {
         let run = client.get_run(id).await.expect("get run");
         assert_eq!(run.state, OpRunState::Pending, "{:?}", run.attempts);
@@ -65,7 +65,7 @@ async fn stays_pending_while_heartbeating(
             .find(|w| w.worker.id == worker.id)
             .expect("the worker is listed");
         assert!(view.active, "the worker stopped heartbeating");
-        last_beat = Some(view.worker.last_heartbeat_at);
+        first_beat = first_beat.or(Some(view.worker.last_heartbeat_at));
         assert!(!worker.has_exited(), "{}", worker.output.text());
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -76,9 +76,12 @@ async fn stays_pending_while_heartbeating(
         .into_iter()
         .find(|w| w.worker.id == worker.id)
         .map(|w| w.worker.last_heartbeat_at);
+    // Compared with the first look of the period, not the last: a heartbeat every 0.3 s may
+    // well not land in the last 0.3 s on a loaded machine (seen in CI), but a worker that
+    // heartbeats at all does so within the period.
     assert!(
-        seen > last_beat,
-        "no heartbeat arrived while the engine was away"
+        seen > first_beat,
+        "no heartbeat arrived in {period:?} while the engine was away"
     );
 }
 
