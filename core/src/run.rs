@@ -687,7 +687,7 @@ impl OpRun {
         let attempt = self.current_mut();
         attempt.execution_summary.error_message = Some(message.clone());
         attempt.finish(OpRunState::Failed, now);
-        attempt.events.push(EventEntry {
+        attempt.record(EventEntry {
             t: now,
             event_type: EventType::Failed,
             msg: Value::String(message.clone()),
