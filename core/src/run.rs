@@ -201,6 +201,16 @@ pub struct OpAttempt {
     pub execution_summary: ExecutionSummary,
     /// Hardware constraints at the time.
     pub constraints: Constraints,
+    /// When it started waiting to be claimed, for an attempt after the first (its RETRIED
+    /// event); absent for the first (the run's creation) and in runs stored before gyoza
+    /// recorded it.
+    #[serde(
+        with = "time::wire_opt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub queued_at: Option<Timestamp>,
     /// When a worker claimed it (PENDING → ASSIGNED); absent in runs stored before gyoza
     /// recorded it.
     #[serde(with = "time::wire_opt", default)]
@@ -236,6 +246,7 @@ impl OpAttempt {
             outputs: Map::new(),
             execution_summary: ExecutionSummary::default(),
             constraints: run.constraints.clone(),
+            queued_at: None,
             assigned_at: None,
             started_at: None,
             finished_at: None,
@@ -257,6 +268,7 @@ impl OpAttempt {
             outputs: self.outputs.clone(),
             execution_summary: self.execution_summary.clone(),
             constraints: self.constraints.clone(),
+            queued_at: self.queued_at,
             assigned_at: self.assigned_at,
             started_at: self.started_at,
             finished_at: self.finished_at,
@@ -630,12 +642,27 @@ impl OpRun {
     }
 
     /// When the current attempt started waiting to be claimed: the run's creation for the
-    /// first attempt, the requeue (its RETRIED event) for a later one, and the end of the
-    /// retry backoff when that is later.
+    /// first attempt, the requeue (`queued_at`, its RETRIED event) for a later one, and the
+    /// end of the retry backoff when that is later. An attempt stored before `queued_at`
+    /// existed falls back to its RETRIED event when loaded, else to the end of the attempt
+    /// before it.
     pub fn queued_since(&self) -> Timestamp {
         let current = self.current();
         let requeued = if current.attempt > 1 {
-            current.events.first().map_or(self.created_at, |e| e.t)
+            let retried = (current.first_event() == 0)
+                .then(|| current.events.first().map(|e| e.t))
+                .flatten();
+            let previous = self
+                .attempts
+                .iter()
+                .rev()
+                .nth(1)
+                .and_then(|a| a.finished_at);
+            current
+                .queued_at
+                .or(retried)
+                .or(previous)
+                .unwrap_or(self.created_at)
         } else {
             self.created_at
         };
@@ -1091,6 +1118,7 @@ impl OpRun {
             .unwrap_or(u32::MAX)
             .saturating_add(1);
         let mut attempt = OpAttempt::new(self, number);
+        attempt.queued_at = Some(now);
         attempt.record(EventEntry {
             t: now,
             event_type: EventType::Retried,

@@ -40,6 +40,8 @@ on_both_stores! {
     two_replicas_checking_at_once_time_a_run_out_once => replicas_time_out_once;
     a_pending_run_past_its_queue_timeout_fails_for_good_and_a_fresh_one_waits
         => queue_timeout;
+    a_requeued_attempts_queue_timeout_counts_from_its_requeue
+        => requeued_queue_timeout;
 }
 
 async fn run(api: &Api, id: &str) -> Value {
@@ -237,6 +239,46 @@ async fn queue_timeout(api: Api) {
     api.heartbeat("w1", 8, 8192).await;
     api.service.enforce_timeouts().await.unwrap();
     assert_eq!(run(&api, &fresh).await["state"], "ASSIGNED");
+}
+
+/// The queue timeout of a retried attempt counts from the retry, on a run read back from the
+/// store (whose RETRIED event is stored apart, not loaded with the run).
+async fn requeued_queue_timeout(api: Api) {
+    let id = started(&api, "w1", json!({"queue_timeout_s": 60})).await;
+    // Ran for 100 s, past the queue timeout counted from creation, then failed: retried.
+    api.advance(100);
+    beat(&api, "w1", json!([{"id": id, "attempt": 1}])).await;
+    api.event_ok(
+        &id,
+        json!({"type": "FAILED", "msg": "boom", "payload": {"error_message": "boom"}, "attempt": 1}),
+    )
+    .await;
+    let retried = run(&api, &id).await;
+    assert_eq!(retried["state"], "PENDING", "{retried}");
+    assert_eq!(retried["current_attempt"], 2);
+    // Another change, so that no store keeps the RETRIED event with the run (MongoDB keeps
+    // the last change's events inline).
+    api.ok(
+        "PATCH",
+        &format!("/runs/{id}"),
+        Some(json!({"priority": 7})),
+    )
+    .await;
+    api.advance(30);
+    assert_eq!(
+        api.service.enforce_timeouts().await.unwrap(),
+        0,
+        "30 s after its requeue, 130 s after its creation: within its 60 s"
+    );
+    assert_eq!(run(&api, &id).await["state"], "PENDING");
+    api.advance(31);
+    assert_eq!(api.service.enforce_timeouts().await.unwrap(), 1);
+    let failed = run(&api, &id).await;
+    assert_eq!(failed["state"], "FAILED", "{failed}");
+    assert_eq!(
+        failed["execution_summary"]["error_message"],
+        "not started within 60 s"
+    );
 }
 
 #[tokio::test]
