@@ -307,11 +307,12 @@ async fn claims(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Res
 }
 
 /// One chatty run: `events` INFO events of `bytes` bytes appended to it one after the other
-/// over HTTP, while 4 other workers claim, start and complete short runs; the mean cost of
-/// the first and of the last thousand appends, their ratio, and the other workers' claim
-/// latencies.
+/// over HTTP with nothing else going on, the mean time and the server's CPU of the first and
+/// of the last thousand appends and their ratios; then `CONTENDED` appends more while 4 other
+/// workers claim, start and complete short runs, and those claims' latencies.
 async fn events(events: usize, bytes: usize) -> anyhow::Result<()> {
     const CLAIMERS: usize = 4;
+    const CONTENDED: usize = 2_000;
     let server = Server::start(None)?;
     let client = server.client().await?;
     let beat = |name: String| HeartbeatRequest {
@@ -332,8 +333,45 @@ async fn events(events: usize, bytes: usize) -> anyhow::Result<()> {
     if claimed.first().map(|op| &op.id) != Some(&chatty.id) {
         bail!("the chatty run was not claimed first");
     }
-    // Runs for the others to claim meanwhile.
+    // Runs for the others to claim in the contended phase.
     create_runs(&client, 20_000, 8).await?;
+    let pad = "x".repeat(bytes);
+    let append = |i: usize| {
+        let (client, chatty, pad) = (client.clone(), chatty.clone(), pad.clone());
+        async move {
+            let event = AddEventRequest {
+                event_type: "INFO".into(),
+                msg: json!(format!("event {i}")),
+                payload: Some(serde_json::from_value(json!({"pad": pad})).unwrap_or_default()),
+                attempt: chatty.current_attempt.into(),
+            };
+            let t = Instant::now();
+            client.add_event(&chatty.id, &event).await?;
+            Ok::<_, anyhow::Error>(t.elapsed())
+        }
+    };
+
+    // Quiet: the cost of an append against the history before it, time and server CPU per
+    // window of a thousand.
+    let window = 1_000.min(events);
+    let mut costs = Vec::with_capacity(events);
+    let mut cpu = Vec::new();
+    let mut window_start = server.cpu()?;
+    for i in 0..events {
+        costs.push(append(i).await?);
+        if (i + 1) % window == 0 {
+            let now = server.cpu()?;
+            cpu.push((now - window_start).as_secs_f64() * 1e6 / window as f64);
+            window_start = now;
+        }
+    }
+    let mean = |part: &[Duration]| -> f64 {
+        part.iter().map(Duration::as_secs_f64).sum::<f64>() * 1000.0 / part.len().max(1) as f64
+    };
+    let (first, last) = (mean(&costs[..window]), mean(&costs[events - window..]));
+    let (cpu_first, cpu_last) = (cpu[0], cpu[cpu.len() - 1]);
+
+    // Contended: appends go on while other workers claim; their claim latencies.
     let appending = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut claimers = Vec::new();
     for w in 0..CLAIMERS {
@@ -364,39 +402,33 @@ async fn events(events: usize, bytes: usize) -> anyhow::Result<()> {
             Ok::<_, anyhow::Error>(latencies)
         }));
     }
-    let pad = "x".repeat(bytes);
-    let meter = CpuMeter::start(&server)?;
-    let mut costs = Vec::with_capacity(events);
-    for i in 0..events {
-        let event = AddEventRequest {
-            event_type: "INFO".into(),
-            msg: json!(format!("event {i}")),
-            payload: Some(serde_json::from_value(json!({"pad": pad})).unwrap_or_default()),
-            attempt: chatty.current_attempt.into(),
-        };
-        let t = Instant::now();
-        client.add_event(&chatty.id, &event).await?;
-        costs.push(t.elapsed());
+    let mut contended = Vec::with_capacity(CONTENDED);
+    for i in events..events + CONTENDED {
+        contended.push(append(i).await?);
     }
     appending.store(false, Ordering::Relaxed);
     let mut claims = Latencies::default();
     for claimer in claimers {
         claims.0.extend(claimer.await??);
     }
-    let window = 1_000.min(events);
-    let mean = |part: &[Duration]| -> f64 {
-        part.iter().map(Duration::as_secs_f64).sum::<f64>() * 1000.0 / part.len().max(1) as f64
-    };
-    let (first, last) = (mean(&costs[..window]), mean(&costs[events - window..]));
     let view = client.get_run(&chatty.id).await?;
     println!(
-        "events: {events} INFO events of {bytes} B on one run (SQLite): first {window} mean {first:.2} ms, last {window} mean {last:.2} ms, ratio {:.2}; {} claims by {CLAIMERS} other workers meanwhile: p50 {:.2} ms, p99 {:.2} ms; events_total {}; {}",
+        "events: {events} INFO events of {bytes} B on one run (SQLite), alone: first {window} mean {first:.2} ms, last {window} mean {last:.2} ms, ratio {:.2}; server CPU per append first {window} {cpu_first:.0} µs, last {window} {cpu_last:.0} µs, ratio {:.2}; windows of {window} (µs of server CPU per append): {}",
         last / first,
+        cpu_last / cpu_first.max(1.0),
+        cpu.iter()
+            .map(|c| format!("{c:.0}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    println!(
+        "events: {CONTENDED} more appends (history {events} to {}) mean {:.2} ms while {CLAIMERS} other workers claimed: {} claims, p50 {:.2} ms, p99 {:.2} ms; events_total {}",
+        events + CONTENDED,
+        mean(&contended),
         claims.0.len(),
         claims.percentile(0.5),
         claims.percentile(0.99),
         view.events_total,
-        meter.per(&server, events, "event")?
     );
     Ok(())
 }

@@ -79,10 +79,11 @@ pub struct Metrics {
     pub claim_latency: Histogram,
     /// Events delivered to their topic URL.
     pub deliveries_ok: AtomicU64,
-    /// Events whose delivery failed after every retry.
+    /// Events given up on: refused by the destination policy or the receiver (a 4xx other
+    /// than 408, 425 and 429), or still failing after the delivery's `give_up_after`.
     pub deliveries_failed: AtomicU64,
-    /// Events dropped because the delivery queue was full.
-    pub deliveries_dropped: AtomicU64,
+    /// Tries that failed and will be tried again later.
+    pub deliveries_retried: AtomicU64,
 }
 
 /// A gauge family computed at scrape time: name, help, and (labels, value) samples.
@@ -154,7 +155,7 @@ impl Metrics {
         for (result, counter) in [
             ("ok", &self.deliveries_ok),
             ("failed", &self.deliveries_failed),
-            ("dropped", &self.deliveries_dropped),
+            ("retried", &self.deliveries_retried),
         ] {
             let _ = writeln!(
                 out,

@@ -23,17 +23,16 @@ mod reap;
 mod reconcile;
 mod timeout;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use gyoza_core::OpRun;
-use gyoza_core::sync::lock;
 use tokio::sync::broadcast;
 
 use claim::InFlight;
 pub use claim::PENDING_WINDOW;
 
 use crate::clock::Clock;
-use crate::delivery::{self, Deliverer, DeliveryConfig};
+use crate::delivery::{Deliverer, DeliveryConfig};
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::store::{RunMutation, Store, StoreError};
@@ -102,6 +101,7 @@ impl Service {
         delivery: DeliveryConfig,
     ) -> Self {
         Self {
+            deliverer: Deliverer::start(delivery, metrics, store.clone()),
             store,
             scheduler,
             started_at: clock.now(),
@@ -109,31 +109,29 @@ impl Service {
             worker_timeout: chrono::Duration::seconds(60),
             reconcile_grace: chrono::Duration::seconds(30),
             timeout_grace: chrono::Duration::seconds(DEFAULT_TIMEOUT_GRACE_S),
-            deliverer: Deliverer::start(delivery, metrics),
             changes: broadcast::channel(1024).0,
             claims_in_flight: InFlight::default(),
         }
     }
 
-    /// Applies a domain change to a run atomically, then delivers the events it added to the
-    /// run's topic and wakes this process's watchers of the run. `Ok(None)`: no such run.
+    /// Applies a domain change to a run atomically, then wakes this process's delivery of
+    /// its events (the store marked them, see [`crate::delivery`]) and its watchers of the
+    /// run. `Ok(None)`: no such run.
     pub async fn update_run(
         &self,
         id: &str,
         mutation: RunMutation,
     ) -> Result<Option<OpRun>, StoreError> {
-        let (tracked, before) = track(mutation);
-        let Some(run) = self.store.update_run(id, tracked).await? else {
+        let Some(run) = self.store.update_run(id, mutation).await? else {
             return Ok(None);
         };
-        self.announce(&run, &before);
+        self.announce(&run);
         Ok(Some(run))
     }
 
-    /// Delivers the events a [`track`]ed mutation added to `run` and wakes the run's watchers.
-    fn announce(&self, run: &OpRun, before: &Mutex<delivery::Mark>) {
-        let before = *lock(before);
-        self.deliverer.enqueue_new(run, before);
+    /// Wakes the delivery of `run`'s events and the run's watchers, after a change.
+    fn announce(&self, run: &OpRun) {
+        self.deliverer.written(run);
         self.notify(&run.id);
     }
 
@@ -173,16 +171,4 @@ impl Service {
             }
         }
     }
-}
-
-/// `mutation`, noting where the run's events ended before it ran (what
-/// [`Service::announce`] delivers from).
-fn track(mut mutation: RunMutation) -> (RunMutation, Arc<Mutex<delivery::Mark>>) {
-    let before = Arc::new(Mutex::new(delivery::Mark::default()));
-    let seen = before.clone();
-    let tracked: RunMutation = Box::new(move |run| {
-        *lock(&seen) = delivery::mark(run);
-        mutation(run)
-    });
-    (tracked, before)
 }

@@ -57,6 +57,22 @@
 //! most `MAX_EVENTS_PER_ATTEMPT` (10,000) of them (400 beyond); state events are always
 //! accepted.
 //!
+//! # The delivery outbox
+//!
+//! Events of a run whose `event_delivery.topic` is a URL are delivered from the store, not
+//! from memory, so that a server restart or a second replica loses none (see
+//! [`crate::delivery`]). The write that appends such a run's events also marks the run as
+//! having events to deliver (`deliver_at`, in the same row or document, so in the same
+//! atomic write: SQLite's savepoint, MongoDB's compare-and-set), due at once unless a retry
+//! already postponed it. Each run's delivery progress lives apart, in `deliveries` (a table
+//! on SQLite, a collection on MongoDB): the next event to send ([`DeliveryProgress`]) and a
+//! lease, so that one server process at a time delivers a run's events, in order. A
+//! delivery clears the mark only when its progress covers the run's whole timeline as stored
+//! at that moment ([`Store::release_delivery`] checks both in one atomic step), so an event
+//! appended meanwhile keeps it. A process that dies holding a lease leaves it to expire; the
+//! next one resumes from the saved progress (events after the last save are sent again:
+//! delivery is at least once).
+//!
 //! # Layout
 //! - [`sqlite`]: [`SqliteStore`], the embedded default (one file, WAL, group commits).
 //! - [`mongo`]: [`MongoStore`], for production and several server replicas on one database.
@@ -380,6 +396,66 @@ pub enum QueryError {
     Store(#[from] StoreError),
 }
 
+/// Where the delivery of a run's events stands (see the module docs): the next event to
+/// send and what its receiver has seen so far. Kept in `deliveries` per run, as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeliveryProgress {
+    /// The attempt of the next event to send (from 1).
+    pub attempt: u32,
+    /// That event's index in the attempt's timeline.
+    pub next: u64,
+    /// The attempt's state after the last event sent (each message says the state after its
+    /// event); `None` before the attempt's first.
+    #[serde(default)]
+    pub state: Option<OpRunState>,
+    /// Failed tries of the next event so far.
+    #[serde(default)]
+    pub failures: u32,
+    /// When its first failed try was (microseconds since the epoch), for giving up.
+    #[serde(default)]
+    pub failing_since_us: Option<i64>,
+}
+
+impl Default for DeliveryProgress {
+    fn default() -> Self {
+        Self {
+            attempt: 1,
+            next: 0,
+            state: None,
+            failures: 0,
+            failing_since_us: None,
+        }
+    }
+}
+
+impl DeliveryProgress {
+    /// Whether every event of `run` (as loaded: its attempts' `events_total`) lies before
+    /// this progress: nothing is left to deliver.
+    pub fn covers(&self, run: &OpRun) -> bool {
+        run.attempts.iter().all(|attempt| {
+            attempt.attempt < self.attempt
+                || attempt.events_total == 0
+                || (attempt.attempt == self.attempt && attempt.events_total <= self.next)
+        })
+    }
+}
+
+/// Whether the write of `run` (loaded for a change, so holding only the events the change
+/// appended) leaves events to deliver: its topic is a URL and it appended some.
+fn delivers(run: &OpRun) -> bool {
+    crate::delivery::is_url(&run.event_delivery.topic) && loaded_events(run).next().is_some()
+}
+
+/// How long a lease on a run's delivery lasts unless renewed, and the answer of
+/// [`Store::lease_delivery`] when another process holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryLease {
+    /// This owner now holds the lease; delivery resumes from the progress.
+    Taken(DeliveryProgress),
+    /// Another owner holds an unexpired lease.
+    Held,
+}
+
 /// What the server reads: definitions, runs, the views a claim decides from, workers,
 /// counts and logs.
 ///
@@ -500,6 +576,10 @@ pub trait StoreRead: Send + Sync + 'static {
 
     /// The kept tail of an attempt's log, and how many bytes were ever appended to it.
     async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError>;
+
+    /// Up to `limit` runs with events to deliver that are due at `now_us` (microseconds since
+    /// the epoch, wall-clock time), the longest due first.
+    async fn due_deliveries(&self, now_us: i64, limit: usize) -> Result<Vec<String>, StoreError>;
 }
 
 /// Gives each attempt of `run` (loaded by [`StoreRead::load_run`]) the events before its
@@ -693,6 +773,40 @@ pub trait Store: StoreRead {
         text: &str,
         cap: usize,
     ) -> Result<(), StoreError>;
+
+    /// Takes the lease on run `run_id`'s delivery for `owner` until `until_us` if nobody
+    /// holds it, it expired (before `now_us`) or `owner` has it already; answers the saved
+    /// progress (the start for a run never delivered).
+    async fn lease_delivery(
+        &self,
+        run_id: &str,
+        owner: &str,
+        now_us: i64,
+        until_us: i64,
+    ) -> Result<DeliveryLease, StoreError>;
+
+    /// Saves `progress` of run `run_id`'s delivery and renews `owner`'s lease until
+    /// `until_us`; `false` when `owner` no longer holds it (then nothing is saved).
+    async fn save_delivery(
+        &self,
+        run_id: &str,
+        owner: &str,
+        progress: &DeliveryProgress,
+        until_us: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Saves `progress` and gives `owner`'s lease back. With `retry_at_us`, the run's
+    /// delivery is due again then (a failed try). Without, the run's mark is cleared if
+    /// `progress` covers its whole timeline as stored now, checked in one atomic step with
+    /// the clearing; answers whether it was cleared (`false`: events were appended since,
+    /// deliver again). A lease `owner` lost saves nothing and answers `false`.
+    async fn release_delivery(
+        &self,
+        run_id: &str,
+        owner: &str,
+        progress: &DeliveryProgress,
+        retry_at_us: Option<i64>,
+    ) -> Result<bool, StoreError>;
 }
 
 /// The kept end of an attempt's log.

@@ -18,8 +18,8 @@ use gyoza_host::clock::{Clock, ManualClock};
 use gyoza_host::metrics::Metrics;
 use gyoza_host::service::Service;
 use gyoza_host::store::{
-    ClaimView, LogTail, Placement, QueryError, RunMutation, RunPage, RunQuery, SharedRunMutation,
-    SqliteStore, Store, StoreError, StoreRead,
+    ClaimView, DeliveryLease, DeliveryProgress, LogTail, Placement, QueryError, RunMutation,
+    RunPage, RunQuery, SharedRunMutation, SqliteStore, Store, StoreError, StoreRead,
 };
 use gyoza_host::strategy::PriorityBackfill;
 
@@ -121,6 +121,9 @@ impl StoreRead for HeartbeatInTheGap {
     async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError> {
         self.inner.get_log(run_id, attempt).await
     }
+    async fn due_deliveries(&self, now_us: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.inner.due_deliveries(now_us, limit).await
+    }
 }
 
 #[async_trait]
@@ -178,6 +181,39 @@ impl Store for HeartbeatInTheGap {
         cap: usize,
     ) -> Result<(), StoreError> {
         self.inner.append_log(run_id, attempt, text, cap).await
+    }
+    async fn lease_delivery(
+        &self,
+        run_id: &str,
+        owner: &str,
+        now_us: i64,
+        until_us: i64,
+    ) -> Result<DeliveryLease, StoreError> {
+        self.inner
+            .lease_delivery(run_id, owner, now_us, until_us)
+            .await
+    }
+    async fn save_delivery(
+        &self,
+        run_id: &str,
+        owner: &str,
+        progress: &DeliveryProgress,
+        until_us: i64,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .save_delivery(run_id, owner, progress, until_us)
+            .await
+    }
+    async fn release_delivery(
+        &self,
+        run_id: &str,
+        owner: &str,
+        progress: &DeliveryProgress,
+        retry_at_us: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .release_delivery(run_id, owner, progress, retry_at_us)
+            .await
     }
 }
 

@@ -21,7 +21,7 @@ use gyoza_core::run::MAX_LOST_REQUEUES;
 
 use gyoza_core::OpRun;
 
-use super::{Service, track};
+use super::Service;
 use crate::store::{RunMutation, StoreError};
 
 impl Service {
@@ -75,15 +75,14 @@ impl Service {
         cutoff: gyoza_core::time::Timestamp,
         lost: RunMutation,
     ) -> Result<Option<OpRun>, StoreError> {
-        let (tracked, before) = track(lost);
         let Some(run) = self
             .store
-            .update_run_if_silent(id, worker_id, cutoff, tracked)
+            .update_run_if_silent(id, worker_id, cutoff, lost)
             .await?
         else {
             return Ok(None);
         };
-        self.announce(&run, &before);
+        self.announce(&run);
         Ok(Some(run))
     }
 }

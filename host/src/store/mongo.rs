@@ -44,8 +44,18 @@
 //! replicas doing that at once insert the same documents (a duplicate is skipped) and one
 //! compare-and-set wins, so nothing is lost or doubled; there is no start-up migration.
 //!
+//! The delivery outbox (see the store's module docs): a run document carries `deliver_at_us`
+//! (null when nothing is left to deliver), set by the compare-and-set that appends the
+//! events, so it commits with them. A delivery postpones or clears it with an `updateOne`
+//! that leaves `rev` alone (the run's own changes never conflict with delivery); the clearing
+//! is a compare-and-set on the `rev` whose timeline the delivery covered, so a change since
+//! keeps the mark. An update that read the document before a postponement or a clearing
+//! writes its older `deliver_at_us` back: at worst an earlier retry or one more look that
+//! finds nothing new, never a lost mark. `deliveries` holds each run's progress and lease,
+//! taken like a claim lease (insert, or a compare-and-set on an expired or own lease).
+//!
 //! Collections: `definitions` (unique on id + version), `runs`, `events`, `workers`,
-//! `run_logs`, `claim_leases`.
+//! `run_logs`, `claim_leases`, `deliveries`.
 
 use std::time::Duration;
 
@@ -63,9 +73,9 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{
-    CreatedBound, Cursor, LogTail, Placement, QueryError, RunMutation, RunPage, RunQuery, Store,
-    StoreError, StoreRead, answer_each, assign_if_fits, from_json, replace_definition, to_json,
-    unknown_worker,
+    CreatedBound, Cursor, DeliveryLease, DeliveryProgress, LogTail, Placement, QueryError,
+    RunMutation, RunPage, RunQuery, Store, StoreError, StoreRead, answer_each, assign_if_fits,
+    from_json, replace_definition, to_json, unknown_worker,
 };
 
 /// How often an update retries after losing a compare-and-set to a concurrent writer.
@@ -90,6 +100,7 @@ pub struct MongoStore {
     workers: Collection<Document>,
     logs: Collection<Document>,
     leases: Collection<Document>,
+    deliveries: Collection<Document>,
 }
 
 /// Whether `e` is a write refused for a duplicate key (code 11000).
@@ -155,7 +166,9 @@ fn optional(value: Option<impl Into<Bson>>) -> Bson {
     value.map_or(Bson::Null, Into::into)
 }
 
-fn run_document(run: &OpRun, rev: i64) -> Result<Document, StoreError> {
+/// The document of `run` at revision `rev`, due for delivery at `deliver_at_us` (`None`:
+/// nothing to deliver).
+fn run_document(run: &OpRun, rev: i64, deliver_at_us: Option<i64>) -> Result<Document, StoreError> {
     Ok(doc! {
         "_id": &run.id,
         "state": run.state.as_str(),
@@ -166,6 +179,7 @@ fn run_document(run: &OpRun, rev: i64) -> Result<Document, StoreError> {
         "image": &run.image,
         "worker_id": optional(run.worker_id().map(str::to_owned)),
         "rev": rev,
+        "deliver_at_us": optional(deliver_at_us),
         "sched": {
             "cpu": optional(run.constraints.cpu.map(i64::from)),
             "ram_mb": optional(run.constraints.ram_mb.map(|v| v as i64)),
@@ -294,6 +308,7 @@ impl MongoStore {
             workers: database.collection("workers"),
             logs: database.collection("run_logs"),
             leases: database.collection("claim_leases"),
+            deliveries: database.collection("deliveries"),
             database,
         };
         store.create_indexes().await?;
@@ -326,6 +341,8 @@ impl MongoStore {
                 index(doc! {"image": 1, "created_us": -1, "_id": -1}),
                 // Free capacity of a worker.
                 index(doc! {"worker_id": 1, "state": 1}),
+                // Runs with events to deliver, longest due first.
+                index(doc! {"deliver_at_us": 1, "_id": 1}),
             ])
             .await?;
         self.events
@@ -714,6 +731,25 @@ impl StoreRead for MongoStore {
                 .map_err(StoreError::backend)? as u64,
         }))
     }
+
+    async fn due_deliveries(&self, now_us: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let cursor = self
+            .runs
+            .find(doc! {"deliver_at_us": {"$lte": now_us}})
+            .sort(doc! {"deliver_at_us": 1, "_id": 1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .projection(doc! {"_id": 1})
+            .await?;
+        collect(cursor)
+            .await?
+            .iter()
+            .map(|d| {
+                d.get_str("_id")
+                    .map(str::to_owned)
+                    .map_err(|e| StoreError::corrupt("runs._id", e))
+            })
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -739,7 +775,10 @@ impl Store for MongoStore {
     }
 
     async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError> {
-        self.runs.insert_one(run_document(run, 0)?).await?;
+        let deliver_at = super::delivers(run).then_some(0);
+        self.runs
+            .insert_one(run_document(run, 0, deliver_at)?)
+            .await?;
         Ok(())
     }
 
@@ -753,6 +792,7 @@ impl Store for MongoStore {
                 return Ok(None);
             };
             let rev = document.get_i64("rev").map_err(StoreError::backend)?;
+            let deliver_at = document.get_i64("deliver_at_us").ok();
             let mut run = decode_run(&document)?;
             // The events the last change left inline go to the collection before this change
             // replaces them (see the module docs); the run keeps counting them.
@@ -761,9 +801,15 @@ impl Store for MongoStore {
                 attempt.events.clear();
             }
             mutation(&mut run)?;
+            // Due at once when this change appends events to deliver, unless a failed try
+            // already said when.
+            let deliver_at = deliver_at.or(super::delivers(&run).then_some(0));
             let replaced = self
                 .runs
-                .replace_one(doc! {"_id": id, "rev": rev}, run_document(&run, rev + 1)?)
+                .replace_one(
+                    doc! {"_id": id, "rev": rev},
+                    run_document(&run, rev + 1, deliver_at)?,
+                )
                 .await?;
             if replaced.matched_count == 1 {
                 return Ok(Some(run));
@@ -854,6 +900,109 @@ impl Store for MongoStore {
             .upsert(true)
             .await?;
         Ok(())
+    }
+
+    async fn lease_delivery(
+        &self,
+        run_id: &str,
+        owner: &str,
+        now_us: i64,
+        until_us: i64,
+    ) -> Result<DeliveryLease, StoreError> {
+        let start = DeliveryProgress::default();
+        let fresh =
+            doc! {"_id": run_id, "owner": owner, "until_us": until_us, "doc": to_json(&start)?};
+        match self.deliveries.insert_one(fresh).await {
+            Ok(_) => return Ok(DeliveryLease::Taken(start)),
+            Err(e) if is_duplicate_key(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Released leases have `until_us` 0, so "expired" covers them.
+        let free = doc! {"_id": run_id, "$or": [{"owner": owner}, {"until_us": {"$lt": now_us}}]};
+        let take = doc! {"$set": {"owner": owner, "until_us": until_us}};
+        if self.deliveries.update_one(free, take).await?.matched_count != 1 {
+            return Ok(DeliveryLease::Held);
+        }
+        let held = self
+            .deliveries
+            .find_one(doc! {"_id": run_id, "owner": owner})
+            .await?;
+        match held {
+            Some(document) => {
+                let json = document
+                    .get_str("doc")
+                    .map_err(|e| StoreError::corrupt(run_id, e))?;
+                Ok(DeliveryLease::Taken(from_json(run_id, json)?))
+            }
+            // Taken over between the two (our lease expired at once): not ours.
+            None => Ok(DeliveryLease::Held),
+        }
+    }
+
+    async fn save_delivery(
+        &self,
+        run_id: &str,
+        owner: &str,
+        progress: &DeliveryProgress,
+        until_us: i64,
+    ) -> Result<bool, StoreError> {
+        let saved = self
+            .deliveries
+            .update_one(
+                doc! {"_id": run_id, "owner": owner},
+                doc! {"$set": {"doc": to_json(progress)?, "until_us": until_us}},
+            )
+            .await?;
+        Ok(saved.matched_count == 1)
+    }
+
+    async fn release_delivery(
+        &self,
+        run_id: &str,
+        owner: &str,
+        progress: &DeliveryProgress,
+        retry_at_us: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let released = self
+            .deliveries
+            .update_one(
+                doc! {"_id": run_id, "owner": owner},
+                doc! {"$set": {"doc": to_json(progress)?, "owner": Bson::Null, "until_us": 0_i64}},
+            )
+            .await?;
+        if released.matched_count != 1 {
+            return Ok(false);
+        }
+        if let Some(retry_at) = retry_at_us {
+            self.runs
+                .update_one(
+                    doc! {"_id": run_id, "deliver_at_us": {"$gte": 0_i64}},
+                    doc! {"$set": {"deliver_at_us": retry_at}},
+                )
+                .await?;
+            return Ok(false);
+        }
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let Some(document) = self.runs.find_one(doc! {"_id": run_id}).await? else {
+                return Ok(true);
+            };
+            if !progress.covers(&decode_run(&document)?) {
+                return Ok(false);
+            }
+            let rev = document.get_i64("rev").map_err(StoreError::backend)?;
+            let cleared = self
+                .runs
+                .update_one(
+                    doc! {"_id": run_id, "rev": rev},
+                    doc! {"$set": {"deliver_at_us": Bson::Null}},
+                )
+                .await?;
+            if cleared.matched_count == 1 {
+                return Ok(true);
+            }
+        }
+        // The run keeps changing: leave the mark, the next look delivers what is new.
+        Ok(false)
     }
 }
 

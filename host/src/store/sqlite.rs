@@ -46,10 +46,10 @@ use rusqlite::{
 };
 
 use super::{
-    ClaimView, CreatedBound, Cursor, LogTail, Placement, QueryError, RunMutation, RunPage,
-    RunQuery, SharedRunMutation, Store, StoreError, StoreRead, answer_each, assign_if_fits,
-    from_json, loaded_events, replace_definition, run_from_json, to_json, unknown_worker,
-    worker_not_silent,
+    ClaimView, CreatedBound, Cursor, DeliveryLease, DeliveryProgress, LogTail, Placement,
+    QueryError, RunMutation, RunPage, RunQuery, SharedRunMutation, Store, StoreError, StoreRead,
+    answer_each, assign_if_fits, delivers, from_json, loaded_events, replace_definition,
+    run_from_json, to_json, unknown_worker, worker_not_silent,
 };
 
 /// Parallel read connections.
@@ -135,6 +135,18 @@ CREATE TABLE IF NOT EXISTS events (
     seq     INTEGER NOT NULL,
     doc     TEXT NOT NULL,
     PRIMARY KEY (run_id, attempt, seq)
+);
+"#,
+    // The delivery outbox (see the store's module docs): the mark on the run, due at
+    // `deliver_at` (microseconds since the epoch), and each run's progress and lease.
+    r#"
+ALTER TABLE runs ADD COLUMN deliver_at INTEGER;
+CREATE INDEX runs_to_deliver ON runs (deliver_at, id) WHERE deliver_at IS NOT NULL;
+CREATE TABLE deliveries (
+    run_id   TEXT PRIMARY KEY,
+    owner    TEXT,
+    until_us INTEGER NOT NULL DEFAULT 0,
+    doc      TEXT NOT NULL
 );
 "#,
 ];
@@ -231,7 +243,8 @@ fn move_events_out(conn: &Connection) -> Result<(), StoreError> {
     for id in &ids {
         if let Some(run) = read_run(conn, id)? {
             moved = moved.saturating_add(loaded_events(&run).count());
-            write_run(conn, &run, false)?;
+            // Not `write_run`: moving a run's history out delivers none of it again.
+            write_row(conn, &run, false)?;
         }
     }
     if moved > 0 {
@@ -256,8 +269,20 @@ fn insert_events(conn: &Connection, run: &OpRun) -> Result<(), StoreError> {
 }
 
 /// Writes `run` (inserted new, or over its stored row) and inserts the events it has loaded:
-/// all a change appended, since a run is loaded for a change without its history.
+/// all a change appended, since a run is loaded for a change without its history. Marks the
+/// run for delivery when they are to be delivered (due at once unless a failed try already
+/// set when), in the same savepoint.
 fn write_run(conn: &Connection, run: &OpRun, insert: bool) -> Result<(), StoreError> {
+    write_row(conn, run, insert)?;
+    if delivers(run) {
+        conn.prepare_cached("UPDATE runs SET deliver_at = COALESCE(deliver_at, 0) WHERE id = ?1")?
+            .execute([&run.id])?;
+    }
+    Ok(())
+}
+
+/// [`write_run`] without the delivery mark.
+fn write_row(conn: &Connection, run: &OpRun, insert: bool) -> Result<(), StoreError> {
     insert_events(conn, run)?;
     let doc = to_json(&run.stored(false))?;
     let sql = if insert {
@@ -1038,6 +1063,19 @@ impl StoreRead for SqliteStore {
         self.read(move |conn| get_log_blocking(conn, &run_id, attempt))
             .await
     }
+
+    async fn due_deliveries(&self, now_us: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id FROM runs WHERE deliver_at IS NOT NULL AND deliver_at <= ?1
+                 ORDER BY deliver_at, id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now_us, limit], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -1171,6 +1209,91 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn lease_delivery(
+        &self,
+        run_id: &str,
+        owner: &str,
+        now_us: i64,
+        until_us: i64,
+    ) -> Result<DeliveryLease, StoreError> {
+        let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
+        let start = to_json(&DeliveryProgress::default())?;
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO deliveries (run_id, owner, until_us, doc) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, until_us = excluded.until_us
+                 WHERE deliveries.owner IS NULL OR deliveries.owner = excluded.owner
+                    OR deliveries.until_us < ?5",
+            )?
+            .execute(params![run_id, owner, until_us, start, now_us])?;
+            let (holder, doc): (Option<String>, String) = conn
+                .prepare_cached("SELECT owner, doc FROM deliveries WHERE run_id = ?1")?
+                .query_row([&run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if holder.as_deref() != Some(owner.as_str()) {
+                return Ok(DeliveryLease::Held);
+            }
+            Ok(DeliveryLease::Taken(from_json(&run_id, &doc)?))
+        })
+        .await
+    }
+
+    async fn save_delivery(
+        &self,
+        run_id: &str,
+        owner: &str,
+        progress: &DeliveryProgress,
+        until_us: i64,
+    ) -> Result<bool, StoreError> {
+        let (run_id, owner, doc) = (run_id.to_owned(), owner.to_owned(), to_json(progress)?);
+        self.write(move |conn| {
+            let saved = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET doc = ?3, until_us = ?4 WHERE run_id = ?1 AND owner = ?2",
+                )?
+                .execute(params![run_id, owner, doc, until_us])?;
+            Ok(saved == 1)
+        })
+        .await
+    }
+
+    async fn release_delivery(
+        &self,
+        run_id: &str,
+        owner: &str,
+        progress: &DeliveryProgress,
+        retry_at_us: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
+        let (progress, doc) = (progress.clone(), to_json(progress)?);
+        self.write(move |conn| {
+            let released = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET doc = ?3, owner = NULL, until_us = 0
+                     WHERE run_id = ?1 AND owner = ?2",
+                )?
+                .execute(params![run_id, owner, doc])?;
+            if released != 1 {
+                return Ok(false);
+            }
+            if let Some(retry_at) = retry_at_us {
+                conn.prepare_cached(
+                    "UPDATE runs SET deliver_at = ?2 WHERE id = ?1 AND deliver_at IS NOT NULL",
+                )?
+                .execute(params![run_id, retry_at])?;
+                return Ok(false);
+            }
+            // In the writer's transaction: no change of the run falls between the look and
+            // the clearing.
+            let done = read_run(conn, &run_id)?.is_none_or(|run| progress.covers(&run));
+            if done {
+                conn.prepare_cached("UPDATE runs SET deliver_at = NULL WHERE id = ?1")?
+                    .execute([&run_id])?;
+            }
+            Ok(done)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -1227,6 +1350,8 @@ mod tests {
             .unwrap();
         conn.execute_batch(
             "DROP INDEX runs_pending; DROP INDEX runs_held;
+             DROP INDEX runs_to_deliver; ALTER TABLE runs DROP COLUMN deliver_at;
+             DROP TABLE deliveries;
              ALTER TABLE runs DROP COLUMN cpu; ALTER TABLE runs DROP COLUMN ram_mb;
              ALTER TABLE runs DROP COLUMN vram_mb; ALTER TABLE runs DROP COLUMN gpu_id;
              PRAGMA user_version = 2;",
@@ -1290,7 +1415,10 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .unwrap();
-        conn.execute_batch("DROP TABLE events; PRAGMA user_version = 3;")
+        conn.execute_batch(
+            "DROP TABLE events; DROP INDEX runs_to_deliver; ALTER TABLE runs DROP COLUMN deliver_at;
+             DROP TABLE deliveries; PRAGMA user_version = 3;",
+        )
             .unwrap();
         conn.execute(
             "INSERT INTO runs (id, state, priority, created_at, image, worker_id, doc)

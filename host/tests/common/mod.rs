@@ -50,6 +50,8 @@ pub struct Api {
     pub dir: Arc<tempfile::TempDir>,
     /// The MongoDB database it uses, when it is on MongoDB.
     pub mongo_db: Option<String>,
+    /// Where its event deliveries may reach beyond public addresses.
+    pub delivery_allow: String,
 }
 
 /// The MongoDB-wire test server's URL (`GYOZA_TEST_MONGO_URL`, default
@@ -160,10 +162,31 @@ impl Api {
     /// A server on a new database of the MongoDB-wire test server ([`mongo_url`]); the test
     /// fails when no server answers. Check [`skip_mongo`] first.
     pub async fn mongodb() -> Self {
-        Self::on_mongodb(fresh_mongo_db("gyoza_api"), new_clock()).await
+        Self::mongodb_with_delivery_allow("").await
     }
 
-    async fn on_mongodb(database: String, clock: Arc<ManualClock>) -> Self {
+    /// [`Api::mongodb`] whose event deliveries may also reach `allow`.
+    pub async fn mongodb_with_delivery_allow(allow: &str) -> Self {
+        Self::on_mongodb(fresh_mongo_db("gyoza_api"), new_clock(), allow).await
+    }
+
+    /// The server stopped and started again on the same database (file or MongoDB) and
+    /// clock: every task of the old one is gone (its deliveries' loop ends within a second).
+    pub async fn restart(self) -> Self {
+        let (dir, mongo_db, clock, allow) = (
+            self.dir.clone(),
+            self.mongo_db.clone(),
+            self.clock.clone(),
+            self.delivery_allow.clone(),
+        );
+        drop(self);
+        if let Some(database) = mongo_db {
+            return Self::on_mongodb(database, clock, &allow).await;
+        }
+        Self::start(priority_backfill().await, BODY_LIMIT, dir, clock, &allow).await
+    }
+
+    async fn on_mongodb(database: String, clock: Arc<ManualClock>, allow: &str) -> Self {
         let url = mongo_url();
         let store = MongoStore::connect(&url, &database)
             .await
@@ -178,17 +201,25 @@ impl Api {
             dir,
             Some(database),
             clock,
-            "",
+            allow,
         )
     }
 
     /// Another server replica on the same database (file or MongoDB) and clock.
     pub async fn replica(&self) -> Self {
+        let allow = &self.delivery_allow;
         if let Some(database) = &self.mongo_db {
-            return Self::on_mongodb(database.clone(), self.clock.clone()).await;
+            return Self::on_mongodb(database.clone(), self.clock.clone(), allow).await;
         }
         let host = priority_backfill().await;
-        Self::start(host, BODY_LIMIT, self.dir.clone(), self.clock.clone(), "").await
+        Self::start(
+            host,
+            BODY_LIMIT,
+            self.dir.clone(),
+            self.clock.clone(),
+            allow,
+        )
+        .await
     }
 
     async fn start(
@@ -242,6 +273,7 @@ impl Api {
             clock,
             dir,
             mongo_db,
+            delivery_allow: delivery_allow.to_owned(),
         }
     }
 
