@@ -1211,6 +1211,126 @@ mod cases {
         assert_eq!(requeued.state, OpRunState::Pending);
         assert_eq!(requeued.attempts.len(), 2);
     }
+
+    /// The outbox: a URL-topic run's events mark it due; one owner at a time holds its lease;
+    /// releasing with progress that misses events appended since keeps the mark (and saves
+    /// the progress); a failed try postpones it, and an append meanwhile keeps the
+    /// postponement; progress covering everything clears it.
+    pub async fn the_delivery_mark_is_cleared_only_when_everything_is_delivered(
+        store: Arc<dyn Store>,
+    ) {
+        use gyoza_host::store::{DeliveryLease, DeliveryProgress};
+        let mut run = run_at(t(0), "img", 0);
+        run.event_delivery.topic = "http://hooks.example/gyoza".into();
+        store.insert_run(&run).await.unwrap();
+        // Another run without a URL topic is never marked.
+        let quiet = running_run(store.as_ref()).await;
+        let now = Utc::now().timestamp_micros();
+        assert!(store.due_deliveries(now, 10).await.unwrap().is_empty());
+        store
+            .update_run(
+                &run.id,
+                Box::new(|r| {
+                    r.assign("w1", t(1))?;
+                    r.add_event(EventType::Started, "".into(), Default::default(), t(1))
+                }),
+            )
+            .await
+            .unwrap();
+        info(store.as_ref(), &quiet.id, "q".into(), 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.due_deliveries(now, 10).await.unwrap(),
+            vec![run.id.clone()]
+        );
+
+        let until = now + 60_000_000;
+        let taken = store
+            .lease_delivery(&run.id, "a", now, until)
+            .await
+            .unwrap();
+        assert_eq!(taken, DeliveryLease::Taken(DeliveryProgress::default()));
+        let other = store
+            .lease_delivery(&run.id, "b", now, until)
+            .await
+            .unwrap();
+        assert_eq!(other, DeliveryLease::Held, "one owner at a time");
+        // "a" sent the STARTED event; an INFO is appended meanwhile.
+        let sent_one = DeliveryProgress {
+            next: 1,
+            state: Some(OpRunState::Running),
+            ..DeliveryProgress::default()
+        };
+        assert!(
+            store
+                .save_delivery(&run.id, "a", &sent_one, until)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .save_delivery(&run.id, "b", &sent_one, until)
+                .await
+                .unwrap()
+        );
+        info(store.as_ref(), &run.id, "more".into(), 0)
+            .await
+            .unwrap();
+        let cleared = store
+            .release_delivery(&run.id, "a", &sent_one, None)
+            .await
+            .unwrap();
+        assert!(!cleared, "an event appended since keeps the mark");
+        assert_eq!(
+            store.due_deliveries(now, 10).await.unwrap(),
+            vec![run.id.clone()]
+        );
+
+        // The next owner resumes from the saved progress.
+        let taken = store
+            .lease_delivery(&run.id, "b", now, until)
+            .await
+            .unwrap();
+        assert_eq!(taken, DeliveryLease::Taken(sent_one.clone()));
+        // A failed try postpones the run by an hour; an append meanwhile keeps that.
+        let later = now + 3_600_000_000;
+        store
+            .release_delivery(&run.id, "b", &sent_one, Some(later))
+            .await
+            .unwrap();
+        info(store.as_ref(), &run.id, "again".into(), 0)
+            .await
+            .unwrap();
+        assert!(store.due_deliveries(now, 10).await.unwrap().is_empty());
+        assert_eq!(
+            store.due_deliveries(later, 10).await.unwrap(),
+            vec![run.id.clone()]
+        );
+
+        // Everything sent: the mark goes.
+        store
+            .lease_delivery(&run.id, "b", now, until)
+            .await
+            .unwrap();
+        let all = DeliveryProgress {
+            next: 3,
+            ..sent_one
+        };
+        assert!(
+            store
+                .release_delivery(&run.id, "b", &all, None)
+                .await
+                .unwrap()
+        );
+        assert!(store.due_deliveries(i64::MAX, 10).await.unwrap().is_empty());
+        // A lease given back is free for anyone.
+        let taken = store
+            .lease_delivery(&run.id, "c", now, until)
+            .await
+            .unwrap();
+        assert_eq!(taken, DeliveryLease::Taken(all));
+    }
 }
 
 macro_rules! conformance {
@@ -1253,6 +1373,7 @@ macro_rules! suite {
                 events_are_stored_apart_and_paged_in_order,
                 event_caps_refuse_and_state_events_pass,
                 attempts_keep_one_copy_of_the_inputs,
+                the_delivery_mark_is_cleared_only_when_everything_is_delivered,
             );
         )+
     };
