@@ -127,7 +127,11 @@ fn sized(at: Timestamp, cpu: u32, ram_mb: u64, vram_mb: Option<u64>) -> OpRun {
 
 /// A run RUNNING on worker `w1`, stored.
 async fn running_run(store: &dyn Store) -> OpRun {
-    let run = run_at(t(0), "img", 0);
+    started(store, run_at(t(0), "img", 0)).await
+}
+
+/// `run` stored, then assigned to worker `w1` and STARTED there.
+async fn started(store: &dyn Store, run: OpRun) -> OpRun {
     store.insert_run(&run).await.unwrap();
     store
         .update_run(
@@ -1222,21 +1226,11 @@ mod cases {
         use gyoza_host::store::{DeliveryLease, DeliveryProgress};
         let mut run = run_at(t(0), "img", 0);
         run.event_delivery.topic = "http://hooks.example/gyoza".into();
-        store.insert_run(&run).await.unwrap();
         // Another run without a URL topic is never marked.
         let quiet = running_run(store.as_ref()).await;
         let now = Utc::now().timestamp_micros();
         assert!(store.due_deliveries(now, 10).await.unwrap().is_empty());
-        store
-            .update_run(
-                &run.id,
-                Box::new(|r| {
-                    r.assign("w1", t(1))?;
-                    r.add_event(EventType::Started, "".into(), Default::default(), t(1))
-                }),
-            )
-            .await
-            .unwrap();
+        let run = started(store.as_ref(), run).await;
         info(store.as_ref(), &quiet.id, "q".into(), 0)
             .await
             .unwrap();
