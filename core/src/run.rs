@@ -649,9 +649,11 @@ impl OpRun {
     pub fn queued_since(&self) -> Timestamp {
         let current = self.current();
         let requeued = if current.attempt > 1 {
-            let retried = (current.first_event() == 0)
-                .then(|| current.events.first().map(|e| e.t))
-                .flatten();
+            let retried = current
+                .events
+                .first()
+                .filter(|_| current.first_event() == 0)
+                .map(|e| e.t);
             let previous = self
                 .attempts
                 .iter()

@@ -128,9 +128,8 @@ const PAGE: usize = 100;
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// One destination's share of the slots and its checked client.
-#[derive(Default)]
 struct Lane {
-    slots: Option<Arc<Semaphore>>,
+    slots: Semaphore,
     client: tokio::sync::Mutex<Option<(Instant, reqwest::Client)>>,
 }
 
@@ -164,25 +163,6 @@ fn now_us() -> i64 {
 
 fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
-}
-
-/// A name for this process's leases, unique among processes and deliverers.
-fn owner_name() -> String {
-    use std::sync::atomic::AtomicU64;
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}:{}:{}:{}",
-        gethostname(),
-        std::process::id(),
-        now_us(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn gethostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
 }
 
 /// The attempt's state after `event`, from the state before it (`None` before the attempt's
@@ -246,7 +226,7 @@ impl Deliverer {
             lanes: Mutex::default(),
             active: Mutex::default(),
             wake: Notify::new(),
-            owner: owner_name(),
+            owner: crate::store::lease_owner(),
             config,
             metrics,
             store,
@@ -448,8 +428,8 @@ impl Deliverer {
             .entry(key.clone())
             .or_insert_with(|| {
                 Arc::new(Lane {
-                    slots: Some(Arc::new(Semaphore::new(self.config.per_destination.max(1)))),
-                    ..Lane::default()
+                    slots: Semaphore::new(self.config.per_destination.max(1)),
+                    client: tokio::sync::Mutex::default(),
                 })
             })
             .clone();
@@ -462,10 +442,7 @@ impl Deliverer {
 
     /// POSTs `message` once, holding a slot of its destination and one of all.
     async fn post(&self, lane: &Lane, url: &str, message: &EventMessage) -> Sent {
-        let Some(own) = &lane.slots else {
-            return Sent::Failed("no delivery slots".into());
-        };
-        let (Ok(_own), Ok(_any)) = (own.acquire().await, self.slots.acquire().await) else {
+        let (Ok(_own), Ok(_any)) = (lane.slots.acquire().await, self.slots.acquire().await) else {
             return Sent::Failed("the delivery slots are closed".into());
         };
         let client = match self.client(lane, url).await {

@@ -440,14 +440,26 @@ impl DeliveryProgress {
     }
 }
 
+/// A name for one lease (a claim's, or a server process's on run deliveries), unique across
+/// processes and leases.
+pub(crate) fn lease_owner() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}:{}:{}",
+        std::process::id(),
+        gyoza_core::time::to_micros(&chrono::Utc::now()),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Whether the write of `run` (loaded for a change, so holding only the events the change
 /// appended) leaves events to deliver: its topic is a URL and it appended some.
 fn delivers(run: &OpRun) -> bool {
     crate::delivery::is_url(&run.event_delivery.topic) && loaded_events(run).next().is_some()
 }
 
-/// How long a lease on a run's delivery lasts unless renewed, and the answer of
-/// [`Store::lease_delivery`] when another process holds it.
+/// The answer of [`Store::lease_delivery`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryLease {
     /// This owner now holds the lease; delivery resumes from the progress.

@@ -15,7 +15,8 @@
 //! takes a lease on the worker instead: a document in `claim_leases` keyed by the worker id,
 //! created with `insertOne` (the unique `_id` lets one claimer in; a claim deletes its lease
 //! when done, so this one write is the usual cost) or, when that insert meets a lease whose
-//! `until_us` passed, taken over by a compare-and-set `updateOne({_id, until_us < now})`.
+//! `until_us` passed, taken over by a compare-and-set `updateOne({_id, until_us < now})` (or the
+//! owner's own, which for a claim's unique owner never matches).
 //! Under the lease the claim reads the worker and the runs it holds fresh, assigns what still
 //! fits (each run by its own compare-and-set, as any update), and deletes the lease. The lease
 //! expires after [`CLAIM_LEASE`] (wall clock), so a replica that crashed (or a claim dropped
@@ -103,6 +104,42 @@ pub struct MongoStore {
     deliveries: Collection<Document>,
 }
 
+/// How [`try_lease`] went.
+#[derive(Debug, PartialEq, Eq)]
+enum Took {
+    /// There was no lease: `fresh` is it now.
+    Fresh,
+    /// The lease had expired or was the owner's own: the owner has it now.
+    Over,
+    /// Another owner holds it.
+    No,
+}
+
+/// Tries once to take a lease in `leases` for `owner`: inserts `fresh` (the lease document,
+/// with its `_id` and `owner`'s `until_us`) when there is none, else takes the stored one
+/// over, with the same `until_us`, if it expired before `now_us` or `owner` has it already.
+async fn try_lease(
+    leases: &Collection<Document>,
+    owner: &str,
+    now_us: i64,
+    fresh: Document,
+) -> Result<Took, StoreError> {
+    let id = fresh.get("_id").cloned().unwrap_or(Bson::Null);
+    let until_us = fresh.get_i64("until_us").map_err(StoreError::backend)?;
+    match leases.insert_one(fresh).await {
+        Ok(_) => return Ok(Took::Fresh),
+        Err(e) if is_duplicate_key(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let free = doc! {"_id": id, "$or": [{"owner": owner}, {"until_us": {"$lt": now_us}}]};
+    let take = doc! {"$set": {"owner": owner, "until_us": until_us}};
+    if leases.update_one(free, take).await?.matched_count == 1 {
+        Ok(Took::Over)
+    } else {
+        Ok(Took::No)
+    }
+}
+
 /// Whether `e` is a write refused for a duplicate key (code 11000).
 fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
@@ -126,18 +163,6 @@ fn only_duplicates(e: &mongodb::error::Error) -> bool {
         }
         _ => is_duplicate_key(e),
     }
-}
-
-/// A name for one claim's lease, unique across processes and claims.
-fn lease_owner() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}:{}:{}",
-        std::process::id(),
-        to_micros(&chrono::Utc::now()),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// The URL without credentials, for messages.
@@ -368,7 +393,7 @@ impl MongoStore {
     /// Takes the claim lease on `worker_id`, waiting while another claim holds it; returns
     /// the lease's owner name, which [`MongoStore::release_lease`] needs.
     async fn take_lease(&self, worker_id: &str) -> Result<String, StoreError> {
-        let owner = lease_owner();
+        let owner = super::lease_owner();
         let lease_us = i64::try_from(CLAIM_LEASE.as_micros()).unwrap_or(i64::MAX);
         let started = std::time::Instant::now();
         let mut failures = 0;
@@ -376,16 +401,9 @@ impl MongoStore {
             let now_us = to_micros(&chrono::Utc::now());
             let until_us = now_us.saturating_add(lease_us);
             // Usually nobody holds it (a claim deletes its lease): one insert takes it.
+            // Else someone holds it, or a crashed claimer left it: taken over once expired.
             let fresh = doc! {"_id": worker_id, "owner": &owner, "until_us": until_us};
-            match self.leases.insert_one(fresh).await {
-                Ok(_) => return Ok(owner),
-                Err(e) if is_duplicate_key(&e) => {}
-                Err(e) => return Err(e.into()),
-            }
-            // Someone holds it, or a crashed claimer left it: take it over once expired.
-            let expired = doc! {"_id": worker_id, "until_us": {"$lt": now_us}};
-            let lease = doc! {"$set": {"owner": &owner, "until_us": until_us}};
-            if self.leases.update_one(expired, lease).await?.matched_count == 1 {
+            if try_lease(&self.leases, &owner, now_us, fresh).await? != Took::No {
                 return Ok(owner);
             }
             if started.elapsed() > CLAIM_LEASE_WAIT {
@@ -912,16 +930,11 @@ impl Store for MongoStore {
         let start = DeliveryProgress::default();
         let fresh =
             doc! {"_id": run_id, "owner": owner, "until_us": until_us, "doc": to_json(&start)?};
-        match self.deliveries.insert_one(fresh).await {
-            Ok(_) => return Ok(DeliveryLease::Taken(start)),
-            Err(e) if is_duplicate_key(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
         // Released leases have `until_us` 0, so "expired" covers them.
-        let free = doc! {"_id": run_id, "$or": [{"owner": owner}, {"until_us": {"$lt": now_us}}]};
-        let take = doc! {"$set": {"owner": owner, "until_us": until_us}};
-        if self.deliveries.update_one(free, take).await?.matched_count != 1 {
-            return Ok(DeliveryLease::Held);
+        match try_lease(&self.deliveries, owner, now_us, fresh).await? {
+            Took::Fresh => return Ok(DeliveryLease::Taken(start)),
+            Took::No => return Ok(DeliveryLease::Held),
+            Took::Over => {}
         }
         let held = self
             .deliveries
