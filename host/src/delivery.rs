@@ -289,6 +289,14 @@ impl Deliverer {
         let DeliveryLease::Taken(mut progress) = taken else {
             return Ok(false);
         };
+        if let Some(at) = progress.retry_at_us.filter(|&at| at > now) {
+            // Looked at before its retry is due (its due time was written back early): not
+            // tried, only put off again.
+            self.store
+                .release_delivery(run_id, &self.owner, &progress, Some(at))
+                .await?;
+            return Ok(false);
+        }
         let Some(run) = self.store.load_run(run_id).await? else {
             self.store
                 .release_delivery(run_id, &self.owner, &progress, None)
@@ -410,7 +418,9 @@ impl Deliverer {
                     let backoff = Backoff::new(self.config.backoff, self.config.max_backoff);
                     let wait = backoff.delay(progress.failures);
                     tracing::debug!(url = %shown, %run_id, %error, ?wait, "event delivery failed; trying again later");
-                    return Some(now.saturating_add(micros(wait)));
+                    let at = now.saturating_add(micros(wait));
+                    progress.retry_at_us = Some(at);
+                    return Some(at);
                 }
                 metrics.deliveries_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(url = %shown, %run_id, index = message.index, %error, failures = progress.failures, "event delivery still failing; event given up");
@@ -418,6 +428,7 @@ impl Deliverer {
         }
         progress.failures = 0;
         progress.failing_since_us = None;
+        progress.retry_at_us = None;
         None
     }
 

@@ -414,6 +414,12 @@ pub struct DeliveryProgress {
     /// When its first failed try was (microseconds since the epoch), for giving up.
     #[serde(default)]
     pub failing_since_us: Option<i64>,
+    /// When the next event is to be tried again (microseconds since the epoch), while it is
+    /// failing. The run's due time says the same but is not its only keeper: on MongoDB a
+    /// run write that loaded the run before the retry was scheduled puts the older due time
+    /// back, and the schedule kept here holds the retry off all the same.
+    #[serde(default)]
+    pub retry_at_us: Option<i64>,
 }
 
 impl Default for DeliveryProgress {
@@ -424,6 +430,7 @@ impl Default for DeliveryProgress {
             state: None,
             failures: 0,
             failing_since_us: None,
+            retry_at_us: None,
         }
     }
 }

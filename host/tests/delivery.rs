@@ -73,26 +73,26 @@ async fn wait_for(received: &Received, count: usize, seconds: u64) -> Vec<Value>
     }
 }
 
+/// The counter `series` (its name and labels) in `/metrics` now (0 when absent).
+async fn count(api: &Api, series: &str) -> u64 {
+    let metrics = api.text("GET", "/metrics", None).await.1;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|rest| rest.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 /// Waits until the counter `series` (its name and labels) is above 0.
 async fn wait_for_count(api: &Api, series: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let metrics = api.text("GET", "/metrics", None).await.1;
-        let count = metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(series))
-            .and_then(|rest| rest.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        if count > 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{series} stayed 0: {metrics}"
-        );
+    while count(api, series).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "{series} stayed 0");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+const RETRIED: &str = "gyoza_event_deliveries_total{result=\"retried\"}";
 
 /// `(attempt, index)` of each message, in arrival order.
 fn positions(messages: &[Value], run: &str) -> Vec<(u64, u64)> {
@@ -128,7 +128,7 @@ async fn a_receiver_down_across_a_restart_gets_every_event_in_order(api: Api) {
     let hook = format!("http://127.0.0.1:{port}/hook");
     let id = chatty_run(&api, &hook, 20).await;
     // The server tried and failed: the receiver is down.
-    wait_for_count(&api, "gyoza_event_deliveries_total{result=\"retried\"}").await;
+    wait_for_count(&api, RETRIED).await;
     let api = api.restart().await;
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let received = serve(listener, 0);
@@ -258,6 +258,57 @@ async fn a_lease_left_by_a_dead_process_only_delays_its_run_mongodb() {
         return;
     }
     a_lease_left_by_a_dead_process_only_delays_its_run(
+        Api::mongodb_with_delivery_allow("127.0.0.1").await,
+    )
+    .await;
+}
+
+/// A run whose receiver is down and which keeps getting events: its own writes never make
+/// the failing event be tried before its backoff is over (on MongoDB a write that read the
+/// run before a retry was scheduled puts the older due time back; each early try doubled the
+/// backoff, and a busy run's receiver, down for seconds, waited the full minute).
+async fn a_busy_run_is_retried_on_its_backoff_schedule(api: Api) {
+    let hook = format!("http://127.0.0.1:{}/hook", closed_port());
+    let id = api
+        .claimed_run(json!({"image": "x", "event_delivery": {"topic": hook}}))
+        .await;
+    api.event_ok(
+        &id,
+        json!({"type": "STARTED", "msg": "", "payload": {"worker_id": "w1"}}),
+    )
+    .await;
+    wait_for_count(&api, RETRIED).await;
+    let start = tokio::time::Instant::now();
+    let mut written = 0;
+    while start.elapsed() < Duration::from_secs(3) {
+        api.event_ok(
+            &id,
+            json!({"type": "INFO", "msg": format!("info {written}")}),
+        )
+        .await;
+        written += 1;
+    }
+    // Tries 0.5, 1 and 2 s apart after the first: at most 4 within the 3 s of writes (one
+    // more for a try under way when they ended).
+    let retried = count(&api, RETRIED).await;
+    assert!(
+        retried <= 5,
+        "{retried} tries in 3 s while {written} events were written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_run_is_retried_on_its_backoff_schedule_sqlite() {
+    a_busy_run_is_retried_on_its_backoff_schedule(Api::with_delivery_allow("127.0.0.1").await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_run_is_retried_on_its_backoff_schedule_mongodb() {
+    if skip_mongo() {
+        return;
+    }
+    a_busy_run_is_retried_on_its_backoff_schedule(
         Api::mongodb_with_delivery_allow("127.0.0.1").await,
     )
     .await;

@@ -51,8 +51,9 @@
 //! that leaves `rev` alone (the run's own changes never conflict with delivery); the clearing
 //! is a compare-and-set on the `rev` whose timeline the delivery covered, so a change since
 //! keeps the mark. An update that read the document before a postponement or a clearing
-//! writes its older `deliver_at_us` back: at worst an earlier retry or one more look that
-//! finds nothing new, never a lost mark. `deliveries` holds each run's progress and lease,
+//! writes its older `deliver_at_us` back: at worst one more look that finds nothing new or
+//! a retry not yet due (the progress keeps the retry time, and the look only puts the run
+//! off again), never a lost mark. `deliveries` holds each run's progress and lease,
 //! taken like a claim lease (insert, or a compare-and-set on an expired or own lease).
 //!
 //! Collections: `definitions` (unique on id + version), `runs`, `events`, `workers`,
