@@ -174,6 +174,9 @@ fn ad_hoc(i: usize) -> OpRunCreate {
         }),
         retry_policy: None,
         event_delivery: None,
+        queue: None,
+        labels: None,
+        preemptible: None,
     }
 }
 
@@ -571,6 +574,9 @@ async fn worker_start() -> anyhow::Result<()> {
                 constraints: None,
                 retry_policy: None,
                 event_delivery: None,
+                queue: None,
+                labels: None,
+                preemptible: None,
             })
             .await?;
         let done = wait_until_finished(&client, &run.id).await?;

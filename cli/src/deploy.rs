@@ -19,6 +19,9 @@
 //!     constraints: {cpu: 1, ram_mb: 512, vram_mb: 0}
 //!     retry_policy: {max_attempts: 3, backoff_ms: 1000}
 //!     event_delivery: {topic: "https://hooks.example/gyoza", attributes: {team: imaging}}
+//!     queue: imaging             # optional (default `default`)
+//!     labels: {team: imaging}    # optional
+//!     preemptible: true          # optional (default false)
 //! ```
 
 use std::collections::BTreeMap;
@@ -58,6 +61,12 @@ pub struct DeployDefinition {
     retry_policy: Option<RetryPolicy>,
     #[serde(default)]
     event_delivery: Option<EventDelivery>,
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
+    labels: Option<gyoza_core::resources::Labels>,
+    #[serde(default)]
+    preemptible: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +149,9 @@ pub async fn deploy(conn: &Connection, path: &Path, build: bool) -> anyhow::Resu
             constraints: definition.constraints,
             retry_policy: definition.retry_policy,
             event_delivery: definition.event_delivery,
+            queue: definition.queue,
+            labels: definition.labels,
+            preemptible: definition.preemptible,
         };
         let upserted = client
             .upsert_definition(&request)

@@ -206,12 +206,29 @@ pub struct RunArgs {
     /// overrides a definition's; 0 for none).
     #[arg(long, value_name = "SECONDS")]
     pub queue_timeout_s: Option<u64>,
+    /// The queue the run is in (overrides a definition's; default `default`).
+    #[arg(long, value_name = "NAME")]
+    pub queue: Option<String>,
+    /// A label, KEY=VALUE, added over a definition's. Repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Let the run be preempted (stopped and requeued) for a run of higher priority
+    /// (overrides a definition's).
+    #[arg(long)]
+    pub preemptible: bool,
     /// Wait until the run ends; exit 1 if it FAILED, 3 if CANCELLED.
     #[arg(long, conflicts_with = "follow")]
     pub wait: bool,
     /// Show progress and events until the run ends, then its outputs (exit code as --wait).
     #[arg(long)]
     pub follow: bool,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
+        None => Err(format!("'{text}' is not KEY=VALUE")),
+    }
 }
 
 fn parse_input(text: &str) -> Result<(String, Value), String> {
@@ -607,6 +624,8 @@ pub async fn run(conn: &Connection, args: RunArgs) -> anyhow::Result<Outcome> {
     }
     inputs.extend(args.inputs);
     let priority = args.priority.unwrap_or(gyoza_core::api::DEFAULT_PRIORITY);
+    let labels = (!args.labels.is_empty()).then(|| args.labels.iter().cloned().collect());
+    let preemptible = args.preemptible.then_some(true);
     let run = match (&args.definition, &args.image) {
         (Some(definition), _) => {
             let overrides = Constraints {
@@ -618,6 +637,9 @@ pub async fn run(conn: &Connection, args: RunArgs) -> anyhow::Result<Outcome> {
                 inputs,
                 priority,
                 constraints: (overrides != Constraints::default()).then_some(overrides),
+                queue: args.queue.clone(),
+                labels,
+                preemptible,
             };
             client
                 .create_run_from_definition(definition, args.version.as_deref(), &request)
@@ -642,6 +664,9 @@ pub async fn run(conn: &Connection, args: RunArgs) -> anyhow::Result<Outcome> {
                     ..RetryPolicy::default()
                 }),
                 event_delivery: None,
+                queue: args.queue.clone(),
+                labels,
+                preemptible,
             };
             client.create_run(&request).await?
         }

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::definition::{InputSpec, OpDefinition, OutputSpec};
 use crate::error::DomainError;
-use crate::resources::{Constraints, EventDelivery, Resources, RetryPolicy};
+use crate::resources::{Constraints, EventDelivery, Labels, Resources, RetryPolicy, default_queue};
 use crate::run::{EventType, ExecutionSummary, NewRun, OpAttempt, OpRun, OpRunState};
 use crate::time::{self, Timestamp};
 use crate::worker::{Heartbeat, StopRun, Worker, WorkerOpRun};
@@ -64,6 +64,15 @@ pub struct OpDefinitionCreate {
     /// Event delivery.
     #[serde(default)]
     pub event_delivery: Option<EventDelivery>,
+    /// The queue its runs are in (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Labels its runs get.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Labels>,
+    /// Whether its runs may be preempted (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preemptible: Option<bool>,
 }
 
 impl OpDefinitionCreate {
@@ -83,6 +92,9 @@ impl OpDefinitionCreate {
             constraints: self.constraints.unwrap_or_default(),
             retry_policy: self.retry_policy.unwrap_or_default(),
             event_delivery: self.event_delivery.unwrap_or_default(),
+            queue: self.queue.unwrap_or_else(default_queue),
+            labels: self.labels.unwrap_or_default(),
+            preemptible: self.preemptible.unwrap_or(false),
             created_at: created_at.unwrap_or(now),
             updated_at: now,
         };
@@ -113,6 +125,15 @@ pub struct OpRunCreate {
     /// Event delivery.
     #[serde(default)]
     pub event_delivery: Option<EventDelivery>,
+    /// The queue it is in (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Its labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Labels>,
+    /// Whether it may be preempted (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preemptible: Option<bool>,
 }
 
 impl OpRunCreate {
@@ -126,6 +147,9 @@ impl OpRunCreate {
                 constraints: self.constraints.unwrap_or_default(),
                 retry_policy: self.retry_policy.unwrap_or_default(),
                 event_delivery: self.event_delivery.unwrap_or_default(),
+                queue: self.queue.unwrap_or_else(default_queue),
+                labels: self.labels.unwrap_or_default(),
+                preemptible: self.preemptible.unwrap_or(false),
                 op_definition: None,
                 op_definition_version: None,
             },
@@ -150,6 +174,15 @@ pub struct OpRunCreateFromDefinition {
     /// timeout). Absent: the definition's constraints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub constraints: Option<Constraints>,
+    /// The queue it is in. Absent: the definition's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Labels added over the definition's (a key given here replaces the definition's value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Labels>,
+    /// Whether it may be preempted. Absent: the definition's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preemptible: Option<bool>,
 }
 
 impl OpRunCreateFromDefinition {
@@ -161,6 +194,8 @@ impl OpRunCreateFromDefinition {
             Some(overrides) => definition.constraints.overridden_by(overrides),
             None => definition.constraints.clone(),
         };
+        let mut labels = definition.labels.clone();
+        labels.extend(self.labels.unwrap_or_default());
         OpRun::new(
             NewRun {
                 image: definition.image.clone(),
@@ -169,6 +204,9 @@ impl OpRunCreateFromDefinition {
                 constraints,
                 retry_policy: definition.retry_policy.clone(),
                 event_delivery: definition.event_delivery.clone(),
+                queue: self.queue.unwrap_or_else(|| definition.queue.clone()),
+                labels,
+                preemptible: self.preemptible.unwrap_or(definition.preemptible),
                 op_definition: Some(definition.id.clone()),
                 op_definition_version: Some(definition.version.clone()),
             },
@@ -335,6 +373,15 @@ pub struct OpRunView {
     pub retry_policy: RetryPolicy,
     /// Event delivery.
     pub event_delivery: EventDelivery,
+    /// The queue it is in.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Its labels.
+    #[serde(default)]
+    pub labels: Labels,
+    /// Whether it may be preempted.
+    #[serde(default)]
+    pub preemptible: bool,
     /// Parent definition, `null` for ad-hoc runs.
     pub op_definition: Option<String>,
     /// Parent definition's version.
@@ -387,6 +434,9 @@ impl From<&OpRun> for OpRunView {
             constraints: run.constraints.clone(),
             retry_policy: run.retry_policy.clone(),
             event_delivery: run.event_delivery.clone(),
+            queue: run.queue.clone(),
+            labels: run.labels.clone(),
+            preemptible: run.preemptible,
             op_definition: run.op_definition.clone(),
             op_definition_version: run.op_definition_version.clone(),
             created_at: time::to_wire(&run.created_at),
@@ -785,6 +835,9 @@ mod tests {
             constraints: None,
             retry_policy: None,
             event_delivery: None,
+            queue: None,
+            labels: None,
+            preemptible: None,
         }
         .into_run(now)
         .unwrap();

@@ -154,6 +154,12 @@ pub struct RunFilter {
     /// Only runs of this image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Only runs in this queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Only runs with this label, `key:value`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     /// Created at or after this UNIX time (seconds).
     #[serde(rename = "created[gte]", skip_serializing_if = "Option::is_none")]
     pub created_gte: Option<i64>,

@@ -8,7 +8,9 @@ use serde_json::{Map, Value};
 
 use crate::error::DomainError;
 use crate::limits;
-use crate::resources::{Constraints, EventDelivery, RetryPolicy};
+use crate::resources::{
+    Constraints, EventDelivery, Labels, RetryPolicy, default_queue, queueing_problems,
+};
 use crate::time::{self, Timestamp};
 
 /// The JSON type an input or output is declared with.
@@ -131,6 +133,16 @@ pub struct OpDefinition {
     /// Where runs publish their events.
     #[serde(default)]
     pub event_delivery: EventDelivery,
+    /// The queue its runs are in unless a run says otherwise.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Labels its runs get (a run's own labels are added over them).
+    #[serde(default)]
+    pub labels: Labels,
+    /// Whether its runs may be preempted (stopped and requeued for a run of higher
+    /// priority) unless a run says otherwise.
+    #[serde(default)]
+    pub preemptible: bool,
     /// When this id+version was first stored.
     #[serde(with = "time::wire")]
     pub created_at: Timestamp,
@@ -151,6 +163,9 @@ struct OpDefinitionWire<'a> {
     constraints: &'a Constraints,
     retry_policy: &'a RetryPolicy,
     event_delivery: &'a EventDelivery,
+    queue: &'a str,
+    labels: &'a Labels,
+    preemptible: bool,
     created_at: String,
     updated_at: String,
     #[serde(rename = "createdAt")]
@@ -172,6 +187,9 @@ impl Serialize for OpDefinition {
             constraints: &self.constraints,
             retry_policy: &self.retry_policy,
             event_delivery: &self.event_delivery,
+            queue: &self.queue,
+            labels: &self.labels,
+            preemptible: self.preemptible,
             created_at: created.clone(),
             updated_at: updated.clone(),
             created_at_camel: created,
@@ -240,6 +258,7 @@ impl OpDefinition {
         errors.extend(self.constraints.problems());
         errors.extend(self.retry_policy.problems());
         errors.extend(self.event_delivery.problems());
+        errors.extend(queueing_problems(&self.queue, &self.labels));
         if errors.is_empty() {
             Ok(())
         } else {
@@ -336,6 +355,9 @@ mod tests {
             constraints: Constraints::default(),
             retry_policy: RetryPolicy::default(),
             event_delivery: EventDelivery::default(),
+            queue: default_queue(),
+            labels: Labels::new(),
+            preemptible: false,
             created_at: now,
             updated_at: now,
         }

@@ -33,6 +33,14 @@ pub const MAX_VERSION_BYTES: usize = 128;
 pub const MAX_TOPIC_BYTES: usize = 2_048;
 /// Tags one worker or GPU may have, and bytes of each.
 pub const MAX_TAGS: usize = 64;
+/// Bytes of a queue name at most.
+pub const MAX_QUEUE_BYTES: usize = 64;
+/// Labels on a definition or run at most.
+pub const MAX_LABELS: usize = 32;
+/// Bytes of a label key at most.
+pub const MAX_LABEL_KEY_BYTES: usize = 63;
+/// Bytes of a label value at most.
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
 /// Bytes of one tag.
 pub const MAX_TAG_BYTES: usize = 256;
 /// Seconds of a run's timeout or queue timeout (`constraints.timeout_s`,

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 use crate::limits::{self, at_most, bytes_at_most};
 
@@ -367,6 +368,72 @@ pub fn tag_problems(problems: &mut Vec<String>, field: &str, tags: &[String]) {
             limits::MAX_TAG_BYTES,
         );
     }
+}
+
+/// The queue a definition or run without one is in.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Free-form string labels of a definition or run (`team: vision`), shown, filtered on
+/// (`GET /runs?label=team:vision`) and handed to scheduling strategies.
+pub type Labels = BTreeMap<String, String>;
+
+/// [`DEFAULT_QUEUE`], as a serde default.
+pub fn default_queue() -> String {
+    DEFAULT_QUEUE.to_owned()
+}
+
+/// Whether `c` may be part of a queue name or label key (`key_extra` also allows `/`).
+fn name_char(c: char, key_extra: bool) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') || (key_extra && c == '/')
+}
+
+/// What is wrong with queue name `queue` and with `labels`, each problem in words.
+pub fn queueing_problems(queue: &str, labels: &Labels) -> Vec<String> {
+    let mut problems = Vec::new();
+    if queue.is_empty() {
+        problems.push("queue must not be empty".to_owned());
+    } else if !queue.chars().all(|c| name_char(c, false)) {
+        problems.push(format!(
+            "queue '{}' may hold only letters, digits, '-', '_' and '.'",
+            queue.escape_debug()
+        ));
+    }
+    bytes_at_most(&mut problems, "queue", queue, limits::MAX_QUEUE_BYTES);
+    at_most(
+        &mut problems,
+        "labels (entries)",
+        labels.len(),
+        limits::MAX_LABELS,
+    );
+    for (key, value) in labels.iter().take(limits::MAX_LABELS + 1) {
+        if key.is_empty() {
+            problems.push("a label key must not be empty".to_owned());
+        } else if !key.chars().all(|c| name_char(c, true)) {
+            problems.push(format!(
+                "label key '{}' may hold only letters, digits, '-', '_', '.' and '/'",
+                key.escape_debug()
+            ));
+        }
+        bytes_at_most(
+            &mut problems,
+            "a label key",
+            key,
+            limits::MAX_LABEL_KEY_BYTES,
+        );
+        if value.chars().any(char::is_control) {
+            problems.push(format!(
+                "label '{}': its value must not hold control characters",
+                key.escape_debug()
+            ));
+        }
+        bytes_at_most(
+            &mut problems,
+            &format!("label '{}'", key.escape_debug()),
+            value,
+            limits::MAX_LABEL_VALUE_BYTES,
+        );
+    }
+    problems
 }
 
 #[cfg(test)]

@@ -41,7 +41,9 @@ use serde_json::{Map, Value};
 
 use crate::error::DomainError;
 use crate::limits;
-use crate::resources::{Constraints, EventDelivery, RetryPolicy};
+use crate::resources::{
+    Constraints, EventDelivery, Labels, RetryPolicy, default_queue, queueing_problems,
+};
 use crate::time::{self, Timestamp};
 
 /// Requeues per run after its worker went away (lost: no heartbeat within the worker timeout;
@@ -299,8 +301,9 @@ impl OpAttempt {
     }
 }
 
-/// What a new run is made of; see [`OpRun::new`].
-#[derive(Debug, Clone, Default)]
+/// What a new run is made of; see [`OpRun::new`]. `Default` is an empty run in the default
+/// queue.
+#[derive(Debug, Clone)]
 pub struct NewRun {
     /// Docker image reference.
     pub image: String,
@@ -314,10 +317,34 @@ pub struct NewRun {
     pub retry_policy: RetryPolicy,
     /// Event delivery.
     pub event_delivery: EventDelivery,
+    /// The queue it is in.
+    pub queue: String,
+    /// Its labels.
+    pub labels: Labels,
+    /// Whether it may be preempted.
+    pub preemptible: bool,
     /// The definition it was made from, if any.
     pub op_definition: Option<String>,
     /// That definition's version.
     pub op_definition_version: Option<String>,
+}
+
+impl Default for NewRun {
+    fn default() -> Self {
+        Self {
+            image: String::new(),
+            priority: 0,
+            inputs: Map::new(),
+            constraints: Constraints::default(),
+            retry_policy: RetryPolicy::default(),
+            event_delivery: EventDelivery::default(),
+            queue: default_queue(),
+            labels: Labels::new(),
+            preemptible: false,
+            op_definition: None,
+            op_definition_version: None,
+        }
+    }
 }
 
 /// An execution of an op: the aggregate root over its attempts.
@@ -342,6 +369,16 @@ pub struct OpRun {
     pub retry_policy: RetryPolicy,
     /// Event delivery.
     pub event_delivery: EventDelivery,
+    /// The queue it is in (`default` for a run stored before queues).
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Its labels.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    /// Whether it may be preempted: its attempt stopped and the run requeued (outside its
+    /// retry budget) for a run of higher priority.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preemptible: bool,
     /// Parent definition name, `None` for ad-hoc runs.
     pub op_definition: Option<String>,
     /// Parent definition version.
@@ -375,6 +412,7 @@ impl OpRun {
         let mut problems = spec.constraints.problems();
         problems.extend(spec.retry_policy.problems());
         problems.extend(spec.event_delivery.problems());
+        problems.extend(queueing_problems(&spec.queue, &spec.labels));
         limits::bytes_at_most(&mut problems, "image", &spec.image, limits::MAX_IMAGE_BYTES);
         if !problems.is_empty() {
             return Err(DomainError::OutOfRange(problems));
@@ -388,6 +426,9 @@ impl OpRun {
             constraints: spec.constraints,
             retry_policy: spec.retry_policy,
             event_delivery: spec.event_delivery,
+            queue: spec.queue,
+            labels: spec.labels,
+            preemptible: spec.preemptible,
             op_definition: spec.op_definition,
             op_definition_version: spec.op_definition_version,
             created_at: now,
@@ -449,6 +490,9 @@ impl OpRun {
             constraints: self.constraints.clone(),
             retry_policy: self.retry_policy.clone(),
             event_delivery: self.event_delivery.clone(),
+            queue: self.queue.clone(),
+            labels: self.labels.clone(),
+            preemptible: self.preemptible,
             op_definition: self.op_definition.clone(),
             op_definition_version: self.op_definition_version.clone(),
             created_at: self.created_at,
@@ -1227,6 +1271,18 @@ mod tests {
             t0(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_run_stored_before_queues_is_in_the_default_queue() {
+        let mut stored = serde_json::to_value(run_with(1, 0)).unwrap();
+        for field in ["queue", "labels", "preemptible"] {
+            stored.as_object_mut().unwrap().remove(field);
+        }
+        let run: OpRun = serde_json::from_value(stored).unwrap();
+        assert_eq!(run.queue, "default");
+        assert!(run.labels.is_empty());
+        assert!(!run.preemptible);
     }
 
     fn obj(v: Value) -> Map<String, Value> {

@@ -318,6 +318,10 @@ pub struct RunQuery {
     pub op_definition: Option<String>,
     /// Only runs of this image.
     pub image: Option<String>,
+    /// Only runs in this queue.
+    pub queue: Option<String>,
+    /// Only runs with this label (key, value).
+    pub label: Option<(String, String)>,
     /// Creation-time bounds, all of which must hold.
     pub created: Vec<CreatedBound>,
 }

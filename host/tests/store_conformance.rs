@@ -96,6 +96,8 @@ fn query(limit: usize, cursor: Cursor) -> RunQuery {
         state: None,
         op_definition: None,
         image: None,
+        queue: None,
+        label: None,
         created: Vec::new(),
     }
 }

@@ -701,6 +701,9 @@ pub fn image_run(image: &str, inputs: serde_json::Map<String, serde_json::Value>
         constraints: None,
         retry_policy: None,
         event_delivery: None,
+        queue: None,
+        labels: None,
+        preemptible: None,
     }
 }
 

@@ -14,6 +14,9 @@ fn run(image: &str) -> OpRunCreate {
         constraints: None,
         retry_policy: None,
         event_delivery: None,
+        queue: None,
+        labels: None,
+        preemptible: None,
     }
 }
 

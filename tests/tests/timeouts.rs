@@ -37,6 +37,7 @@ async fn a_sleeping_op_is_stopped_at_its_timeout_and_retried_until_its_attempts_
                     timeout_s: Some(2),
                     ..Constraints::default()
                 }),
+                ..OpRunCreateFromDefinition::default()
             },
         )
         .await

@@ -211,6 +211,9 @@ async fn a_run_that_exceeds_its_memory_limit_fails_as_oom_killed() {
             }),
             retry_policy: Some(RetryPolicy::default()),
             event_delivery: None,
+            queue: None,
+            labels: None,
+            preemptible: None,
         })
         .await
         .expect("create run");

@@ -13,6 +13,7 @@ use gyoza_core::api::{
     AddEventRequest, ErrorBody, EventsResponse, OpRunCreate, OpRunList, OpRunUpdate, OpRunView,
     ReleaseRequest, RunScheduling,
 };
+use gyoza_core::resources::{DEFAULT_QUEUE, queueing_problems};
 use gyoza_core::run::MAX_LOST_REQUEUES;
 use gyoza_core::{DomainError, EventType, OpAttempt, OpRun, OpRunState};
 use serde::Deserialize;
@@ -47,6 +48,10 @@ pub struct ListParams {
     op_definition: Option<String>,
     /// Only runs of this image.
     image: Option<String>,
+    /// Only runs in this queue.
+    queue: Option<String>,
+    /// Only runs with this label, `key:value`.
+    label: Option<String>,
     /// Created at or after this UNIX time (seconds).
     #[serde(rename = "created[gte]")]
     #[param(rename = "created[gte]", value_type = Option<i64>)]
@@ -127,12 +132,32 @@ impl ListParams {
                 created.push(bound(seconds * 1_000_000));
             }
         }
+        let label = non_empty(self.label)
+            .map(|label| {
+                let Some((key, value)) = label.split_once(':') else {
+                    return Err(ApiError::BadRequest(format!(
+                        "Query parameter 'label' must be key:value, got '{label}'"
+                    )));
+                };
+                let one = [(key.to_owned(), value.to_owned())].into();
+                let problems = queueing_problems(DEFAULT_QUEUE, &one);
+                if !problems.is_empty() {
+                    return Err(ApiError::BadRequest(format!(
+                        "Query parameter 'label': {}",
+                        problems.join("; ")
+                    )));
+                }
+                Ok((key.to_owned(), value.to_owned()))
+            })
+            .transpose()?;
         Ok(RunQuery {
             limit: limit as usize,
             cursor,
             state,
             op_definition: non_empty(self.op_definition),
             image: non_empty(self.image),
+            queue: non_empty(self.queue),
+            label,
             created,
         })
     }

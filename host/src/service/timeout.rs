@@ -61,6 +61,8 @@ impl Service {
                     state: Some(state),
                     op_definition: None,
                     image: None,
+                    queue: None,
+                    label: None,
                     created: Vec::new(),
                 };
                 let page = match self.store.list_runs(&query).await {

@@ -203,6 +203,10 @@ fn run_document(run: &OpRun, rev: i64, deliver_at_us: Option<i64>) -> Result<Doc
         "available_us": optional(run.available_at.as_ref().map(to_micros)),
         "op_definition": optional(run.op_definition.clone()),
         "image": &run.image,
+        "queue": &run.queue,
+        // Labels as `key:value` strings (a key holds no `:`): a label filter is one equality
+        // on an array, whatever characters the key holds (a `.` would nest a field path).
+        "label_pairs": run.labels.iter().map(|(k, v)| label_pair(k, v)).collect::<Vec<_>>(),
         "worker_id": optional(run.worker_id().map(str::to_owned)),
         "rev": rev,
         "deliver_at_us": optional(deliver_at_us),
@@ -516,6 +520,17 @@ fn run_filter(query: &RunQuery) -> Document {
     if let Some(image) = &query.image {
         filter.insert("image", image);
     }
+    if let Some(queue) = &query.queue {
+        if queue == gyoza_core::resources::DEFAULT_QUEUE {
+            // A run stored before queues has none: it is in the default one.
+            filter.insert("queue", doc! {"$in": [queue, Bson::Null]});
+        } else {
+            filter.insert("queue", queue);
+        }
+    }
+    if let Some((key, value)) = &query.label {
+        filter.insert("label_pairs", label_pair(key, value));
+    }
     if !query.created.is_empty() {
         let mut range = Document::new();
         for bound in &query.created {
@@ -530,6 +545,11 @@ fn run_filter(query: &RunQuery) -> Document {
         filter.insert("created_us", range);
     }
     filter
+}
+
+/// A label as the run document's `label_pairs` holds it.
+fn label_pair(key: &str, value: &str) -> String {
+    format!("{key}:{value}")
 }
 
 /// Runs strictly before (`$lt`) or after (`$gt`) `(created, id)` in (created_us, _id) order.

@@ -777,6 +777,21 @@ fn run_filters(query: &RunQuery) -> (Vec<String>, Vec<SqlValue>) {
         clauses.push("image = ?".to_owned());
         params.push(SqlValue::Text(image.clone()));
     }
+    // Queue and labels live only in the document (a run stored before queues is in the
+    // default one); these filters read it, without an index of their own.
+    if let Some(queue) = &query.queue {
+        clauses.push(format!(
+            "COALESCE(json_extract(doc, '$.queue'), '{}') = ?",
+            gyoza_core::resources::DEFAULT_QUEUE
+        ));
+        params.push(SqlValue::Text(queue.clone()));
+    }
+    if let Some((key, value)) = &query.label {
+        // The key goes in as a parameter of the path: any text is safe.
+        clauses.push("json_extract(doc, '$.labels.' || json_quote(?)) = ?".to_owned());
+        params.push(SqlValue::Text(key.clone()));
+        params.push(SqlValue::Text(value.clone()));
+    }
     for bound in &query.created {
         let (op, micros) = match *bound {
             CreatedBound::Gte(m) => (">=", m),
