@@ -74,6 +74,12 @@ pub enum RunsCommand {
         /// Only runs of this image.
         #[arg(long)]
         image: Option<String>,
+        /// Only runs in this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Only runs with this label.
+        #[arg(long, value_name = "KEY:VALUE")]
+        label: Option<String>,
         /// Page size (1–100).
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -341,6 +347,8 @@ pub async fn runs(conn: &Connection, command: RunsCommand) -> anyhow::Result<Out
             state,
             definition,
             image,
+            queue,
+            label,
             limit,
             starting_after,
             ending_before,
@@ -350,6 +358,8 @@ pub async fn runs(conn: &Connection, command: RunsCommand) -> anyhow::Result<Out
                 state,
                 op_definition: definition,
                 image,
+                queue,
+                label,
                 starting_after,
                 ending_before,
                 ..RunFilter::default()

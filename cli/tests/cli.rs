@@ -68,6 +68,8 @@ definitions:
       path: {type: string}
     constraints: {cpu: 1, ram_mb: 128}
     retry_policy: {max_attempts: 2, backoff_ms: 0}
+    queue: imaging
+    labels: {team: imaging, site: lab}
 "#;
 
 /// Plays a client or a worker for set-up: one API call, blocking.
@@ -146,6 +148,10 @@ fn deploy_definitions_and_runs() {
     );
     assert_eq!(run["inputs"], json!({"width": 640, "format": "png"}));
     assert_eq!(run["priority"], 7);
+    assert_eq!(
+        (&run["queue"], &run["preemptible"]),
+        (&json!("imaging"), &json!(false))
+    );
     let id = run["id"].as_str().unwrap().to_owned();
     let err = fails(url, &["run", "resize", "--input", "width=wide"], 1);
     assert!(
@@ -178,7 +184,59 @@ fn deploy_definitions_and_runs() {
         (json!(2), json!(1))
     );
 
-    let list = json_of(url, &["runs", "list", "--json"]);
+    let queued = json_of(
+        url,
+        &[
+            "run",
+            "resize",
+            "--input",
+            "width=1",
+            "--queue",
+            "gpu",
+            "--label",
+            "team=vision",
+            "--label",
+            "note=a=b",
+            "--preemptible",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        (&queued["queue"], &queued["labels"], &queued["preemptible"]),
+        (
+            &json!("gpu"),
+            &json!({"team": "vision", "note": "a=b", "site": "lab"}),
+            &json!(true)
+        )
+    );
+    let listed = json_of(
+        url,
+        &[
+            "runs",
+            "list",
+            "--queue",
+            "gpu",
+            "--label",
+            "team:vision",
+            "--json",
+        ],
+    );
+    let ids: Vec<&Value> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["id"])
+        .collect();
+    assert_eq!(ids, vec![&queued["id"]]);
+    let err = fails(
+        url,
+        &["run", "resize", "--input", "width=1", "--label", "team"],
+        2,
+    );
+    assert!(err.contains("is not KEY=VALUE"), "{err}");
+    ok(url, &["runs", "cancel", queued["id"].as_str().unwrap()]);
+
+    let list = json_of(url, &["runs", "list", "--json", "--state", "PENDING"]);
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
     let table = ok(url, &["runs", "list", "--state", "PENDING", "--limit", "1"]);
     assert!(
