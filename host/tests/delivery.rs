@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::post;
-use common::{Api, skip_mongo};
+use common::Api;
 use gyoza_host::store::DeliveryLease;
 use serde_json::{Value, json};
 
@@ -94,6 +94,15 @@ async fn wait_for_count(api: &Api, series: &str) {
 
 const RETRIED: &str = "gyoza_event_deliveries_total{result=\"retried\"}";
 
+on_both_stores! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    Api::with_delivery_allow("127.0.0.1"), Api::mongodb_with_delivery_allow("127.0.0.1");
+    a_receiver_down_across_a_restart_gets_every_event_in_order => a_receiver_down_across_a_restart_gets_every_event_in_order;
+    two_replicas_deliver_each_event_once_in_order => two_replicas_deliver_each_event_once_in_order;
+    a_lease_left_by_a_dead_process_only_delays_its_run => a_lease_left_by_a_dead_process_only_delays_its_run;
+    a_busy_run_is_retried_on_its_backoff_schedule => a_busy_run_is_retried_on_its_backoff_schedule;
+}
+
 /// `(attempt, index)` of each message, in arrival order.
 fn positions(messages: &[Value], run: &str) -> Vec<(u64, u64)> {
     messages
@@ -151,25 +160,6 @@ async fn a_receiver_down_across_a_restart_gets_every_event_in_order(api: Api) {
     assert!(due.is_empty(), "still marked: {due:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_down_across_a_restart_gets_every_event_in_order_sqlite() {
-    a_receiver_down_across_a_restart_gets_every_event_in_order(
-        Api::with_delivery_allow("127.0.0.1").await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_down_across_a_restart_gets_every_event_in_order_mongodb() {
-    if skip_mongo() {
-        return;
-    }
-    a_receiver_down_across_a_restart_gets_every_event_in_order(
-        Api::mongodb_with_delivery_allow("127.0.0.1").await,
-    )
-    .await;
-}
-
 async fn two_replicas_deliver_each_event_once_in_order(first: Api) {
     let second = first.replica().await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -190,23 +180,6 @@ async fn two_replicas_deliver_each_event_once_in_order(first: Api) {
     for run in &runs {
         assert_eq!(positions(&got_now, run), expected, "run {run}");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_deliver_each_event_once_in_order_sqlite() {
-    two_replicas_deliver_each_event_once_in_order(Api::with_delivery_allow("127.0.0.1").await)
-        .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_deliver_each_event_once_in_order_mongodb() {
-    if skip_mongo() {
-        return;
-    }
-    two_replicas_deliver_each_event_once_in_order(
-        Api::mongodb_with_delivery_allow("127.0.0.1").await,
-    )
-    .await;
 }
 
 async fn a_lease_left_by_a_dead_process_only_delays_its_run(api: Api) {
@@ -246,23 +219,6 @@ async fn a_lease_left_by_a_dead_process_only_delays_its_run(api: Api) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_left_by_a_dead_process_only_delays_its_run_sqlite() {
-    a_lease_left_by_a_dead_process_only_delays_its_run(Api::with_delivery_allow("127.0.0.1").await)
-        .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_left_by_a_dead_process_only_delays_its_run_mongodb() {
-    if skip_mongo() {
-        return;
-    }
-    a_lease_left_by_a_dead_process_only_delays_its_run(
-        Api::mongodb_with_delivery_allow("127.0.0.1").await,
-    )
-    .await;
-}
-
 /// A run whose receiver is down and which keeps getting events: its own writes never make
 /// the failing event be tried before its backoff is over (on MongoDB a write that read the
 /// run before a retry was scheduled puts the older due time back; each early try doubled the
@@ -295,21 +251,4 @@ async fn a_busy_run_is_retried_on_its_backoff_schedule(api: Api) {
         retried <= 5,
         "{retried} tries in 3 s while {written} events were written"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_run_is_retried_on_its_backoff_schedule_sqlite() {
-    a_busy_run_is_retried_on_its_backoff_schedule(Api::with_delivery_allow("127.0.0.1").await)
-        .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_run_is_retried_on_its_backoff_schedule_mongodb() {
-    if skip_mongo() {
-        return;
-    }
-    a_busy_run_is_retried_on_its_backoff_schedule(
-        Api::mongodb_with_delivery_allow("127.0.0.1").await,
-    )
-    .await;
 }

@@ -6,8 +6,13 @@
 pub mod common;
 
 use axum::http::StatusCode;
-use common::{Api, detail, skip_mongo};
+use common::{Api, detail};
 use serde_json::{Value, json};
+
+on_both_stores! {
+    they_round_trip_and_runs_inherit_them => they_round_trip_and_runs_inherit_them;
+    runs_are_listed_by_queue_and_label => runs_are_listed_by_queue_and_label;
+}
 
 fn definition() -> Value {
     json!({
@@ -89,19 +94,6 @@ async fn they_round_trip_and_runs_inherit_them(api: Api) {
         assert_eq!(view["labels"], json!({"team": "nlp"}));
         assert_eq!(view["preemptible"], true);
     }
-}
-
-#[tokio::test]
-async fn they_round_trip_and_runs_inherit_them_sqlite() {
-    they_round_trip_and_runs_inherit_them(Api::new().await).await;
-}
-
-#[tokio::test]
-async fn they_round_trip_and_runs_inherit_them_mongodb() {
-    if skip_mongo() {
-        return;
-    }
-    they_round_trip_and_runs_inherit_them(Api::mongodb().await).await;
 }
 
 #[tokio::test]
@@ -283,17 +275,4 @@ async fn runs_are_listed_by_queue_and_label(api: Api) {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
         assert!(detail(&answer).contains("'label'"), "{bad}: {answer}");
     }
-}
-
-#[tokio::test]
-async fn runs_are_listed_by_queue_and_label_sqlite() {
-    runs_are_listed_by_queue_and_label(Api::new().await).await;
-}
-
-#[tokio::test]
-async fn runs_are_listed_by_queue_and_label_mongodb() {
-    if skip_mongo() {
-        return;
-    }
-    runs_are_listed_by_queue_and_label(Api::mongodb().await).await;
 }

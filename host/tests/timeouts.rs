@@ -12,26 +12,6 @@ use serde_json::{Value, json};
 
 const SERVER_TIMEOUT: &str = "timed out after 10 s (enforced by the server)";
 
-/// Runs `body` with each store: SQLite, then MongoDB (unless left out).
-macro_rules! on_both_stores {
-    ($($name:ident => $body:ident;)*) => {
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$body(super::Api::new().await).await;
-            })*
-        }
-        mod mongodb {
-            $(#[tokio::test]
-            async fn $name() {
-                if !super::common::skip_mongo() {
-                    super::$body(super::Api::mongodb().await).await;
-                }
-            })*
-        }
-    };
-}
-
 on_both_stores! {
     a_running_attempt_past_its_timeout_and_grace_is_failed_by_the_server_and_retried
         => running_past_timeout;

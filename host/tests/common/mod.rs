@@ -25,6 +25,41 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+/// Declares, for each `name => body`, the tests `sqlite::name` and `mongodb::name`, each
+/// running `body(api)` on an [`Api`] over its store (the MongoDB one passes without running
+/// when the wire server is left out, see [`skip_mongo`]). The plain form uses [`Api::new`]
+/// and [`Api::mongodb`] under `#[tokio::test]`; the long form names the test attribute and
+/// both constructor calls: `#[tokio::test(..)] Api::a(..), Api::b(..); name => body; ...`.
+#[macro_export]
+macro_rules! on_both_stores {
+    (#[$test:meta] $sqlite:expr, $mongodb:expr; $($name:ident => $body:ident;)*) => {
+        mod sqlite {
+            #[allow(unused_imports)]
+            use super::*;
+            $(#[$test]
+            async fn $name() {
+                super::$body($sqlite.await).await;
+            })*
+        }
+        mod mongodb {
+            #[allow(unused_imports)]
+            use super::*;
+            $(#[$test]
+            async fn $name() {
+                if !super::common::skip_mongo() {
+                    super::$body($mongodb.await).await;
+                }
+            })*
+        }
+    };
+    ($($name:ident => $body:ident;)*) => {
+        $crate::on_both_stores! {
+            #[tokio::test] Api::new(), Api::mongodb();
+            $($name => $body;)*
+        }
+    };
+}
+
 /// The API key of every test server.
 pub const KEY: &str = "test-key";
 
