@@ -1390,6 +1390,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_run_stored_before_queues_is_listed_in_the_default_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gyoza.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let old = sized(1, 1, None);
+        store.insert_run(&old).await.unwrap();
+        let mut queued = sized(1, 1, None);
+        queued.queue = "gpu".into();
+        store.insert_run(&queued).await.unwrap();
+        drop(store);
+        // As an older gyoza stored it: no queue in the document.
+        let conn = Connection::open(&path).unwrap();
+        let changed = conn
+            .execute(
+                "UPDATE runs SET doc = json_remove(doc, '$.queue') WHERE id = ?1",
+                [&old.id],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+        drop(conn);
+        let store = SqliteStore::open(&path).await.unwrap();
+        let listed = |queue: &str| {
+            let query = RunQuery {
+                limit: 10,
+                cursor: Cursor::Start,
+                state: None,
+                op_definition: None,
+                image: None,
+                queue: Some(queue.to_owned()),
+                label: None,
+                created: Vec::new(),
+            };
+            let store = &store;
+            async move {
+                let page = store.list_runs(&query).await.unwrap();
+                page.runs.into_iter().map(|r| r.id).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(listed("default").await, vec![old.id.clone()]);
+        assert_eq!(listed("gpu").await, vec![queued.id.clone()]);
+        assert_eq!(
+            store.load_run(&old.id).await.unwrap().unwrap().queue,
+            "default"
+        );
+    }
+
+    #[tokio::test]
     async fn an_older_file_has_its_events_moved_out_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gyoza.db");
