@@ -230,20 +230,24 @@ pub struct RunArgs {
     pub follow: bool,
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
-        None => Err(format!("'{text}' is not KEY=VALUE")),
-    }
-}
-
-fn parse_input(text: &str) -> Result<(String, Value), String> {
+/// `KEY=VALUE` split at its first `=`, the key not empty.
+fn key_value(text: &str) -> Result<(&str, &str), String> {
     let (key, value) = text
         .split_once('=')
         .ok_or_else(|| format!("'{text}' is not KEY=VALUE"))?;
     if key.is_empty() {
         return Err(format!("'{text}' has an empty KEY"));
     }
+    Ok((key, value))
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = key_value(text)?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+fn parse_input(text: &str) -> Result<(String, Value), String> {
+    let (key, value) = key_value(text)?;
     let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
     Ok((key.to_owned(), value))
 }

@@ -390,6 +390,13 @@ fn name_char(c: char, key_extra: bool) -> bool {
 /// What is wrong with queue name `queue` and with `labels`, each problem in words.
 pub fn queueing_problems(queue: &str, labels: &Labels) -> Vec<String> {
     let mut problems = Vec::new();
+    queue_problems(&mut problems, queue);
+    label_problems(&mut problems, labels);
+    problems
+}
+
+/// Adds what is wrong with queue name `queue` to `problems`.
+fn queue_problems(problems: &mut Vec<String>, queue: &str) {
     if queue.is_empty() {
         problems.push("queue must not be empty".to_owned());
     } else if !queue.chars().all(|c| name_char(c, false)) {
@@ -398,42 +405,45 @@ pub fn queueing_problems(queue: &str, labels: &Labels) -> Vec<String> {
             queue.escape_debug()
         ));
     }
-    bytes_at_most(&mut problems, "queue", queue, limits::MAX_QUEUE_BYTES);
+    bytes_at_most(problems, "queue", queue, limits::MAX_QUEUE_BYTES);
+}
+
+/// Adds what is wrong with `labels` (their number, each key and value) to `problems`.
+fn label_problems(problems: &mut Vec<String>, labels: &Labels) {
     at_most(
-        &mut problems,
+        problems,
         "labels (entries)",
         labels.len(),
         limits::MAX_LABELS,
     );
     for (key, value) in labels.iter().take(limits::MAX_LABELS + 1) {
-        if key.is_empty() {
-            problems.push("a label key must not be empty".to_owned());
-        } else if !key.chars().all(|c| name_char(c, true)) {
-            problems.push(format!(
-                "label key '{}' may hold only letters, digits, '-', '_', '.' and '/'",
-                key.escape_debug()
-            ));
-        }
-        bytes_at_most(
-            &mut problems,
-            "a label key",
-            key,
-            limits::MAX_LABEL_KEY_BYTES,
-        );
-        if value.chars().any(char::is_control) {
-            problems.push(format!(
-                "label '{}': its value must not hold control characters",
-                key.escape_debug()
-            ));
-        }
-        bytes_at_most(
-            &mut problems,
-            &format!("label '{}'", key.escape_debug()),
-            value,
-            limits::MAX_LABEL_VALUE_BYTES,
-        );
+        label_problem(problems, key, value);
     }
-    problems
+}
+
+/// Adds what is wrong with the label `key`: `value` to `problems`.
+pub fn label_problem(problems: &mut Vec<String>, key: &str, value: &str) {
+    if key.is_empty() {
+        problems.push("a label key must not be empty".to_owned());
+    } else if !key.chars().all(|c| name_char(c, true)) {
+        problems.push(format!(
+            "label key '{}' may hold only letters, digits, '-', '_', '.' and '/'",
+            key.escape_debug()
+        ));
+    }
+    bytes_at_most(problems, "a label key", key, limits::MAX_LABEL_KEY_BYTES);
+    if value.chars().any(char::is_control) {
+        problems.push(format!(
+            "label '{}': its value must not hold control characters",
+            key.escape_debug()
+        ));
+    }
+    bytes_at_most(
+        problems,
+        &format!("label '{}'", key.escape_debug()),
+        value,
+        limits::MAX_LABEL_VALUE_BYTES,
+    );
 }
 
 #[cfg(test)]

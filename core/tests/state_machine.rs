@@ -275,10 +275,10 @@ proptest! {
             constraints: Some(constraints.clone()),
             retry_policy: Some(RetryPolicy { max_attempts, backoff_ms }),
             event_delivery: None,
-        queue: None,
-labels: None,
-preemptible: None,
-}
+            queue: None,
+            labels: None,
+            preemptible: None,
+        }
         .into_run(t0());
         let within = cpu <= limits::MAX_CPU
             && ram <= limits::MAX_RAM_MB

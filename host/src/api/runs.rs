@@ -13,7 +13,7 @@ use gyoza_core::api::{
     AddEventRequest, ErrorBody, EventsResponse, OpRunCreate, OpRunList, OpRunUpdate, OpRunView,
     ReleaseRequest, RunScheduling,
 };
-use gyoza_core::resources::{DEFAULT_QUEUE, queueing_problems};
+use gyoza_core::resources::label_problem;
 use gyoza_core::run::MAX_LOST_REQUEUES;
 use gyoza_core::{DomainError, EventType, OpAttempt, OpRun, OpRunState};
 use serde::Deserialize;
@@ -139,8 +139,8 @@ impl ListParams {
                         "Query parameter 'label' must be key:value, got '{label}'"
                     )));
                 };
-                let one = [(key.to_owned(), value.to_owned())].into();
-                let problems = queueing_problems(DEFAULT_QUEUE, &one);
+                let mut problems = Vec::new();
+                label_problem(&mut problems, key, value);
                 if !problems.is_empty() {
                     return Err(ApiError::BadRequest(format!(
                         "Query parameter 'label': {}",
