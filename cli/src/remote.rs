@@ -222,6 +222,10 @@ pub struct RunArgs {
     /// (overrides a definition's).
     #[arg(long)]
     pub preemptible: bool,
+    /// A worker tag the run requires (a GPU run's may be on its GPU). Repeatable; overrides
+    /// a definition's.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
     /// Wait until the run ends; exit 1 if it FAILED, 3 if CANCELLED.
     #[arg(long, conflicts_with = "follow")]
     pub wait: bool,
@@ -645,6 +649,7 @@ pub async fn run(conn: &Connection, args: RunArgs) -> anyhow::Result<Outcome> {
             let overrides = Constraints {
                 timeout_s: args.timeout_s,
                 queue_timeout_s: args.queue_timeout_s,
+                tags: args.tags.clone(),
                 ..Constraints::default()
             };
             let request = OpRunCreateFromDefinition {
@@ -667,6 +672,7 @@ pub async fn run(conn: &Connection, args: RunArgs) -> anyhow::Result<Outcome> {
                 timeout_s: args.timeout_s,
                 queue_timeout_s: args.queue_timeout_s,
                 capabilities: Vec::new(),
+                tags: args.tags.clone(),
             };
             let request = OpRunCreate {
                 image: image.clone(),

@@ -751,6 +751,12 @@ pub struct StrategyInfo {
     pub failures: u64,
     /// Answer entries dropped by the host's checks (unknown, duplicate or over-capacity).
     pub dropped: u64,
+    /// Preemptions it asked for that were carried out.
+    #[serde(default)]
+    pub evictions: u64,
+    /// Preemptions it asked for that the host refused (its rules, or the run had moved).
+    #[serde(default)]
+    pub evictions_refused: u64,
     /// Median call latency over recent calls, in milliseconds.
     pub latency_p50_ms: Option<f64>,
     /// 99th percentile call latency over recent calls, in milliseconds.

@@ -44,4 +44,6 @@ pub use definition::{InputSpec, OpDefinition, OutputSpec, ValueType};
 pub use error::DomainError;
 pub use resources::{Constraints, EventDelivery, Gpu, Resources, RetryPolicy};
 pub use run::{EventEntry, EventType, ExecutionSummary, OpAttempt, OpRun, OpRunState};
-pub use worker::{Capacity, Heartbeat, HeldRun, PendingRun, StopRun, Worker, WorkerOpRun};
+pub use worker::{
+    Capacity, Heartbeat, HeldRun, PendingRun, RunFacts, StopRun, Worker, WorkerOpRun,
+};

@@ -45,6 +45,12 @@ pub struct Constraints {
     /// more FAILS on it with a message naming them. Empty or absent: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<String>,
+    /// Worker tags the run requires, all of them: a worker without one of them never gets
+    /// it (the server filters before any scheduling strategy sees the run). For a run that
+    /// needs VRAM, a tag may be met by the GPU it is placed on instead of the worker. Empty
+    /// or absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// The Linux capabilities a run may ask for (`capabilities(7)`, without `CAP_`).
@@ -136,6 +142,7 @@ impl Constraints {
                 limits::MAX_TIMEOUT_S,
             );
         }
+        tag_problems(&mut problems, "constraints.tags", &self.tags);
         at_most(
             &mut problems,
             "constraints.capabilities (entries)",
@@ -188,6 +195,11 @@ impl Constraints {
                 self.capabilities.clone()
             } else {
                 overrides.capabilities.clone()
+            },
+            tags: if overrides.tags.is_empty() {
+                self.tags.clone()
+            } else {
+                overrides.tags.clone()
             },
         }
     }

@@ -52,6 +52,23 @@ use crate::time::{self, Timestamp};
 /// kills its workers does not loop forever. Such requeues do not use the op's retry budget.
 pub const MAX_LOST_REQUEUES: usize = 3;
 
+/// How often a run may be preempted before strategies may no longer preempt it (the
+/// server's default; `GYOZA_MAX_PREEMPTIONS`). Preemptions do not use the retry budget.
+pub const MAX_PREEMPTIONS: u32 = 3;
+
+/// Who preempts a run, for [`OpRun::preempt`].
+#[derive(Debug, Clone, Copy)]
+pub struct Preemption<'a> {
+    /// The run it makes room for.
+    pub by: &'a str,
+    /// That run's priority.
+    pub by_priority: i64,
+    /// The strategy that decided.
+    pub strategy: &'a str,
+    /// The strategy's reason (may be empty).
+    pub reason: &'a str,
+}
+
 pub use crate::state::OpRunState;
 
 impl FromStr for OpRunState {
@@ -232,6 +249,11 @@ pub struct OpAttempt {
     /// requeues are capped.
     #[serde(default)]
     pub worker_lost: bool,
+    /// It ended because a scheduling strategy preempted it for a run of higher priority.
+    /// Such attempts do not count against the retry policy either; the server caps how often
+    /// a run is preempted (`GYOZA_MAX_PREEMPTIONS`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preempted: bool,
 }
 
 impl OpAttempt {
@@ -253,6 +275,7 @@ impl OpAttempt {
             started_at: None,
             finished_at: None,
             worker_lost: false,
+            preempted: false,
         }
     }
 
@@ -275,6 +298,7 @@ impl OpAttempt {
             started_at: self.started_at,
             finished_at: self.finished_at,
             worker_lost: self.worker_lost,
+            preempted: self.preempted,
         }
     }
 
@@ -524,7 +548,107 @@ impl OpRun {
     /// Attempts that count against the retry policy: all but those whose worker went away
     /// (lost, or handed the run back).
     pub fn attempts_used(&self) -> usize {
-        self.attempts.iter().filter(|a| !a.worker_lost).count()
+        self.attempts
+            .iter()
+            .filter(|a| !a.worker_lost && !a.preempted)
+            .count()
+    }
+
+    /// How often the run was preempted.
+    pub fn preemptions(&self) -> u32 {
+        self.attempts.iter().filter(|a| a.preempted).count() as u32
+    }
+
+    /// Whether a strategy may preempt the run: it is preemptible, ASSIGNED or RUNNING, and
+    /// was preempted fewer than `max_preemptions` times.
+    pub fn may_be_preempted(&self, max_preemptions: u32) -> bool {
+        self.preemptible
+            && matches!(self.state, OpRunState::Assigned | OpRunState::Running)
+            && self.preemptions() < max_preemptions
+    }
+
+    /// Preempts attempt `attempt`, held by worker `worker_id`, for run `by` of priority
+    /// `by_priority`, as strategy `strategy` asked: the attempt FAILS with "preempted by <run
+    /// id> (priority P) via <strategy>" and the run is requeued as a new attempt outside its
+    /// retry budget. Its worker finds the run in its heartbeat's `stop` list, or gets 409 on
+    /// its next event, and stops the container as for a cancelled run.
+    ///
+    /// Refused for an attempt that is no longer current, unless the run is ASSIGNED to or
+    /// RUNNING on that worker, for a run that is not preemptible or was preempted
+    /// `max_preemptions` times already, and unless `by_priority` is higher than the run's,
+    /// so that a preemption decided on a stale view changes nothing.
+    pub fn preempt(
+        &mut self,
+        worker_id: &str,
+        attempt: u32,
+        preemption: &Preemption<'_>,
+        max_preemptions: u32,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        self.check_attempt(Some(attempt))?;
+        self.check_held_by(worker_id, "preemption")?;
+        let refuse = |why: String| {
+            Err(DomainError::InvalidEvent(format!(
+                "OpRun '{}' cannot be preempted: {why}",
+                self.id
+            )))
+        };
+        if !self.preemptible {
+            return refuse("it is not preemptible".into());
+        }
+        if self.preemptions() >= max_preemptions {
+            return refuse(format!(
+                "it was preempted {max_preemptions} times already (the server's limit)"
+            ));
+        }
+        if preemption.by_priority <= self.priority {
+            return refuse(format!(
+                "run '{}' has priority {}, not higher than its {}",
+                preemption.by, preemption.by_priority, self.priority
+            ));
+        }
+        let message = format!(
+            "preempted by {} (priority {}) via {}",
+            preemption.by, preemption.by_priority, preemption.strategy
+        );
+        let attempt = self.current_mut();
+        attempt.preempted = true;
+        attempt.execution_summary.error_message = Some(message.clone());
+        attempt.finish(OpRunState::Failed, now);
+        let mut payload = Map::from_iter([
+            ("error_message".to_owned(), Value::String(message.clone())),
+            (
+                "preempted_by".to_owned(),
+                Value::String(preemption.by.to_owned()),
+            ),
+            (
+                "strategy".to_owned(),
+                Value::String(preemption.strategy.to_owned()),
+            ),
+        ]);
+        if !preemption.reason.is_empty() {
+            payload.insert(
+                "reason".to_owned(),
+                Value::String(preemption.reason.to_owned()),
+            );
+        }
+        attempt.record(EventEntry {
+            t: now,
+            event_type: EventType::Failed,
+            msg: Value::String(message.clone()),
+            payload,
+        });
+        self.updated_at = now;
+        let count = self.preemptions();
+        let msg = format!("Requeued after it was preempted ({count} of {max_preemptions})");
+        let payload = Map::from_iter([
+            ("force".to_owned(), Value::Bool(false)),
+            ("reason".to_owned(), Value::String("preempted".into())),
+            ("previous_error".to_owned(), Value::String(message)),
+        ]);
+        self.start_new_attempt(Value::String(msg), payload, now);
+        self.available_at = None;
+        Ok(())
     }
 
     /// Refuses a call made for an attempt that is no longer the current one (fencing: a

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::DomainError;
-use crate::resources::{Constraints, Resources};
+use crate::resources::{Constraints, Labels, Resources};
 use crate::run::{OpRun, OpRunState};
 use crate::time::{self, Timestamp};
 
@@ -67,6 +67,80 @@ pub struct StopRun {
     pub attempt: Option<u32>,
 }
 
+/// What scheduling strategies see of a run beyond its priority and resources (the 1.0
+/// interface): stores keep it beside the run document, so that a claim reads it without
+/// decoding runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFacts {
+    /// Its queue.
+    #[serde(default = "crate::resources::default_queue")]
+    pub queue: String,
+    /// The definition it was created from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
+    /// Its Docker image.
+    #[serde(default)]
+    pub image: String,
+    /// Its current attempt's number (1-based).
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// Whether it may be preempted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preemptible: bool,
+    /// How often it was preempted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub preemptions: u32,
+    /// Its labels.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    /// When its current attempt was assigned, if it was.
+    #[serde(
+        with = "time::wire_opt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub assigned_at: Option<Timestamp>,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Default for RunFacts {
+    fn default() -> Self {
+        Self {
+            queue: crate::resources::default_queue(),
+            definition: None,
+            image: String::new(),
+            attempt: 1,
+            preemptible: false,
+            preemptions: 0,
+            labels: Labels::new(),
+            assigned_at: None,
+        }
+    }
+}
+
+impl RunFacts {
+    /// The facts of `run` as it is now.
+    pub fn of(run: &OpRun) -> Self {
+        Self {
+            queue: run.queue.clone(),
+            definition: run.op_definition.clone(),
+            image: run.image.clone(),
+            attempt: run.current_attempt(),
+            preemptible: run.preemptible,
+            preemptions: run.preemptions(),
+            labels: run.labels.clone(),
+            assigned_at: run.current().assigned_at,
+        }
+    }
+}
+
 /// The scheduling view of a pending run: what a strategy decides from, without the run's
 /// inputs and history (stores read it from an index, not from the run document).
 #[derive(Debug, Clone, PartialEq)]
@@ -77,8 +151,13 @@ pub struct PendingRun {
     pub priority: i64,
     /// Creation time (FIFO within a priority).
     pub created_at: Timestamp,
-    /// Hardware requirements.
+    /// Hardware requirements and required tags.
     pub constraints: Constraints,
+    /// Queue, labels and the rest strategies see.
+    pub facts: RunFacts,
+    /// The GPUs of the claiming worker it may be placed on, when its required tags are met
+    /// only by some of them (set by a claim's tag check; `None`: any).
+    pub only_gpus: Option<Vec<u32>>,
 }
 
 impl From<&OpRun> for PendingRun {
@@ -88,12 +167,14 @@ impl From<&OpRun> for PendingRun {
             priority: run.priority,
             created_at: run.created_at,
             constraints: run.constraints.clone(),
+            facts: RunFacts::of(run),
+            only_gpus: None,
         }
     }
 }
 
 /// A run a worker holds (its current attempt ASSIGNED or RUNNING), as capacity accounting
-/// sees it.
+/// and scheduling strategies see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeldRun {
     /// The run's id.
@@ -104,6 +185,10 @@ pub struct HeldRun {
     pub constraints: Constraints,
     /// The GPU it runs on, once the worker reported it.
     pub gpu_id: Option<u32>,
+    /// Scheduling priority.
+    pub priority: i64,
+    /// Queue, labels and the rest strategies see.
+    pub facts: RunFacts,
 }
 
 impl HeldRun {
@@ -117,6 +202,8 @@ impl HeldRun {
             worker_id: run.worker_id()?.to_owned(),
             constraints: run.constraints.clone(),
             gpu_id: run.current().execution_summary.gpu_id,
+            priority: run.priority,
+            facts: RunFacts::of(run),
         })
     }
 }
@@ -262,6 +349,12 @@ impl Capacity {
     /// Whether `constraints` fit; `Some(gpu)` names the GPU picked for a VRAM request
     /// (the one with the least free VRAM that is enough), `Some(None)` means no GPU needed.
     pub fn fit(&self, constraints: &Constraints) -> Option<Option<u32>> {
+        self.fit_on(constraints, None)
+    }
+
+    /// [`Capacity::fit`] with the GPU picked among `only` when given (the GPUs whose tags
+    /// meet a run's required tags).
+    pub fn fit_on(&self, constraints: &Constraints, only: Option<&[u32]>) -> Option<Option<u32>> {
         if i64::from(constraints.cpu.unwrap_or(0)) > self.cpu
             || megabytes(constraints.ram_mb.unwrap_or(0)) > self.ram_mb
         {
@@ -272,7 +365,9 @@ impl Capacity {
             Some(vram) => self
                 .gpus
                 .iter()
-                .filter(|(_, free)| *free >= megabytes(vram))
+                .filter(|(id, free)| {
+                    *free >= megabytes(vram) && only.is_none_or(|only| only.contains(id))
+                })
                 .min_by_key(|(_, free)| *free)
                 .map(|(id, _)| Some(*id)),
         }
@@ -342,6 +437,8 @@ mod tests {
                 ..Constraints::default()
             },
             gpu_id: None,
+            priority: 0,
+            facts: RunFacts::default(),
         }
     }
 

@@ -267,6 +267,7 @@ proptest! {
             timeout_s: Some(timeout),
             queue_timeout_s: Some(queue_timeout),
             capabilities: Vec::new(),
+            tags: Vec::new(),
         };
         let created = OpRunCreate {
             image: "img".into(),

@@ -33,6 +33,7 @@ use gyoza_core::{
     Capacity as CoreCapacity, Constraints, Gpu as CoreGpu, OpRun, PendingRun as CorePendingRun,
     Resources, Worker as CoreWorker,
 };
+use gyoza_host::queues::QueueSettings;
 use gyoza_host::scheduler::{ActiveWorker, ClaimRequest};
 use gyoza_host::strategy::{StrategyHost, StrategySettings};
 
@@ -110,6 +111,7 @@ fn cluster() -> Vec<ActiveWorker> {
                 free: CoreCapacity::free(&resources, &[]),
                 resources,
                 running: 0,
+                tags: vec![],
             }
         })
         .collect()
@@ -297,6 +299,10 @@ fn profile(side: &str, host: &StrategyHost, worker: &CoreWorker, cluster: &[Acti
         max: 10,
         now: Utc::now(),
         cluster,
+        running: &[],
+        queues: &QueueSettings::default(),
+        usage: &[],
+        max_preemptions: 3,
     };
     let calls = number("GYOZA_BENCH_CALLS", 100);
     let mut assigned = 0;
@@ -360,6 +366,10 @@ fn main() {
             max: 10,
             now: Utc::now(),
             cluster: &cluster,
+            running: &[],
+            queues: &QueueSettings::default(),
+            usage: &[],
+            max_preemptions: 3,
         };
         let ((native, native_ids), (wasm, wasm_ids)) = medians(
             iterations,

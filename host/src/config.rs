@@ -18,6 +18,11 @@
 //! | `--strategy-fail-policy` | `GYOZA_STRATEGY_FAIL_POLICY` | `fallback` | on a trap, timeout or error: `fallback` (built-in priority) or `none` (assign nothing) |
 //! | `--strategy-deadline-ms` | `GYOZA_STRATEGY_DEADLINE_MS` | `100` | longest a strategy call may run |
 //! | `--strategy-memory-mb` | `GYOZA_STRATEGY_MEMORY_MB` | `64` | largest memory of a strategy instance, in MiB |
+//! | `--queues` | `GYOZA_QUEUES` | empty | queue weights and quotas handed to strategies, e.g. `interactive:weight=2; batch:cpu=16,runs=20` (see `queues`) |
+//! | `--queue-usage-half-life` | `GYOZA_QUEUE_USAGE_HALF_LIFE` | `3600` | half-life, in seconds, of the decayed queue usage strategies are shown |
+//! | `--max-evictions-per-claim` | `GYOZA_MAX_EVICTIONS_PER_CLAIM` | `4` | most preemptions one claim carries out |
+//! | `--max-evictions-per-minute` | `GYOZA_MAX_EVICTIONS_PER_MINUTE` | `60` | most preemptions one server process carries out per minute |
+//! | `--max-preemptions` | `GYOZA_MAX_PREEMPTIONS` | `3` | a run preempted this often is not preempted again |
 //!
 //! `GYOZA_LOG_LEVEL` (default `info`) is read by the `gyoza` binary, which sets up logging.
 //! `GYOZA_WASM_PERFMAP=1` (default off), for profiling strategy plugins, makes the wasm engine
@@ -128,6 +133,22 @@ pub struct ServerConfig {
     /// Largest memory of a strategy instance, in MiB.
     #[arg(long, env = "GYOZA_STRATEGY_MEMORY_MB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub strategy_memory_mb: u64,
+    /// Queue weights and quotas handed to strategies, `;`-separated
+    /// (e.g. "interactive:weight=2; batch:weight=1,cpu=16,runs=20").
+    #[arg(long, env = "GYOZA_QUEUES", default_value = "")]
+    pub queues: String,
+    /// Half-life of the decayed queue usage strategies are shown, in seconds.
+    #[arg(long, env = "GYOZA_QUEUE_USAGE_HALF_LIFE", default_value_t = crate::queues::DEFAULT_HALF_LIFE_S, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_usage_half_life: u32,
+    /// Most preemptions one claim carries out.
+    #[arg(long, env = "GYOZA_MAX_EVICTIONS_PER_CLAIM", default_value_t = 4)]
+    pub max_evictions_per_claim: usize,
+    /// Most preemptions this server process carries out per minute.
+    #[arg(long, env = "GYOZA_MAX_EVICTIONS_PER_MINUTE", default_value_t = 60)]
+    pub max_evictions_per_minute: usize,
+    /// A run preempted this often is not preempted again.
+    #[arg(long, env = "GYOZA_MAX_PREEMPTIONS", default_value_t = gyoza_core::run::MAX_PREEMPTIONS)]
+    pub max_preemptions: u32,
 }
 
 impl ServerConfig {
@@ -182,6 +203,21 @@ impl ServerConfig {
             policy,
             ..Default::default()
         })
+    }
+
+    /// The queue settings (`--queues`); a malformed entry is a configuration error naming it.
+    pub fn queue_settings(&self) -> Result<crate::queues::QueueSettings, HostError> {
+        crate::queues::QueueSettings::parse(&self.queues, self.queue_usage_half_life)
+            .map_err(|e| HostError::Config(format!("--queues / GYOZA_QUEUES: {e}")))
+    }
+
+    /// The host's limits on preemption.
+    pub fn preemption_limits(&self) -> crate::service::PreemptionLimits {
+        crate::service::PreemptionLimits {
+            per_claim: self.max_evictions_per_claim,
+            per_minute: self.max_evictions_per_minute,
+            max_preemptions: self.max_preemptions,
+        }
     }
 
     /// How the strategy host runs: plugins directory, compiled-plugin cache (in the data

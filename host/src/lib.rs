@@ -41,6 +41,7 @@ pub mod delivery;
 pub mod destination;
 pub mod error;
 pub mod metrics;
+pub mod queues;
 pub mod reaper;
 pub mod scheduler;
 pub mod server;

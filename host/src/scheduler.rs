@@ -6,9 +6,11 @@
 //! [`gyoza_core::placement::place`], the one check of a decision, and reports what it dropped
 //! back with [`Scheduler::record_dropped`].
 
-use gyoza_core::placement::Placements;
+use gyoza_core::placement::{EvictionRequest, Placements};
 use gyoza_core::time::Timestamp;
-use gyoza_core::{Capacity, PendingRun, Resources, Worker};
+use gyoza_core::{Capacity, HeldRun, PendingRun, Resources, Worker};
+
+use crate::queues::QueueSettings;
 
 /// What a scheduler decides from.
 #[derive(Debug)]
@@ -26,6 +28,15 @@ pub struct ClaimRequest<'a> {
     /// Every active worker (the requester included) with its free capacity, for strategies
     /// that place runs across the cluster.
     pub cluster: &'a [ActiveWorker],
+    /// Every run the active workers hold, for strategies that preempt or balance queues.
+    pub running: &'a [HeldRun],
+    /// The queues' weights and quotas, from the server's configuration.
+    pub queues: &'a QueueSettings,
+    /// Per queue, the usage of its ended attempts over the decaying window (CPU-core-,
+    /// RAM-megabyte- and VRAM-megabyte-seconds, decayed to `now`), as the store keeps it.
+    pub usage: &'a [(String, [f64; 3])],
+    /// A run preempted this often may not be preempted again.
+    pub max_preemptions: u32,
 }
 
 /// An active worker as a strategy sees it.
@@ -39,6 +50,8 @@ pub struct ActiveWorker {
     pub free: Capacity,
     /// How many runs it holds (ASSIGNED or RUNNING).
     pub running: usize,
+    /// Its capability tags.
+    pub tags: Vec<String>,
 }
 
 /// Why a strategy left a run pending, kept for `GET /runs/{id}`.
@@ -60,6 +73,13 @@ pub struct Decision {
     pub chosen: Vec<usize>,
     /// (index, reason) for runs the strategy left pending and explained.
     pub reasons: Vec<(usize, String)>,
+    /// Every run the strategy deferred, explained or not (sorted, each once).
+    pub deferred: Vec<usize>,
+    /// The strategy that decided (for messages), if the scheduler names one.
+    pub strategy: Option<String>,
+    /// Held runs to preempt (indices into `ClaimRequest::running` and `pending`), unchecked:
+    /// the claim checks them with [`gyoza_core::placement::check_evictions`].
+    pub evictions: Vec<EvictionRequest>,
 }
 
 /// A scheduling policy: decides which pending runs a claiming worker should take.
@@ -78,4 +98,10 @@ pub trait Scheduler: Send + Sync + 'static {
     }
     /// What the claim's check dropped of this scheduler's last decision (for its stats).
     fn record_dropped(&self, _strategy: &str, _placements: &Placements) {}
+    /// How many preemptions of this scheduler's last decision the claim carried out and how
+    /// many it refused (for its stats).
+    fn record_evictions(&self, _strategy: &str, _carried_out: usize, _refused: usize) {}
+    /// Records `reason` as why the host itself (not a strategy) left `run_id` pending, e.g.
+    /// a required tag no active worker has.
+    fn note_pending(&self, _run_id: &str, _reason: String, _at: Timestamp) {}
 }

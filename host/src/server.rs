@@ -58,6 +58,8 @@ pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostEr
     service.worker_timeout = chrono::Duration::seconds(config.worker_timeout as i64);
     service.reconcile_grace = chrono::Duration::seconds(config.reconcile_grace as i64);
     service.timeout_grace = gyoza_core::resources::seconds(config.timeout_grace);
+    service.queues = config.queue_settings()?;
+    service.preemption = config.preemption_limits();
     let mut state = AppState::new(Arc::new(service), metrics, &api_key);
     state.max_body_bytes = config.max_body_bytes;
     state.strategies = Some(strategies);

@@ -28,12 +28,14 @@ use std::sync::Arc;
 use gyoza_core::OpRun;
 use tokio::sync::broadcast;
 
-use claim::InFlight;
-pub use claim::PENDING_WINDOW;
+pub(crate) use claim::meeting_tags;
+use claim::{InFlight, PreemptionClock};
+pub use claim::{PENDING_WINDOW, PreemptionLimits};
 
 use crate::clock::Clock;
 use crate::delivery::{Deliverer, DeliveryConfig};
 use crate::metrics::Metrics;
+use crate::queues::QueueSettings;
 use crate::scheduler::Scheduler;
 use crate::store::{RunMutation, Store, StoreError};
 
@@ -61,6 +63,12 @@ pub struct Service {
     /// silence from here at the earliest, so a server that was down does not take the
     /// workers that kept trying to heartbeat it for dead (see `reap`).
     pub started_at: gyoza_core::time::Timestamp,
+    /// Queue weights and quotas handed to strategies (`GYOZA_QUEUES`).
+    pub queues: QueueSettings,
+    /// The host's limits on preemption (see `claim`).
+    pub preemption: PreemptionLimits,
+    /// The preemptions of the last minute, for [`PreemptionLimits::per_minute`].
+    preemption_clock: PreemptionClock,
     /// Sends run events to their topic URLs.
     deliverer: Arc<Deliverer>,
     /// Ids of runs that changed in this process (wakes event streams and log followers).
@@ -111,6 +119,9 @@ impl Service {
             timeout_grace: chrono::Duration::seconds(DEFAULT_TIMEOUT_GRACE_S),
             changes: broadcast::channel(1024).0,
             claims_in_flight: InFlight::default(),
+            queues: QueueSettings::default(),
+            preemption: PreemptionLimits::default(),
+            preemption_clock: PreemptionClock::default(),
         }
     }
 

@@ -88,7 +88,7 @@ use gyoza_core::run::EventEntry;
 use gyoza_core::time::Timestamp;
 use gyoza_core::{
     Capacity, Constraints, DomainError, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState,
-    PendingRun, Worker,
+    PendingRun, RunFacts, Worker,
 };
 
 pub use mongo::MongoStore;
@@ -165,6 +165,35 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
 /// The value of document `id` from its JSON.
 fn from_json<T: serde::de::DeserializeOwned>(id: &str, json: &str) -> Result<T, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::corrupt(id, e))
+}
+
+/// What a claim reads of a run beyond its figures (its [`RunFacts`] and required tags), as
+/// both stores keep it beside the run document: one small JSON text, so that a claim decodes
+/// neither run documents nor anything it does not hand to strategies.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct SchedFacts {
+    #[serde(flatten)]
+    facts: RunFacts,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
+}
+
+/// The scheduling facts of `run` as stores keep them (see [`sched_facts`]).
+fn sched_json(run: &OpRun) -> Result<String, StoreError> {
+    to_json(&SchedFacts {
+        facts: RunFacts::of(run),
+        tags: run.constraints.tags.clone(),
+    })
+}
+
+/// The facts and required tags kept for run `id` by [`sched_json`]; the defaults for a run
+/// stored before they were kept (`None`).
+fn sched_facts(id: &str, json: Option<&str>) -> Result<(RunFacts, Vec<String>), StoreError> {
+    let Some(json) = json else {
+        return Ok((RunFacts::default(), Vec::new()));
+    };
+    let SchedFacts { facts, tags } = from_json(id, json)?;
+    Ok((facts, tags))
 }
 
 /// A run from its stored JSON, made whole ([`OpRun::settle`]).

@@ -12,7 +12,7 @@ use gyoza_core::run::NewRun;
 use gyoza_core::time::Timestamp;
 use gyoza_core::{
     Constraints, DomainError, EventType, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState,
-    PendingRun, Resources, WorkerOpRun,
+    PendingRun, Resources, RunFacts, WorkerOpRun,
 };
 use gyoza_host::store::{
     CreatedBound, Cursor, EventCursor, EventPage, EventQuery, MongoStore, QueryError, RunQuery,
@@ -712,7 +712,13 @@ mod cases {
     }
 
     pub async fn scheduling_views_carry_constraints_and_gpus(store: Arc<dyn Store>) {
-        let gpu_run = sized(t(0), 2, 4096, Some(8192));
+        let mut gpu_run = sized(t(0), 2, 4096, Some(8192));
+        // What strategies see beyond the figures travels too (the 1.0 interface).
+        gpu_run.queue = "vision".into();
+        gpu_run.labels = [("team".to_owned(), "cv".to_owned())].into();
+        gpu_run.preemptible = true;
+        gpu_run.op_definition = Some("train".into());
+        gpu_run.constraints.tags = vec!["a100".into(), "ssd".into()];
         let plain = sized(t(1), 1, 256, None);
         let unconstrained = run_at(t(2), "img", 0);
         for run in [&gpu_run, &plain, &unconstrained] {
@@ -758,12 +764,22 @@ mod cases {
                     worker_id: "w1".into(),
                     constraints: gpu_run.constraints.clone(),
                     gpu_id: Some(1),
+                    priority: gpu_run.priority,
+                    facts: RunFacts {
+                        assigned_at: Some(t(11)),
+                        ..RunFacts::of(&gpu_run)
+                    },
                 },
                 HeldRun {
                     id: plain.id.clone(),
                     worker_id: "w2".into(),
                     constraints: plain.constraints.clone(),
                     gpu_id: None,
+                    priority: plain.priority,
+                    facts: RunFacts {
+                        assigned_at: Some(t(11)),
+                        ..RunFacts::of(&plain)
+                    },
                 },
             ]
         );

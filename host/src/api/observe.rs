@@ -138,6 +138,16 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
                 samples: per_plugin(|s| Some(s.dropped as f64)),
             },
             Gauge {
+                name: "gyoza_strategy_evictions",
+                help: "Preemptions each strategy asked for that were carried out.",
+                samples: per_plugin(|s| Some(s.evictions as f64)),
+            },
+            Gauge {
+                name: "gyoza_strategy_evictions_refused",
+                help: "Preemptions each strategy asked for that the host's rules refused.",
+                samples: per_plugin(|s| Some(s.evictions_refused as f64)),
+            },
+            Gauge {
                 name: "gyoza_strategy_latency_p50_seconds",
                 help: "Median latency of recent calls, per strategy.",
                 samples: per_plugin(|s| s.latency_p50_ms.map(|ms| ms / 1000.0)),

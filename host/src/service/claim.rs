@@ -1,4 +1,4 @@
-//! Claims: which pending runs a worker gets.
+//! Claims: which pending runs a worker gets, and which runs it preempts for them.
 //!
 //! The [`Scheduler`] decides; [`Service::claim`] checks its answer and makes it so. A
 //! decision is never trusted: [`place`] drops unknown or duplicate choices and runs that do
@@ -10,21 +10,44 @@
 //! overcommit a worker (a retried claim, two processes with one id). The claimed op names the
 //! GPU the run was placed on.
 //!
+//! # Hard requirements
+//! A run's required tags (`constraints.tags`) are the host's to enforce: the window a
+//! strategy sees holds only the runs the requester meets ([`tag_fit`]; a GPU run may meet
+//! them on some of its GPUs, and is then placed on one of those). A run that no active worker
+//! meets gets a `scheduling.reason` naming the tag that is missing. The window is read before
+//! this filter: a requester that meets none of the first [`PENDING_WINDOW`] runs gets nothing
+//! from this claim even if a run further back would suit it.
+//!
+//! # Preemption
+//! A strategy may ask to preempt held runs (`evict`). [`check_evictions`] keeps only those
+//! the rules allow: held by the requester, preemptible and not preempted
+//! [`PreemptionLimits::max_preemptions`] times yet, for a pending run the decision assigned
+//! or deferred and of a higher priority; at most [`PreemptionLimits::per_claim`] per claim and
+//! [`PreemptionLimits::per_minute`] per minute in this process. Each is then carried out as a
+//! compare-and-set on the run ([`gyoza_core::OpRun::preempt`]): its attempt FAILS with
+//! "preempted by <run> (priority P) via <strategy>" and it is requeued outside its retry
+//! budget; its worker sees the new attempt and stops the container. The capacity freed
+//! counts for the assignments of the same claim. Refusals are counted per strategy.
+//!
 //! Concurrent claims in one process would otherwise all be shown the same window and race for
 //! its best runs, losing most of those races in the store. So a claim reserves the runs it is
 //! about to assign ([`InFlight`]) and the others are shown the window without them. That is
 //! an optimisation only: the store's refusal remains the guarantee, for runs and capacity.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use gyoza_core::placement::{Placements, place};
+use gyoza_core::placement::{
+    EvictionRefusal, EvictionRules, Placements, check_evictions, place, tag_fit,
+};
+use gyoza_core::run::{MAX_PREEMPTIONS, Preemption};
 use gyoza_core::sync::lock;
 use gyoza_core::time::Timestamp;
 use gyoza_core::{Capacity, HeldRun, OpRun, PendingRun, Worker, WorkerOpRun};
 
 use super::Service;
-use crate::scheduler::{ActiveWorker, ClaimRequest};
+use crate::scheduler::{ActiveWorker, ClaimRequest, Decision};
 use crate::store::{ClaimView, Placement, StoreError};
 
 /// How many claimable runs a scheduler is shown per claim, best first.
@@ -33,8 +56,58 @@ pub const PENDING_WINDOW: usize = 1_000;
 /// How often a claim that lost races to other claimers asks the scheduler again.
 const CLAIM_ROUNDS: usize = 4;
 
+/// Runs per claim that get a reason for a required tag no active worker has.
+const TAG_REASONS: usize = 16;
+
 /// A run placed on the claiming worker: its id and the GPU picked for it.
 type Placed = Placement;
+
+/// The host's limits on preemption (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreemptionLimits {
+    /// The most preemptions one claim carries out (`GYOZA_MAX_EVICTIONS_PER_CLAIM`).
+    pub per_claim: usize,
+    /// The most preemptions this process carries out per minute
+    /// (`GYOZA_MAX_EVICTIONS_PER_MINUTE`).
+    pub per_minute: usize,
+    /// A run preempted this often is no longer preempted (`GYOZA_MAX_PREEMPTIONS`).
+    pub max_preemptions: u32,
+}
+
+impl Default for PreemptionLimits {
+    fn default() -> Self {
+        Self {
+            per_claim: 4,
+            per_minute: 60,
+            max_preemptions: MAX_PREEMPTIONS,
+        }
+    }
+}
+
+/// When this process carried out its preemptions of the last minute.
+#[derive(Debug, Default)]
+pub(super) struct PreemptionClock(Mutex<VecDeque<Instant>>);
+
+impl PreemptionClock {
+    /// How many more preemptions `per_minute` allows now.
+    fn budget(&self, per_minute: usize) -> usize {
+        let mut recent = lock(&self.0);
+        let now = Instant::now();
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            recent.pop_front();
+        }
+        per_minute.saturating_sub(recent.len())
+    }
+
+    /// Counts `n` preemptions carried out now.
+    fn record(&self, n: usize) {
+        let now = Instant::now();
+        lock(&self.0).extend(std::iter::repeat_n(now, n));
+    }
+}
 
 /// The runs that claims in this process are assigning at the moment.
 #[derive(Debug, Default)]
@@ -97,6 +170,15 @@ struct Round {
     failure: Option<StoreError>,
 }
 
+/// A round's checked decision: what to place, and which held runs to preempt first.
+struct Checked {
+    placed: Vec<Placed>,
+    /// (held run, the pending run it makes room for, the strategy's reason).
+    evict: Vec<(HeldRun, PendingRun, String)>,
+    strategy: String,
+    refused: usize,
+}
+
 impl Service {
     /// Assigns up to `max` pending runs to `worker_id` and returns them, each naming its GPU.
     ///
@@ -116,37 +198,59 @@ impl Service {
         let ClaimView {
             worker,
             held,
-            mut pending,
+            pending,
             workers,
         } = view;
-        let mut held_by: HashMap<String, Vec<HeldRun>> = HashMap::new();
-        for run in held {
-            held_by.entry(run.worker_id.clone()).or_default().push(run);
-        }
-        let mine = held_by.remove(worker_id).unwrap_or_default();
-        let mut free = Capacity::free(&worker.resources, &mine);
-        let cluster = self.active_workers(&worker, &free, mine.len(), held_by, workers);
+        let (cluster, mut running) = self.active_workers(&worker, held, workers);
+        let mut pending = self.meeting_tags(&worker, pending, &cluster, now);
         let mut claimed = Vec::new();
         // Concurrent claimers see the same window and race for its best runs. A claimer that
         // loses a race asks the scheduler again without the runs it lost, a few times, so that
         // it does not come back empty-handed while work is pending.
         for _round in 0..CLAIM_ROUNDS {
             self.claims_in_flight.hide_taken(&mut pending);
+            let mine: Vec<HeldRun> = running
+                .iter()
+                .filter(|r| r.worker_id == worker_id)
+                .cloned()
+                .collect();
+            let mut cluster = cluster.clone();
+            let free = Capacity::free(&worker.resources, &mine);
+            cluster[0].free = free.clone();
+            cluster[0].running = mine.len();
             let request = ClaimRequest {
                 worker: &worker,
-                free: free.clone(),
+                free,
                 pending: &pending,
                 max: max - claimed.len(),
                 now,
                 cluster: &cluster,
+                running: &running,
+                queues: &self.queues,
+                usage: &[],
+                max_preemptions: self.preemption.max_preemptions,
             };
-            let placed = self.decide(&request).await;
-            if placed.is_empty() {
+            let checked = self.decide(&request, &mine).await;
+            if checked.placed.is_empty() && checked.evict.is_empty() {
                 break;
             }
-            let round = self.assign(worker_id, placed, now).await;
+            let (placed, _reserved) = self.claims_in_flight.reserve(checked.placed.clone());
+            let preempted = self.preempt(worker_id, &checked, now).await;
+            running.retain(|run| !preempted.contains(&run.id));
+            let round = self
+                .assign(worker_id, placed, checked.placed.len(), now)
+                .await;
             for (run, gpu) in round.assigned {
-                free.take(&run.constraints, gpu);
+                let mut held = HeldRun::of(&run).unwrap_or_else(|| HeldRun {
+                    id: run.id.clone(),
+                    worker_id: worker_id.to_owned(),
+                    constraints: run.constraints.clone(),
+                    gpu_id: None,
+                    priority: run.priority,
+                    facts: gyoza_core::RunFacts::of(&run),
+                });
+                held.gpu_id = gpu;
+                running.push(held);
                 claimed.push(WorkerOpRun {
                     gpu_id: gpu,
                     ..WorkerOpRun::from_run(&run)
@@ -170,16 +274,173 @@ impl Service {
         Ok(claimed)
     }
 
-    /// The scheduler's decision on `request`, checked: the runs to assign and their GPUs.
-    async fn decide(&self, request: &ClaimRequest<'_>) -> Vec<Placed> {
+    /// [`meeting_tags`] for this claim, noting why the runs no active worker meets wait.
+    fn meeting_tags(
+        &self,
+        worker: &Worker,
+        pending: Vec<PendingRun>,
+        cluster: &[ActiveWorker],
+        now: Timestamp,
+    ) -> Vec<PendingRun> {
+        let (kept, unmet) = meeting_tags(worker, pending, cluster);
+        for (run_id, reason) in unmet {
+            self.scheduler.note_pending(&run_id, reason, now);
+        }
+        kept
+    }
+
+    /// The scheduler's decision on `request`, checked: the runs to assign and their GPUs on
+    /// the capacity left once the allowed preemptions are carried out, and those preemptions.
+    async fn decide(&self, request: &ClaimRequest<'_>, mine: &[HeldRun]) -> Checked {
         let decision = self.scheduler.decide(request).await;
-        let placements = place(&request.free, request.pending, decision.chosen, request.max);
+        let strategy = decision
+            .strategy
+            .clone()
+            .unwrap_or_else(|| self.scheduler.name().to_owned());
+        let (evict, refused) = self.allowed_evictions(request, &decision, &strategy);
+        let free = if evict.is_empty() {
+            request.free.clone()
+        } else {
+            let left: Vec<HeldRun> = mine
+                .iter()
+                .filter(|run| !evict.iter().any(|(victim, ..)| victim.id == run.id))
+                .cloned()
+                .collect();
+            Capacity::free(&request.worker.resources, &left)
+        };
+        let placements = place(&free, request.pending, decision.chosen, request.max);
         self.report_dropped(&placements);
-        placements
+        let placed = placements
             .placed
             .iter()
             .map(|p| (request.pending[p.index].id.clone(), p.gpu))
-            .collect()
+            .collect();
+        Checked {
+            placed,
+            evict,
+            strategy,
+            refused,
+        }
+    }
+
+    /// The preemptions of `decision` the host's rules allow, and how many it refused.
+    fn allowed_evictions(
+        &self,
+        request: &ClaimRequest<'_>,
+        decision: &Decision,
+        strategy: &str,
+    ) -> (Vec<(HeldRun, PendingRun, String)>, usize) {
+        if decision.evictions.is_empty() {
+            return (Vec::new(), 0);
+        }
+        let rules = EvictionRules {
+            per_claim: self.preemption.per_claim,
+            budget: self.preemption_clock.budget(self.preemption.per_minute),
+            max_preemptions: self.preemption.max_preemptions,
+        };
+        let decided =
+            |i: usize| decision.chosen.contains(&i) || decision.deferred.binary_search(&i).is_ok();
+        let checked = check_evictions(
+            &request.worker.id,
+            request.running,
+            request.pending,
+            &decision.evictions,
+            decided,
+            rules,
+        );
+        if !checked.refused.is_empty() {
+            let count = |kind: EvictionRefusal| {
+                checked
+                    .refused
+                    .iter()
+                    .filter(|(_, why)| *why == kind)
+                    .count()
+            };
+            tracing::warn!(
+                strategy,
+                refused = checked.refused.len(),
+                unknown = count(EvictionRefusal::Unknown),
+                duplicate = count(EvictionRefusal::Duplicate),
+                elsewhere = count(EvictionRefusal::Elsewhere),
+                not_preemptible = count(EvictionRefusal::NotPreemptible),
+                not_decided = count(EvictionRefusal::NotDecided),
+                not_lower_priority = count(EvictionRefusal::NotLowerPriority),
+                over_cap = count(EvictionRefusal::OverCap),
+                "strategy asked for preemptions the host's rules refuse; ignored"
+            );
+        }
+        let allowed = checked
+            .accepted
+            .iter()
+            .map(|&i| {
+                let request_ = &decision.evictions[i];
+                (
+                    request.running[request_.run].clone(),
+                    request.pending[request_.for_run].clone(),
+                    request_.reason.clone(),
+                )
+            })
+            .collect();
+        (allowed, checked.refused.len())
+    }
+
+    /// Carries out the preemptions of `checked` (each a compare-and-set on its run) and
+    /// counts them against the strategy; returns the ids of the runs preempted.
+    async fn preempt(&self, worker_id: &str, checked: &Checked, now: Timestamp) -> Vec<String> {
+        let mut preempted = Vec::new();
+        let mut stale = 0;
+        for (victim, beneficiary, reason) in &checked.evict {
+            let (worker, by, strategy, reason) = (
+                worker_id.to_owned(),
+                beneficiary.id.clone(),
+                checked.strategy.clone(),
+                reason.clone(),
+            );
+            let (attempt, by_priority, max) = (
+                victim.facts.attempt,
+                beneficiary.priority,
+                self.preemption.max_preemptions,
+            );
+            let outcome = self
+                .update_run(
+                    &victim.id,
+                    Box::new(move |run| {
+                        let preemption = Preemption {
+                            by: &by,
+                            by_priority,
+                            strategy: &strategy,
+                            reason: &reason,
+                        };
+                        run.preempt(&worker, attempt, &preemption, max, now)
+                    }),
+                )
+                .await;
+            match outcome {
+                Ok(Some(_)) => {
+                    tracing::info!(
+                        run_id = %victim.id,
+                        by = %beneficiary.id,
+                        strategy = %checked.strategy,
+                        "run preempted"
+                    );
+                    preempted.push(victim.id.clone());
+                }
+                // It moved since the view was read (finished, cancelled, preempted by
+                // another claim): nothing to preempt.
+                Ok(None) | Err(StoreError::Rule(_)) => stale += 1,
+                Err(e) => {
+                    stale += 1;
+                    tracing::error!(run_id = %victim.id, error = %e, "preemption failed");
+                }
+            }
+        }
+        self.preemption_clock.record(preempted.len());
+        self.scheduler.record_evictions(
+            &checked.strategy,
+            preempted.len(),
+            checked.refused + stale,
+        );
+        preempted
     }
 
     /// Logs what the check dropped of a decision and tells the scheduler (for its stats).
@@ -197,16 +458,23 @@ impl Service {
         self.scheduler.record_dropped(strategy, placements);
     }
 
-    /// Reserves the placed runs and assigns those that still fit to `worker_id` in one
-    /// store write.
-    async fn assign(&self, worker_id: &str, placed: Vec<Placed>, now: Timestamp) -> Round {
-        let chosen = placed.len();
-        let (placed, _reserved) = self.claims_in_flight.reserve(placed);
-        // Runs another claim reserved first count as lost races.
+    /// Assigns the reserved `placed` runs that still fit to `worker_id` in one store write;
+    /// `chosen` placed runs were to be reserved (those another claim reserved first count
+    /// as lost races).
+    async fn assign(
+        &self,
+        worker_id: &str,
+        placed: Vec<Placed>,
+        chosen: usize,
+        now: Timestamp,
+    ) -> Round {
         let mut round = Round {
             lost_a_race: placed.len() != chosen,
             ..Round::default()
         };
+        if placed.is_empty() {
+            return round;
+        }
         let answers = self.store.assign_runs(worker_id, placed.clone(), now).await;
         for ((id, gpu), answer) in placed.into_iter().zip(answers) {
             match answer {
@@ -221,37 +489,115 @@ impl Service {
         round
     }
 
-    /// Every active worker with its free capacity; the requester first-hand (it may be the
-    /// only one whose heartbeat is fresh enough) and the others from the store.
+    /// Every active worker with its free capacity, the requester first (first-hand: it may
+    /// be the only one whose heartbeat is fresh enough), and the runs they hold.
     fn active_workers(
         &self,
         requester: &Worker,
-        requester_free: &Capacity,
-        requester_running: usize,
-        mut held: HashMap<String, Vec<HeldRun>>,
+        held: Vec<HeldRun>,
         workers: Vec<Worker>,
-    ) -> Vec<ActiveWorker> {
+    ) -> (Vec<ActiveWorker>, Vec<HeldRun>) {
         let now = self.clock.now();
-        let mut cluster = vec![ActiveWorker {
-            id: requester.id.clone(),
-            resources: requester.resources.clone(),
-            free: requester_free.clone(),
-            running: requester_running,
-        }];
-        for worker in workers {
-            if worker.id == requester.id || !worker.is_active(now, self.worker_timeout) {
-                continue;
-            }
-            let runs = held.remove(&worker.id).unwrap_or_default();
-            cluster.push(ActiveWorker {
-                free: Capacity::free(&worker.resources, &runs),
-                running: runs.len(),
-                id: worker.id,
-                resources: worker.resources,
-            });
+        let mut held_by: HashMap<&str, Vec<HeldRun>> = HashMap::new();
+        for run in &held {
+            held_by
+                .entry(run.worker_id.as_str())
+                .or_default()
+                .push(run.clone());
         }
-        cluster
+        let active = |worker: &Worker| {
+            let runs = held_by
+                .get(worker.id.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            ActiveWorker {
+                id: worker.id.clone(),
+                resources: worker.resources.clone(),
+                free: Capacity::free(&worker.resources, runs),
+                running: runs.len(),
+                tags: worker.tags.clone(),
+            }
+        };
+        let mut cluster = vec![active(requester)];
+        for worker in &workers {
+            if worker.id != requester.id && worker.is_active(now, self.worker_timeout) {
+                cluster.push(active(worker));
+            }
+        }
+        let ids: HashSet<&str> = cluster.iter().map(|w| w.id.as_str()).collect();
+        let running = held
+            .iter()
+            .filter(|run| ids.contains(run.worker_id.as_str()))
+            .cloned()
+            .collect();
+        (cluster, running)
     }
+}
+
+/// The runs of `pending` whose required tags `worker` meets (a GPU run that meets them on
+/// some of its GPUs only is kept to those), and for the first few dropped runs that no active
+/// worker of `cluster` meets, (run id, why).
+pub(crate) fn meeting_tags(
+    worker: &Worker,
+    pending: Vec<PendingRun>,
+    cluster: &[ActiveWorker],
+) -> (Vec<PendingRun>, Vec<(String, String)>) {
+    let mut unmet = Vec::new();
+    let mut looked = 0;
+    let mut kept = Vec::with_capacity(pending.len());
+    for mut run in pending {
+        let tags = &run.constraints.tags;
+        if tags.is_empty() {
+            kept.push(run);
+            continue;
+        }
+        let needs_gpu = run.constraints.vram_mb.unwrap_or(0) > 0;
+        match tag_fit(tags, &worker.tags, &worker.resources.gpus, needs_gpu) {
+            Ok(only) => {
+                run.only_gpus = only;
+                kept.push(run);
+            }
+            Err(_) if looked < TAG_REASONS => {
+                looked += 1;
+                if let Some(reason) = unmet_tags(&run, cluster) {
+                    unmet.push((run.id, reason));
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    (kept, unmet)
+}
+
+/// Why no active worker of `cluster` meets `run`'s required tags, naming what is missing;
+/// `None` when one does (the run waits for that worker).
+fn unmet_tags(run: &PendingRun, cluster: &[ActiveWorker]) -> Option<String> {
+    let tags = &run.constraints.tags;
+    let needs_gpu = run.constraints.vram_mb.unwrap_or(0) > 0;
+    if cluster
+        .iter()
+        .any(|w| tag_fit(tags, &w.tags, &w.resources.gpus, needs_gpu).is_ok())
+    {
+        return None;
+    }
+    let has = |w: &ActiveWorker, tag: &String| {
+        w.tags.contains(tag) || (needs_gpu && w.resources.gpus.iter().any(|g| g.tags.contains(tag)))
+    };
+    let nowhere: Vec<String> = tags
+        .iter()
+        .filter(|tag| !cluster.iter().any(|w| has(w, tag)))
+        .map(|tag| format!("'{tag}'"))
+        .collect();
+    Some(match nowhere.as_slice() {
+        [] => format!(
+            "needs tags {} together: no active worker has them all",
+            tags.iter()
+                .map(|t| format!("'{t}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        [one] => format!("needs tag {one}: no active worker has it"),
+        many => format!("needs tags {}: no active worker has them", many.join(", ")),
+    })
 }
 
 #[cfg(test)]
@@ -265,6 +611,8 @@ mod tests {
                 priority: 0,
                 created_at: chrono::Utc::now(),
                 constraints: Default::default(),
+                facts: Default::default(),
+                only_gpus: None,
             })
             .collect()
     }

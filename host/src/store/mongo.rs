@@ -68,7 +68,8 @@ use gyoza_core::definition::compare_versions;
 use gyoza_core::run::EventEntry;
 use gyoza_core::time::{Timestamp, from_micros, to_micros};
 use gyoza_core::{
-    Capacity, Constraints, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun, Worker,
+    Capacity, Constraints, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState, PendingRun,
+    RunFacts, Worker,
 };
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::{ClientOptions, IndexOptions};
@@ -215,6 +216,7 @@ fn run_document(run: &OpRun, rev: i64, deliver_at_us: Option<i64>) -> Result<Doc
             "ram_mb": optional(run.constraints.ram_mb.map(|v| v as i64)),
             "vram_mb": optional(run.constraints.vram_mb.map(|v| v as i64)),
             "gpu_id": optional(run.current().execution_summary.gpu_id.map(i64::from)),
+            "facts": super::sched_json(run)?,
         },
         // The events loaded in `run` stay inline (those its last change appended).
         "doc": to_json(&run.stored(true))?,
@@ -231,9 +233,12 @@ fn decode_run(document: &Document) -> Result<OpRun, StoreError> {
 }
 
 /// What scheduling reads of a run: its `sched` fields, so that a claim does not decode run
-/// documents. `None` for a document written before those fields existed.
-fn sched_fields(document: &Document) -> Option<(Constraints, Option<u32>)> {
+/// documents. `None` for a document written before those fields existed (or before they held
+/// the run's facts), which must be read whole.
+fn sched_fields(document: &Document) -> Option<(Constraints, Option<u32>, RunFacts)> {
     let sched = document.get_document("sched").ok()?;
+    let id = document.get_str("_id").ok()?;
+    let (facts, tags) = super::sched_facts(id, Some(sched.get_str("facts").ok()?)).ok()?;
     let number = |key: &str| match sched.get(key) {
         Some(Bson::Int64(v)) => Some(*v),
         Some(Bson::Int32(v)) => Some(i64::from(*v)),
@@ -244,32 +249,38 @@ fn sched_fields(document: &Document) -> Option<(Constraints, Option<u32>)> {
             cpu: number("cpu").map(|v| v as u32),
             ram_mb: number("ram_mb").map(|v| v as u64),
             vram_mb: number("vram_mb").map(|v| v as u64),
+            tags,
             ..Constraints::default()
         },
         number("gpu_id").map(|v| v as u32),
+        facts,
     ))
 }
 
 /// The pending view of a run document from its columns; `None` for a document written
 /// before the `sched` fields existed, which must be read whole.
 fn pending_run(document: &Document) -> Option<PendingRun> {
-    let (constraints, _) = sched_fields(document)?;
+    let (constraints, _, facts) = sched_fields(document)?;
     Some(PendingRun {
         id: document.get_str("_id").ok()?.to_owned(),
         priority: document.get_i64("priority").ok()?,
         created_at: from_micros(document.get_i64("created_us").ok()?),
         constraints,
+        facts,
+        only_gpus: None,
     })
 }
 
 /// The held view of a run document from its columns; `None` as for [`pending_run`].
 fn held_run(document: &Document) -> Option<HeldRun> {
-    let (constraints, gpu_id) = sched_fields(document)?;
+    let (constraints, gpu_id, facts) = sched_fields(document)?;
     Some(HeldRun {
         id: document.get_str("_id").ok()?.to_owned(),
         worker_id: document.get_str("worker_id").ok()?.to_owned(),
         constraints,
         gpu_id,
+        priority: document.get_i64("priority").ok()?,
+        facts,
     })
 }
 

@@ -149,7 +149,22 @@ CREATE TABLE deliveries (
     doc      TEXT NOT NULL
 );
 "#,
+    // What strategies see of a run beyond its figures (queue, labels, required tags, ...:
+    // `store::sched_json`), in the two covering indexes too; `migrate` then fills it in for
+    // the live runs, in the same transaction.
+    r#"
+ALTER TABLE runs ADD COLUMN sched TEXT;
+DROP INDEX runs_pending;
+CREATE INDEX runs_pending ON runs (priority DESC, created_at, seq, available_at, id, cpu, ram_mb, vram_mb, sched)
+    WHERE state = 'PENDING';
+DROP INDEX runs_held;
+CREATE INDEX runs_held ON runs (worker_id, state, id, cpu, ram_mb, vram_mb, gpu_id, priority, sched)
+    WHERE state IN ('ASSIGNED', 'RUNNING');
+"#,
 ];
+
+/// The schema version from which runs keep their scheduling facts (`sched`).
+const SCHED_FACTS: usize = 6;
 
 /// The schema version from which events live in the `events` table.
 const EVENTS_APART: usize = 4;
@@ -226,6 +241,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     if version < EVENTS_APART {
         move_events_out(&tx)?;
     }
+    if version < SCHED_FACTS {
+        fill_sched_facts(&tx)?;
+    }
     tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
     tx.commit().map_err(StoreError::backend)
 }
@@ -253,6 +271,25 @@ fn move_events_out(conn: &Connection) -> Result<(), StoreError> {
             events = moved,
             "moved the runs' events into their own table"
         );
+    }
+    Ok(())
+}
+
+/// Writes the scheduling facts of every live run (pending or held), which a claim reads; the
+/// others get theirs when they are next written.
+fn fill_sched_facts(conn: &Connection) -> Result<(), StoreError> {
+    let ids: Vec<String> = {
+        let mut stmt = conn.prepare(
+            "SELECT id FROM runs WHERE state IN ('PENDING', 'ASSIGNED', 'RUNNING') ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut update = conn.prepare("UPDATE runs SET sched = ?2 WHERE id = ?1")?;
+    for id in &ids {
+        if let Some(run) = read_run(conn, id)? {
+            update.execute(params![id, super::sched_json(&run)?])?;
+        }
     }
     Ok(())
 }
@@ -287,13 +324,13 @@ fn write_row(conn: &Connection, run: &OpRun, insert: bool) -> Result<(), StoreEr
     let doc = to_json(&run.stored(false))?;
     let sql = if insert {
         "INSERT INTO runs (id, state, priority, created_at, available_at, op_definition, image, worker_id, doc,
-                          cpu, ram_mb, vram_mb, gpu_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                          cpu, ram_mb, vram_mb, gpu_id, sched)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
     } else {
         // Only what a run's life changes: SQLite then leaves the indexes on creation time,
         // definition and image alone.
         "UPDATE runs SET state = ?2, priority = ?3, available_at = ?5, worker_id = ?8, doc = ?9,
-         cpu = ?10, ram_mb = ?11, vram_mb = ?12, gpu_id = ?13 WHERE id = ?1"
+         cpu = ?10, ram_mb = ?11, vram_mb = ?12, gpu_id = ?13, sched = ?14 WHERE id = ?1"
     };
     let constraints = &run.constraints;
     conn.prepare_cached(sql)?.execute(params![
@@ -310,6 +347,7 @@ fn write_row(conn: &Connection, run: &OpRun, insert: bool) -> Result<(), StoreEr
         constraints.ram_mb.map(|v| v as i64),
         constraints.vram_mb.map(|v| v as i64),
         run.current().execution_summary.gpu_id,
+        super::sched_json(run)?,
     ])?;
     Ok(())
 }
@@ -336,26 +374,37 @@ fn pending_window_blocking(
     limit: usize,
 ) -> Result<Vec<PendingRun>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, priority, created_at, cpu, ram_mb, vram_mb
+        "SELECT id, priority, created_at, cpu, ram_mb, vram_mb, sched
              FROM runs INDEXED BY runs_pending
              WHERE state = 'PENDING' AND (available_at IS NULL OR available_at <= ?1)
              ORDER BY priority DESC, created_at ASC, seq ASC LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![to_micros(&now), limit as i64], |r| {
-        Ok(PendingRun {
-            id: r.get(0)?,
-            priority: r.get(1)?,
-            created_at: from_micros(r.get(2)?),
-            constraints: constraints(r, 3)?,
-        })
+        Ok((
+            PendingRun {
+                id: r.get(0)?,
+                priority: r.get(1)?,
+                created_at: from_micros(r.get(2)?),
+                constraints: constraints(r, 3)?,
+                facts: Default::default(),
+                only_gpus: None,
+            },
+            r.get::<_, Option<String>>(6)?,
+        ))
     })?;
-    rows.collect::<Result<_, _>>().map_err(StoreError::backend)
+    let mut pending = Vec::new();
+    for row in rows {
+        let (mut run, sched) = row?;
+        (run.facts, run.constraints.tags) = super::sched_facts(&run.id, sched.as_deref())?;
+        pending.push(run);
+    }
+    Ok(pending)
 }
 
 /// Every held run, from the partial index `runs_held` alone.
 fn held_runs_blocking(conn: &Connection) -> Result<Vec<HeldRun>, StoreError> {
     let stmt = conn.prepare_cached(
-        "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id
+        "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id, priority, sched
              FROM runs INDEXED BY runs_held
              WHERE state IN ('ASSIGNED', 'RUNNING') AND worker_id IS NOT NULL",
     )?;
@@ -365,27 +414,39 @@ fn held_runs_blocking(conn: &Connection) -> Result<Vec<HeldRun>, StoreError> {
 /// The runs `worker_id` holds, from the partial index `runs_held` alone.
 fn held_on_worker_blocking(conn: &Connection, worker_id: &str) -> Result<Vec<HeldRun>, StoreError> {
     let stmt = conn.prepare_cached(
-        "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id
+        "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id, priority, sched
              FROM runs INDEXED BY runs_held
              WHERE state IN ('ASSIGNED', 'RUNNING') AND worker_id = ?1",
     )?;
     held_rows(stmt, &[SqlValue::Text(worker_id.to_owned())])
 }
 
-/// The held runs a `SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id` answers.
+/// The held runs a `SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id, priority, sched`
+/// answers.
 fn held_rows(
     mut stmt: rusqlite::CachedStatement<'_>,
     values: &[SqlValue],
 ) -> Result<Vec<HeldRun>, StoreError> {
     let rows = stmt.query_map(params_from_iter(values), |r| {
-        Ok(HeldRun {
-            id: r.get(0)?,
-            worker_id: r.get(1)?,
-            constraints: constraints(r, 2)?,
-            gpu_id: r.get(5)?,
-        })
+        Ok((
+            HeldRun {
+                id: r.get(0)?,
+                worker_id: r.get(1)?,
+                constraints: constraints(r, 2)?,
+                gpu_id: r.get(5)?,
+                priority: r.get(6)?,
+                facts: Default::default(),
+            },
+            r.get::<_, Option<String>>(7)?,
+        ))
     })?;
-    rows.collect::<Result<_, _>>().map_err(StoreError::backend)
+    let mut held = Vec::new();
+    for row in rows {
+        let (mut run, sched) = row?;
+        (run.facts, run.constraints.tags) = super::sched_facts(&run.id, sched.as_deref())?;
+        held.push(run);
+    }
+    Ok(held)
 }
 
 /// Assigns each of `placements` to `worker_id` if it is PENDING and fits the capacity the
@@ -1364,7 +1425,7 @@ mod tests {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .unwrap();
         conn.execute_batch(
-            "DROP INDEX runs_pending; DROP INDEX runs_held;
+            "DROP INDEX runs_pending; DROP INDEX runs_held; ALTER TABLE runs DROP COLUMN sched;
              DROP INDEX runs_to_deliver; ALTER TABLE runs DROP COLUMN deliver_at;
              DROP TABLE deliveries;
              ALTER TABLE runs DROP COLUMN cpu; ALTER TABLE runs DROP COLUMN ram_mb;
@@ -1385,6 +1446,11 @@ mod tests {
                 worker_id: "w1".into(),
                 constraints: held.constraints.clone(),
                 gpu_id: Some(3),
+                priority: held.priority,
+                facts: gyoza_core::RunFacts {
+                    assigned_at: Some(now),
+                    ..gyoza_core::RunFacts::of(&held)
+                },
             }]
         );
     }
@@ -1479,7 +1545,13 @@ mod tests {
             .unwrap();
         conn.execute_batch(
             "DROP TABLE events; DROP INDEX runs_to_deliver; ALTER TABLE runs DROP COLUMN deliver_at;
-             DROP TABLE deliveries; PRAGMA user_version = 3;",
+             DROP TABLE deliveries;
+             DROP INDEX runs_pending; DROP INDEX runs_held; ALTER TABLE runs DROP COLUMN sched;
+             CREATE INDEX runs_pending ON runs (priority DESC, created_at, seq, available_at, id, cpu, ram_mb, vram_mb)
+                 WHERE state = 'PENDING';
+             CREATE INDEX runs_held ON runs (worker_id, state, id, cpu, ram_mb, vram_mb, gpu_id)
+                 WHERE state IN ('ASSIGNED', 'RUNNING');
+             PRAGMA user_version = 3;",
         )
             .unwrap();
         conn.execute(
@@ -1555,7 +1627,7 @@ mod tests {
             rows.join("; ")
         };
         let window = plan(
-            "SELECT id, priority, created_at, cpu, ram_mb, vram_mb FROM runs INDEXED BY runs_pending
+            "SELECT id, priority, created_at, cpu, ram_mb, vram_mb, sched FROM runs INDEXED BY runs_pending
              WHERE state = 'PENDING' AND (available_at IS NULL OR available_at <= 5)
              ORDER BY priority DESC, created_at ASC, seq ASC LIMIT 1000",
         );
@@ -1564,7 +1636,7 @@ mod tests {
             "no table access, no sort"
         );
         let held = plan(
-            "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id FROM runs INDEXED BY runs_held
+            "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id, priority, sched FROM runs INDEXED BY runs_held
              WHERE state IN ('ASSIGNED', 'RUNNING') AND worker_id IS NOT NULL",
         );
         assert!(

@@ -1,12 +1,15 @@
-//! Between the host's view of a claim and the WIT records: the compact `claim` (0.2.0
-//! columns) a plugin decides from, and its answer as the raw [`Decision`] the claim checks
-//! (indices into the pending window, in the plugin's order, and the reasons it gave).
+//! Between the host's view of a claim and the WIT records: the compact `claim` (1.0.0
+//! columns and string table) a plugin decides from, and its answer as the raw [`Decision`]
+//! the claim checks (indices into the pending window, in the plugin's order, the reasons it
+//! gave and the preemptions it asked for).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use gyoza_core::{Capacity, Resources};
+use gyoza_core::placement::EvictionRequest;
+use gyoza_core::resources::Labels;
+use gyoza_core::{Capacity, HeldRun, Resources};
 
-use super::wit::{self, Claim, Gpus, PendingRuns, Workers};
+use super::wit::{self, Claim, Gpus, PendingRuns, Queues, RunningRuns, Workers};
 use crate::scheduler::{ClaimRequest, Decision};
 
 /// Reasons kept per claim: strategies should only explain the first few runs they defer, and
@@ -16,24 +19,89 @@ pub(super) const REASONS_KEPT: usize = 16;
 /// Longest reason kept, in characters.
 const REASON_CHARS: usize = 300;
 
-fn push_worker(
+/// `running-runs.gpu` of a run that holds no GPU.
+const NO_GPU: u32 = u32::MAX;
+
+/// `queues.quota-*` of a queue without that quota.
+const NO_QUOTA: u64 = u64::MAX;
+
+/// The claim's string table: each distinct string once, entry 0 the empty string.
+struct Strings<'a> {
+    list: Vec<String>,
+    index: HashMap<&'a str, u32>,
+}
+
+impl<'a> Strings<'a> {
+    fn new() -> Self {
+        Self {
+            list: vec![String::new()],
+            index: HashMap::from([("", 0)]),
+        }
+    }
+
+    fn id(&mut self, text: &'a str) -> u32 {
+        if let Some(&id) = self.index.get(text) {
+            return id;
+        }
+        let id = self.list.len() as u32;
+        self.list.push(text.to_owned());
+        self.index.insert(text, id);
+        id
+    }
+}
+
+/// The flat lists rows name ranges of: tags, and labels as (key, value) pairs.
+struct Flat<'a> {
+    strings: Strings<'a>,
+    tags: Vec<u32>,
+    labels: wit::Labels,
+}
+
+impl<'a> Flat<'a> {
+    /// Appends `tags`; returns (start, count).
+    fn tags(&mut self, tags: &'a [String]) -> (u32, u32) {
+        let start = self.tags.len() as u32;
+        for tag in tags {
+            let id = self.strings.id(tag);
+            self.tags.push(id);
+        }
+        (start, tags.len() as u32)
+    }
+
+    /// Appends `labels`; returns (start, count).
+    fn labels(&mut self, labels: &'a Labels) -> (u32, u32) {
+        let start = self.labels.key.len() as u32;
+        for (key, value) in labels {
+            let (key, value) = (self.strings.id(key), self.strings.id(value));
+            self.labels.key.push(key);
+            self.labels.value.push(value);
+        }
+        (start, labels.len() as u32)
+    }
+}
+
+fn push_worker<'a>(
+    flat: &mut Flat<'a>,
     workers: &mut Workers,
     gpus: &mut Gpus,
-    resources: &Resources,
+    (resources, tags): (&'a Resources, &'a [String]),
     free: &Capacity,
     running: usize,
 ) {
     let gpu_start = gpus.id.len() as u32;
     for &(id, free_vram) in &free.gpus {
-        let total = resources
-            .gpus
-            .iter()
-            .find(|g| g.id == id)
-            .map_or(0, |g| g.vram_mb);
+        let gpu = resources.gpus.iter().find(|g| g.id == id);
+        let (start, count) = match gpu {
+            Some(gpu) => flat.tags(&gpu.tags),
+            None => (flat.tags.len() as u32, 0),
+        };
         gpus.id.push(id);
-        gpus.vram_mb.push(total);
+        gpus.vram_mb.push(gpu.map_or(0, |g| g.vram_mb));
         gpus.free_vram_mb.push(free_vram);
+        gpus.tag_start.push(start);
+        gpus.tag_count.push(count);
     }
+    let (tag_start, tag_count) = flat.tags(tags);
     workers.cpu_cores.push(resources.cpu_cores);
     workers.ram_mb.push(resources.ram_mb);
     workers.free_cpu.push(free.cpu);
@@ -41,6 +109,8 @@ fn push_worker(
     workers.gpu_start.push(gpu_start);
     workers.gpu_count.push(gpus.id.len() as u32 - gpu_start);
     workers.running.push(running as u32);
+    workers.tag_start.push(tag_start);
+    workers.tag_count.push(tag_count);
 }
 
 fn workers_with_capacity(n: usize) -> Workers {
@@ -52,20 +122,32 @@ fn workers_with_capacity(n: usize) -> Workers {
         gpu_start: Vec::with_capacity(n),
         gpu_count: Vec::with_capacity(n),
         running: Vec::with_capacity(n),
+        tag_start: Vec::with_capacity(n),
+        tag_count: Vec::with_capacity(n),
     }
 }
 
-/// The WIT claim for `request`, as columns (`gyoza:scheduler@0.2.0`). The requester's
-/// capacity is the request's own (read for this claim), whether or not the cluster listing
-/// has it.
+/// The WIT claim for `request` (`gyoza:scheduler@1.0.0`). The requester's capacity is the
+/// request's own (read for this claim), whether or not the cluster listing has it.
 pub(super) fn claim(request: &ClaimRequest<'_>) -> Claim {
+    let mut flat = Flat {
+        strings: Strings::new(),
+        tags: Vec::new(),
+        labels: wit::Labels {
+            key: Vec::new(),
+            value: Vec::new(),
+        },
+    };
     let mut workers = workers_with_capacity(request.cluster.len() + 1);
     let mut gpus = Gpus {
         id: Vec::new(),
         vram_mb: Vec::new(),
         free_vram_mb: Vec::new(),
+        tag_start: Vec::new(),
+        tag_count: Vec::new(),
     };
     let mut requester = None;
+    let mut worker_index: HashMap<&str, u32> = HashMap::with_capacity(request.cluster.len());
     for worker in request.cluster {
         let free = if worker.id == request.worker.id {
             requester = Some(workers.free_cpu.len());
@@ -73,24 +155,47 @@ pub(super) fn claim(request: &ClaimRequest<'_>) -> Claim {
         } else {
             &worker.free
         };
+        worker_index.insert(&worker.id, workers.free_cpu.len() as u32);
         push_worker(
+            &mut flat,
             &mut workers,
             &mut gpus,
-            &worker.resources,
+            (&worker.resources, &worker.tags),
             free,
             worker.running,
         );
     }
     let requester = requester.unwrap_or_else(|| {
+        worker_index.insert(&request.worker.id, workers.free_cpu.len() as u32);
         push_worker(
+            &mut flat,
             &mut workers,
             &mut gpus,
-            &request.worker.resources,
+            (&request.worker.resources, &request.worker.tags),
             &request.free,
             0,
         );
         workers.free_cpu.len() - 1
     });
+    let pending = pending_runs(request, &mut flat);
+    let running = running_runs(request, &mut flat, &worker_index, &workers, &gpus);
+    let queues = queues(request, &mut flat);
+    Claim {
+        requester: requester as u32,
+        max: request.max.min(u32::MAX as usize) as u32,
+        strings: flat.strings.list,
+        tags: flat.tags,
+        labels: flat.labels,
+        workers,
+        gpus,
+        pending,
+        running,
+        queues,
+        usage_half_life_s: request.queues.half_life_s,
+    }
+}
+
+fn pending_runs<'a>(request: &ClaimRequest<'a>, flat: &mut Flat<'a>) -> PendingRuns {
     let n = request.pending.len();
     let mut pending = PendingRuns {
         priority: Vec::with_capacity(n),
@@ -98,8 +203,18 @@ pub(super) fn claim(request: &ClaimRequest<'_>) -> Claim {
         ram_mb: Vec::with_capacity(n),
         vram_mb: Vec::with_capacity(n),
         waited_ms: Vec::with_capacity(n),
+        queue: Vec::with_capacity(n),
+        definition: Vec::with_capacity(n),
+        image: Vec::with_capacity(n),
+        attempt: Vec::with_capacity(n),
+        preemptible: Vec::with_capacity(n),
+        tag_start: Vec::with_capacity(n),
+        tag_count: Vec::with_capacity(n),
+        label_start: Vec::with_capacity(n),
+        label_count: Vec::with_capacity(n),
     };
     for run in request.pending {
+        let facts = &run.facts;
         pending.priority.push(run.priority);
         pending.cpu.push(run.constraints.cpu.unwrap_or(0));
         pending.ram_mb.push(run.constraints.ram_mb.unwrap_or(0));
@@ -107,19 +222,192 @@ pub(super) fn claim(request: &ClaimRequest<'_>) -> Claim {
         pending
             .waited_ms
             .push((request.now - run.created_at).num_milliseconds().max(0) as u64);
+        pending.queue.push(flat.strings.id(&facts.queue));
+        pending
+            .definition
+            .push(flat.strings.id(facts.definition.as_deref().unwrap_or("")));
+        pending.image.push(flat.strings.id(&facts.image));
+        pending.attempt.push(facts.attempt);
+        pending.preemptible.push(facts.preemptible);
+        let (start, count) = flat.tags(&run.constraints.tags);
+        pending.tag_start.push(start);
+        pending.tag_count.push(count);
+        let (start, count) = flat.labels(&facts.labels);
+        pending.label_start.push(start);
+        pending.label_count.push(count);
     }
-    Claim {
-        requester: requester as u32,
-        max: request.max.min(u32::MAX as usize) as u32,
-        workers,
-        gpus,
-        pending,
-    }
+    pending
 }
 
-/// The plugin's `answer` as a [`Decision`] on a window of `pending` runs: its choices as they
-/// are (the claim checks them), and at most [`REASONS_KEPT`] reasons, trimmed to
-/// [`REASON_CHARS`], for runs of the window it did not choose.
+/// Whether a strategy may preempt `run` (the host's rules bar one preempted too often).
+fn preemptible(request: &ClaimRequest<'_>, run: &HeldRun) -> bool {
+    run.facts.preemptible && run.facts.preemptions < request.max_preemptions
+}
+
+fn running_runs<'a>(
+    request: &ClaimRequest<'a>,
+    flat: &mut Flat<'a>,
+    worker_index: &HashMap<&str, u32>,
+    workers: &Workers,
+    gpus: &Gpus,
+) -> RunningRuns {
+    let n = request.running.len();
+    let mut running = RunningRuns {
+        worker: Vec::with_capacity(n),
+        gpu: Vec::with_capacity(n),
+        priority: Vec::with_capacity(n),
+        cpu: Vec::with_capacity(n),
+        ram_mb: Vec::with_capacity(n),
+        vram_mb: Vec::with_capacity(n),
+        ran_ms: Vec::with_capacity(n),
+        queue: Vec::with_capacity(n),
+        definition: Vec::with_capacity(n),
+        image: Vec::with_capacity(n),
+        preemptible: Vec::with_capacity(n),
+        label_start: Vec::with_capacity(n),
+        label_count: Vec::with_capacity(n),
+    };
+    for run in request.running {
+        // The claim's request holds the runs of its cluster's workers only.
+        let worker = worker_index
+            .get(run.worker_id.as_str())
+            .copied()
+            .unwrap_or(0);
+        let gpu = run
+            .gpu_id
+            .and_then(|id| {
+                let start = *workers.gpu_start.get(worker as usize)? as usize;
+                let count = *workers.gpu_count.get(worker as usize)? as usize;
+                let position = gpus.id[start..start + count]
+                    .iter()
+                    .position(|g| *g == id)?;
+                Some((start + position) as u32)
+            })
+            .unwrap_or(NO_GPU);
+        let facts = &run.facts;
+        running.worker.push(worker);
+        running.gpu.push(gpu);
+        running.priority.push(run.priority);
+        running.cpu.push(run.constraints.cpu.unwrap_or(0));
+        running.ram_mb.push(run.constraints.ram_mb.unwrap_or(0));
+        running.vram_mb.push(run.constraints.vram_mb.unwrap_or(0));
+        running.ran_ms.push(ran_ms(request, run));
+        running.queue.push(flat.strings.id(&facts.queue));
+        running
+            .definition
+            .push(flat.strings.id(facts.definition.as_deref().unwrap_or("")));
+        running.image.push(flat.strings.id(&facts.image));
+        running.preemptible.push(preemptible(request, run));
+        let (start, count) = flat.labels(&facts.labels);
+        running.label_start.push(start);
+        running.label_count.push(count);
+    }
+    running
+}
+
+/// How long `run`'s attempt has been held, in milliseconds.
+fn ran_ms(request: &ClaimRequest<'_>, run: &HeldRun) -> u64 {
+    run.facts
+        .assigned_at
+        .map_or(0, |at| (request.now - at).num_milliseconds().max(0) as u64)
+}
+
+/// What a queue holds and waits for, as `queues` shows it.
+#[derive(Default)]
+struct QueueRow {
+    running: u32,
+    cpu: u64,
+    ram_mb: u64,
+    vram_mb: u64,
+    pending: u32,
+    decayed: [f64; 3],
+}
+
+/// Every configured queue and every queue of a pending or held run, by name, with its usage.
+fn queues<'a>(request: &ClaimRequest<'a>, flat: &mut Flat<'a>) -> Queues {
+    let half_life = f64::from(request.queues.half_life_s.max(1));
+    let mut rows: BTreeMap<&'a str, QueueRow> = request
+        .queues
+        .queues
+        .keys()
+        .map(|name| (name.as_str(), QueueRow::default()))
+        .collect();
+    for run in request.pending {
+        rows.entry(&run.facts.queue).or_default().pending += 1;
+    }
+    for run in request.running {
+        let row = rows.entry(&run.facts.queue).or_default();
+        let c = &run.constraints;
+        let held = [
+            u64::from(c.cpu.unwrap_or(0)),
+            c.ram_mb.unwrap_or(0),
+            c.vram_mb.unwrap_or(0),
+        ];
+        row.running += 1;
+        row.cpu = row.cpu.saturating_add(held[0]);
+        row.ram_mb = row.ram_mb.saturating_add(held[1]);
+        row.vram_mb = row.vram_mb.saturating_add(held[2]);
+        // Held since its assignment: ∫ 2^(-age / h) over the time held is
+        // h / ln 2 · (1 - 2^(-held / h)).
+        let seconds = ran_ms(request, run) as f64 / 1000.0;
+        let weight = half_life / std::f64::consts::LN_2 * (1.0 - (-seconds / half_life).exp2());
+        for (sum, amount) in row.decayed.iter_mut().zip(held) {
+            *sum += amount as f64 * weight;
+        }
+    }
+    for (name, usage) in request.usage {
+        if let Some(row) = rows.get_mut(name.as_str()) {
+            for (sum, ended) in row.decayed.iter_mut().zip(usage) {
+                *sum += ended;
+            }
+        }
+    }
+    let n = rows.len();
+    let mut queues = Queues {
+        name: Vec::with_capacity(n),
+        weight: Vec::with_capacity(n),
+        quota_cpu: Vec::with_capacity(n),
+        quota_ram_mb: Vec::with_capacity(n),
+        quota_vram_mb: Vec::with_capacity(n),
+        quota_runs: Vec::with_capacity(n),
+        running: Vec::with_capacity(n),
+        cpu: Vec::with_capacity(n),
+        ram_mb: Vec::with_capacity(n),
+        vram_mb: Vec::with_capacity(n),
+        pending: Vec::with_capacity(n),
+        cpu_seconds: Vec::with_capacity(n),
+        ram_mb_seconds: Vec::with_capacity(n),
+        vram_mb_seconds: Vec::with_capacity(n),
+    };
+    for (name, row) in rows {
+        let config = request.queues.get(name);
+        queues.name.push(flat.strings.id(name));
+        queues.weight.push(config.weight);
+        queues.quota_cpu.push(config.quota.cpu.unwrap_or(NO_QUOTA));
+        queues
+            .quota_ram_mb
+            .push(config.quota.ram_mb.unwrap_or(NO_QUOTA));
+        queues
+            .quota_vram_mb
+            .push(config.quota.vram_mb.unwrap_or(NO_QUOTA));
+        queues
+            .quota_runs
+            .push(config.quota.runs.unwrap_or(NO_QUOTA));
+        queues.running.push(row.running);
+        queues.cpu.push(row.cpu);
+        queues.ram_mb.push(row.ram_mb);
+        queues.vram_mb.push(row.vram_mb);
+        queues.pending.push(row.pending);
+        queues.cpu_seconds.push(row.decayed[0]);
+        queues.ram_mb_seconds.push(row.decayed[1]);
+        queues.vram_mb_seconds.push(row.decayed[2]);
+    }
+    queues
+}
+
+/// The plugin's `answer` as a [`Decision`] on a window of `pending` runs: its choices and
+/// preemptions as they are (the claim checks them), and at most [`REASONS_KEPT`] reasons,
+/// trimmed to [`REASON_CHARS`], for runs of the window it did not choose.
 pub(super) fn decision(pending: usize, answer: &wit::Decision) -> Decision {
     let chosen: Vec<usize> = answer.assign.iter().map(|&i| i as usize).collect();
     let picked: HashSet<usize> = chosen.iter().copied().collect();
@@ -131,7 +419,26 @@ pub(super) fn decision(pending: usize, answer: &wit::Decision) -> Decision {
         .take(REASONS_KEPT)
         .map(|(run, reason)| (run, reason.chars().take(REASON_CHARS).collect()))
         .collect();
-    Decision { chosen, reasons }
+    // Runs deferred without a kept reason still count as decided for a preemption.
+    let mut deferred: Vec<usize> = answer.deferred.iter().map(|d| d.run as usize).collect();
+    deferred.sort_unstable();
+    deferred.dedup();
+    let evictions = answer
+        .evict
+        .iter()
+        .map(|eviction| EvictionRequest {
+            run: eviction.run as usize,
+            for_run: eviction.for_run as usize,
+            reason: eviction.reason.trim().chars().take(REASON_CHARS).collect(),
+        })
+        .collect();
+    Decision {
+        chosen,
+        reasons,
+        deferred,
+        evictions,
+        strategy: None,
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +450,7 @@ mod tests {
     fn choices_pass_as_they_are_and_reasons_are_bounded() {
         let deferral = |run: u32, reason: &str| Deferral {
             run,
+            code: wit::WaitCode::Other,
             reason: reason.into(),
         };
         let mut deferred = vec![
@@ -155,6 +463,7 @@ mod tests {
         let answer = wit::Decision {
             assign: vec![0, 7, 0],
             deferred,
+            evict: Vec::new(),
         };
         let decision = decision(4, &answer);
         assert_eq!(decision.chosen, [0, 7, 0], "the claim checks the choices");

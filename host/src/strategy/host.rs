@@ -182,9 +182,10 @@ impl StrategyHost {
             .record_call(&plugin.name, elapsed, failure.clone());
         match outcome {
             Ok(answer) => {
-                let decision = convert::decision(request.pending.len(), &answer);
+                let mut decision = convert::decision(request.pending.len(), &answer);
                 self.inner.notes.record(&plugin.name, request, &decision);
                 *lock(&self.inner.last_decider) = Some(plugin.name.clone());
+                decision.strategy = Some(plugin.name.clone());
                 decision
             }
             Err(failure) => {
@@ -206,8 +207,9 @@ impl StrategyHost {
         }
         match call(self.inner.fallback.clone(), claim).await.0 {
             Ok(answer) => {
-                let decision = convert::decision(request.pending.len(), &answer);
+                let mut decision = convert::decision(request.pending.len(), &answer);
                 self.inner.notes.record(FALLBACK_NOTE, request, &decision);
+                decision.strategy = Some(FALLBACK_NOTE.to_owned());
                 decision
             }
             Err(failure) => {
@@ -276,5 +278,20 @@ impl Scheduler for StrategyHost {
         self.inner
             .stats
             .record_dropped(&decider, placements.dropped());
+    }
+
+    /// Counts against the plugin named `strategy` (the decision names its decider); the
+    /// fallback's are not counted, as its calls are not.
+    fn record_evictions(&self, strategy: &str, carried_out: usize, refused: usize) {
+        if (carried_out, refused) == (0, 0) || !self.inner.registry.contains(strategy) {
+            return;
+        }
+        self.inner
+            .stats
+            .record_evictions(strategy, carried_out, refused);
+    }
+
+    fn note_pending(&self, run_id: &str, reason: String, at: gyoza_core::time::Timestamp) {
+        self.inner.notes.note(run_id, "server", reason, at);
     }
 }

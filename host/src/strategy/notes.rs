@@ -53,6 +53,22 @@ impl Notes {
         }
     }
 
+    /// Records `reason`, given by `by` (the server itself), for `run_id`.
+    pub fn note(&self, run_id: &str, by: &str, reason: String, at: gyoza_core::time::Timestamp) {
+        let mut notes = lock(&self.0);
+        if notes.len() >= NOTES_KEPT {
+            notes.clear();
+        }
+        notes.insert(
+            run_id.to_owned(),
+            PendingNote {
+                strategy: by.to_owned(),
+                reason,
+                at,
+            },
+        );
+    }
+
     /// The latest reason for `run_id`.
     pub fn get(&self, run_id: &str) -> Option<PendingNote> {
         lock(&self.0).get(run_id).cloned()

@@ -11,7 +11,7 @@ use gyoza_wasm::{Compiled, Failure, Limits, Runtime};
 use super::error::{CallFailure, StrategyError};
 use super::stats::Stats;
 use super::versions::{WIT_PACKAGE, compatible};
-use super::wit::{Claim, Decision, LinkError, Pre, Session};
+use super::wit::{Claim, Decision, LinkError, Pre, Session, World};
 
 /// A compiled, validated plugin.
 pub(super) struct Plugin {
@@ -81,8 +81,12 @@ impl Plugin {
             reason,
         };
         let wit_version = world_version(runtime, compiled, name)?;
-        let records = compatible(&wit_version) == Some("0.1.0");
-        let pre = Pre::new(runtime, compiled, records).map_err(|e| match e {
+        let world = match compatible(&wit_version) {
+            Some("0.1.0") => World::V0_1,
+            Some("0.2.0") => World::V0_2,
+            _ => World::V1,
+        };
+        let pre = Pre::new(runtime, compiled, world).map_err(|e| match e {
             LinkError::Imports(e) => {
                 invalid(format!("imports something the host does not provide: {e}"))
             }
@@ -122,6 +126,8 @@ impl Plugin {
             calls: stats.calls,
             failures: stats.failures,
             dropped: stats.dropped,
+            evictions: stats.evictions,
+            evictions_refused: stats.evictions_refused,
             latency_p50_ms: stats.latency_ms(0.5),
             latency_p99_ms: stats.latency_ms(0.99),
             last_failure: stats.last_failure.clone(),

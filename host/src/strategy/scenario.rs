@@ -1,23 +1,34 @@
-//! Scenarios for `gyoza plugins simulate`: a JSON cluster and pending runs, decided by one
-//! plugin file exactly as a claim would be (same records, and the claim's own check,
-//! [`gyoza_core::placement::place`]), with per-call latency; and `gyoza plugins check`.
+//! Scenarios for `gyoza plugins simulate`: a JSON cluster, its running runs and pending runs,
+//! decided by one plugin file exactly as a claim would be (same records, the claim's tag
+//! filter, its checks [`gyoza_core::placement::place`] and
+//! [`gyoza_core::placement::check_evictions`]), with per-call latency; and `gyoza plugins
+//! check`.
 //!
 //! ```json
 //! {
-//!   "requester": "w1", "max": 10, "config": "", "calls": 100,
-//!   "workers": [{"id": "w1", "resources": {"cpu_cores": 8, "ram_mb": 16384,
-//!                "gpus": [{"id": 0, "vram_mb": 8192}]}, "running": [{"cpu": 2}]}],
-//!   "pending": [{"id": "train", "priority": 5, "constraints": {"vram_mb": 16384}}]
+//!   "requester": "w1", "max": 10, "config": "preempt=true", "calls": 100,
+//!   "queues": "interactive:weight=2; batch:weight=1,cpu=16",
+//!   "workers": [{"id": "w1", "tags": ["ssd"],
+//!                "resources": {"cpu_cores": 8, "ram_mb": 16384,
+//!                              "gpus": [{"id": 0, "vram_mb": 8192, "tags": ["a100"]}]},
+//!                "running": [{"id": "old", "cpu": 6, "priority": 1, "preemptible": true,
+//!                             "queue": "batch", "ran_ms": 60000}]}],
+//!   "pending": [{"id": "train", "priority": 5, "queue": "interactive",
+//!                "labels": {"team": "vision"}, "constraints": {"cpu": 4, "tags": ["ssd"]}}]
 //! }
 //! ```
+//!
+//! A held run (`running`) is its constraints (`cpu`, `ram_mb`, `vram_mb`, `tags`, as in
+//! older scenarios) plus, optionally, `id`, `priority`, `queue`, `labels`, `preemptible`,
+//! `preemptions`, `image`, `definition`, `gpu_id` and `ran_ms`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gyoza_core::api::StrategyInfo;
-use gyoza_core::placement::place;
+use gyoza_core::placement::{EvictionRequest, EvictionRules, check_evictions, place};
 use gyoza_core::run::NewRun;
-use gyoza_core::{Capacity, Constraints, HeldRun, OpRun, PendingRun, Resources, Worker};
+use gyoza_core::{Capacity, Constraints, HeldRun, OpRun, PendingRun, Resources, RunFacts, Worker};
 use serde::{Deserialize, Serialize};
 
 use super::builtin::FALLBACK;
@@ -28,22 +39,97 @@ use super::settings::{StrategySettings, runtime};
 use super::stats::Stats;
 use super::versions::WIT_PACKAGE;
 use super::wit::Claim;
+use crate::queues::QueueSettings;
 use crate::scheduler::{ActiveWorker, ClaimRequest, Decision};
+use crate::service::PreemptionLimits;
 
 /// A worker of a scenario.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioWorker {
     /// Worker id.
     pub id: String,
     /// Its hardware.
     pub resources: Resources,
-    /// What the runs it already holds need.
+    /// Its capability tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The runs it holds.
     #[serde(default)]
-    pub running: Vec<Constraints>,
+    pub running: Vec<ScenarioHeld>,
+}
+
+/// A run a worker of a scenario holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScenarioHeld {
+    /// Run id (default: `<worker>-held-<n>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// What it holds.
+    #[serde(flatten)]
+    pub constraints: Constraints,
+    /// Its priority.
+    #[serde(default)]
+    pub priority: i64,
+    /// The GPU it holds VRAM on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_id: Option<u32>,
+    /// How long it has been held, in milliseconds.
+    #[serde(default)]
+    pub ran_ms: u64,
+    /// Its queue, labels and the rest.
+    #[serde(flatten)]
+    pub facts: ScenarioFacts,
+}
+
+/// What a scenario's runs may say beyond their priority and constraints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScenarioFacts {
+    /// Queue (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Labels.
+    #[serde(
+        default,
+        skip_serializing_if = "gyoza_core::resources::Labels::is_empty"
+    )]
+    pub labels: gyoza_core::resources::Labels,
+    /// Whether it may be preempted.
+    #[serde(default)]
+    pub preemptible: bool,
+    /// How often it was preempted already.
+    #[serde(default)]
+    pub preemptions: u32,
+    /// Its image (default `scenario`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The definition it was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
+    /// Its attempt number (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+}
+
+impl ScenarioFacts {
+    fn facts(&self, assigned_at: Option<chrono::DateTime<chrono::Utc>>) -> RunFacts {
+        RunFacts {
+            queue: self
+                .queue
+                .clone()
+                .unwrap_or_else(gyoza_core::resources::default_queue),
+            definition: self.definition.clone(),
+            image: self.image.clone().unwrap_or_else(|| "scenario".into()),
+            attempt: self.attempt.unwrap_or(1),
+            preemptible: self.preemptible,
+            preemptions: self.preemptions,
+            labels: self.labels.clone(),
+            assigned_at,
+        }
+    }
 }
 
 /// A pending run of a scenario, best first.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioRun {
     /// Run id (any label).
     pub id: String,
@@ -53,10 +139,16 @@ pub struct ScenarioRun {
     /// What it needs.
     #[serde(default)]
     pub constraints: Constraints,
+    /// How long it has waited, in milliseconds (default: in the order given, 1 ms apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<u64>,
+    /// Its queue, labels and the rest.
+    #[serde(flatten)]
+    pub facts: ScenarioFacts,
 }
 
 /// A scenario file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scenario {
     /// The worker that claims.
     pub requester: String,
@@ -69,6 +161,9 @@ pub struct Scenario {
     /// How many times to call the plugin, for latency figures (default 20).
     #[serde(default = "default_calls")]
     pub calls: usize,
+    /// Queue weights and quotas, as `GYOZA_QUEUES` (see [`crate::queues`]).
+    #[serde(default)]
+    pub queues: String,
     /// Active workers.
     pub workers: Vec<ScenarioWorker>,
     /// Pending runs; they are sorted by priority (stable) as the store would.
@@ -92,8 +187,16 @@ pub struct SimulationReport {
     pub wit_version: String,
     /// Run ids assigned to the requester, best first (after the host's checks).
     pub assigned: Vec<String>,
-    /// (run id, reason) for runs left pending that the plugin explained.
+    /// (run id, reason) for runs left pending that the plugin explained, or that no worker's
+    /// tags allow (the host's reason).
     pub reasons: Vec<(String, String)>,
+    /// (held run id, pending run id it makes room for, reason) for the preemptions the
+    /// host's rules allow.
+    pub evicted: Vec<(String, String, String)>,
+    /// Preemptions the host's rules refused.
+    pub evictions_refused: usize,
+    /// Pending runs the requester's tags rule out (never shown to the plugin).
+    pub filtered: Vec<String>,
     /// Answer entries the host dropped.
     pub dropped: usize,
     /// Calls made.
@@ -150,49 +253,71 @@ impl Scenario {
     ) -> Result<Vec<PendingRun>, ScenarioError> {
         let mut pending = Vec::new();
         for (i, run) in self.pending.iter().enumerate() {
+            let waited = run
+                .waited_ms
+                .unwrap_or((self.pending.len() - i) as u64)
+                .min(i64::MAX as u64);
             let mut op = OpRun::new(
                 NewRun {
                     image: "scenario".into(),
                     priority: run.priority,
                     constraints: run.constraints.clone(),
+                    queue: run
+                        .facts
+                        .queue
+                        .clone()
+                        .unwrap_or_else(gyoza_core::resources::default_queue),
+                    labels: run.facts.labels.clone(),
+                    preemptible: run.facts.preemptible,
                     ..NewRun::default()
                 },
-                now - chrono::Duration::milliseconds((self.pending.len() - i) as i64),
+                now - chrono::Duration::milliseconds(waited as i64),
             )
             .map_err(|e| ScenarioError::Scenario(format!("run '{}': {e}", run.id)))?;
             op.id = run.id.clone();
-            pending.push(PendingRun::from(&op));
+            let mut pending_run = PendingRun::from(&op);
+            pending_run.facts = run.facts.facts(None);
+            pending.push(pending_run);
         }
         pending.sort_by_key(|run| std::cmp::Reverse(run.priority));
         Ok(pending)
     }
 
-    /// The workers with their free capacity after the runs they hold.
+    /// The workers with their free capacity after the runs they hold, and those runs.
     fn cluster(
         &self,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<ActiveWorker>, ScenarioError> {
+    ) -> Result<(Vec<ActiveWorker>, Vec<HeldRun>), ScenarioError> {
         let mut cluster = Vec::new();
+        let mut running = Vec::new();
         for worker in &self.workers {
             let held: Vec<HeldRun> = worker
                 .running
                 .iter()
                 .enumerate()
-                .map(|(i, constraints)| {
+                .map(|(i, run)| {
+                    let assigned = now
+                        - chrono::Duration::milliseconds(run.ran_ms.min(i64::MAX as u64) as i64);
                     // Validated as a run would be.
                     OpRun::new(
                         NewRun {
                             image: "held".into(),
-                            constraints: constraints.clone(),
+                            constraints: run.constraints.clone(),
+                            priority: run.priority,
                             ..NewRun::default()
                         },
                         now,
                     )
                     .map(|_| HeldRun {
-                        id: format!("{}-held-{i}", worker.id),
+                        id: run
+                            .id
+                            .clone()
+                            .unwrap_or_else(|| format!("{}-held-{i}", worker.id)),
                         worker_id: worker.id.clone(),
-                        constraints: constraints.clone(),
-                        gpu_id: None,
+                        constraints: run.constraints.clone(),
+                        gpu_id: run.gpu_id,
+                        priority: run.priority,
+                        facts: run.facts.facts(Some(assigned)),
                     })
                 })
                 .collect::<Result<_, _>>()
@@ -202,9 +327,11 @@ impl Scenario {
                 free: Capacity::free(&worker.resources, &held),
                 resources: worker.resources.clone(),
                 running: held.len(),
+                tags: worker.tags.clone(),
             });
+            running.extend(held);
         }
-        Ok(cluster)
+        Ok((cluster, running))
     }
 
     /// The requester as a worker, and its free capacity.
@@ -222,7 +349,7 @@ impl Scenario {
         let worker = Worker {
             id: me.id.clone(),
             resources: me.resources.clone(),
-            tags: Vec::new(),
+            tags: me.tags.clone(),
             running_ops: Vec::new(),
             created_at: now,
             last_heartbeat_at: now,
@@ -265,9 +392,14 @@ pub fn simulate(
 ) -> Result<SimulationReport, ScenarioError> {
     let plugin = load(plugin_path, &scenario.config)?;
     let now = chrono::Utc::now();
-    let pending = scenario.pending_runs(now)?;
-    let cluster = scenario.cluster(now)?;
+    let queues = QueueSettings::parse(&scenario.queues, crate::queues::DEFAULT_HALF_LIFE_S)
+        .map_err(|e| ScenarioError::Scenario(format!("queues: {e}")))?;
+    let (cluster, running) = scenario.cluster(now)?;
     let (requester, free) = scenario.requester(&cluster, now)?;
+    let all = scenario.pending_runs(now)?;
+    let ids: Vec<String> = all.iter().map(|r| r.id.clone()).collect();
+    let (pending, unmet) = crate::service::meeting_tags(&requester, all, &cluster);
+    let limits = PreemptionLimits::default();
     let request = ClaimRequest {
         worker: &requester,
         free,
@@ -275,6 +407,10 @@ pub fn simulate(
         max: scenario.max,
         now,
         cluster: &cluster,
+        running: &running,
+        queues: &queues,
+        usage: &[],
+        max_preemptions: limits.max_preemptions,
     };
     let (latencies, last) = time_calls(&plugin, &convert::claim(&request), scenario.calls);
     let us = |d: Option<&Duration>| d.map_or(0, |d| d.as_micros() as u64);
@@ -282,7 +418,13 @@ pub fn simulate(
         plugin: plugin.name.clone(),
         wit_version: plugin.wit_version.clone(),
         assigned: Vec::new(),
-        reasons: Vec::new(),
+        reasons: unmet,
+        evicted: Vec::new(),
+        evictions_refused: 0,
+        filtered: ids
+            .into_iter()
+            .filter(|id| !pending.iter().any(|run| &run.id == id))
+            .collect(),
         dropped: 0,
         calls: latencies.len(),
         latency_min_us: us(latencies.first()),
@@ -293,7 +435,7 @@ pub fn simulate(
     match last {
         Some(Ok(answer)) => {
             let decision = convert::decision(pending.len(), &answer);
-            settle(&mut report, &request, &decision);
+            settle(&mut report, &request, &decision, limits);
         }
         Some(Err(failure)) => report.failure = Some(failure.to_string()),
         None => {}
@@ -301,11 +443,47 @@ pub fn simulate(
     Ok(report)
 }
 
-/// What a claim makes of `decision`: the runs that pass the claim's check, what it dropped,
-/// and the reasons for the runs left pending.
-fn settle(report: &mut SimulationReport, request: &ClaimRequest<'_>, decision: &Decision) {
+/// What a claim makes of `decision`: the preemptions the host's rules allow, the runs that
+/// pass the claim's check on the capacity those free, what it dropped, and the reasons for
+/// the runs left pending.
+fn settle(
+    report: &mut SimulationReport,
+    request: &ClaimRequest<'_>,
+    decision: &Decision,
+    limits: PreemptionLimits,
+) {
+    let rules = EvictionRules {
+        per_claim: limits.per_claim,
+        budget: limits.per_minute,
+        max_preemptions: limits.max_preemptions,
+    };
+    let decided =
+        |i: usize| decision.chosen.contains(&i) || decision.deferred.binary_search(&i).is_ok();
+    let evictions = check_evictions(
+        &request.worker.id,
+        request.running,
+        request.pending,
+        &decision.evictions,
+        decided,
+        rules,
+    );
+    let evicted: Vec<&EvictionRequest> = evictions
+        .accepted
+        .iter()
+        .map(|&i| &decision.evictions[i])
+        .collect();
+    let left: Vec<HeldRun> = request
+        .running
+        .iter()
+        .enumerate()
+        .filter(|(i, run)| {
+            run.worker_id == request.worker.id && !evicted.iter().any(|e| e.run == *i)
+        })
+        .map(|(_, run)| run.clone())
+        .collect();
+    let free = Capacity::free(&request.worker.resources, &left);
     let placements = place(
-        &request.free,
+        &free,
         request.pending,
         decision.chosen.iter().copied(),
         request.max,
@@ -313,11 +491,23 @@ fn settle(report: &mut SimulationReport, request: &ClaimRequest<'_>, decision: &
     let id = |index: usize| request.pending[index].id.clone();
     report.dropped = placements.dropped();
     report.assigned = placements.placed.iter().map(|p| id(p.index)).collect();
-    report.reasons = decision
-        .reasons
+    report.evicted = evicted
         .iter()
-        .map(|(index, reason)| (id(*index), reason.clone()))
+        .map(|e| {
+            (
+                request.running[e.run].id.clone(),
+                id(e.for_run),
+                e.reason.clone(),
+            )
+        })
         .collect();
+    report.evictions_refused = evictions.refused.len();
+    report.reasons.extend(
+        decision
+            .reasons
+            .iter()
+            .map(|(index, reason)| (id(*index), reason.clone())),
+    );
 }
 
 /// `gyoza plugins check FILE`: what the plugin is, as text (or JSON).
@@ -362,6 +552,21 @@ pub fn simulate_command(file: &Path, scenario: &Path, json: bool) -> Result<Stri
     ));
     for (run, reason) in &report.reasons {
         out.push_str(&format!("  pending {run}: {reason}\n"));
+    }
+    for (victim, for_run, reason) in &report.evicted {
+        out.push_str(&format!("evict {victim} for {for_run}: {reason}\n"));
+    }
+    if report.evictions_refused > 0 {
+        out.push_str(&format!(
+            "preemptions refused by the host's rules: {}\n",
+            report.evictions_refused
+        ));
+    }
+    if !report.filtered.is_empty() {
+        out.push_str(&format!(
+            "not shown to the plugin (the requester lacks a required tag): {}\n",
+            report.filtered.join(", ")
+        ));
     }
     if report.dropped > 0 {
         out.push_str(&format!(

@@ -18,6 +18,10 @@ pub(super) struct Stats {
     pub failures: u64,
     /// Answer entries the claim's check dropped (unknown, duplicate or over-capacity runs).
     pub dropped: u64,
+    /// Preemptions it asked for that were carried out.
+    pub evictions: u64,
+    /// Preemptions it asked for that the host's rules refused (or that found the run moved).
+    pub evictions_refused: u64,
     /// The latest failure, for operators.
     pub last_failure: Option<String>,
     latencies_us: VecDeque<u64>,
@@ -69,6 +73,14 @@ impl StatsBook {
             .entry(strategy.to_owned())
             .or_default()
             .dropped += dropped as u64;
+    }
+
+    /// Adds preemptions carried out and refused to `strategy`'s counts.
+    pub fn record_evictions(&self, strategy: &str, carried_out: usize, refused: usize) {
+        let mut book = lock(&self.0);
+        let stats = book.entry(strategy.to_owned()).or_default();
+        stats.evictions += carried_out as u64;
+        stats.evictions_refused += refused as u64;
     }
 
     /// A copy of every strategy's stats.

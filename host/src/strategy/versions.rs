@@ -4,10 +4,10 @@
 /// The WIT package strategies implement.
 pub const WIT_PACKAGE: &str = "gyoza:scheduler";
 /// The newest version of it this host speaks: the one the SDK and the built-ins implement.
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "1.0.0";
 /// Every version of it this host speaks, oldest first. A plugin of a compatible version (same
 /// major version; for 0.x, same minor) of one of them loads.
-pub const WIT_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
+pub const WIT_VERSIONS: [&str; 3] = ["0.1.0", "0.2.0", "1.0.0"];
 
 /// (major, minor) of a version string.
 fn major_minor(version: &str) -> Option<(u64, u64)> {
@@ -39,7 +39,9 @@ mod tests {
         assert_eq!(compatible("0.2.0"), Some("0.2.0"));
         assert_eq!(compatible("0.2.3-rc1"), Some("0.2.0"));
         assert_eq!(compatible("0.3.0"), None);
-        assert_eq!(compatible("1.0.0"), None);
+        assert_eq!(compatible("1.0.0"), Some("1.0.0"));
+        assert_eq!(compatible("1.4.2"), Some("1.0.0"));
+        assert_eq!(compatible("2.0.0"), None);
         assert_eq!(compatible(""), None);
     }
 }

@@ -1,0 +1,169 @@
+//! Queues as the server's configuration describes them: a weight and quotas per queue
+//! (`GYOZA_QUEUES`), handed to scheduling strategies with each claim (`gyoza:scheduler@1.0.0`
+//! `queues`). A queue that is not configured has weight 1 and no quota; runs name their queue
+//! (`queue`, default `default`) whether or not it is configured.
+//!
+//! The syntax is one entry per queue, separated by `;`, each `NAME:key=value,key=value`:
+//!
+//! ```text
+//! GYOZA_QUEUES="interactive:weight=2; batch:weight=1,cpu=16,ram_mb=65536,runs=20"
+//! ```
+//!
+//! Keys: `weight` (1..=1000000), and the quotas `cpu` (cores), `ram_mb`, `vram_mb`, `runs`
+//! (runs held at once). The host does not enforce quotas itself: it hands them to the
+//! strategy, whose policy they are (the built-in strategies ignore them).
+
+use std::collections::BTreeMap;
+
+use gyoza_core::resources::queueing_problems;
+
+/// Weight of a queue that is not configured.
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+/// Largest weight accepted.
+const MAX_WEIGHT: u32 = 1_000_000;
+
+/// A queue's quotas: the most its runs may hold at once (`None`: no quota).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// CPU cores.
+    pub cpu: Option<u64>,
+    /// RAM in megabytes.
+    pub ram_mb: Option<u64>,
+    /// VRAM in megabytes.
+    pub vram_mb: Option<u64>,
+    /// Runs held at once.
+    pub runs: Option<u64>,
+}
+
+/// One configured queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Its weight (share of the cluster relative to the others).
+    pub weight: u32,
+    /// Its quotas.
+    pub quota: Quota,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            weight: DEFAULT_WEIGHT,
+            quota: Quota::default(),
+        }
+    }
+}
+
+/// Every configured queue, and the half-life of the decayed usage strategies are shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Configured queues by name.
+    pub queues: BTreeMap<String, QueueConfig>,
+    /// Half-life of the decayed queue usage, in seconds.
+    pub half_life_s: u32,
+}
+
+/// Default half-life of the decayed queue usage (`GYOZA_QUEUE_USAGE_HALF_LIFE`), in seconds.
+pub const DEFAULT_HALF_LIFE_S: u32 = 3_600;
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            queues: BTreeMap::new(),
+            half_life_s: DEFAULT_HALF_LIFE_S,
+        }
+    }
+}
+
+impl QueueSettings {
+    /// The configuration of queue `name` (the default for one not configured).
+    pub fn get(&self, name: &str) -> QueueConfig {
+        self.queues.get(name).copied().unwrap_or_default()
+    }
+
+    /// Parses `GYOZA_QUEUES` (see the module docs); an error names the bad entry.
+    pub fn parse(text: &str, half_life_s: u32) -> Result<Self, String> {
+        let mut queues = BTreeMap::new();
+        for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, settings) = entry.split_once(':').unwrap_or((entry, ""));
+            let name = name.trim();
+            let problems = queueing_problems(name, &Default::default());
+            if !problems.is_empty() {
+                return Err(format!("queue '{name}': {}", problems.join("; ")));
+            }
+            let mut config = QueueConfig::default();
+            for pair in settings.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let Some((key, value)) = pair.split_once('=') else {
+                    return Err(format!("queue '{name}': '{pair}' is not key=value"));
+                };
+                let (key, value) = (key.trim(), value.trim());
+                let number: u64 = value.parse().map_err(|_| {
+                    format!("queue '{name}': {key} must be a whole number, got '{value}'")
+                })?;
+                match key {
+                    "weight" => {
+                        config.weight = u32::try_from(number)
+                            .ok()
+                            .filter(|w| (1..=MAX_WEIGHT).contains(w))
+                            .ok_or_else(|| {
+                                format!(
+                                    "queue '{name}': weight must be 1..={MAX_WEIGHT}, got {value}"
+                                )
+                            })?;
+                    }
+                    "cpu" => config.quota.cpu = Some(number),
+                    "ram_mb" => config.quota.ram_mb = Some(number),
+                    "vram_mb" => config.quota.vram_mb = Some(number),
+                    "runs" => config.quota.runs = Some(number),
+                    _ => {
+                        return Err(format!(
+                            "queue '{name}': unknown key '{key}' (weight, cpu, ram_mb, vram_mb, runs)"
+                        ));
+                    }
+                }
+            }
+            if queues.insert(name.to_owned(), config).is_some() {
+                return Err(format!("queue '{name}' is configured twice"));
+            }
+        }
+        Ok(Self {
+            queues,
+            half_life_s: half_life_s.max(1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_parse_with_weights_and_quotas_and_bad_entries_are_named() {
+        let settings =
+            QueueSettings::parse(" interactive:weight=2; batch:weight=1,cpu=16,runs=20 ;", 60)
+                .unwrap();
+        assert_eq!(settings.get("interactive").weight, 2);
+        assert_eq!(
+            settings.get("batch").quota,
+            Quota {
+                cpu: Some(16),
+                runs: Some(20),
+                ..Quota::default()
+            }
+        );
+        assert_eq!(settings.get("other"), QueueConfig::default());
+        assert_eq!(settings.half_life_s, 60);
+        assert_eq!(QueueSettings::parse("", 0).unwrap().queues.len(), 0);
+        for (bad, says) in [
+            ("a:weight=0", "weight must be"),
+            ("a:weight=x", "whole number"),
+            ("a:speed=3", "unknown key 'speed'"),
+            ("a:cpu", "not key=value"),
+            ("a:weight=1;a:weight=2", "configured twice"),
+            ("bad name:weight=1", "queue 'bad name'"),
+        ] {
+            let error = QueueSettings::parse(bad, 60).unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
+}
