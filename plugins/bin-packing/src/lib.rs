@@ -7,7 +7,8 @@
 
 mod plan;
 
-use gyoza_plugin_sdk::{Capacity, Claim, Decision, Strategy, export_strategy, reason};
+// The names the plan uses (`super::...`).
+use gyoza_plugin_sdk::{Capacity, Claim, Decision, Strategy, WaitCode, export_strategy, reason};
 
 struct BinPacking;
 

@@ -54,11 +54,13 @@
 pub mod bindings {
     //! Generated glue; authors never name it (the export macro does).
     wit_bindgen::generate!({
-        path: "../../wit/scheduler@0.2.0",
-        world: "gyoza:scheduler/strategy@0.2.0",
+        path: "../../wit/scheduler@1.0.0",
+        world: "gyoza:scheduler/strategy@1.0.0",
         default_bindings_module: "gyoza_plugin_sdk::bindings",
         pub_export_macro: true,
         export_macro_name: "__export_strategy_world",
+        // So that tests compare decisions and claims with `assert_eq!`.
+        additional_derives: [PartialEq],
     });
 }
 
@@ -66,14 +68,17 @@ pub mod config;
 mod model;
 pub mod step;
 
-pub use model::{Capacity, Gpu, PendingRun, Placement, Worker, reason};
+pub use model::{
+    Capacity, Gpu, NO_GPU, NO_QUOTA, PendingRun, Placement, Queue, RunningRun, Worker, reason,
+};
 
 pub use bindings::gyoza::scheduler::types::{
-    Claim, Decision, Deferral, Gpus, PendingRuns, Workers,
+    Claim, Decision, Deferral, Eviction, Gpus, Labels, PendingRuns, Queues, RunningRuns, WaitCode,
+    Workers,
 };
 
 /// The WIT package version this SDK implements.
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "1.0.0";
 
 /// A scheduling strategy.
 pub trait Strategy: Sized + 'static {
