@@ -67,6 +67,7 @@ pub mod bindings {
 pub mod config;
 mod model;
 pub mod step;
+pub mod testing;
 
 pub use model::{
     Capacity, Gpu, NO_GPU, NO_QUOTA, PendingRun, Placement, Queue, RunningRun, Worker, reason,
