@@ -18,7 +18,7 @@
 //!
 //! No allocation happens per run. `BENCHMARKS.md` has the profile behind each of these.
 
-use super::{Capacity, Claim, Decision, reason};
+use super::{Capacity, Claim, Decision, WaitCode, reason};
 
 /// How many waiting runs get a reason per claim (the host keeps only a few anyway).
 const REASONS: usize = 8;
@@ -139,11 +139,13 @@ fn tightest_gpu(
     // candidate from the unrolled scan.
     let mut found = 0;
     each_worker(free, |worker, w| {
-        if w.largest_vram >= need.vram && w.cpu >= need.cpu && w.ram >= need.ram {
-            if let Some(slot) = candidates.get_mut(found) {
-                *slot = worker as u32;
-                found += 1;
-            }
+        if w.largest_vram >= need.vram
+            && w.cpu >= need.cpu
+            && w.ram >= need.ram
+            && let Some(slot) = candidates.get_mut(found)
+        {
+            *slot = worker as u32;
+            found += 1;
         }
     });
     let mut best: Option<Fit> = None;
@@ -249,7 +251,8 @@ pub fn plan(claim: &Claim) -> Decision {
                 if fit.worker == requester {
                     decision.assign.push(index as u32);
                 } else if decision.deferred.len() < REASONS {
-                    decision.defer(index, "another active worker is a tighter fit");
+                    let why = "another active worker is a tighter fit";
+                    decision.wait(index, WaitCode::Placement, why);
                 }
             }
             None if decision.deferred.len() < REASONS => {
@@ -261,7 +264,8 @@ pub fn plan(claim: &Claim) -> Decision {
                 };
                 let why = reason::does_not_fit(&pending.run(index), &free)
                     .unwrap_or_else(|| "does not fit".to_owned());
-                decision.defer(index, format!("no active worker fits: {why}"));
+                let why = format!("no active worker fits: {why}");
+                decision.wait(index, WaitCode::Capacity, why);
             }
             None => {}
         }

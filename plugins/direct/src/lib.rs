@@ -3,7 +3,7 @@
 //! cannot fit the requester, since the host would drop it anyway; the run then waits with the
 //! reason, and nothing behind it jumps the queue.
 
-use gyoza_plugin_sdk::{Claim, Decision, Strategy, export_strategy, reason};
+use gyoza_plugin_sdk::{Claim, Decision, Strategy, WaitCode, export_strategy, reason};
 
 struct Direct;
 
@@ -21,7 +21,7 @@ impl Strategy for Direct {
         match reason::does_not_fit(&first, &free) {
             None if claim.max > 0 => decision.assign.push(0),
             None => {}
-            Some(why) => decision.defer(0, why),
+            Some(why) => decision.wait(0, WaitCode::Capacity, why),
         }
         Ok(decision)
     }

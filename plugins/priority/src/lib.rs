@@ -4,55 +4,343 @@
 //! Strict means the first run that does not fit stops the claim: nothing behind it jumps the
 //! queue, so a large run is never starved by a stream of small ones. With `backfill=true` in
 //! the configuration, smaller runs behind it may fill the capacity it cannot use.
+//!
+//! With `preempt=true`, the first run that does not fit may take the place of runs the
+//! requester holds: if evicting preemptible running runs of the requester whose priority is
+//! strictly lower than its own makes it fit, they are evicted (lowest priority first, then
+//! the most recently started first; any that turns out not to be needed is spared) and the
+//! run is assigned; what they free counts for the runs after it. If evicting cannot make it
+//! fit, nothing is evicted. At most one run per claim preempts: the next run that does not
+//! fit stops the claim (or, with backfill, is passed over) as without `preempt`.
 
-use gyoza_plugin_sdk::{Claim, Decision, Strategy, config, export_strategy, reason};
+use gyoza_plugin_sdk::{
+    Capacity, Claim, Decision, PendingRun, Strategy, WaitCode, config, export_strategy, reason,
+};
 
 /// How many waiting runs get a reason per claim (the host keeps only a few anyway).
 const REASONS: usize = 8;
 
 struct Priority {
     backfill: bool,
+    preempt: bool,
 }
 
 impl Strategy for Priority {
     fn init(config_string: &str) -> Result<Self, String> {
-        let mut backfill = false;
+        let (mut backfill, mut preempt) = (false, false);
         for (key, value) in config::parse(config_string)? {
             // The server hands one configuration string to every plugin: keys meant for
             // other strategies are not an error.
-            if key == "backfill" {
-                backfill = config::parse_bool(key, value)?;
+            match key {
+                "backfill" => backfill = config::parse_bool(key, value)?,
+                "preempt" => preempt = config::parse_bool(key, value)?,
+                _ => {}
             }
         }
-        Ok(Priority { backfill })
+        Ok(Priority { backfill, preempt })
     }
 
     fn schedule(&mut self, claim: &Claim) -> Result<Decision, String> {
         let mut free = claim.requester_capacity();
         let mut decision = Decision::default();
+        let mut may_preempt = self.preempt;
         for (index, run) in claim.pending.iter().enumerate() {
             if decision.assign.len() >= claim.max as usize {
                 break;
             }
-            match free.fit(&run) {
-                Some(gpu) => {
-                    free.take(&run, gpu);
-                    decision.assign.push(index as u32);
-                }
-                None => {
-                    if decision.deferred.len() < REASONS {
-                        let why = reason::does_not_fit(&run, &free)
-                            .unwrap_or_else(|| "does not fit".to_owned());
-                        decision.defer(index, why);
+            if let Some(gpu) = free.fit(&run) {
+                free.take(&run, gpu);
+                decision.assign.push(index as u32);
+                continue;
+            }
+            if may_preempt {
+                may_preempt = false;
+                if let Some(victims) = victims(claim, &free, &run) {
+                    let mut room = free.clone();
+                    for &victim in &victims {
+                        claim.free_up(&mut room, victim);
                     }
-                    if !self.backfill {
-                        break;
+                    // Always fits (that is how the victims were chosen); evictions are only
+                    // asked for together with the assignment they make room for.
+                    if let Some(gpu) = room.fit(&run) {
+                        for victim in victims {
+                            let why = format!("preempted for a run of priority {}", run.priority);
+                            decision.evict(victim, index, why);
+                        }
+                        free = room;
+                        free.take(&run, gpu);
+                        decision.assign.push(index as u32);
+                        continue;
                     }
                 }
+            }
+            if decision.deferred.len() < REASONS {
+                let why =
+                    reason::does_not_fit(&run, &free).unwrap_or_else(|| "does not fit".to_owned());
+                decision.wait(index, WaitCode::Capacity, why);
+            }
+            if !self.backfill {
+                break;
             }
         }
         Ok(decision)
     }
 }
 
+/// The running runs (indices into `claim.running`) to evict so that `run` fits the
+/// requester's capacity `free`, or `None` if evicting every one it may evict is not enough.
+/// It may evict the requester's preemptible runs of a strictly lower priority: they are
+/// taken lowest priority first, then most recently started first, until the run fits; then
+/// each but the last (which was needed) is spared if the run still fits without it, from
+/// the highest priority down, so that no victim is evicted for nothing.
+fn victims(claim: &Claim, free: &Capacity, run: &PendingRun) -> Option<Vec<usize>> {
+    let running = &claim.running;
+    let mut candidates: Vec<usize> = claim
+        .running_on(claim.requester as usize)
+        .filter(|&i| running.preemptible[i] && running.priority[i] < run.priority)
+        .collect();
+    candidates.sort_by_key(|&i| (running.priority[i], running.ran_ms[i], i));
+    let fits_evicting = |victims: &[usize]| {
+        let mut room = free.clone();
+        for &victim in victims {
+            claim.free_up(&mut room, victim);
+        }
+        room.fit(run).is_some()
+    };
+    let needed = (1..=candidates.len()).find(|&n| fits_evicting(&candidates[..n]))?;
+    let mut chosen = candidates[..needed].to_vec();
+    for k in (0..needed - 1).rev() {
+        let spared: Vec<usize> = [&chosen[..k], &chosen[k + 1..]].concat();
+        if fits_evicting(&spared) {
+            chosen = spared;
+        }
+    }
+    Some(chosen)
+}
+
 export_strategy!(Priority);
+
+#[cfg(test)]
+mod tests {
+    use gyoza_plugin_sdk::testing::{
+        ClaimBuilder, RunSpec, RunningSpec, WorkerSpec, decide, outcome,
+    };
+    use gyoza_plugin_sdk::{Claim, Decision, WaitCode};
+
+    use super::Priority;
+
+    fn decide_with(config: &str, claim: &Claim) -> Decision {
+        let decision = decide::<Priority>(config, claim).expect("a decision");
+        // Whatever it answers, the host carries out in full.
+        let checked = outcome(claim, &decision);
+        assert_eq!(checked.dropped, 0, "{decision:?}");
+        assert_eq!(checked.refused, [], "{decision:?}");
+        decision
+    }
+
+    fn evicted(decision: &Decision) -> Vec<(u32, u32)> {
+        decision.evict.iter().map(|e| (e.run, e.for_run)).collect()
+    }
+
+    /// An 8-core worker holding four 2-core runs: 0 and 1 preemptible at priority 1 (run 1
+    /// started more recently), 2 preemptible at priority 3, 3 not preemptible at priority 0.
+    fn busy() -> ClaimBuilder {
+        ClaimBuilder::new()
+            .worker(WorkerSpec::new(8, 16384))
+            .worker(WorkerSpec::new(8, 16384))
+            .running(
+                RunningSpec::on(0)
+                    .priority(1)
+                    .cpu(2)
+                    .ran_ms(50_000)
+                    .preemptible(true),
+            )
+            .running(
+                RunningSpec::on(0)
+                    .priority(1)
+                    .cpu(2)
+                    .ran_ms(10_000)
+                    .preemptible(true),
+            )
+            .running(
+                RunningSpec::on(0)
+                    .priority(3)
+                    .cpu(2)
+                    .ran_ms(1_000)
+                    .preemptible(true),
+            )
+            .running(RunningSpec::on(0).cpu(2))
+            // Another worker's run, preemptible and of the lowest priority: never a victim.
+            .running(RunningSpec::on(1).cpu(8).preemptible(true))
+    }
+
+    #[test]
+    fn strict_priority_stops_at_the_first_run_that_does_not_fit() {
+        let claim = |max| {
+            ClaimBuilder::new()
+                .worker(WorkerSpec::new(4, 8192))
+                .max(max)
+                .pending(RunSpec::new().priority(9).cpu(2))
+                .pending(RunSpec::new().priority(5).cpu(4))
+                .pending(RunSpec::new().priority(1).cpu(1))
+                .build()
+        };
+        let decision = decide_with("", &claim(10));
+        assert_eq!(decision.assign, [0]);
+        assert_eq!(decision.deferred.len(), 1);
+        assert_eq!(decision.deferred[0].run, 1);
+        assert_eq!(decision.deferred[0].code, WaitCode::Capacity);
+        assert_eq!(decision.deferred[0].reason, "needs 4 CPU cores; 2 free");
+        assert_eq!(decide_with("backfill=true", &claim(10)).assign, [0, 2]);
+        assert_eq!(decide_with("backfill=true", &claim(1)).assign, [0]);
+    }
+
+    #[test]
+    fn without_preempt_nothing_is_evicted() {
+        let claim = busy().pending(RunSpec::new().priority(5).cpu(4)).build();
+        for config in ["", "preempt=false", "backfill=true"] {
+            let decision = decide_with(config, &claim);
+            assert_eq!(
+                (decision.assign.len(), decision.evict.len()),
+                (0, 0),
+                "{config}"
+            );
+            assert_eq!(decision.deferred[0].reason, "needs 4 CPU cores; 0 free");
+        }
+    }
+
+    #[test]
+    fn preempt_evicts_the_fewest_lowest_priority_most_recent_first() {
+        let claim = busy()
+            .pending(RunSpec::new().priority(5).cpu(4))
+            .pending(RunSpec::new().priority(4).cpu(1))
+            .build();
+        let decision = decide_with("preempt=true", &claim);
+        // Runs 1 then 0 (priority 1, most recent first) free the 4 cores; the run behind
+        // takes nothing: the claim is full again.
+        assert_eq!(evicted(&decision), [(1, 0), (0, 0)]);
+        assert_eq!(
+            decision.evict[0].reason,
+            "preempted for a run of priority 5"
+        );
+        assert_eq!(decision.assign, [0]);
+        assert_eq!(decision.deferred[0].run, 1);
+
+        let small = busy().pending(RunSpec::new().priority(5).cpu(1)).build();
+        assert_eq!(evicted(&decide_with("preempt=true", &small)), [(1, 0)]);
+    }
+
+    #[test]
+    fn capacity_freed_by_evictions_counts_for_the_runs_after() {
+        let claim = busy()
+            .pending(RunSpec::new().priority(5).cpu(3))
+            .pending(RunSpec::new().priority(2).cpu(1))
+            .build();
+        let decision = decide_with("preempt=true", &claim);
+        assert_eq!(evicted(&decision), [(1, 0), (0, 0)]);
+        assert_eq!(decision.assign, [0, 1]);
+    }
+
+    #[test]
+    fn a_victim_that_is_not_needed_is_spared() {
+        // Run 0 (priority 1) holds 1 core, run 1 (priority 2) 4: the 4-core run needs run 1
+        // only.
+        let claim = ClaimBuilder::new()
+            .worker(WorkerSpec::new(5, 8192))
+            .running(RunningSpec::on(0).priority(1).cpu(1).preemptible(true))
+            .running(RunningSpec::on(0).priority(2).cpu(4).preemptible(true))
+            .pending(RunSpec::new().priority(5).cpu(4))
+            .build();
+        let decision = decide_with("preempt=true", &claim);
+        assert_eq!(evicted(&decision), [(1, 0)]);
+        assert_eq!(decision.assign, [0]);
+    }
+
+    #[test]
+    fn preempt_frees_vram_on_the_victims_gpu() {
+        let claim = ClaimBuilder::new()
+            .worker(WorkerSpec::new(8, 16384).gpu(0, 8192, []).gpu(1, 8192, []))
+            .running(
+                RunningSpec::on(0)
+                    .priority(1)
+                    .cpu(1)
+                    .vram(0, 6000)
+                    .preemptible(true),
+            )
+            .running(
+                RunningSpec::on(0)
+                    .priority(0)
+                    .cpu(1)
+                    .vram(1, 2000)
+                    .preemptible(true),
+            )
+            .pending(RunSpec::new().priority(5).cpu(1).vram_mb(8000))
+            .build();
+        let decision = decide_with("preempt=true", &claim);
+        // Run 1 goes first (lowest priority): it frees GPU 1 whole, 8192 MB, which is enough.
+        assert_eq!(evicted(&decision), [(1, 0)]);
+        assert_eq!(decision.assign, [0]);
+    }
+
+    #[test]
+    fn when_evicting_cannot_make_room_nothing_is_evicted() {
+        // Runs 0, 1 and 2 free 6 cores at most (3 is not preemptible): 8 cannot fit.
+        let claim = busy().pending(RunSpec::new().priority(9).cpu(8)).build();
+        let decision = decide_with("preempt=true", &claim);
+        assert_eq!((decision.assign.len(), decision.evict.len()), (0, 0));
+        assert_eq!(decision.deferred[0].reason, "needs 8 CPU cores; 0 free");
+        // 6 cores need run 2, of priority 3: a run of priority 3 may not evict it.
+        let equal = busy().pending(RunSpec::new().priority(3).cpu(6)).build();
+        let decision = decide_with("preempt=true", &equal);
+        assert_eq!((decision.assign.len(), decision.evict.len()), (0, 0));
+    }
+
+    #[test]
+    fn equal_priority_and_non_preemptible_runs_are_never_evicted() {
+        let claim = ClaimBuilder::new()
+            .worker(WorkerSpec::new(4, 8192))
+            .running(RunningSpec::on(0).priority(5).cpu(2).preemptible(true))
+            .running(RunningSpec::on(0).priority(0).cpu(2))
+            .pending(RunSpec::new().priority(5).cpu(2))
+            .build();
+        let decision = decide_with("preempt=true", &claim);
+        assert_eq!((decision.assign.len(), decision.evict.len()), (0, 0));
+        assert_eq!(decision.deferred[0].code, WaitCode::Capacity);
+    }
+
+    #[test]
+    fn with_backfill_only_the_first_blocked_run_preempts() {
+        let claim = busy()
+            .pending(RunSpec::new().priority(5).cpu(8))
+            .pending(RunSpec::new().priority(4).cpu(2))
+            .build();
+        // The first blocked run cannot get 8 cores; the second could evict one run but is
+        // not considered: it is backfilled only into free capacity, of which there is none.
+        let decision = decide_with("backfill=true, preempt=true", &claim);
+        assert_eq!((decision.assign.len(), decision.evict.len()), (0, 0));
+        assert_eq!(decision.deferred.len(), 2);
+        // Without the blocker, the same run preempts.
+        let alone = busy().pending(RunSpec::new().priority(4).cpu(2)).build();
+        assert_eq!(
+            evicted(&decide_with("backfill=true, preempt=true", &alone)),
+            [(1, 0)]
+        );
+    }
+
+    #[test]
+    fn preempt_respects_max() {
+        let claim = busy()
+            .max(0)
+            .pending(RunSpec::new().priority(5).cpu(2))
+            .build();
+        let decision = decide_with("preempt=true", &claim);
+        assert_eq!(decision, Decision::default());
+    }
+
+    #[test]
+    fn a_bad_value_is_refused_and_unknown_keys_ignored() {
+        let claim = busy().build();
+        assert!(decide::<Priority>("preempt=maybe", &claim).is_err());
+        assert!(decide::<Priority>("threshold=3, preempt=yes", &claim).is_ok());
+    }
+}

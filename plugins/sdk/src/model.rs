@@ -2,14 +2,27 @@
 //! named by the parent module (`super::{Claim, Decision, ...}`), so that the host's benchmark
 //! can compile this file natively against its own copies of the records.
 //!
-//! The claim comes as columns (one `Vec` per field, see `wit/scheduler@0.2.0`), which is what
+//! The claim comes as columns (one `Vec` per field, see `wit/scheduler@1.0.0`), which is what
 //! makes it cheap to receive. A strategy may read the columns directly
-//! (`claim.pending.cpu[i]`), or one run, worker or GPU at a time as a row
-//! (`claim.pending.run(i)`, `claim.pending.iter()`).
+//! (`claim.pending.cpu[i]`), or one run, worker, GPU or queue at a time as a row
+//! (`claim.pending.run(i)`, `claim.pending.iter()`). Strings (queues, images, tags, labels)
+//! are indices into `claim.strings`: [`Claim::string`] and the helpers on [`Claim`] resolve
+//! them.
 
-use super::{Claim, Decision, Deferral, Gpus, PendingRuns, Workers};
+use super::{
+    Claim, Decision, Deferral, Eviction, Gpus, Labels, PendingRuns, Queues, RunningRuns, WaitCode,
+    Workers,
+};
 
-/// One claimable run (a row of [`PendingRuns`]).
+/// `running-runs.gpu` of a run that holds no GPU.
+pub const NO_GPU: u32 = u32::MAX;
+
+/// A queue quota (`queues.quota-*`) that is not configured. Being the largest `u64`, it
+/// needs no special case in `used + need <= quota` (with `saturating_add`).
+pub const NO_QUOTA: u64 = u64::MAX;
+
+/// One claimable run (a row of [`PendingRuns`]). Its tags and labels are
+/// [`Claim::run_tags`] and [`Claim::run_labels`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PendingRun {
     /// Scheduling priority (>= 0, higher first).
@@ -22,9 +35,20 @@ pub struct PendingRun {
     pub vram_mb: u64,
     /// How long it has been waiting since it was created, in milliseconds.
     pub waited_ms: u64,
+    /// Its queue (index into `claim.strings`).
+    pub queue: u32,
+    /// The definition it was created from (index into `claim.strings`; 0, "", for none).
+    pub definition: u32,
+    /// Its Docker image (index into `claim.strings`).
+    pub image: u32,
+    /// The attempt that would run (1 for a run never tried).
+    pub attempt: u32,
+    /// Whether it may be preempted once running.
+    pub preemptible: bool,
 }
 
 /// One active worker with its capacity left after the runs it holds (a row of [`Workers`]).
+/// Its tags are [`Claim::worker_tags`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Worker {
     /// Total CPU cores.
@@ -43,7 +67,8 @@ pub struct Worker {
     pub running: u32,
 }
 
-/// One GPU with its VRAM left after the runs already placed on it (a row of [`Gpus`]).
+/// One GPU with its VRAM left after the runs already placed on it (a row of [`Gpus`]). Its
+/// tags are [`Claim::gpu_tags`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gpu {
     /// Device index on its worker.
@@ -52,6 +77,92 @@ pub struct Gpu {
     pub vram_mb: u64,
     /// Free VRAM in megabytes (negative when over-committed).
     pub free_vram_mb: i64,
+}
+
+/// One run an active worker holds, assigned or running (a row of [`RunningRuns`]). Its
+/// labels are [`Claim::running_labels`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunningRun {
+    /// The worker holding it (index into `claim.workers`).
+    pub worker: u32,
+    /// The GPU it holds VRAM on (index into `claim.gpus`), or [`NO_GPU`].
+    pub gpu: u32,
+    /// Scheduling priority.
+    pub priority: i64,
+    /// CPU cores it holds.
+    pub cpu: u32,
+    /// RAM it holds, in megabytes.
+    pub ram_mb: u64,
+    /// VRAM it holds, in megabytes.
+    pub vram_mb: u64,
+    /// How long since its attempt was assigned, in milliseconds.
+    pub ran_ms: u64,
+    /// Its queue (index into `claim.strings`).
+    pub queue: u32,
+    /// Its definition (index into `claim.strings`; 0 for none).
+    pub definition: u32,
+    /// Its image (index into `claim.strings`).
+    pub image: u32,
+    /// Whether the host would let a strategy preempt it (preemptible, and not yet preempted
+    /// as often as the server allows).
+    pub preemptible: bool,
+}
+
+impl RunningRun {
+    /// The GPU it holds VRAM on, as an index into `claim.gpus`; `None` for [`NO_GPU`].
+    pub fn gpu_index(&self) -> Option<usize> {
+        (self.gpu != NO_GPU).then_some(self.gpu as usize)
+    }
+}
+
+/// One queue with its configuration and usage (a row of [`Queues`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Queue {
+    /// Its name (index into `claim.strings`; [`Claim::queue_name`] resolves it).
+    pub name: u32,
+    /// Its weight in the server's configuration (1 when not configured).
+    pub weight: u32,
+    /// CPU quota in cores, or [`NO_QUOTA`].
+    pub quota_cpu: u64,
+    /// RAM quota in megabytes, or [`NO_QUOTA`].
+    pub quota_ram_mb: u64,
+    /// VRAM quota in megabytes, or [`NO_QUOTA`].
+    pub quota_vram_mb: u64,
+    /// Quota of runs held at once, or [`NO_QUOTA`].
+    pub quota_runs: u64,
+    /// Runs of the queue that active workers hold.
+    pub running: u32,
+    /// CPU cores those hold.
+    pub cpu: u64,
+    /// RAM they hold, in megabytes.
+    pub ram_mb: u64,
+    /// VRAM they hold, in megabytes.
+    pub vram_mb: u64,
+    /// Runs of the queue in `claim.pending`.
+    pub pending: u32,
+    /// Decayed CPU-core-seconds (see `claim.usage_half_life_s`).
+    pub cpu_seconds: f64,
+    /// Decayed RAM-megabyte-seconds.
+    pub ram_mb_seconds: f64,
+    /// Decayed VRAM-megabyte-seconds.
+    pub vram_mb_seconds: f64,
+}
+
+/// Whether every length in `lengths` is `n`.
+fn all_are(n: usize, lengths: &[usize]) -> bool {
+    lengths.iter().all(|&len| len == n)
+}
+
+/// Entries `start .. start + count` of a list of `len` entries, cut to the list (so that a
+/// bad range reads as fewer entries, never as a panic).
+fn span(start: u32, count: u32, len: usize) -> std::ops::Range<usize> {
+    let start = (start as usize).min(len);
+    start..start.saturating_add(count as usize).min(len)
+}
+
+/// Whether entries `start .. start + count` all exist in a list of `len` entries.
+fn within(start: u32, count: u32, len: usize) -> bool {
+    u64::from(start) + u64::from(count) <= len as u64
 }
 
 impl PendingRuns {
@@ -73,6 +184,11 @@ impl PendingRuns {
             ram_mb: self.ram_mb[i],
             vram_mb: self.vram_mb[i],
             waited_ms: self.waited_ms[i],
+            queue: self.queue[i],
+            definition: self.definition[i],
+            image: self.image[i],
+            attempt: self.attempt[i],
+            preemptible: self.preemptible[i],
         }
     }
 
@@ -93,15 +209,24 @@ impl PendingRuns {
 
     /// Whether every column has one entry per run.
     fn consistent(&self) -> bool {
-        let n = self.len();
-        [
-            self.priority.len(),
-            self.ram_mb.len(),
-            self.vram_mb.len(),
-            self.waited_ms.len(),
-        ]
-        .iter()
-        .all(|&len| len == n)
+        all_are(
+            self.len(),
+            &[
+                self.priority.len(),
+                self.ram_mb.len(),
+                self.vram_mb.len(),
+                self.waited_ms.len(),
+                self.queue.len(),
+                self.definition.len(),
+                self.image.len(),
+                self.attempt.len(),
+                self.preemptible.len(),
+                self.tag_start.len(),
+                self.tag_count.len(),
+                self.label_start.len(),
+                self.label_count.len(),
+            ],
+        )
     }
 }
 
@@ -140,17 +265,19 @@ impl Workers {
     }
 
     fn consistent(&self) -> bool {
-        let n = self.len();
-        [
-            self.cpu_cores.len(),
-            self.ram_mb.len(),
-            self.free_ram_mb.len(),
-            self.gpu_start.len(),
-            self.gpu_count.len(),
-            self.running.len(),
-        ]
-        .iter()
-        .all(|&len| len == n)
+        all_are(
+            self.len(),
+            &[
+                self.cpu_cores.len(),
+                self.ram_mb.len(),
+                self.free_ram_mb.len(),
+                self.gpu_start.len(),
+                self.gpu_count.len(),
+                self.running.len(),
+                self.tag_start.len(),
+                self.tag_count.len(),
+            ],
+        )
     }
 }
 
@@ -174,36 +301,292 @@ impl Gpus {
         }
     }
 
+    /// GPU number `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<Gpu> {
+        (i < self.len()).then(|| self.gpu(i))
+    }
+
     /// Every GPU.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Gpu> + '_ {
         (0..self.len()).map(|i| self.gpu(i))
     }
 
     fn consistent(&self) -> bool {
-        self.id.len() == self.len() && self.vram_mb.len() == self.len()
+        all_are(
+            self.len(),
+            &[
+                self.id.len(),
+                self.vram_mb.len(),
+                self.tag_start.len(),
+                self.tag_count.len(),
+            ],
+        )
     }
 }
 
+impl RunningRuns {
+    /// How many runs active workers hold.
+    pub fn len(&self) -> usize {
+        self.worker.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.worker.is_empty()
+    }
+
+    /// Running run number `i` (panics if there is no such run, like indexing a slice).
+    pub fn run(&self, i: usize) -> RunningRun {
+        RunningRun {
+            worker: self.worker[i],
+            gpu: self.gpu[i],
+            priority: self.priority[i],
+            cpu: self.cpu[i],
+            ram_mb: self.ram_mb[i],
+            vram_mb: self.vram_mb[i],
+            ran_ms: self.ran_ms[i],
+            queue: self.queue[i],
+            definition: self.definition[i],
+            image: self.image[i],
+            preemptible: self.preemptible[i],
+        }
+    }
+
+    /// Running run number `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<RunningRun> {
+        (i < self.len()).then(|| self.run(i))
+    }
+
+    /// Every running run.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = RunningRun> + '_ {
+        (0..self.len()).map(|i| self.run(i))
+    }
+
+    fn consistent(&self) -> bool {
+        all_are(
+            self.len(),
+            &[
+                self.gpu.len(),
+                self.priority.len(),
+                self.cpu.len(),
+                self.ram_mb.len(),
+                self.vram_mb.len(),
+                self.ran_ms.len(),
+                self.queue.len(),
+                self.definition.len(),
+                self.image.len(),
+                self.preemptible.len(),
+                self.label_start.len(),
+                self.label_count.len(),
+            ],
+        )
+    }
+}
+
+impl Labels {
+    /// How many labels (of all runs together).
+    pub fn len(&self) -> usize {
+        self.key.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.key.is_empty()
+    }
+}
+
+impl Queues {
+    /// How many queues.
+    pub fn len(&self) -> usize {
+        self.name.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_empty()
+    }
+
+    /// Queue number `i` (panics if there is no such queue, like indexing a slice).
+    pub fn queue(&self, i: usize) -> Queue {
+        Queue {
+            name: self.name[i],
+            weight: self.weight[i],
+            quota_cpu: self.quota_cpu[i],
+            quota_ram_mb: self.quota_ram_mb[i],
+            quota_vram_mb: self.quota_vram_mb[i],
+            quota_runs: self.quota_runs[i],
+            running: self.running[i],
+            cpu: self.cpu[i],
+            ram_mb: self.ram_mb[i],
+            vram_mb: self.vram_mb[i],
+            pending: self.pending[i],
+            cpu_seconds: self.cpu_seconds[i],
+            ram_mb_seconds: self.ram_mb_seconds[i],
+            vram_mb_seconds: self.vram_mb_seconds[i],
+        }
+    }
+
+    /// Queue number `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<Queue> {
+        (i < self.len()).then(|| self.queue(i))
+    }
+
+    /// Every queue.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Queue> + '_ {
+        (0..self.len()).map(|i| self.queue(i))
+    }
+
+    fn consistent(&self) -> bool {
+        all_are(
+            self.len(),
+            &[
+                self.weight.len(),
+                self.quota_cpu.len(),
+                self.quota_ram_mb.len(),
+                self.quota_vram_mb.len(),
+                self.quota_runs.len(),
+                self.running.len(),
+                self.cpu.len(),
+                self.ram_mb.len(),
+                self.vram_mb.len(),
+                self.pending.len(),
+                self.cpu_seconds.len(),
+                self.ram_mb_seconds.len(),
+                self.vram_mb_seconds.len(),
+            ],
+        )
+    }
+}
+
+// The record is generated (by wit-bindgen, or by hand in the host's benchmark), so it cannot
+// derive `Default` where it is defined.
+#[allow(clippy::derivable_impls)]
 impl Default for Decision {
     fn default() -> Self {
         Self {
             assign: Vec::new(),
             deferred: Vec::new(),
+            evict: Vec::new(),
         }
     }
 }
 
 impl Decision {
-    /// Records why pending run `run` waits.
+    /// Records why pending run `run` waits, with the code [`WaitCode::Other`] ("the reason
+    /// says"); [`Decision::wait`] gives a more precise code.
     pub fn defer(&mut self, run: usize, reason: impl Into<String>) {
+        self.wait(run, WaitCode::Other, reason);
+    }
+
+    /// Records why pending run `run` waits, with its code (e.g. [`WaitCode::Capacity`] for a
+    /// run that does not fit).
+    pub fn wait(&mut self, run: usize, code: WaitCode, reason: impl Into<String>) {
         self.deferred.push(Deferral {
             run: run as u32,
+            code,
+            reason: reason.into(),
+        });
+    }
+
+    /// Asks the host to preempt running run `running` (an index into `claim.running`) to
+    /// make room for pending run `for_run`, which must be in `assign` or `deferred`. The
+    /// host refuses an eviction unless the run is held by the requester and preemptible and
+    /// `for_run` has a higher priority, and caps how many it carries out.
+    pub fn evict(&mut self, running: usize, for_run: usize, reason: impl Into<String>) {
+        self.evict.push(Eviction {
+            run: running as u32,
+            for_run: for_run as u32,
             reason: reason.into(),
         });
     }
 }
 
 impl Claim {
+    /// String number `i` of the claim's table; "" when there is no such entry.
+    pub fn string(&self, i: u32) -> &str {
+        self.strings.get(i as usize).map_or("", String::as_str)
+    }
+
+    /// The strings that `claim.tags` entries `start .. start + count` name.
+    fn tag_span(&self, start: u32, count: u32) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.tags[span(start, count, self.tags.len())]
+            .iter()
+            .map(|&tag| self.string(tag))
+    }
+
+    /// The (key, value) pairs of `claim.labels` entries `start .. start + count`.
+    fn label_span(
+        &self,
+        start: u32,
+        count: u32,
+    ) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        // `key` and `value` may differ in length only in a malformed claim.
+        let range = span(
+            start,
+            count,
+            self.labels.key.len().min(self.labels.value.len()),
+        );
+        range.map(|i| {
+            (
+                self.string(self.labels.key[i]),
+                self.string(self.labels.value[i]),
+            )
+        })
+    }
+
+    /// The worker tags pending run `i` requires (panics if there is no such run).
+    pub fn run_tags(&self, i: usize) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.tag_span(self.pending.tag_start[i], self.pending.tag_count[i])
+    }
+
+    /// The tags of worker `i` (panics if there is no such worker).
+    pub fn worker_tags(&self, i: usize) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.tag_span(self.workers.tag_start[i], self.workers.tag_count[i])
+    }
+
+    /// The tags of GPU `i` (an index into `claim.gpus`; panics if there is no such GPU).
+    pub fn gpu_tags(&self, i: usize) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.tag_span(self.gpus.tag_start[i], self.gpus.tag_count[i])
+    }
+
+    /// The labels of pending run `i`, as (key, value) pairs (panics if there is no such run).
+    pub fn run_labels(&self, i: usize) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        self.label_span(self.pending.label_start[i], self.pending.label_count[i])
+    }
+
+    /// The value of label `key` of pending run `i`, if it has one.
+    pub fn run_label(&self, i: usize, key: &str) -> Option<&str> {
+        self.run_labels(i).find(|&(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// The labels of running run `i`, as (key, value) pairs (panics if there is no such run).
+    pub fn running_labels(&self, i: usize) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        self.label_span(self.running.label_start[i], self.running.label_count[i])
+    }
+
+    /// The value of label `key` of running run `i`, if it has one.
+    pub fn running_label(&self, i: usize, key: &str) -> Option<&str> {
+        self.running_labels(i)
+            .find(|&(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// The name of queue `i` (an index into `claim.queues`; panics if there is none).
+    pub fn queue_name(&self, i: usize) -> &str {
+        self.string(self.queues.name[i])
+    }
+
+    /// The index in `claim.queues` of the queue named `name`, if the claim has it (every
+    /// queue of a pending or running run is there).
+    pub fn queue_index(&self, name: &str) -> Option<usize> {
+        (0..self.queues.len()).find(|&i| self.queue_name(i) == name)
+    }
+
+    /// The indices in `claim.running` of the runs worker `worker` holds.
+    pub fn running_on(&self, worker: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.running.len()).filter(move |&i| self.running.worker[i] as usize == worker)
+    }
+
     /// The worker asking for work.
     pub fn requester(&self) -> Worker {
         self.workers.worker(self.requester as usize)
@@ -211,8 +594,7 @@ impl Claim {
 
     /// Where `worker`'s GPUs are in `self.gpus` (empty when the claim names none).
     pub fn gpu_range(&self, worker: &Worker) -> std::ops::Range<usize> {
-        let start = (worker.gpu_start as usize).min(self.gpus.len());
-        start..(start + worker.gpu_count as usize).min(self.gpus.len())
+        span(worker.gpu_start, worker.gpu_count, self.gpus.len())
     }
 
     /// The GPUs of `worker`.
@@ -235,14 +617,95 @@ impl Claim {
         self.capacity(self.requester as usize)
     }
 
-    /// Why the claim cannot be decided: columns of different lengths, or no requester. The
-    /// host never sends such a claim; the SDK checks before a strategy sees it.
+    /// Adds what running run `running` holds back to `capacity`, which must be the capacity
+    /// of the worker holding it (from [`Claim::capacity`]): what evicting it would free.
+    pub fn free_up(&self, capacity: &mut Capacity, running: usize) {
+        let run = self.running.run(running);
+        capacity.cpu += i64::from(run.cpu);
+        capacity.ram_mb += run.ram_mb as i64;
+        let gpus = match self.workers.get(run.worker as usize) {
+            Some(worker) => self.gpu_range(&worker),
+            None => 0..0,
+        };
+        if let Some(gpu) = run.gpu_index().filter(|gpu| gpus.contains(gpu))
+            && let Some(free) = capacity.gpus.get_mut(gpu - gpus.start)
+        {
+            *free += run.vram_mb as i64;
+        }
+    }
+
+    /// Why the claim cannot be decided: columns of different lengths, no requester, or an
+    /// index or range that leaves its list. The host never sends such a claim; the SDK
+    /// checks before a strategy sees it, so that the helpers above never read past a list.
     pub fn malformed(&self) -> Option<&'static str> {
-        if !(self.pending.consistent() && self.workers.consistent() && self.gpus.consistent()) {
+        let labels_consistent = self.labels.key.len() == self.labels.value.len();
+        if !(self.pending.consistent()
+            && self.workers.consistent()
+            && self.gpus.consistent()
+            && self.running.consistent()
+            && labels_consistent
+            && self.queues.consistent())
+        {
             return Some("the claim's columns have different lengths");
         }
         if self.requester as usize >= self.workers.len() {
             return Some("the claim's requester is not one of its workers");
+        }
+        if self.strings.first().is_none_or(|first| !first.is_empty()) {
+            return Some("the claim's string table does not start with the empty string");
+        }
+        let strings = self.strings.len();
+        let is_string = |i: &u32| (*i as usize) < strings;
+        let string_columns = [
+            &self.tags,
+            &self.labels.key,
+            &self.labels.value,
+            &self.pending.queue,
+            &self.pending.definition,
+            &self.pending.image,
+            &self.running.queue,
+            &self.running.definition,
+            &self.running.image,
+            &self.queues.name,
+        ];
+        if !string_columns
+            .iter()
+            .all(|column| column.iter().all(is_string))
+        {
+            return Some("a string index of the claim is out of range");
+        }
+        let (tags, labels) = (self.tags.len(), self.labels.len());
+        let ranges_fit = |starts: &[u32], counts: &[u32], len: usize| {
+            starts
+                .iter()
+                .zip(counts)
+                .all(|(&start, &count)| within(start, count, len))
+        };
+        if !(ranges_fit(&self.pending.tag_start, &self.pending.tag_count, tags)
+            && ranges_fit(&self.workers.tag_start, &self.workers.tag_count, tags)
+            && ranges_fit(&self.gpus.tag_start, &self.gpus.tag_count, tags)
+            && ranges_fit(&self.pending.label_start, &self.pending.label_count, labels)
+            && ranges_fit(&self.running.label_start, &self.running.label_count, labels))
+        {
+            return Some("a tag or label range of the claim is out of range");
+        }
+        if !ranges_fit(
+            &self.workers.gpu_start,
+            &self.workers.gpu_count,
+            self.gpus.len(),
+        ) {
+            return Some("a worker's GPU range is out of range");
+        }
+        for run in self.running.iter() {
+            let Some(worker) = self.workers.get(run.worker as usize) else {
+                return Some("a running run's worker is out of range");
+            };
+            if run
+                .gpu_index()
+                .is_some_and(|gpu| !self.gpu_range(&worker).contains(&gpu))
+            {
+                return Some("a running run's GPU is not one of its worker's");
+            }
         }
         None
     }
