@@ -129,14 +129,33 @@ enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Decide a scenario (a JSON cluster and pending runs) with FILE: the assignments, the
-    /// reasons for runs left pending, and the latency per call.
+    /// Decide a scenario (a JSON cluster, its running and pending runs) with FILE: the
+    /// assignments, the preemptions, the reasons for runs left pending, and the latency per
+    /// call. The scenario is a file, or a live server's claim for one worker (a dry run:
+    /// what FILE would decide now; nothing is claimed).
     Simulate {
         /// The plugin (.wasm component).
         file: std::path::PathBuf,
         /// The scenario file (see examples/strategy-template/scenario.json).
-        #[arg(long)]
-        scenario: std::path::PathBuf,
+        #[arg(
+            long,
+            required_unless_present = "from_server",
+            conflicts_with = "from_server"
+        )]
+        scenario: Option<std::path::PathBuf>,
+        /// Take the scenario from this server: what a claim by `--worker` would be shown now
+        /// (`GET /workers/{id}/claim-scenario`), with its queues and strategy configuration.
+        #[arg(long, value_name = "URL", requires = "worker")]
+        from_server: Option<String>,
+        /// The worker whose claim `--from-server` takes.
+        #[arg(long, value_name = "ID")]
+        worker: Option<String>,
+        /// The claim's `max` with `--from-server` (1-100).
+        #[arg(long, default_value_t = 10)]
+        max: u32,
+        /// API key for `--from-server` (sent as X-API-Key).
+        #[arg(long, env = "GYOZA_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -207,16 +226,43 @@ async fn run(cli: Cli) -> anyhow::Result<remote::Outcome> {
             gyoza_host::server::run(config, shutdown_signal()).await?;
         }
         Command::Plugins(command) => {
-            // Plugins run on a blocking thread: WASI's synchronous bindings refuse async ones.
-            let text = tokio::task::spawn_blocking(move || match command {
-                PluginsCommand::Check { file, json } => {
-                    gyoza_host::strategy::scenario::check_command(&file, json)
+            use gyoza_host::strategy::scenario;
+            // A live server's scenario is fetched here; the plugin then runs on a blocking
+            // thread (WASI's synchronous bindings refuse async ones).
+            let live = match &command {
+                PluginsCommand::Simulate {
+                    from_server: Some(url),
+                    worker: Some(worker),
+                    max,
+                    api_key,
+                    ..
+                } => {
+                    let client = gyoza_core::client::Client::new(url, api_key.as_deref())?;
+                    let value = client.claim_scenario(worker, *max).await?;
+                    Some(
+                        serde_json::from_value::<scenario::Scenario>(value).map_err(|e| {
+                            anyhow::anyhow!(
+                                "the server's claim scenario is not one this CLI reads: {e}"
+                            )
+                        })?,
+                    )
                 }
+                _ => None,
+            };
+            let text = tokio::task::spawn_blocking(move || match command {
+                PluginsCommand::Check { file, json } => scenario::check_command(&file, json),
                 PluginsCommand::Simulate {
                     file,
-                    scenario,
+                    scenario: path,
                     json,
-                } => gyoza_host::strategy::scenario::simulate_command(&file, &scenario, json),
+                    ..
+                } => match (live, path) {
+                    (Some(live), _) => scenario::simulate_scenario_command(&file, &live, json),
+                    (None, Some(path)) => scenario::simulate_command(&file, &path, json),
+                    (None, None) => Err(scenario::ScenarioError::Scenario(
+                        "name a --scenario file or --from-server URL".into(),
+                    )),
+                },
             })
             .await??;
             println!("{text}");

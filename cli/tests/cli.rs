@@ -412,18 +412,30 @@ fn plugins_check_and_simulate_report_the_wit_version() {
 
     let text = ok(nowhere, &["plugins", "check", builtin]);
     assert!(
-        text.contains("implements gyoza:scheduler/strategy@0.2.0"),
+        text.contains("implements gyoza:scheduler/strategy@1.0.0")
+            && text.contains("answer: evict")
+            && text.contains("evicted 0"),
         "{text}"
     );
+    // The probe claim shows which optional parts a plugin uses: priority with preempt=true
+    // evicts there (the server hands every plugin one configuration; check uses none, so the
+    // JSON report of the 0.1.0 plugin names no 1.0 parts).
     let text = ok(nowhere, &["plugins", "check", old]);
     assert!(
         text.contains("implements gyoza:scheduler/strategy@0.1.0"),
         "{text}"
     );
-    assert_eq!(
-        json_of(nowhere, &["plugins", "check", old, "--json"])["wit_version"],
-        "0.1.0"
+    let old_check = json_of(nowhere, &["plugins", "check", old, "--json"]);
+    assert_eq!(old_check["wit_version"], "0.1.0");
+    assert!(
+        !old_check["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "answer: evict"),
+        "{old_check}"
     );
+    assert_eq!(old_check["probe"]["failure"], Value::Null, "{old_check}");
 
     // The same scenario decided by bin-packing over each interface: the same answer.
     let scenario = concat!(
@@ -445,7 +457,7 @@ fn plugins_check_and_simulate_report_the_wit_version() {
         nowhere,
         &["plugins", "simulate", old, "--scenario", scenario, "--json"],
     );
-    assert_eq!(new_report["wit_version"], "0.2.0");
+    assert_eq!(new_report["wit_version"], "1.0.0");
     assert_eq!(old_report["wit_version"], "0.1.0");
     assert_eq!(new_report["failure"], Value::Null, "{new_report}");
     assert_eq!(new_report["assigned"], old_report["assigned"]);
@@ -459,4 +471,110 @@ fn plugins_check_and_simulate_report_the_wit_version() {
         &["plugins", "simulate", old, "--scenario", scenario],
     );
     assert!(text.contains("gyoza:scheduler@0.1.0"), "{text}");
+}
+
+#[test]
+fn plugins_simulate_from_a_live_server_is_a_dry_run_of_its_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(
+        env!("CARGO_BIN_EXE_gyoza"),
+        dir.path(),
+        KEY,
+        &[
+            "--strategy",
+            "priority",
+            "--strategy-config",
+            "preempt=true",
+            "--queues",
+            "interactive:weight=2",
+        ],
+    );
+    let url = server.url.as_str();
+    api(
+        &server,
+        "POST",
+        "/workers/heartbeat",
+        json!({"worker_id": "w", "tags": ["ssd"], "resources": {"cpu_cores": 2, "ram_mb": 4096}}),
+    );
+    let run = |priority: i64, preemptible: bool, extra: Value| {
+        let mut body = json!({"image": "x", "priority": priority, "preemptible": preemptible,
+                              "constraints": {"cpu": 1}});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        api(&server, "POST", "/runs", body)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let low = [run(1, true, json!({})), run(1, true, json!({}))];
+    let claimed = api(&server, "POST", "/workers/w/claim?max=2", Value::Null);
+    assert_eq!(claimed["ops"].as_array().unwrap().len(), 2, "{claimed}");
+    let urgent = run(
+        9,
+        false,
+        json!({"queue": "interactive", "labels": {"team": "a"}}),
+    );
+    let elsewhere = run(
+        5,
+        false,
+        json!({"constraints": {"cpu": 1, "tags": ["gpu"]}}),
+    );
+
+    let priority = built_plugin("gyoza_strategy_priority.wasm");
+    let args = |json: bool| {
+        let mut args = vec![
+            "plugins",
+            "simulate",
+            priority.to_str().unwrap(),
+            "--from-server",
+            url,
+            "--worker",
+            "w",
+        ];
+        if json {
+            args.push("--json");
+        }
+        args
+    };
+    let report = json_of(url, &args(true));
+    assert_eq!(report["failure"], Value::Null, "{report}");
+    assert_eq!(report["assigned"], json!([urgent]), "{report}");
+    let evicted = report["evicted"].as_array().unwrap();
+    assert_eq!(evicted.len(), 1, "{report}");
+    assert!(
+        low.iter().any(|id| evicted[0][0] == id.as_str()),
+        "{report}"
+    );
+    assert_eq!(evicted[0][1], urgent.as_str());
+    assert_eq!(report["filtered"], json!([elsewhere]), "{report}");
+    let text = ok(url, &args(false));
+    assert!(text.contains("evict ") && text.contains(&urgent), "{text}");
+
+    // A dry run: nothing was claimed or preempted.
+    let shown = api(&server, "GET", &format!("/runs/{urgent}"), Value::Null);
+    assert_eq!(shown["state"], "PENDING");
+    for id in &low {
+        let shown = api(&server, "GET", &format!("/runs/{id}"), Value::Null);
+        assert_eq!(shown["current_attempt"], 1, "{shown}");
+    }
+    // The scenario as the server gives it: queues and config included.
+    let scenario = api(&server, "GET", "/workers/w/claim-scenario", Value::Null);
+    assert_eq!(scenario["config"], "preempt=true");
+    assert_eq!(scenario["queues"], "interactive:weight=2");
+    assert_eq!(scenario["workers"][0]["tags"], json!(["ssd"]));
+    let err = fails(
+        url,
+        &[
+            "plugins",
+            "simulate",
+            priority.to_str().unwrap(),
+            "--from-server",
+            url,
+            "--worker",
+            "nobody",
+        ],
+        1,
+    );
+    assert!(err.contains("never sent a heartbeat"), "{err}");
 }

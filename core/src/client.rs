@@ -505,6 +505,20 @@ impl Client {
         Ok(response.ops)
     }
 
+    /// `GET /workers/{id}/claim-scenario?max=N`: what a claim by the worker would decide from
+    /// now, as a `gyoza plugins simulate` scenario (JSON; nothing is claimed).
+    pub async fn claim_scenario(
+        &self,
+        worker_id: &str,
+        max: u32,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.call(
+            self.request(Method::GET, &["workers", worker_id, "claim-scenario"])
+                .query(&[("max", max)]),
+        )
+        .await
+    }
+
     /// Sends `request` and returns the answer once its status is 2xx, its body unread
     /// (for text and streams); anything else becomes a [`ClientError`].
     async fn send(&self, request: RequestBuilder) -> Result<reqwest::Response, ClientError> {

@@ -163,8 +163,10 @@ pub struct Evictions {
 /// Checks the preemptions a strategy asked for (`requests`, in its order) against the host's
 /// rules: a held run may be preempted only if it is held by `requester`, preemptible and not
 /// preempted `rules.max_preemptions` times already, for a pending run the decision assigned
-/// or deferred (`decided`) whose priority is higher than the held run's; at most
-/// `rules.per_claim` and `rules.budget` of them. Everything else is refused and said why.
+/// or deferred (`decided`) whose priority is higher than the held run's. Of those, the
+/// preemptions made for one pending run are kept all together or not at all, in the order
+/// of their first request, while they total at most `rules.per_claim` and `rules.budget`.
+/// Everything else is refused and said why.
 pub fn check_evictions(
     requester: &str,
     held: &[HeldRun],
@@ -175,7 +177,8 @@ pub fn check_evictions(
 ) -> Evictions {
     let mut out = Evictions::default();
     let mut seen = HashSet::new();
-    let cap = rules.per_claim.min(rules.budget);
+    // The allowed requests, grouped by the pending run they are for, in first-request order.
+    let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
     for (i, request) in requests.iter().enumerate() {
         let verdict = match (held.get(request.run), pending.get(request.for_run)) {
             (Some(victim), Some(beneficiary)) => {
@@ -191,8 +194,6 @@ pub fn check_evictions(
                     Err(EvictionRefusal::NotDecided)
                 } else if beneficiary.priority <= victim.priority {
                     Err(EvictionRefusal::NotLowerPriority)
-                } else if out.accepted.len() >= cap {
-                    Err(EvictionRefusal::OverCap)
                 } else {
                     Ok(())
                 }
@@ -202,11 +203,28 @@ pub fn check_evictions(
         match verdict {
             Ok(()) => {
                 seen.insert(request.run);
-                out.accepted.push(i);
+                match groups
+                    .iter_mut()
+                    .find(|(for_run, _)| *for_run == request.for_run)
+                {
+                    Some((_, group)) => group.push(i),
+                    None => groups.push((request.for_run, vec![i])),
+                }
             }
             Err(why) => out.refused.push((i, why)),
         }
     }
+    let cap = rules.per_claim.min(rules.budget);
+    for (_, group) in groups {
+        if out.accepted.len() + group.len() <= cap {
+            out.accepted.extend(group);
+        } else {
+            out.refused
+                .extend(group.into_iter().map(|i| (i, EvictionRefusal::OverCap)));
+        }
+    }
+    out.accepted.sort_unstable();
+    out.refused.sort_unstable_by_key(|(i, _)| *i);
     out
 }
 
@@ -342,7 +360,17 @@ mod tests {
         };
         let checked = check_evictions("w", &held, &pending, &requests, |i| i == 0, rules);
         use EvictionRefusal::*;
-        assert_eq!(checked.accepted, [0, 9]);
+        // Requests 0, 9 and 10 are allowed, all for "urgent": three victims over a cap of
+        // two are refused together, none carried out for nothing.
+        assert_eq!(checked.accepted, Vec::<usize>::new());
+        assert_eq!(checked.refused.len(), requests.len());
+        assert!(checked.refused.contains(&(10, OverCap)));
+        let roomy = EvictionRules {
+            per_claim: 3,
+            ..rules
+        };
+        let checked = check_evictions("w", &held, &pending, &requests, |i| i == 0, roomy);
+        assert_eq!(checked.accepted, [0, 9, 10]);
         assert_eq!(
             checked.refused,
             [
@@ -354,9 +382,16 @@ mod tests {
                 (6, Unknown),
                 (7, Unknown),
                 (8, NotPreemptible),
-                (10, OverCap),
             ]
         );
+        // Two groups: the second does not fit in what the first left.
+        let mut second = run("second", 1, None);
+        second.priority = 5;
+        let two = [pending[0].clone(), second];
+        let requests = [ask(0, 0), ask(4, 1), ask(5, 1)];
+        let checked = check_evictions("w", &held, &two, &requests, |_| true, rules);
+        assert_eq!(checked.accepted, [0]);
+        assert_eq!(checked.refused, [(1, OverCap), (2, OverCap)]);
         let starved = EvictionRules { budget: 0, ..rules };
         let checked = check_evictions("w", &held, &pending, &requests[..1], |_| true, starved);
         assert_eq!(

@@ -3,14 +3,16 @@
 //! Run: `cargo bench -p gyoza-host --bench strategy`. Not a test: it prints figures (see
 //! BENCHMARKS.md, section "Strategies").
 //!
-//! Both sides decide the same claim (100 active workers, 10 / 1,000 / 10,000 pending runs)
-//! from the same `ClaimRequest`, end to end as the server does: build the WIT records
-//! (`gyoza:scheduler@0.2.0` columns), run the bin-packing plan, check the answer against the
-//! requester's capacity (`gyoza_core::placement::place`, the claim's one check). The wasm side
-//! is `StrategyHost::decide_blocking` with the embedded
-//! `bin-packing` component (reused instance, epoch deadline and memory limit on). The native
-//! side compiles `plugins/bin-packing/src/plan.rs` and the SDK's `model.rs` (the very files
-//! the component is built from) against plain copies of the WIT records.
+//! Both sides decide the same claim (100 active workers, 10 / 1,000 / 10,000 pending runs
+//! and none running; then 1,000 pending and 500 running) from the same `ClaimRequest`, end to
+//! end as the server does: build the WIT records (`gyoza:scheduler@1.0.0`: columns, string
+//! table, running runs, queues), run the bin-packing plan, check the answer against the
+//! requester's capacity (`gyoza_core::placement::place`, the claim's one check). The wasm
+//! side is `StrategyHost::decide_blocking` with the embedded `bin-packing` component (reused
+//! instance, epoch deadline and memory limit on). The native side builds the records with the
+//! host's own builder (`gyoza_host::strategy::records::claim`), moves the columns into plain
+//! copies of the WIT records, and runs `plugins/bin-packing/src/plan.rs` and the SDK's
+//! `model.rs` (the very files the component is built from) on them.
 //!
 //! Environment:
 //! - `GYOZA_BENCH_STRATEGY=NAME`: another strategy on the wasm side (`direct`: transfer cost
@@ -30,22 +32,33 @@ use chrono::Utc;
 use gyoza_core::placement::place;
 use gyoza_core::run::NewRun;
 use gyoza_core::{
-    Capacity as CoreCapacity, Constraints, Gpu as CoreGpu, OpRun, PendingRun as CorePendingRun,
-    Resources, Worker as CoreWorker,
+    Capacity as CoreCapacity, Constraints, Gpu as CoreGpu, HeldRun, OpRun,
+    PendingRun as CorePendingRun, Resources, RunFacts, Worker as CoreWorker,
 };
 use gyoza_host::queues::QueueSettings;
 use gyoza_host::scheduler::{ActiveWorker, ClaimRequest};
-use gyoza_host::strategy::{StrategyHost, StrategySettings};
+use gyoza_host::strategy::{StrategyHost, StrategySettings, records};
 
-// The WIT records (gyoza:scheduler@0.2.0) as plain Rust, and the guest's code compiled natively
+// The WIT records (gyoza:scheduler@1.0.0) as plain Rust, and the guest's code compiled natively
 // against them. At the crate root because the included files name the records as `super::...`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PendingRuns {
     pub priority: Vec<i64>,
     pub cpu: Vec<u32>,
     pub ram_mb: Vec<u64>,
     pub vram_mb: Vec<u64>,
     pub waited_ms: Vec<u64>,
+    pub queue: Vec<u32>,
+    pub definition: Vec<u32>,
+    pub image: Vec<u32>,
+    pub attempt: Vec<u32>,
+    pub preemptible: Vec<bool>,
+    pub tag_start: Vec<u32>,
+    pub tag_count: Vec<u32>,
+    pub label_start: Vec<u32>,
+    pub label_count: Vec<u32>,
 }
+#[derive(Debug, Clone, PartialEq)]
 pub struct Workers {
     pub cpu_cores: Vec<u32>,
     pub ram_mb: Vec<u64>,
@@ -54,31 +67,196 @@ pub struct Workers {
     pub gpu_start: Vec<u32>,
     pub gpu_count: Vec<u32>,
     pub running: Vec<u32>,
+    pub tag_start: Vec<u32>,
+    pub tag_count: Vec<u32>,
 }
+#[derive(Debug, Clone, PartialEq)]
 pub struct Gpus {
     pub id: Vec<u32>,
     pub vram_mb: Vec<u64>,
     pub free_vram_mb: Vec<i64>,
+    pub tag_start: Vec<u32>,
+    pub tag_count: Vec<u32>,
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningRuns {
+    pub worker: Vec<u32>,
+    pub gpu: Vec<u32>,
+    pub priority: Vec<i64>,
+    pub cpu: Vec<u32>,
+    pub ram_mb: Vec<u64>,
+    pub vram_mb: Vec<u64>,
+    pub ran_ms: Vec<u64>,
+    pub queue: Vec<u32>,
+    pub definition: Vec<u32>,
+    pub image: Vec<u32>,
+    pub preemptible: Vec<bool>,
+    pub label_start: Vec<u32>,
+    pub label_count: Vec<u32>,
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct Labels {
+    pub key: Vec<u32>,
+    pub value: Vec<u32>,
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queues {
+    pub name: Vec<u32>,
+    pub weight: Vec<u32>,
+    pub quota_cpu: Vec<u64>,
+    pub quota_ram_mb: Vec<u64>,
+    pub quota_vram_mb: Vec<u64>,
+    pub quota_runs: Vec<u64>,
+    pub running: Vec<u32>,
+    pub cpu: Vec<u64>,
+    pub ram_mb: Vec<u64>,
+    pub vram_mb: Vec<u64>,
+    pub pending: Vec<u32>,
+    pub cpu_seconds: Vec<f64>,
+    pub ram_mb_seconds: Vec<f64>,
+    pub vram_mb_seconds: Vec<f64>,
+}
+#[derive(Debug, Clone, PartialEq)]
 pub struct Claim {
     pub requester: u32,
     pub max: u32,
+    pub max_evictions: u32,
+    pub strings: Vec<String>,
+    pub tags: Vec<u32>,
+    pub labels: Labels,
     pub workers: Workers,
     pub gpus: Gpus,
     pub pending: PendingRuns,
+    pub running: RunningRuns,
+    pub queues: Queues,
+    pub usage_half_life_s: u32,
 }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitCode {
+    Capacity,
+    Ordering,
+    Quota,
+    Placement,
+    Other,
+}
+#[derive(Debug, Clone, PartialEq)]
 pub struct Deferral {
     pub run: u32,
+    pub code: WaitCode,
     pub reason: String,
 }
+#[derive(Debug, Clone, PartialEq)]
+pub struct Eviction {
+    pub run: u32,
+    pub for_run: u32,
+    pub reason: String,
+}
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub assign: Vec<u32>,
     pub deferred: Vec<Deferral>,
+    pub evict: Vec<Eviction>,
+}
+
+/// The host's records (`gyoza_host::strategy::records`) as the plain copies above: the
+/// columns are moved, not copied.
+fn plain(claim: records::Claim) -> Claim {
+    let records::Claim {
+        requester,
+        max,
+        max_evictions,
+        strings,
+        tags,
+        labels,
+        workers: w,
+        gpus: g,
+        pending: p,
+        running: r,
+        queues: q,
+        usage_half_life_s,
+    } = claim;
+    Claim {
+        requester,
+        max,
+        max_evictions,
+        strings,
+        tags,
+        labels: Labels {
+            key: labels.key,
+            value: labels.value,
+        },
+        workers: Workers {
+            cpu_cores: w.cpu_cores,
+            ram_mb: w.ram_mb,
+            free_cpu: w.free_cpu,
+            free_ram_mb: w.free_ram_mb,
+            gpu_start: w.gpu_start,
+            gpu_count: w.gpu_count,
+            running: w.running,
+            tag_start: w.tag_start,
+            tag_count: w.tag_count,
+        },
+        gpus: Gpus {
+            id: g.id,
+            vram_mb: g.vram_mb,
+            free_vram_mb: g.free_vram_mb,
+            tag_start: g.tag_start,
+            tag_count: g.tag_count,
+        },
+        pending: PendingRuns {
+            priority: p.priority,
+            cpu: p.cpu,
+            ram_mb: p.ram_mb,
+            vram_mb: p.vram_mb,
+            waited_ms: p.waited_ms,
+            queue: p.queue,
+            definition: p.definition,
+            image: p.image,
+            attempt: p.attempt,
+            preemptible: p.preemptible,
+            tag_start: p.tag_start,
+            tag_count: p.tag_count,
+            label_start: p.label_start,
+            label_count: p.label_count,
+        },
+        running: RunningRuns {
+            worker: r.worker,
+            gpu: r.gpu,
+            priority: r.priority,
+            cpu: r.cpu,
+            ram_mb: r.ram_mb,
+            vram_mb: r.vram_mb,
+            ran_ms: r.ran_ms,
+            queue: r.queue,
+            definition: r.definition,
+            image: r.image,
+            preemptible: r.preemptible,
+            label_start: r.label_start,
+            label_count: r.label_count,
+        },
+        queues: Queues {
+            name: q.name,
+            weight: q.weight,
+            quota_cpu: q.quota_cpu,
+            quota_ram_mb: q.quota_ram_mb,
+            quota_vram_mb: q.quota_vram_mb,
+            quota_runs: q.quota_runs,
+            running: q.running,
+            cpu: q.cpu,
+            ram_mb: q.ram_mb,
+            vram_mb: q.vram_mb,
+            pending: q.pending,
+            cpu_seconds: q.cpu_seconds,
+            ram_mb_seconds: q.ram_mb_seconds,
+            vram_mb_seconds: q.vram_mb_seconds,
+        },
+        usage_half_life_s,
+    }
 }
 
 #[path = "../../plugins/sdk/src/model.rs"]
 mod model;
-pub use model::{Capacity, Placement, reason};
+pub use model::{Capacity, NO_GPU, NO_QUOTA, Placement, reason};
 
 #[path = "../../plugins/bin-packing/src/plan.rs"]
 pub mod plan;
@@ -123,7 +301,7 @@ fn pending(n: usize) -> Vec<CorePendingRun> {
         .map(|i| {
             OpRun::new(
                 NewRun {
-                    image: "x".into(),
+                    image: format!("registry/op-{}:1", i % 20),
                     priority: (n - i) as i64 / 100,
                     constraints: Constraints {
                         cpu: Some(1 + (i % 8) as u32),
@@ -131,6 +309,9 @@ fn pending(n: usize) -> Vec<CorePendingRun> {
                         vram_mb: (i % 5 == 0).then_some(2048 * (1 + (i % 6) as u64)),
                         ..Constraints::default()
                     },
+                    queue: ["interactive", "batch", "research"][i % 3].into(),
+                    labels: [("team".to_owned(), format!("team-{}", i % 7))].into(),
+                    preemptible: i % 2 == 0,
                     ..NewRun::default()
                 },
                 now - chrono::Duration::milliseconds(i as i64),
@@ -141,81 +322,56 @@ fn pending(n: usize) -> Vec<CorePendingRun> {
         .collect()
 }
 
-/// Appends `worker` with `free` to the columns, as the host's `convert::claim` does.
-fn push_worker(workers: &mut Workers, gpus: &mut Gpus, worker: &ActiveWorker, free: &CoreCapacity) {
-    let start = gpus.id.len() as u32;
-    for &(id, free_vram) in &free.gpus {
-        let total = worker
-            .resources
-            .gpus
-            .iter()
-            .find(|g| g.id == id)
-            .map_or(0, |g| g.vram_mb);
-        gpus.id.push(id);
-        gpus.vram_mb.push(total);
-        gpus.free_vram_mb.push(free_vram);
+/// `per_worker` runs held by each worker (1 core, 512 MB each, a fifth on a GPU), assigned
+/// seconds to minutes ago, in the three queues; the workers' free capacity is then less
+/// theirs.
+fn running(cluster: &mut [ActiveWorker], per_worker: usize) -> Vec<HeldRun> {
+    let now = Utc::now();
+    let mut held = Vec::new();
+    for (w, worker) in cluster.iter_mut().enumerate() {
+        let mut mine = Vec::new();
+        for k in 0..per_worker {
+            let i = w * per_worker + k;
+            let gpu = worker
+                .resources
+                .gpus
+                .first()
+                .filter(|_| i % 5 == 0)
+                .map(|g| g.id);
+            mine.push(HeldRun {
+                id: format!("held-{i}"),
+                worker_id: worker.id.clone(),
+                constraints: Constraints {
+                    cpu: Some(1),
+                    ram_mb: Some(512),
+                    vram_mb: gpu.map(|_| 1024),
+                    ..Constraints::default()
+                },
+                gpu_id: gpu,
+                priority: (i % 3) as i64,
+                facts: RunFacts {
+                    queue: ["interactive", "batch", "research"][i % 3].into(),
+                    image: format!("registry/op-{}:1", i % 20),
+                    preemptible: i % 2 == 1,
+                    labels: [("team".to_owned(), format!("team-{}", i % 7))].into(),
+                    assigned_at: Some(now - chrono::Duration::seconds((i % 600) as i64)),
+                    ..RunFacts::default()
+                },
+            });
+        }
+        worker.free = CoreCapacity::free(&worker.resources, &mine);
+        worker.running = mine.len();
+        held.extend(mine);
     }
-    workers.cpu_cores.push(worker.resources.cpu_cores);
-    workers.ram_mb.push(worker.resources.ram_mb);
-    workers.free_cpu.push(free.cpu);
-    workers.free_ram_mb.push(free.ram_mb);
-    workers.gpu_start.push(start);
-    workers.gpu_count.push(gpus.id.len() as u32 - start);
-    workers.running.push(worker.running as u32);
+    held
 }
 
 /// What the host does around a native strategy: the same records, the same checks.
 /// Not inlined, so that a profiler can count it alone (`--toggle-collect=*native_decide*`).
 #[inline(never)]
 fn native_decide(request: &ClaimRequest<'_>) -> usize {
-    let n = request.cluster.len();
-    let mut workers = Workers {
-        cpu_cores: Vec::with_capacity(n),
-        ram_mb: Vec::with_capacity(n),
-        free_cpu: Vec::with_capacity(n),
-        free_ram_mb: Vec::with_capacity(n),
-        gpu_start: Vec::with_capacity(n),
-        gpu_count: Vec::with_capacity(n),
-        running: Vec::with_capacity(n),
-    };
-    let mut gpus = Gpus {
-        id: Vec::new(),
-        vram_mb: Vec::new(),
-        free_vram_mb: Vec::new(),
-    };
-    let mut requester = 0;
-    for (i, w) in request.cluster.iter().enumerate() {
-        if w.id == request.worker.id {
-            requester = i;
-            push_worker(&mut workers, &mut gpus, w, &request.free);
-        } else {
-            push_worker(&mut workers, &mut gpus, w, &w.free);
-        }
-    }
-    let n = request.pending.len();
-    let mut pending = PendingRuns {
-        priority: Vec::with_capacity(n),
-        cpu: Vec::with_capacity(n),
-        ram_mb: Vec::with_capacity(n),
-        vram_mb: Vec::with_capacity(n),
-        waited_ms: Vec::with_capacity(n),
-    };
-    for run in request.pending {
-        pending.priority.push(run.priority);
-        pending.cpu.push(run.constraints.cpu.unwrap_or(0));
-        pending.ram_mb.push(run.constraints.ram_mb.unwrap_or(0));
-        pending.vram_mb.push(run.constraints.vram_mb.unwrap_or(0));
-        pending
-            .waited_ms
-            .push((request.now - run.created_at).num_milliseconds().max(0) as u64);
-    }
-    let claim = Claim {
-        requester: requester as u32,
-        max: request.max as u32,
-        workers,
-        gpus,
-        pending,
-    };
+    // The records the host builds for every claim, then the columns moved to plain copies.
+    let claim = plain(records::claim(request));
     // The SDK checks this before the guest's strategy runs; so does the native side.
     if claim.malformed().is_some() {
         return 0;
@@ -303,6 +459,7 @@ fn profile(side: &str, host: &StrategyHost, worker: &CoreWorker, cluster: &[Acti
         queues: &QueueSettings::default(),
         usage: &[],
         max_preemptions: 3,
+        max_evictions: 4,
     };
     let calls = number("GYOZA_BENCH_CALLS", 100);
     let mut assigned = 0;
@@ -354,22 +511,38 @@ fn main() {
     }
     println!("bin-packing, {WORKERS} workers, claim max 10: median time per decision");
     println!(
-        "{:>8} {:>12} {:>12} {:>8} {:>9}",
-        "pending", "native", "wasm", "ratio", "assigned"
+        "{:>8} {:>8} {:>12} {:>12} {:>8} {:>9}",
+        "pending", "running", "native", "wasm", "ratio", "assigned"
     );
-    for (n, iterations) in [(10, 2000), (1_000, 200), (10_000, 20)] {
+    // Five held runs on each of the 100 workers: the 500 running runs of the 1.0 claim.
+    let mut busy = cluster.clone();
+    let held = running(&mut busy, 5);
+    let queues = QueueSettings::parse("interactive:weight=2; batch:weight=1,cpu=64", 3600)
+        .expect("valid queues");
+    for (n, on, iterations) in [
+        (10, 0, 2000),
+        (1_000, 0, 200),
+        (10_000, 0, 20),
+        (1_000, 500, 200),
+    ] {
         let runs = pending(n);
+        let (cluster, running): (&[ActiveWorker], &[HeldRun]) = if on == 0 {
+            (&cluster, &[])
+        } else {
+            (&busy, &held)
+        };
         let request = ClaimRequest {
             worker: &worker,
-            free: me.free.clone(),
+            free: cluster[2].free.clone(),
             pending: &runs,
             max: 10,
             now: Utc::now(),
-            cluster: &cluster,
-            running: &[],
-            queues: &QueueSettings::default(),
+            cluster,
+            running,
+            queues: &queues,
             usage: &[],
             max_preemptions: 3,
+            max_evictions: 4,
         };
         let ((native, native_ids), (wasm, wasm_ids)) = medians(
             iterations,
@@ -381,7 +554,7 @@ fn main() {
             assert_eq!(native_ids, wasm_ids, "both sides must decide the same");
         }
         println!(
-            "{n:>8} {:>10.1}us {:>10.1}us {:>7.2}x {:>9}",
+            "{n:>8} {on:>8} {:>10.1}us {:>10.1}us {:>7.2}x {:>9}",
             native.as_secs_f64() * 1e6,
             wasm.as_secs_f64() * 1e6,
             wasm.as_secs_f64() / native.as_secs_f64(),

@@ -87,6 +87,7 @@ pub fn app(state: AppState) -> Router {
         .route("/workers", get(workers::list))
         .route("/workers/heartbeat", post(workers::heartbeat))
         .route("/workers/{id}/claim", post(workers::claim))
+        .route("/workers/{id}/claim-scenario", get(workers::claim_scenario))
         .route("/strategies", get(strategies::list))
         .route("/strategies/active", put(strategies::activate))
         .route("/openapi.json", get(openapi_json))
@@ -170,6 +171,7 @@ impl utoipa::Modify for SecurityAddon {
         workers::list,
         workers::heartbeat,
         workers::claim,
+        workers::claim_scenario,
         strategies::list,
         strategies::activate,
     ),

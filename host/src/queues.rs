@@ -133,6 +133,30 @@ impl QueueSettings {
     }
 }
 
+impl std::fmt::Display for QueueSettings {
+    /// The configured queues in the syntax [`QueueSettings::parse`] reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, config)) in self.queues.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{name}:weight={}", config.weight)?;
+            let quota = &config.quota;
+            for (key, value) in [
+                ("cpu", quota.cpu),
+                ("ram_mb", quota.ram_mb),
+                ("vram_mb", quota.vram_mb),
+                ("runs", quota.runs),
+            ] {
+                if let Some(value) = value {
+                    write!(f, ",{key}={value}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +178,11 @@ mod tests {
         assert_eq!(settings.get("other"), QueueConfig::default());
         assert_eq!(settings.half_life_s, 60);
         assert_eq!(QueueSettings::parse("", 0).unwrap().queues.len(), 0);
+        assert_eq!(
+            QueueSettings::parse(&settings.to_string(), 60).unwrap(),
+            settings,
+            "written back as read: {settings}"
+        );
         for (bad, says) in [
             ("a:weight=0", "weight must be"),
             ("a:weight=x", "whole number"),

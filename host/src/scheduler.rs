@@ -37,6 +37,8 @@ pub struct ClaimRequest<'a> {
     pub usage: &'a [(String, [f64; 3])],
     /// A run preempted this often may not be preempted again.
     pub max_preemptions: u32,
+    /// The most preemptions the claim carries out (per-claim and per-minute caps).
+    pub max_evictions: usize,
 }
 
 /// An active worker as a strategy sees it.

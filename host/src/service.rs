@@ -29,8 +29,8 @@ use gyoza_core::OpRun;
 use tokio::sync::broadcast;
 
 pub(crate) use claim::meeting_tags;
+pub use claim::{ClaimPreview, PENDING_WINDOW, PreemptionLimits};
 use claim::{InFlight, PreemptionClock};
-pub use claim::{PENDING_WINDOW, PreemptionLimits};
 
 use crate::clock::Clock;
 use crate::delivery::{Deliverer, DeliveryConfig};

@@ -59,3 +59,18 @@ pub use reload::RELOAD_INTERVAL;
 pub use scenario::check_file;
 pub use settings::StrategySettings;
 pub use versions::{WIT_PACKAGE, WIT_VERSION, WIT_VERSIONS};
+
+pub mod records {
+    //! The `gyoza:scheduler@1.0.0` records a claim is handed to plugins as, and the host's
+    //! one way of building them: for the strategy benchmark, which runs the same plan natively
+    //! on the same records.
+    pub use super::wit::{
+        Claim, Decision, Deferral, Gpus, Labels, PendingRuns, Queues, RunningRuns, WaitCode,
+        Workers,
+    };
+
+    /// The records of `request`, as every claim builds them.
+    pub fn claim(request: &crate::scheduler::ClaimRequest<'_>) -> Claim {
+        super::convert::claim(request)
+    }
+}

@@ -141,7 +141,7 @@ async fn builtins_are_listed_and_one_can_be_activated() {
     assert_eq!(names, ["bin-packing", "direct", "priority"]);
     for s in list["strategies"].as_array().unwrap() {
         assert_eq!(
-            s["wit_version"], "0.2.0",
+            s["wit_version"], "1.0.0",
             "the built-ins speak the newest version"
         );
         assert_eq!(s["sha256"].as_str().unwrap().len(), 64);
@@ -329,7 +329,7 @@ fn mixed_scenario(requester: &str) -> scenario::Scenario {
 }
 
 #[test]
-fn a_0_1_0_plugin_loads_and_places_exactly_as_the_0_2_0_builtin() {
+fn a_0_1_0_plugin_loads_and_places_exactly_as_the_1_0_0_builtin() {
     let old = fixture("bin_packing_0_1_0");
     let new = builtin("bin_packing");
     assert_eq!(
@@ -338,7 +338,7 @@ fn a_0_1_0_plugin_loads_and_places_exactly_as_the_0_2_0_builtin() {
     );
     assert_eq!(
         gyoza_host::strategy::check_file(&new).unwrap().wit_version,
-        "0.2.0"
+        "1.0.0"
     );
     let (mut assigned, mut explained) = (0, 0);
     for requester in 0..12 {
@@ -346,7 +346,7 @@ fn a_0_1_0_plugin_loads_and_places_exactly_as_the_0_2_0_builtin() {
         let by_old = scenario::simulate(&old, &scenario).unwrap();
         let by_new = scenario::simulate(&new, &scenario).unwrap();
         assert_eq!(by_old.wit_version, "0.1.0");
-        assert_eq!(by_new.wit_version, "0.2.0");
+        assert_eq!(by_new.wit_version, "1.0.0");
         assert_eq!(by_new.failure, None);
         assert_eq!(by_old.failure, None);
         assert_eq!(by_old.assigned, by_new.assigned, "requester w{requester}");
@@ -562,7 +562,7 @@ async fn a_dropped_file_is_hot_loaded_and_a_bad_one_ignored() {
 fn the_template_builds_checks_and_simulates() {
     let template = Path::new(env!("GYOZA_TEMPLATE_OUT"));
     let info = gyoza_host::strategy::check_file(template).unwrap();
-    assert_eq!(info.wit_version, "0.2.0");
+    assert_eq!(info.wit_version, "1.0.0");
     let scenario: scenario::Scenario = serde_json::from_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -604,7 +604,7 @@ fn a_plugin_for_an_unknown_wit_major_version_is_refused_clearly() {
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("was built against gyoza:scheduler@1.0.0")
+        error.contains("was built against gyoza:scheduler@2.0.0")
             && error.contains("this server supports gyoza:scheduler@0.1.0"),
         "{error}"
     );

@@ -126,6 +126,16 @@ impl Runtime {
             .collect()
     }
 
+    /// The names of what `compiled` imports, in its order.
+    pub fn imports(&self, compiled: &Compiled) -> Vec<String> {
+        compiled
+            .component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+
     /// A store for one call (or one session of calls) under `limits`: the memory limit is
     /// enforced from the first allocation, the deadline runs from now.
     pub fn store(&self, limits: Limits) -> Store<HostState> {

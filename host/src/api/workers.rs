@@ -77,6 +77,47 @@ pub struct ClaimParams {
     max: Option<String>,
 }
 
+/// What `GET /workers/{id}/claim-scenario` reads.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ScenarioParams {
+    /// The claim's `max`, 1–100 (default 10).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    max: Option<String>,
+}
+
+/// What a claim by the worker would decide from now, as a `gyoza plugins simulate` scenario
+/// (its active workers with the runs they hold, the pending window, the server's queues and
+/// strategy configuration). Read-only: nothing is claimed. `gyoza plugins simulate FILE
+/// --from-server URL --worker ID` simulates a plugin on it.
+#[utoipa::path(
+    get, path = "/workers/{id}/claim-scenario", params(("id" = String, Path), ScenarioParams),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+pub async fn claim_scenario(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<ScenarioParams>,
+) -> Result<Json<crate::strategy::scenario::Scenario>, ApiError> {
+    let max = int_param("max", params.max.as_deref())?.unwrap_or(10);
+    if !(1..=100).contains(&max) {
+        return Err(ApiError::Unprocessable(format!(
+            "Query parameter 'max' must be between 1 and 100, got {max}"
+        )));
+    }
+    let Some(preview) = state.service.claim_preview(&id).await? else {
+        return Err(ApiError::NotFound(format!(
+            "Worker '{id}' never sent a heartbeat"
+        )));
+    };
+    let config = state.strategies.as_ref().map_or("", |host| host.config());
+    Ok(Json(crate::strategy::scenario::Scenario::from_preview(
+        &preview,
+        max as usize,
+        config,
+        &state.service.queues,
+    )))
+}
+
 /// Assigns pending runs that fit the worker to it.
 #[utoipa::path(
     post, path = "/workers/{id}/claim", params(("id" = String, Path), ClaimParams),

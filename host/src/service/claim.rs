@@ -13,8 +13,9 @@
 //! # Hard requirements
 //! A run's required tags (`constraints.tags`) are the host's to enforce: the window a
 //! strategy sees holds only the runs the requester meets ([`tag_fit`]; a GPU run may meet
-//! them on some of its GPUs, and is then placed on one of those). A run that no active worker
-//! meets gets a `scheduling.reason` naming the tag that is missing. The window is read before
+//! them on some of its GPUs, and is then placed on one of those). A run left out gets a
+//! `scheduling.reason`: how many active workers meet its tags, or, when none does, the tag
+//! that is missing. The window is read before
 //! this filter: a requester that meets none of the first [`PENDING_WINDOW`] runs gets nothing
 //! from this claim even if a run further back would suit it.
 //!
@@ -179,7 +180,44 @@ struct Checked {
     refused: usize,
 }
 
+/// What a claim by one worker would be shown now (see [`Service::claim_preview`]).
+#[derive(Debug, Clone)]
+pub struct ClaimPreview {
+    /// The worker.
+    pub worker: Worker,
+    /// Every active worker, the requester first, with its free capacity.
+    pub cluster: Vec<ActiveWorker>,
+    /// The runs they hold.
+    pub running: Vec<HeldRun>,
+    /// The pending window, best first, before the requester's tag filter.
+    pub pending: Vec<PendingRun>,
+    /// When it was read.
+    pub now: Timestamp,
+}
+
 impl Service {
+    /// What a claim by `worker_id` would decide from now, read as a claim reads it, without
+    /// claiming anything: for `gyoza plugins simulate --from-server`. `None` for a worker
+    /// that never sent a heartbeat.
+    pub async fn claim_preview(&self, worker_id: &str) -> Result<Option<ClaimPreview>, StoreError> {
+        let now = self.clock.now();
+        let Some(view) = self
+            .store
+            .claim_view(worker_id, now, PENDING_WINDOW)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (cluster, running) = self.active_workers(&view.worker, view.held, view.workers);
+        Ok(Some(ClaimPreview {
+            worker: view.worker,
+            cluster,
+            running,
+            pending: view.pending,
+            now,
+        }))
+    }
+
     /// Assigns up to `max` pending runs to `worker_id` and returns them, each naming its GPU.
     ///
     /// An unknown worker (one that never sent a heartbeat) gets no work, as with the original
@@ -229,6 +267,10 @@ impl Service {
                 queues: &self.queues,
                 usage: &[],
                 max_preemptions: self.preemption.max_preemptions,
+                max_evictions: self
+                    .preemption
+                    .per_claim
+                    .min(self.preemption_clock.budget(self.preemption.per_minute)),
             };
             let checked = self.decide(&request, &mine).await;
             if checked.placed.is_empty() && checked.evict.is_empty() {
@@ -334,7 +376,7 @@ impl Service {
             return (Vec::new(), 0);
         }
         let rules = EvictionRules {
-            per_claim: self.preemption.per_claim,
+            per_claim: request.max_evictions,
             budget: self.preemption_clock.budget(self.preemption.per_minute),
             max_preemptions: self.preemption.max_preemptions,
         };
@@ -534,8 +576,8 @@ impl Service {
 }
 
 /// The runs of `pending` whose required tags `worker` meets (a GPU run that meets them on
-/// some of its GPUs only is kept to those), and for the first few dropped runs that no active
-/// worker of `cluster` meets, (run id, why).
+/// some of its GPUs only is kept to those), and for the first few dropped runs (run id, why
+/// it waits: how many active workers of `cluster` meet its tags, or which tag none has).
 pub(crate) fn meeting_tags(
     worker: &Worker,
     pending: Vec<PendingRun>,
@@ -558,9 +600,8 @@ pub(crate) fn meeting_tags(
             }
             Err(_) if looked < TAG_REASONS => {
                 looked += 1;
-                if let Some(reason) = unmet_tags(&run, cluster) {
-                    unmet.push((run.id, reason));
-                }
+                let reason = unmet_tags(&run, cluster);
+                unmet.push((run.id, reason));
             }
             Err(_) => {}
         }
@@ -568,36 +609,46 @@ pub(crate) fn meeting_tags(
     (kept, unmet)
 }
 
-/// Why no active worker of `cluster` meets `run`'s required tags, naming what is missing;
-/// `None` when one does (the run waits for that worker).
-fn unmet_tags(run: &PendingRun, cluster: &[ActiveWorker]) -> Option<String> {
+/// Why `run` waits for its required tags: how many active workers of `cluster` meet them,
+/// or, when none does, which tag is missing.
+fn unmet_tags(run: &PendingRun, cluster: &[ActiveWorker]) -> String {
     let tags = &run.constraints.tags;
     let needs_gpu = run.constraints.vram_mb.unwrap_or(0) > 0;
-    if cluster
+    let quoted = |tags: &mut dyn Iterator<Item = &String>| {
+        tags.map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let meeting = cluster
         .iter()
-        .any(|w| tag_fit(tags, &w.tags, &w.resources.gpus, needs_gpu).is_ok())
-    {
-        return None;
+        .filter(|w| tag_fit(tags, &w.tags, &w.resources.gpus, needs_gpu).is_ok())
+        .count();
+    if meeting > 0 {
+        return format!(
+            "waits for a worker with its tags ({}): {meeting} active worker{} {} them",
+            quoted(&mut tags.iter()),
+            if meeting == 1 { "" } else { "s" },
+            if meeting == 1 { "has" } else { "have" },
+        );
     }
     let has = |w: &ActiveWorker, tag: &String| {
         w.tags.contains(tag) || (needs_gpu && w.resources.gpus.iter().any(|g| g.tags.contains(tag)))
     };
-    let nowhere: Vec<String> = tags
+    let nowhere: Vec<&String> = tags
         .iter()
         .filter(|tag| !cluster.iter().any(|w| has(w, tag)))
-        .map(|tag| format!("'{tag}'"))
         .collect();
-    Some(match nowhere.as_slice() {
+    match nowhere.as_slice() {
         [] => format!(
             "needs tags {} together: no active worker has them all",
-            tags.iter()
-                .map(|t| format!("'{t}'"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            quoted(&mut tags.iter())
         ),
-        [one] => format!("needs tag {one}: no active worker has it"),
-        many => format!("needs tags {}: no active worker has them", many.join(", ")),
-    })
+        [one] => format!("needs tag '{one}': no active worker has it"),
+        many => format!(
+            "needs tags {}: no active worker has them",
+            quoted(&mut many.iter().copied())
+        ),
+    }
 }
 
 #[cfg(test)]

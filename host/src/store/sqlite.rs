@@ -1406,7 +1406,8 @@ mod tests {
         for run in [&pending, &held] {
             store.insert_run(run).await.unwrap();
         }
-        let now = chrono::Utc::now();
+        // Stored to the microsecond.
+        let now = from_micros(to_micros(&chrono::Utc::now()));
         store
             .update_run(
                 &held.id,

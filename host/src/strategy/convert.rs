@@ -183,6 +183,7 @@ pub(super) fn claim(request: &ClaimRequest<'_>) -> Claim {
     Claim {
         requester: requester as u32,
         max: request.max.min(u32::MAX as usize) as u32,
+        max_evictions: request.max_evictions.min(u32::MAX as usize) as u32,
         strings: flat.strings.list,
         tags: flat.tags,
         labels: flat.labels,

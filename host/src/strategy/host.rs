@@ -26,6 +26,8 @@ const FALLBACK_NOTE: &str = "priority (fallback)";
 
 struct Inner {
     fail_policy: FailPolicy,
+    /// The configuration string every plugin's `init` gets.
+    config: String,
     registry: Arc<Registry>,
     /// Its own instance of the embedded priority strategy: a plugin file named priority.wasm
     /// may replace the listed one, never the fallback.
@@ -94,6 +96,7 @@ impl StrategyHost {
         let host = Self {
             inner: Arc::new(Inner {
                 fail_policy: settings.fail_policy,
+                config: settings.config.clone(),
                 registry,
                 fallback,
                 stats: StatsBook::default(),
@@ -114,6 +117,11 @@ impl StrategyHost {
     /// The names of the loaded strategies.
     pub fn names(&self) -> Vec<String> {
         self.inner.registry.names()
+    }
+
+    /// The configuration string every plugin's `init` gets (`GYOZA_STRATEGY_CONFIG`).
+    pub fn config(&self) -> &str {
+        &self.inner.config
     }
 
     /// The active strategy's name.

@@ -23,6 +23,8 @@ pub(super) struct Plugin {
     pub wit_version: String,
     /// Where it came from.
     pub origin: String,
+    /// What it imports (WASI interfaces; the host links nothing else).
+    pub imports: Vec<String>,
     runtime: Arc<Runtime>,
     pre: Pre,
     config: String,
@@ -99,6 +101,7 @@ impl Plugin {
             sha256: compiled.sha256.clone(),
             wit_version,
             origin,
+            imports: runtime.imports(compiled),
             runtime: runtime.clone(),
             pre,
             config: config.to_owned(),

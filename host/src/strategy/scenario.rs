@@ -359,6 +359,72 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// The scenario of a claim by `preview.worker` as the server would show it now (`GET
+    /// /workers/{id}/claim-scenario`): its active workers with the runs they hold, the
+    /// pending window, the server's queues and strategy configuration.
+    pub fn from_preview(
+        preview: &crate::service::ClaimPreview,
+        max: usize,
+        config: &str,
+        queues: &QueueSettings,
+    ) -> Self {
+        let ms =
+            |at: chrono::DateTime<chrono::Utc>| (preview.now - at).num_milliseconds().max(0) as u64;
+        let facts = |facts: &RunFacts| ScenarioFacts {
+            queue: Some(facts.queue.clone()),
+            labels: facts.labels.clone(),
+            preemptible: facts.preemptible,
+            preemptions: facts.preemptions,
+            image: Some(facts.image.clone()),
+            definition: facts.definition.clone(),
+            attempt: Some(facts.attempt),
+        };
+        let workers = preview
+            .cluster
+            .iter()
+            .map(|worker| ScenarioWorker {
+                id: worker.id.clone(),
+                resources: worker.resources.clone(),
+                tags: worker.tags.clone(),
+                running: preview
+                    .running
+                    .iter()
+                    .filter(|run| run.worker_id == worker.id)
+                    .map(|run| ScenarioHeld {
+                        id: Some(run.id.clone()),
+                        constraints: run.constraints.clone(),
+                        priority: run.priority,
+                        gpu_id: run.gpu_id,
+                        ran_ms: run.facts.assigned_at.map_or(0, ms),
+                        facts: facts(&run.facts),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let pending = preview
+            .pending
+            .iter()
+            .map(|run| ScenarioRun {
+                id: run.id.clone(),
+                priority: run.priority,
+                constraints: run.constraints.clone(),
+                waited_ms: Some(ms(run.created_at)),
+                facts: facts(&run.facts),
+            })
+            .collect();
+        Self {
+            requester: preview.worker.id.clone(),
+            max,
+            config: config.to_owned(),
+            calls: default_calls(),
+            queues: queues.to_string(),
+            workers,
+            pending,
+        }
+    }
+}
+
 /// Calls `plugin` on `claim` up to `calls` times (stopping at a failure): the sorted
 /// latencies and the last outcome.
 fn time_calls(
@@ -411,6 +477,7 @@ pub fn simulate(
         queues: &queues,
         usage: &[],
         max_preemptions: limits.max_preemptions,
+        max_evictions: limits.per_claim,
     };
     let (latencies, last) = time_calls(&plugin, &convert::claim(&request), scenario.calls);
     let us = |d: Option<&Duration>| d.map_or(0, |d| d.as_micros() as u64);
@@ -510,21 +577,125 @@ fn settle(
     );
 }
 
-/// `gyoza plugins check FILE`: what the plugin is, as text (or JSON).
+/// The claim `gyoza plugins check` probes a plugin with, to show which optional parts of the
+/// answer it uses: a full requester whose runs are preemptible and of low priority, a
+/// high-priority run that fits only by preempting, and a run too large for any worker.
+const PROBE: &str = r#"{
+  "requester": "probe", "max": 4, "calls": 1, "queues": "interactive:weight=2",
+  "workers": [
+    {"id": "probe", "tags": ["probe"], "resources": {"cpu_cores": 4, "ram_mb": 8192},
+     "running": [{"cpu": 2, "priority": 1, "preemptible": true, "queue": "batch", "ran_ms": 60000},
+                 {"cpu": 2, "priority": 1, "preemptible": true, "queue": "batch", "ran_ms": 1000}]},
+    {"id": "other", "resources": {"cpu_cores": 2, "ram_mb": 4096}}
+  ],
+  "pending": [
+    {"id": "urgent", "priority": 9, "queue": "interactive", "labels": {"team": "probe"},
+     "constraints": {"cpu": 2}},
+    {"id": "huge", "priority": 1, "constraints": {"cpu": 64}}
+  ]
+}"#;
+
+/// What `gyoza plugins check` says of a plugin.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// The plugin as `GET /strategies` shows it.
+    #[serde(flatten)]
+    pub info: StrategyInfo,
+    /// What its WIT version offers, claim and answer.
+    pub parts: Vec<&'static str>,
+    /// What it imports.
+    pub imports: Vec<String>,
+    /// Its decision on the probe claim (`PROBE`): which optional parts of the answer it
+    /// used there.
+    pub probe: SimulationReport,
+}
+
+/// The parts of the interface a plugin of `wit_version` is given and may answer with.
+fn parts(wit_version: &str) -> Vec<&'static str> {
+    let mut parts = vec![
+        "claim: pending runs (priority, cpu, ram, vram, waited)",
+        "claim: workers and GPUs with free capacity",
+        "answer: assign",
+        "answer: deferred with a reason",
+    ];
+    match wit_version.split('.').next() {
+        Some("0") if wit_version.starts_with("0.1") => parts.insert(0, "claim: lists of records"),
+        Some("0") => parts.insert(0, "claim: columns"),
+        _ => {
+            parts.insert(0, "claim: columns and a string table");
+            parts.extend([
+                "claim: queue, definition, image, attempt, preemptible, tags and labels of pending runs",
+                "claim: worker and GPU tags",
+                "claim: running runs",
+                "claim: queue weights, quotas and usage",
+                "answer: wait codes",
+                "answer: evict",
+            ]);
+        }
+    }
+    parts
+}
+
+/// `gyoza plugins check FILE`: what the plugin is, the parts of the interface its version
+/// has, what it imports and what it answered to a probe claim, as text (or JSON).
 pub fn check_command(file: &Path, json: bool) -> Result<String, ScenarioError> {
-    let info = check_file(file)?;
+    let plugin = load(file, "")?;
+    let info = plugin.info(false, &Stats::default());
+    let probe: Scenario = serde_json::from_str(PROBE)
+        .map_err(|e| ScenarioError::Scenario(format!("the probe claim: {e}")))?;
+    let report = CheckReport {
+        parts: parts(&info.wit_version),
+        imports: plugin.imports.clone(),
+        probe: simulate(file, &probe)?,
+        info,
+    };
     if json {
-        return serde_json::to_string_pretty(&info)
+        return serde_json::to_string_pretty(&report)
             .map_err(|e| ScenarioError::Scenario(e.to_string()));
     }
-    Ok(format!(
-        "ok: {} implements {}/strategy@{} (world `strategy`)\nsha256: {}\ncopy it into the server's plugins directory to load it as strategy '{}'",
+    let info = &report.info;
+    let mut out = format!(
+        "ok: {} implements {}/strategy@{} (world `strategy`)\nsha256: {}\n",
         file.display(),
         WIT_PACKAGE,
         info.wit_version,
         info.sha256,
+    );
+    out.push_str(&format!(
+        "interface {}@{}:\n",
+        WIT_PACKAGE, info.wit_version
+    ));
+    for part in &report.parts {
+        out.push_str(&format!("  {part}\n"));
+    }
+    out.push_str(&format!(
+        "imports: {}\n",
+        if report.imports.is_empty() {
+            "none".to_owned()
+        } else {
+            report.imports.join(", ")
+        }
+    ));
+    let probe = &report.probe;
+    match &probe.failure {
+        Some(failure) => out.push_str(&format!("probe claim: FAILED: {failure}\n")),
+        None => out.push_str(&format!(
+            "probe claim (a full worker, a high-priority run that fits only by preempting): assigned {}, reasons {}, evicted {}{}\n",
+            probe.assigned.len(),
+            probe.reasons.len(),
+            probe.evicted.len(),
+            if probe.evictions_refused > 0 {
+                format!(", {} preemptions refused", probe.evictions_refused)
+            } else {
+                String::new()
+            }
+        )),
+    }
+    out.push_str(&format!(
+        "copy it into the server's plugins directory to load it as strategy '{}'",
         info.name
-    ))
+    ));
+    Ok(out)
 }
 
 /// `gyoza plugins simulate FILE --scenario SCENARIO`: the decision, as text (or JSON).
@@ -533,7 +704,16 @@ pub fn simulate_command(file: &Path, scenario: &Path, json: bool) -> Result<Stri
         .map_err(|e| ScenarioError::Scenario(format!("cannot read {}: {e}", scenario.display())))?;
     let scenario: Scenario = serde_json::from_str(&text)
         .map_err(|e| ScenarioError::Scenario(format!("{}: {e}", scenario.display())))?;
-    let report = simulate(file, &scenario)?;
+    simulate_scenario_command(file, &scenario, json)
+}
+
+/// [`simulate_command`] on a scenario already read (e.g. from a live server).
+pub fn simulate_scenario_command(
+    file: &Path,
+    scenario: &Scenario,
+    json: bool,
+) -> Result<String, ScenarioError> {
+    let report = simulate(file, scenario)?;
     if json {
         return serde_json::to_string_pretty(&report)
             .map_err(|e| ScenarioError::Scenario(e.to_string()));

@@ -162,9 +162,29 @@ impl Api {
 
     /// A server scheduling with `host` (also behind `/strategies`), on a new database.
     pub async fn with_strategies(host: StrategyHost, max_body_bytes: usize) -> Self {
+        Self::configured(host, max_body_bytes, |_| {}).await
+    }
+
+    /// [`Api::with_strategies`] whose service `configure` sets up first (queues, limits).
+    pub async fn configured(
+        host: StrategyHost,
+        max_body_bytes: usize,
+        configure: impl FnOnce(&mut Service),
+    ) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let clock = new_clock();
-        Self::start(host, max_body_bytes, dir, clock, "").await
+        let store = SqliteStore::open(dir.path().join("gyoza.db"))
+            .await
+            .unwrap();
+        Self::on_store_configured(
+            Arc::new(store),
+            host,
+            max_body_bytes,
+            dir,
+            None,
+            new_clock(),
+            "",
+            configure,
+        )
     }
 
     /// [`Api::new`] whose event deliveries may also reach `allow` (hosts and CIDRs, as
@@ -287,18 +307,43 @@ impl Api {
         clock: Arc<ManualClock>,
         delivery_allow: &str,
     ) -> Self {
+        Self::on_store_configured(
+            store,
+            host,
+            max_body_bytes,
+            dir,
+            mongo_db,
+            clock,
+            delivery_allow,
+            |_| {},
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_store_configured(
+        store: Arc<dyn Store>,
+        host: StrategyHost,
+        max_body_bytes: usize,
+        dir: Arc<tempfile::TempDir>,
+        mongo_db: Option<String>,
+        clock: Arc<ManualClock>,
+        delivery_allow: &str,
+        configure: impl FnOnce(&mut Service),
+    ) -> Self {
         let metrics = Arc::new(Metrics::default());
         let delivery = DeliveryConfig {
             policy: DestinationPolicy::parse(delivery_allow).unwrap(),
             ..DeliveryConfig::default()
         };
-        let service = Arc::new(Service::with_delivery(
+        let mut service = Service::with_delivery(
             store,
             Arc::new(host.clone()),
             clock.clone(),
             metrics.clone(),
             delivery,
-        ));
+        );
+        configure(&mut service);
+        let service = Arc::new(service);
         let mut state = AppState::new(service.clone(), metrics, KEY);
         state.max_body_bytes = max_body_bytes;
         state.strategies = Some(host);

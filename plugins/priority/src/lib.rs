@@ -88,7 +88,8 @@ impl Strategy for Priority {
 }
 
 /// The running runs (indices into `claim.running`) to evict so that `run` fits the
-/// requester's capacity `free`, or `None` if evicting every one it may evict is not enough.
+/// requester's capacity `free`, or `None` if evicting every one it may evict is not enough
+/// or would take more than the host carries out for this claim (`claim.max_evictions`).
 /// It may evict the requester's preemptible runs of a strictly lower priority: they are
 /// taken lowest priority first, then most recently started first, until the run fits; then
 /// each but the last (which was needed) is spared if the run still fits without it, from
@@ -115,7 +116,7 @@ fn victims(claim: &Claim, free: &Capacity, run: &PendingRun) -> Option<Vec<usize
             chosen = spared;
         }
     }
-    Some(chosen)
+    (chosen.len() <= claim.max_evictions as usize).then_some(chosen)
 }
 
 export_strategy!(Priority);
@@ -239,6 +240,21 @@ mod tests {
         let decision = decide_with("preempt=true", &claim);
         assert_eq!(evicted(&decision), [(1, 0), (0, 0)]);
         assert_eq!(decision.assign, [0, 1]);
+    }
+
+    #[test]
+    fn no_preemption_needs_more_victims_than_the_host_carries_out() {
+        let claim = |cap| {
+            busy()
+                .max_evictions(cap)
+                .pending(RunSpec::new().priority(5).cpu(4))
+                .build()
+        };
+        assert_eq!(evicted(&decide_with("preempt=true", &claim(2))), [(1, 0), (0, 0)]);
+        let capped = decide_with("preempt=true", &claim(1));
+        assert_eq!(evicted(&capped), [], "two victims needed, one allowed");
+        assert_eq!(capped.assign, Vec::<u32>::new());
+        assert_eq!(capped.deferred[0].code, WaitCode::Capacity);
     }
 
     #[test]

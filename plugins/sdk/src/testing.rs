@@ -48,6 +48,10 @@ use crate::{
 /// [`ClaimBuilder::usage_half_life_s`] says otherwise (the kit's choice, not the server's).
 pub const DEFAULT_USAGE_HALF_LIFE_S: u32 = 3600;
 
+/// The claim's `max-evictions` unless [`ClaimBuilder::max_evictions`] says otherwise: the
+/// server's default per-claim cap (`GYOZA_MAX_EVICTIONS_PER_CLAIM`).
+pub const DEFAULT_MAX_EVICTIONS: u32 = 4;
+
 /// The queue of a run built without [`RunSpec::queue`] or [`RunningSpec::queue`], as on the
 /// server.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -398,6 +402,7 @@ impl QueueSpec {
 pub struct ClaimBuilder {
     requester: usize,
     max: u32,
+    max_evictions: u32,
     usage_half_life_s: u32,
     workers: Vec<WorkerSpec>,
     running: Vec<RunningSpec>,
@@ -418,6 +423,7 @@ impl ClaimBuilder {
         Self {
             requester: 0,
             max: u32::MAX,
+            max_evictions: DEFAULT_MAX_EVICTIONS,
             usage_half_life_s: DEFAULT_USAGE_HALF_LIFE_S,
             workers: Vec::new(),
             running: Vec::new(),
@@ -441,6 +447,13 @@ impl ClaimBuilder {
     /// How many runs the requester takes at most.
     pub fn max(mut self, max: u32) -> Self {
         self.max = max;
+        self
+    }
+
+    /// How many evictions the host would carry out for this claim (default
+    /// [`DEFAULT_MAX_EVICTIONS`], the server's default per-claim cap).
+    pub fn max_evictions(mut self, max: u32) -> Self {
+        self.max_evictions = max;
         self
     }
 
@@ -628,6 +641,7 @@ impl ClaimBuilder {
         let claim = Claim {
             requester: self.requester as u32,
             max: self.max,
+            max_evictions: self.max_evictions,
             strings: strings.table,
             tags,
             labels,
