@@ -30,14 +30,18 @@ pub async fn serve(
 /// service over them).
 pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostError> {
     let api_key = config.require_api_key()?;
+    let queues = config.queue_settings()?;
+    // The store accrues ended attempts' usage with the half-life claims decay it with.
     let store: Arc<dyn Store> = match config.store_kind()? {
         StoreKind::Sqlite(path) => {
             let store = SqliteStore::open(path).await?;
+            store.set_usage_half_life(queues.half_life_s);
             tracing::info!(database = %store.path().display(), "embedded store open");
             Arc::new(store)
         }
         StoreKind::Mongo { url, database } => {
             let store = MongoStore::connect(&url, &database).await?;
+            store.set_usage_half_life(queues.half_life_s);
             tracing::info!(url = %redact(&url), database, "MongoDB store open");
             Arc::new(store)
         }
@@ -58,7 +62,7 @@ pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostEr
     service.worker_timeout = chrono::Duration::seconds(config.worker_timeout as i64);
     service.reconcile_grace = chrono::Duration::seconds(config.reconcile_grace as i64);
     service.timeout_grace = gyoza_core::resources::seconds(config.timeout_grace);
-    service.queues = config.queue_settings()?;
+    service.queues = queues;
     service.preemption = config.preemption_limits();
     let mut state = AppState::new(Arc::new(service), metrics, &api_key);
     state.max_body_bytes = config.max_body_bytes;

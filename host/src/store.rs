@@ -73,6 +73,45 @@
 //! next one resumes from the saved progress (events after the last save are sent again:
 //! delivery is at least once).
 //!
+//! # Queue usage
+//!
+//! Strategies are shown each queue's usage over a decaying window (the `cpu-seconds`,
+//! `ram-mb-seconds` and `vram-mb-seconds` of `gyoza:scheduler@1.0.0`'s `queues`): every second
+//! an attempt held its CPU cores, RAM and VRAM, weighted by 2^(−age / h), h the half-life
+//! (`GYOZA_QUEUE_USAGE_HALF_LIFE`). The host adds the runs held now; the store keeps the part
+//! of the attempts that ended, so that every replica shows the same figures and a restart
+//! loses none. A decayed sum needs no history: as of a later time t it is the sum ×
+//! 2^(−(t − as_of) / h). So the store keeps, per queue, the three sums decayed as of a
+//! reference time and that time (`queue_usage`, a table on SQLite, a collection on MongoDB),
+//! and [`StoreRead::queue_usage`] decays them to the time asked (never beyond their reference
+//! time: a replica whose clock is behind reads them as they are, not grown).
+//!
+//! A write that ends a held attempt adds that attempt's usage: its current attempt was
+//! ASSIGNED or RUNNING when the store read the run for the change, and after the change it is
+//! not (it ended COMPLETED, FAILED or CANCELLED, or the run moved on to a new attempt: a
+//! retry, a requeue after its worker went, a preemption, a timeout). Its usage c is the
+//! amount the run holds (`constraints.cpu`, `ram_mb`, `vram_mb`) times ∫ 2^(−age / h) over
+//! the time it held them, from the attempt's `assigned_at` to its `finished_at` (t1), which
+//! at t1 is h / ln 2 × (1 − 2^(−held / h)): the weight the host gives a run held now
+//! (`strategy::convert`), so a queue's figure does not jump when one of its runs ends. It is
+//! combined with the stored sums V as of `as_of` into V × 2^(−(t1 − as_of) / h) + c as of t1;
+//! an attempt that ended before `as_of` (written late: a replica whose clock is behind) is
+//! decayed to `as_of` instead, V + c × 2^(−(as_of − t1) / h), and the reference time stays.
+//! Since the store reads the run in the same atomic write that changes it, only one write
+//! ends a given attempt, and its usage is added once: on SQLite in the same savepoint as the
+//! run (both commit or neither); on MongoDB right after the run's compare-and-set succeeded,
+//! by a compare-and-set on the queue's document (no multi-document transactions there, see
+//! `mongo`), so a crash between the two, or a failed usage write (logged), loses that
+//! attempt's usage, and the run's change stands. An attempt without `assigned_at` (stored by
+//! a gyoza that did not record it) adds nothing, nor do attempts that ended before the store
+//! kept usage.
+//!
+//! The half-life of a write is the store's ([`SqliteStore::set_usage_half_life`],
+//! [`MongoStore::set_usage_half_life`]; [`DEFAULT_HALF_LIFE_S`] until set; the server sets it
+//! from `GYOZA_QUEUE_USAGE_HALF_LIFE`). Changing it applies to the usage accrued from then on:
+//! the stored sums are kept as they were, decayed with the old half-life up to their reference
+//! time. Replicas on one database should share one half-life.
+//!
 //! # Layout
 //! - [`sqlite`]: [`SqliteStore`], the embedded default (one file, WAL, group commits).
 //! - [`mongo`]: [`MongoStore`], for production and several server replicas on one database.
@@ -81,16 +120,18 @@ pub mod mongo;
 pub mod sqlite;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use gyoza_core::limits::RUN_VIEW_EVENTS;
 use gyoza_core::run::EventEntry;
-use gyoza_core::time::Timestamp;
+use gyoza_core::time::{self, Timestamp};
 use gyoza_core::{
     Capacity, Constraints, DomainError, Heartbeat, HeldRun, OpDefinition, OpRun, OpRunState,
     PendingRun, RunFacts, Worker,
 };
 
+pub use crate::queues::DEFAULT_HALF_LIFE_S;
 pub use mongo::MongoStore;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
@@ -499,6 +540,162 @@ fn delivers(run: &OpRun) -> bool {
     crate::delivery::is_url(&run.event_delivery.topic) && loaded_events(run).next().is_some()
 }
 
+/// The half-life a store accrues queue usage with (see the module docs), in seconds: shared
+/// by a store's clones, settable while it serves.
+#[derive(Debug, Clone)]
+struct UsageHalfLife(Arc<AtomicU32>);
+
+impl Default for UsageHalfLife {
+    fn default() -> Self {
+        Self(Arc::new(AtomicU32::new(DEFAULT_HALF_LIFE_S)))
+    }
+}
+
+impl UsageHalfLife {
+    /// The half-life now.
+    fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Sets it to `seconds` (at least 1, as the configuration allows).
+    fn set(&self, seconds: u32) {
+        self.0.store(seconds.max(1), Ordering::Relaxed);
+    }
+}
+
+/// 2^(−seconds / h): the weight of usage `seconds` old (none is younger than 0).
+fn decay(seconds: f64, half_life_s: u32) -> f64 {
+    (-seconds.max(0.0) / f64::from(half_life_s.max(1))).exp2()
+}
+
+/// Seconds from `from_us` to `to_us` (microseconds since the epoch).
+fn seconds_between(from_us: i64, to_us: i64) -> f64 {
+    to_us.saturating_sub(from_us) as f64 / 1e6
+}
+
+/// A queue's usage as a store keeps it (see the module docs): CPU-core-, RAM-megabyte- and
+/// VRAM-megabyte-seconds of its ended attempts, decayed as of `as_of_us` (microseconds since
+/// the epoch).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct DecayedSums {
+    sums: [f64; 3],
+    as_of_us: i64,
+}
+
+impl DecayedSums {
+    /// The sums decayed to `now_us` with half-life `half_life_s`; as they are when `now_us`
+    /// is before their reference time (they are not grown).
+    fn at(&self, now_us: i64, half_life_s: u32) -> [f64; 3] {
+        let weight = decay(seconds_between(self.as_of_us, now_us), half_life_s);
+        self.sums.map(|sum| sum * weight)
+    }
+
+    /// `stored` (`None`: the queue has none yet) with `accrual` added, decayed with
+    /// half-life `half_life_s`: as of the accrual's time, or of the stored reference time
+    /// when that is later.
+    fn plus(stored: Option<Self>, accrual: &Accrual, half_life_s: u32) -> Self {
+        let Some(stored) = stored else {
+            return Self {
+                sums: accrual.usage,
+                as_of_us: accrual.at_us,
+            };
+        };
+        let mut sums = stored.sums;
+        if accrual.at_us >= stored.as_of_us {
+            let weight = decay(seconds_between(stored.as_of_us, accrual.at_us), half_life_s);
+            for (sum, add) in sums.iter_mut().zip(accrual.usage) {
+                *sum = *sum * weight + add;
+            }
+            Self {
+                sums,
+                as_of_us: accrual.at_us,
+            }
+        } else {
+            let weight = decay(seconds_between(accrual.at_us, stored.as_of_us), half_life_s);
+            for (sum, add) in sums.iter_mut().zip(accrual.usage) {
+                *sum += add * weight;
+            }
+            Self {
+                sums,
+                as_of_us: stored.as_of_us,
+            }
+        }
+    }
+}
+
+/// The usage one ended attempt adds to its queue: decayed as of `at_us`, its end.
+#[derive(Debug, Clone, PartialEq)]
+struct Accrual {
+    queue: String,
+    usage: [f64; 3],
+    at_us: i64,
+}
+
+/// What a store notes of a run's held attempt when it reads the run for a change, to tell
+/// whether the change ends it (see [`held_attempt`]).
+#[derive(Debug, Clone)]
+struct HeldAttempt {
+    number: u32,
+    queue: String,
+    /// CPU cores, RAM and VRAM megabytes held.
+    amounts: [f64; 3],
+    assigned_at: Option<Timestamp>,
+}
+
+/// The current attempt of `run` when it is ASSIGNED or RUNNING (held), as a store reads the run
+/// before a change.
+fn held_attempt(run: &OpRun) -> Option<HeldAttempt> {
+    if !matches!(run.state, OpRunState::Assigned | OpRunState::Running) {
+        return None;
+    }
+    let c = &run.constraints;
+    Some(HeldAttempt {
+        number: run.current_attempt(),
+        queue: run.queue.clone(),
+        amounts: [
+            f64::from(c.cpu.unwrap_or(0)),
+            c.ram_mb.unwrap_or(0) as f64,
+            c.vram_mb.unwrap_or(0) as f64,
+        ],
+        assigned_at: run.current().assigned_at,
+    })
+}
+
+impl HeldAttempt {
+    /// The usage this attempt adds to its queue, decayed with half-life `half_life_s`, if
+    /// `after` (the run as the change left it) no longer holds it: it is not the current
+    /// attempt any more, or is no longer ASSIGNED or RUNNING. Held from its `assigned_at` to
+    /// its `finished_at` (or to the run's `updated_at`, the change's time, for an attempt
+    /// ended without one). `None` while it is held, and for an attempt without `assigned_at`
+    /// or that held nothing.
+    fn ended_in(&self, after: &OpRun, half_life_s: u32) -> Option<Accrual> {
+        let attempt = after.attempts.iter().find(|a| a.attempt == self.number);
+        let still_held = after.current_attempt() == self.number
+            && matches!(after.state, OpRunState::Assigned | OpRunState::Running);
+        if still_held {
+            return None;
+        }
+        let from = self.assigned_at?;
+        let to = attempt
+            .and_then(|a| a.finished_at)
+            .unwrap_or(after.updated_at);
+        let (from_us, to_us) = (time::to_micros(&from), time::to_micros(&to));
+        let h = f64::from(half_life_s.max(1));
+        // ∫ 2^(-age / h) over the time held, as of its end.
+        let weight = h / std::f64::consts::LN_2
+            * (1.0 - decay(seconds_between(from_us, to_us), half_life_s));
+        let usage = self.amounts.map(|amount| amount * weight);
+        if usage.iter().all(|u| *u <= 0.0) {
+            return None;
+        }
+        Some(Accrual {
+            queue: self.queue.clone(),
+            usage,
+            at_us: to_us,
+        })
+    }
+}
+
 /// The answer of [`Store::lease_delivery`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryLease {
@@ -632,6 +829,20 @@ pub trait StoreRead: Send + Sync + 'static {
     /// Up to `limit` runs with events to deliver that are due at `now_us` (microseconds since
     /// the epoch, wall-clock time), the longest due first.
     async fn due_deliveries(&self, now_us: i64, limit: usize) -> Result<Vec<String>, StoreError>;
+
+    /// Per queue, the usage of its ended attempts over the decaying window, decayed to `now`
+    /// with half-life `half_life_s`: CPU-core-, RAM-megabyte- and VRAM-megabyte-seconds (see
+    /// the module docs), by queue name. Queues none of whose attempts ended (holding
+    /// anything) are left out. The default keeps none and answers none: a store that keeps
+    /// usage overrides it (both stores do; a wrapper in tests may not).
+    async fn queue_usage(
+        &self,
+        now: Timestamp,
+        half_life_s: u32,
+    ) -> Result<Vec<(String, [f64; 3])>, StoreError> {
+        let _ = (now, half_life_s);
+        Ok(Vec::new())
+    }
 }
 
 /// Gives each attempt of `run` (loaded by [`StoreRead::load_run`]) the events before its
@@ -893,7 +1104,81 @@ impl LogTail {
 
 #[cfg(test)]
 mod tests {
-    use super::LogTail;
+    use super::{Accrual, DecayedSums, LogTail, held_attempt};
+    use gyoza_core::run::NewRun;
+    use gyoza_core::time::{from_micros, to_micros};
+    use gyoza_core::{Constraints, EventType, OpRun};
+
+    /// `a` and `b` agree to 1e-9 relative.
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+    }
+
+    #[test]
+    fn decayed_sums_combine_in_either_order() {
+        let h = 100;
+        let accrual = |usage: f64, at_s: i64| Accrual {
+            queue: "q".into(),
+            usage: [usage, 0.0, 2.0 * usage],
+            at_us: at_s * 1_000_000,
+        };
+        let first = DecayedSums::plus(None, &accrual(8.0, 1_000), h);
+        assert_eq!(first.as_of_us, 1_000_000_000);
+        // Later: the stored sums decay to it (one half-life), and it becomes the reference.
+        let later = DecayedSums::plus(Some(first), &accrual(1.0, 1_100), h);
+        assert_eq!(later.as_of_us, 1_100_000_000);
+        assert!(close(later.sums[0], 8.0 / 2.0 + 1.0), "{later:?}");
+        assert!(close(later.sums[2], 16.0 / 2.0 + 2.0), "{later:?}");
+        // Earlier than the reference: the accrual decays to it instead; the same sums as in
+        // the other order.
+        let late_write = DecayedSums::plus(
+            Some(DecayedSums::plus(None, &accrual(1.0, 1_100), h)),
+            &accrual(8.0, 1_000),
+            h,
+        );
+        assert_eq!(late_write.as_of_us, later.as_of_us);
+        for (a, b) in late_write.sums.iter().zip(later.sums) {
+            assert!(close(*a, b), "{late_write:?} {later:?}");
+        }
+        // Read later, decayed; read before the reference, not grown.
+        let read = later.at(1_300_000_000, h);
+        assert!(close(read[0], 5.0 / 4.0), "{read:?}");
+        assert_eq!(later.at(0, h), later.sums);
+    }
+
+    #[test]
+    fn only_a_change_that_ends_a_held_attempt_accrues() {
+        let t = |s: i64| from_micros(1_767_225_600_000_000 + s * 1_000_000);
+        let mut run = OpRun::new(
+            NewRun {
+                image: "img".into(),
+                queue: "q".into(),
+                constraints: Constraints {
+                    cpu: Some(2),
+                    ram_mb: Some(1024),
+                    ..Constraints::default()
+                },
+                ..NewRun::default()
+            },
+            t(0),
+        )
+        .unwrap();
+        assert!(held_attempt(&run).is_none(), "a pending run holds nothing");
+        run.assign("w1", t(0)).unwrap();
+        let held = held_attempt(&run).unwrap();
+        run.add_event(EventType::Started, "".into(), Default::default(), t(1))
+            .unwrap();
+        assert_eq!(held.ended_in(&run, 3_600), None, "still held");
+        run.add_event(EventType::Completed, "".into(), Default::default(), t(100))
+            .unwrap();
+        let ended = held.ended_in(&run, 3_600).unwrap();
+        let weight = 3_600.0 / std::f64::consts::LN_2 * (1.0 - (-100.0_f64 / 3_600.0).exp2());
+        assert_eq!(ended.queue, "q");
+        assert_eq!(ended.at_us, to_micros(&t(100)));
+        assert!(close(ended.usage[0], 2.0 * weight));
+        assert!(close(ended.usage[1], 1024.0 * weight));
+        assert_eq!(ended.usage[2], 0.0);
+    }
 
     #[test]
     fn a_log_tail_keeps_the_last_bytes_from_a_line_start() {

@@ -192,8 +192,206 @@ async fn page_all(store: &dyn Store, id: &str, limit: usize) -> Vec<(u64, String
     }
 }
 
+/// The half-life the stores accrue queue usage with unless told another.
+const HALF_LIFE_S: u32 = gyoza_host::store::DEFAULT_HALF_LIFE_S;
+
+/// A run in queue `queue` holding `cpu` cores, `ram_mb` and `vram_mb`, created at `t(-10)`.
+fn queued(queue: &str, cpu: u32, ram_mb: u64, vram_mb: Option<u64>) -> OpRun {
+    let mut run = sized(t(-10), cpu, ram_mb, vram_mb);
+    run.queue = queue.into();
+    run
+}
+
+/// `run` stored, assigned to worker `w1` at `t(at)` and STARTED there a second later.
+async fn held_since(store: &dyn Store, run: &OpRun, at: i64) {
+    store.insert_run(run).await.unwrap();
+    store
+        .update_run(
+            &run.id,
+            Box::new(move |r| {
+                r.assign("w1", t(at))?;
+                r.add_event(EventType::Started, "".into(), Default::default(), t(at + 1))
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// The usage `amounts` held for `seconds` adds, decayed with half-life `h` to its end:
+/// amount × h / ln 2 × (1 − 2^(−seconds / h)).
+fn held_usage(amounts: [f64; 3], seconds: f64, h: u32) -> [f64; 3] {
+    let h = f64::from(h);
+    amounts.map(|a| a * h / std::f64::consts::LN_2 * (1.0 - (-seconds / h).exp2()))
+}
+
+/// `usage` decayed by `seconds` with half-life `h`.
+fn decayed(usage: [f64; 3], seconds: f64, h: u32) -> [f64; 3] {
+    usage.map(|u| u * (-seconds / f64::from(h)).exp2())
+}
+
+/// The element-wise sum of `a` and `b`.
+fn plus(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
+}
+
+/// Fails unless `got` has exactly the queues of `want`, each within 1e-6 relative.
+fn assert_usage(got: &[(String, [f64; 3])], want: &[(&str, [f64; 3])]) {
+    let names: Vec<&str> = got.iter().map(|(q, _)| q.as_str()).collect();
+    let wanted: Vec<&str> = want.iter().map(|(q, _)| *q).collect();
+    assert_eq!(names, wanted, "{got:?}");
+    for ((queue, got), (_, want)) in got.iter().zip(want) {
+        for (g, w) in got.iter().zip(want) {
+            let tolerance = 1e-6 * w.abs().max(1e-9);
+            assert!(
+                (g - w).abs() <= tolerance,
+                "queue {queue}: {got:?}, expected {want:?}"
+            );
+        }
+    }
+}
+
+/// Ends run `id`'s attempt held since `t(0)` at `t(100)` (COMPLETED), in queue "q": what
+/// [`cases::queue_usage_is_kept_per_queue_and_decays`] and the reopening tests build on.
+async fn complete_at_100(store: &dyn Store, run: &OpRun) {
+    held_since(store, run, 0).await;
+    store
+        .update_run(
+            &run.id,
+            Box::new(|r| {
+                r.add_event(
+                    EventType::Completed,
+                    "ok".into(),
+                    Default::default(),
+                    t(100),
+                )
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 mod cases {
     use super::*;
+
+    pub async fn queue_usage_is_kept_per_queue_and_decays(store: Arc<dyn Store>) {
+        let h = HALF_LIFE_S;
+        assert!(store.queue_usage(t(0), h).await.unwrap().is_empty());
+        // Held t(0)..t(100), COMPLETED.
+        let completed = queued("q", 2, 1024, None);
+        complete_at_100(&*store, &completed).await;
+        // Held t(0).. and still RUNNING: adds nothing (the host counts held runs itself).
+        let held = queued("q", 8, 8192, Some(8192));
+        held_since(&*store, &held, 0).await;
+        // Held t(10)..t(60), requeued after its worker was lost (the reaper's write): written
+        // after the completion, so it ends before the queue's reference time.
+        let lost = queued("q", 1, 512, Some(2048));
+        held_since(&*store, &lost, 10).await;
+        let requeued = store
+            .update_run_if_silent(
+                &lost.id,
+                "w1",
+                t(1_000),
+                Box::new(|r| r.worker_lost("w1", 30, 3, t(60))),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (requeued.state, requeued.current_attempt()),
+            (OpRunState::Pending, 2)
+        );
+        // Another queue: held t(50)..t(80), FAILED (several runs' write).
+        let other = queued("other", 4, 0, None);
+        held_since(&*store, &other, 50).await;
+        let answers = store
+            .update_runs(
+                vec![other.id.clone()],
+                Arc::new(|r| {
+                    r.add_event(EventType::Failed, "boom".into(), Default::default(), t(80))
+                }),
+            )
+            .await;
+        assert!(matches!(answers[0], Ok(Some(_))), "{:?}", answers[0]);
+        // Changes that end no held attempt add nothing: an ended run changed again, a
+        // pending one, a held one.
+        for id in [&completed.id, &lost.id, &held.id] {
+            store
+                .update_run(id, Box::new(|r| r.set_priority(3, t(90))))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+
+        let q = plus(
+            held_usage([2.0, 1024.0, 0.0], 100.0, h),
+            decayed(held_usage([1.0, 512.0, 2048.0], 50.0, h), 40.0, h),
+        );
+        // As of its end, t(80), the queue's reference time.
+        let other_at_80 = held_usage([4.0, 0.0, 0.0], 30.0, h);
+        let other_usage = decayed(other_at_80, 20.0, h);
+        let at_100 = store.queue_usage(t(100), h).await.unwrap();
+        assert_usage(&at_100, &[("other", other_usage), ("q", q)]);
+        // One half-life later, half of it.
+        let later = store.queue_usage(t(100 + i64::from(h)), h).await.unwrap();
+        assert_usage(
+            &later,
+            &[
+                ("other", decayed(other_usage, f64::from(h), h)),
+                ("q", decayed(q, f64::from(h), h)),
+            ],
+        );
+        // Read with another half-life, the sums decay with that one from their reference
+        // times, t(80) and t(100).
+        let quick = store.queue_usage(t(160), 60).await.unwrap();
+        assert_usage(
+            &quick,
+            &[
+                ("other", decayed(other_at_80, 80.0, 60)),
+                ("q", decayed(q, 60.0, 60)),
+            ],
+        );
+        // Read before the reference times (a replica's clock behind): as stored, not grown.
+        let early = store.queue_usage(t(0), h).await.unwrap();
+        assert_usage(&early, &[("other", other_at_80), ("q", q)]);
+    }
+
+    pub async fn concurrent_ends_in_one_queue_are_each_counted_once(store: Arc<dyn Store>) {
+        let runs: Vec<OpRun> = (0..16).map(|_| queued("q", 1, 256, None)).collect();
+        for run in &runs {
+            held_since(&*store, run, 0).await;
+        }
+        // Each run ended by two writers at once (a report and a retry of it): one wins.
+        let mut tasks = Vec::new();
+        for run in runs.iter().chain(runs.iter()) {
+            let (store, id) = (store.clone(), run.id.clone());
+            tasks.push(tokio::spawn(async move {
+                store
+                    .update_run(
+                        &id,
+                        Box::new(|r| {
+                            r.add_event(
+                                EventType::Completed,
+                                "ok".into(),
+                                Default::default(),
+                                t(100),
+                            )
+                        }),
+                    )
+                    .await
+                    .is_ok()
+            }));
+        }
+        let mut ended = 0;
+        for task in tasks {
+            ended += usize::from(task.await.unwrap());
+        }
+        assert_eq!(ended, 16, "exactly one end per run");
+        let one = held_usage([1.0, 256.0, 0.0], 100.0, HALF_LIFE_S);
+        let usage = store.queue_usage(t(100), HALF_LIFE_S).await.unwrap();
+        assert_usage(&usage, &[("q", one.map(|u| u * 16.0))]);
+    }
 
     pub async fn events_are_stored_apart_and_paged_in_order(store: Arc<dyn Store>) {
         let run = running_run(&*store).await;
@@ -1386,6 +1584,8 @@ macro_rules! suite {
                 event_caps_refuse_and_state_events_pass,
                 attempts_keep_one_copy_of_the_inputs,
                 the_delivery_mark_is_cleared_only_when_everything_is_delivered,
+                queue_usage_is_kept_per_queue_and_decays,
+                concurrent_ends_in_one_queue_are_each_counted_once,
             );
         )+
     };
@@ -1568,4 +1768,46 @@ async fn mongodb_documents_with_inline_events_are_moved_out_by_their_first_updat
         shrunk < before / 10,
         "{before} bytes before, {shrunk} after"
     );
+}
+
+/// The usage of queue "q" after one attempt held 2 cores and 1 GB over `t(0)..t(100)`,
+/// accrued with half-life `h`, read at `t(100)`.
+fn usage_of_one_at_100(h: u32) -> [(&'static str, [f64; 3]); 1] {
+    [("q", held_usage([2.0, 1024.0, 0.0], 100.0, h))]
+}
+
+/// The queues' usage is in the file: a store opened on it again reads the same, and accrues
+/// with the half-life it was told.
+#[tokio::test]
+async fn sqlite_queue_usage_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gyoza.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.set_usage_half_life(600);
+    complete_at_100(&store, &queued("q", 2, 1024, None)).await;
+    let before = store.queue_usage(t(100), 600).await.unwrap();
+    assert_usage(&before, &usage_of_one_at_100(600));
+    drop(store);
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.queue_usage(t(100), 600).await.unwrap(), before);
+    assert_usage(
+        &store.queue_usage(t(700), 600).await.unwrap(),
+        &[("q", decayed(before[0].1, 600.0, 600))],
+    );
+}
+
+/// The queues' usage is in the database: another connection (a restarted or second server)
+/// reads the same.
+#[tokio::test]
+async fn mongodb_queue_usage_survives_reconnecting() {
+    let Some((store, url, database)) = mongodb_alone().await else {
+        return;
+    };
+    store.set_usage_half_life(600);
+    complete_at_100(&store, &queued("q", 2, 1024, None)).await;
+    let before = store.queue_usage(t(100), 600).await.unwrap();
+    assert_usage(&before, &usage_of_one_at_100(600));
+    drop(store);
+    let store = MongoStore::connect(&url, &database).await.unwrap();
+    assert_eq!(store.queue_usage(t(100), 600).await.unwrap(), before);
 }

@@ -56,8 +56,19 @@
 //! off again), never a lost mark. `deliveries` holds each run's progress and lease,
 //! taken like a claim lease (insert, or a compare-and-set on an expired or own lease).
 //!
+//! Queue usage (see the store's module docs) lives in `queue_usage`, one document per queue
+//! (`_id` the queue): the three decayed sums, their reference time (`as_of_us`) and a revision.
+//! The run's compare-and-set is the commit point of the attempt's end; the update that won it,
+//! and only that one, then adds the attempt's usage by a compare-and-set of its own on the
+//! queue's document (read, combine, `replaceOne` with `{_id, rev}`; an `insertOne` for a
+//! queue's first), retried on conflict like a run update. The combination is not a sum (the
+//! stored sums decay to the attempt's end first), so a plain `$inc` cannot do it, and without
+//! multi-document transactions the two writes cannot be one: **a crash between them, or a
+//! usage write that fails (logged as a warning), loses that attempt's usage**, while the run's
+//! change stands. A usage write is never repeated, so nothing is counted twice.
+//!
 //! Collections: `definitions` (unique on id + version), `runs`, `events`, `workers`,
-//! `run_logs`, `claim_leases`, `deliveries`.
+//! `run_logs`, `claim_leases`, `deliveries`, `queue_usage`.
 
 use std::time::Duration;
 
@@ -76,9 +87,10 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{
-    CreatedBound, Cursor, DeliveryLease, DeliveryProgress, LogTail, Placement, QueryError,
-    RunMutation, RunPage, RunQuery, Store, StoreError, StoreRead, answer_each, assign_if_fits,
-    from_json, replace_definition, to_json, unknown_worker,
+    Accrual, CreatedBound, Cursor, DecayedSums, DeliveryLease, DeliveryProgress, LogTail,
+    Placement, QueryError, RunMutation, RunPage, RunQuery, Store, StoreError, StoreRead,
+    UsageHalfLife, answer_each, assign_if_fits, from_json, held_attempt, replace_definition,
+    to_json, unknown_worker,
 };
 
 /// How often an update retries after losing a compare-and-set to a concurrent writer.
@@ -104,6 +116,9 @@ pub struct MongoStore {
     logs: Collection<Document>,
     leases: Collection<Document>,
     deliveries: Collection<Document>,
+    queue_usage: Collection<Document>,
+    /// The half-life run updates accrue queue usage with (shared by the clones).
+    usage_half_life: UsageHalfLife,
 }
 
 /// How [`try_lease`] went.
@@ -221,6 +236,38 @@ fn run_document(run: &OpRun, rev: i64, deliver_at_us: Option<i64>) -> Result<Doc
         // The events loaded in `run` stay inline (those its last change appended).
         "doc": to_json(&run.stored(true))?,
     })
+}
+
+/// The sums a `queue_usage` document holds.
+fn decode_sums(document: &Document) -> Result<DecayedSums, StoreError> {
+    let id = document.get_str("_id").unwrap_or_default();
+    let number = |key: &str| match document.get(key) {
+        Some(Bson::Double(v)) => Ok(*v),
+        Some(Bson::Int64(v)) => Ok(*v as f64),
+        Some(Bson::Int32(v)) => Ok(f64::from(*v)),
+        _ => Err(StoreError::corrupt(
+            id,
+            format!("queue usage without a number '{key}'"),
+        )),
+    };
+    Ok(DecayedSums {
+        sums: [number("cpu")?, number("ram_mb")?, number("vram_mb")?],
+        as_of_us: document
+            .get_i64("as_of_us")
+            .map_err(|e| StoreError::corrupt(id, e))?,
+    })
+}
+
+/// The `queue_usage` document of queue `queue` holding `sums`, at revision `rev`.
+fn usage_document(queue: &str, sums: &DecayedSums, rev: i64) -> Document {
+    doc! {
+        "_id": queue,
+        "cpu": sums.sums[0],
+        "ram_mb": sums.sums[1],
+        "vram_mb": sums.sums[2],
+        "as_of_us": sums.as_of_us,
+        "rev": rev,
+    }
 }
 
 /// The run a run document holds, made whole ([`OpRun::settle`]).
@@ -350,6 +397,8 @@ impl MongoStore {
             logs: database.collection("run_logs"),
             leases: database.collection("claim_leases"),
             deliveries: database.collection("deliveries"),
+            queue_usage: database.collection("queue_usage"),
+            usage_half_life: UsageHalfLife::default(),
             database,
         };
         store.create_indexes().await?;
@@ -359,6 +408,60 @@ impl MongoStore {
     /// The database in use.
     pub fn database_name(&self) -> &str {
         self.database.name()
+    }
+
+    /// Sets the half-life, in seconds (at least 1), with which run updates from now on accrue
+    /// queue usage (see the store's module docs; [`super::DEFAULT_HALF_LIFE_S`] until set).
+    /// The usage stored so far is kept as it is. Every clone of this store shares it.
+    pub fn set_usage_half_life(&self, seconds: u32) {
+        self.usage_half_life.set(seconds);
+    }
+
+    /// The half-life, in seconds, with which run updates accrue queue usage.
+    pub fn usage_half_life(&self) -> u32 {
+        self.usage_half_life.get()
+    }
+
+    /// Adds `accrual` to its queue's `queue_usage` document, decayed with half-life
+    /// `half_life_s`, by a compare-and-set on the document's revision (see the module docs).
+    async fn accrue(&self, accrual: &Accrual, half_life_s: u32) -> Result<(), StoreError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let key = doc! {"_id": &accrual.queue};
+            match self.queue_usage.find_one(key.clone()).await? {
+                None => {
+                    let sums = DecayedSums::plus(None, accrual, half_life_s);
+                    match self
+                        .queue_usage
+                        .insert_one(usage_document(&accrual.queue, &sums, 0))
+                        .await
+                    {
+                        Ok(_) => return Ok(()),
+                        // Another writer added the queue's first: combine with it.
+                        Err(e) if is_duplicate_key(&e) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Some(document) => {
+                    let rev = document.get_i64("rev").map_err(StoreError::backend)?;
+                    let sums =
+                        DecayedSums::plus(Some(decode_sums(&document)?), accrual, half_life_s);
+                    let mut filter = key;
+                    filter.insert("rev", rev);
+                    let replaced = self
+                        .queue_usage
+                        .replace_one(filter, usage_document(&accrual.queue, &sums, rev + 1))
+                        .await?;
+                    if replaced.matched_count == 1 {
+                        return Ok(());
+                    }
+                }
+            }
+            // Someone changed the queue's usage since we read it: read it again.
+        }
+        Err(StoreError::backend(format!(
+            "the usage of queue '{}' changed concurrently {MAX_CONFLICT_RETRIES} times in a row; giving up",
+            accrual.queue
+        )))
     }
 
     async fn create_indexes(&self) -> Result<(), StoreError> {
@@ -800,6 +903,24 @@ impl StoreRead for MongoStore {
             })
             .collect()
     }
+
+    async fn queue_usage(
+        &self,
+        now: Timestamp,
+        half_life_s: u32,
+    ) -> Result<Vec<(String, [f64; 3])>, StoreError> {
+        let now_us = to_micros(&now);
+        let cursor = self.queue_usage.find(doc! {}).sort(doc! {"_id": 1}).await?;
+        let mut usage = Vec::new();
+        for document in collect(cursor).await? {
+            let queue = document
+                .get_str("_id")
+                .map_err(|e| StoreError::corrupt("queue_usage._id", e))?
+                .to_owned();
+            usage.push((queue, decode_sums(&document)?.at(now_us, half_life_s)));
+        }
+        Ok(usage)
+    }
 }
 
 #[async_trait]
@@ -850,6 +971,7 @@ impl Store for MongoStore {
             for attempt in &mut run.attempts {
                 attempt.events.clear();
             }
+            let held = held_attempt(&run);
             mutation(&mut run)?;
             // Due at once when this change appends events to deliver, unless a failed try
             // already said when.
@@ -862,6 +984,19 @@ impl Store for MongoStore {
                 )
                 .await?;
             if replaced.matched_count == 1 {
+                // This change ended the attempt (see the module docs): its usage, after the
+                // commit point. A failure loses that usage, not the run's change.
+                let half_life_s = self.usage_half_life();
+                if let Some(accrual) = held.and_then(|held| held.ended_in(&run, half_life_s))
+                    && let Err(e) = self.accrue(&accrual, half_life_s).await
+                {
+                    tracing::warn!(
+                        run_id = id,
+                        queue = accrual.queue,
+                        error = %e,
+                        "the usage of an ended attempt was not added to its queue; it is lost"
+                    );
+                }
                 return Ok(Some(run));
             }
             // Someone changed the run since we read it: read it again and re-apply.

@@ -27,6 +27,14 @@
 //! Since every writer (of this process or another on the same file) is serialised there, the
 //! capacity it reads is the capacity it writes against. The reaper's
 //! [`Store::update_run_if_silent`] checks the worker's last heartbeat in the same way.
+//!
+//! Queue usage (see the store's module docs) lives in `queue_usage`, one row per queue: the
+//! three decayed sums and their reference time (`as_of_us`, microseconds since the epoch).
+//! Every run write goes through one function that reads the run, applies the change and
+//! writes it back; when the change ends a held attempt, the same function adds the attempt's
+//! usage to its queue's row, in the same savepoint: the usage commits with the run's change
+//! or not at all, and the writer's serialisation (across processes too) keeps two writes from
+//! combining one row's sums at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,10 +54,11 @@ use rusqlite::{
 };
 
 use super::{
-    ClaimView, CreatedBound, Cursor, DeliveryLease, DeliveryProgress, LogTail, Placement,
-    QueryError, RunMutation, RunPage, RunQuery, SharedRunMutation, Store, StoreError, StoreRead,
-    answer_each, assign_if_fits, delivers, from_json, loaded_events, replace_definition,
-    run_from_json, to_json, unknown_worker, worker_not_silent,
+    Accrual, ClaimView, CreatedBound, Cursor, DecayedSums, DeliveryLease, DeliveryProgress,
+    LogTail, Placement, QueryError, RunMutation, RunPage, RunQuery, SharedRunMutation, Store,
+    StoreError, StoreRead, UsageHalfLife, answer_each, assign_if_fits, delivers, from_json,
+    held_attempt, loaded_events, replace_definition, run_from_json, to_json, unknown_worker,
+    worker_not_silent,
 };
 
 /// Parallel read connections.
@@ -161,6 +170,18 @@ DROP INDEX runs_held;
 CREATE INDEX runs_held ON runs (worker_id, state, id, cpu, ram_mb, vram_mb, gpu_id, priority, sched)
     WHERE state IN ('ASSIGNED', 'RUNNING');
 "#,
+    // Per queue, the decayed usage of its ended attempts (see the store's module docs), as of
+    // `as_of_us` (microseconds since the epoch). Attempts that ended before this schema add
+    // nothing.
+    r#"
+CREATE TABLE IF NOT EXISTS queue_usage (
+    queue    TEXT PRIMARY KEY,
+    cpu      REAL NOT NULL,
+    ram_mb   REAL NOT NULL,
+    vram_mb  REAL NOT NULL,
+    as_of_us INTEGER NOT NULL
+);
+"#,
 ];
 
 /// The schema version from which runs keep their scheduling facts (`sched`).
@@ -215,6 +236,8 @@ struct Inner {
     /// (SQLite rolls back an unfinished transaction), so a poisoned one is reused as it is.
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// The half-life run writes accrue queue usage with.
+    usage_half_life: UsageHalfLife,
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
@@ -352,18 +375,51 @@ fn write_row(conn: &Connection, run: &OpRun, insert: bool) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Applies `mutation` to run `id` inside the current transaction.
+/// Applies `mutation` to run `id` inside the current transaction; when the change ends the
+/// run's held attempt, adds that attempt's usage to its queue, decayed with half-life
+/// `half_life_s` (see the store's module docs), in the same transaction.
 fn update_run_blocking(
     conn: &Connection,
     id: &str,
+    half_life_s: u32,
     mutation: &mut dyn FnMut(&mut OpRun) -> Result<(), gyoza_core::DomainError>,
 ) -> Result<Option<OpRun>, StoreError> {
     let Some(mut run) = read_run(conn, id)? else {
         return Ok(None);
     };
+    let held = held_attempt(&run);
     mutation(&mut run)?;
     write_run(conn, &run, false)?;
+    if let Some(accrual) = held.and_then(|held| held.ended_in(&run, half_life_s)) {
+        accrue_blocking(conn, &accrual, half_life_s)?;
+    }
     Ok(Some(run))
+}
+
+/// Adds `accrual` to its queue's row of `queue_usage`, decayed with half-life `half_life_s`,
+/// inside the current transaction.
+fn accrue_blocking(
+    conn: &Connection,
+    accrual: &Accrual,
+    half_life_s: u32,
+) -> Result<(), StoreError> {
+    let stored = conn
+        .prepare_cached("SELECT cpu, ram_mb, vram_mb, as_of_us FROM queue_usage WHERE queue = ?1")?
+        .query_row([&accrual.queue], |r| {
+            Ok(DecayedSums {
+                sums: [r.get(0)?, r.get(1)?, r.get(2)?],
+                as_of_us: r.get(3)?,
+            })
+        })
+        .optional()?;
+    let DecayedSums { sums, as_of_us } = DecayedSums::plus(stored, accrual, half_life_s);
+    conn.prepare_cached(
+        "INSERT INTO queue_usage (queue, cpu, ram_mb, vram_mb, as_of_us) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (queue) DO UPDATE SET cpu = excluded.cpu, ram_mb = excluded.ram_mb,
+             vram_mb = excluded.vram_mb, as_of_us = excluded.as_of_us",
+    )?
+    .execute(params![accrual.queue, sums[0], sums[1], sums[2], as_of_us])?;
+    Ok(())
 }
 
 /// Claimable runs at `now`, best first, from the partial index `runs_pending` alone (see the
@@ -456,6 +512,7 @@ fn assign_runs_blocking(
     worker_id: &str,
     placements: &[Placement],
     now: Timestamp,
+    half_life_s: u32,
 ) -> Result<Vec<Result<Option<OpRun>, StoreError>>, StoreError> {
     let Some(worker) = get_worker_blocking(conn, worker_id)? else {
         return Ok(unknown_worker(worker_id, placements.len()));
@@ -465,7 +522,7 @@ fn assign_runs_blocking(
     let mut answers = Vec::with_capacity(placements.len());
     for (id, gpu) in placements {
         conn.execute_batch("SAVEPOINT run")?;
-        let answer = update_run_blocking(conn, id, &mut |run| {
+        let answer = update_run_blocking(conn, id, half_life_s, &mut |run| {
             assign_if_fits(run, worker_id, *gpu, &free, now)
         });
         close_savepoint(conn, "run", answer.is_ok())?;
@@ -761,6 +818,7 @@ impl SqliteStore {
                 writes,
                 readers,
                 next_reader: AtomicUsize::new(0),
+                usage_half_life: UsageHalfLife::default(),
             }),
         })
     }
@@ -768,6 +826,18 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Sets the half-life, in seconds (at least 1), with which run writes from now on accrue
+    /// queue usage (see the store's module docs; [`super::DEFAULT_HALF_LIFE_S`] until set).
+    /// The usage stored so far is kept as it is. Every clone of this store shares it.
+    pub fn set_usage_half_life(&self, seconds: u32) {
+        self.inner.usage_half_life.set(seconds);
+    }
+
+    /// The half-life, in seconds, with which run writes accrue queue usage.
+    pub fn usage_half_life(&self) -> u32 {
+        self.inner.usage_half_life.get()
     }
 
     /// Runs `f` in the next group commit and answers once that group is durable.
@@ -1152,6 +1222,33 @@ impl StoreRead for SqliteStore {
         })
         .await
     }
+
+    async fn queue_usage(
+        &self,
+        now: Timestamp,
+        half_life_s: u32,
+    ) -> Result<Vec<(String, [f64; 3])>, StoreError> {
+        let now_us = to_micros(&now);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT queue, cpu, ram_mb, vram_mb, as_of_us FROM queue_usage ORDER BY queue",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let sums = DecayedSums {
+                    sums: [r.get(1)?, r.get(2)?, r.get(3)?],
+                    as_of_us: r.get(4)?,
+                };
+                Ok((r.get::<_, String>(0)?, sums))
+            })?;
+            let mut usage = Vec::new();
+            for row in rows {
+                let (queue, sums) = row?;
+                usage.push((queue, sums.at(now_us, half_life_s)));
+            }
+            Ok(usage)
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -1191,8 +1288,8 @@ impl Store for SqliteStore {
         id: &str,
         mut mutation: RunMutation,
     ) -> Result<Option<OpRun>, StoreError> {
-        let id = id.to_owned();
-        self.write(move |conn| update_run_blocking(conn, &id, &mut *mutation))
+        let (id, half_life_s) = (id.to_owned(), self.usage_half_life());
+        self.write(move |conn| update_run_blocking(conn, &id, half_life_s, &mut *mutation))
             .await
     }
 
@@ -1201,7 +1298,7 @@ impl Store for SqliteStore {
         ids: Vec<String>,
         mutation: SharedRunMutation,
     ) -> Vec<Result<Option<OpRun>, StoreError>> {
-        let count = ids.len();
+        let (count, half_life_s) = (ids.len(), self.usage_half_life());
         // One write for all: each run in its own savepoint, so that one refusal (or failure)
         // leaves the others' changes in place.
         let answers = self
@@ -1209,9 +1306,9 @@ impl Store for SqliteStore {
                 let mut answers = Vec::with_capacity(ids.len());
                 for id in &ids {
                     let savepoint = conn.execute_batch("SAVEPOINT run");
-                    let answer = savepoint
-                        .map_err(StoreError::backend)
-                        .and_then(|()| update_run_blocking(conn, id, &mut |run| mutation(run)));
+                    let answer = savepoint.map_err(StoreError::backend).and_then(|()| {
+                        update_run_blocking(conn, id, half_life_s, &mut |run| mutation(run))
+                    });
                     close_savepoint(conn, "run", answer.is_ok())?;
                     answers.push(answer);
                 }
@@ -1227,10 +1324,12 @@ impl Store for SqliteStore {
         placements: Vec<Placement>,
         now: Timestamp,
     ) -> Vec<Result<Option<OpRun>, StoreError>> {
-        let count = placements.len();
+        let (count, half_life_s) = (placements.len(), self.usage_half_life());
         let worker_id = worker_id.to_owned();
         let answers = self
-            .write(move |conn| assign_runs_blocking(conn, &worker_id, &placements, now))
+            .write(move |conn| {
+                assign_runs_blocking(conn, &worker_id, &placements, now, half_life_s)
+            })
             .await;
         answer_each(answers, count)
     }
@@ -1243,12 +1342,13 @@ impl Store for SqliteStore {
         mut mutation: RunMutation,
     ) -> Result<Option<OpRun>, StoreError> {
         let (id, worker_id) = (id.to_owned(), worker_id.to_owned());
+        let half_life_s = self.usage_half_life();
         self.write(move |conn| {
             let worker = get_worker_blocking(conn, &worker_id)?;
             if worker.is_some_and(|w| w.last_heartbeat_at >= cutoff) {
                 return Err(worker_not_silent(&worker_id).into());
             }
-            update_run_blocking(conn, &id, &mut *mutation)
+            update_run_blocking(conn, &id, half_life_s, &mut *mutation)
         })
         .await
     }
