@@ -1714,6 +1714,65 @@ mod tests {
     }
 
     #[test]
+    fn a_preempted_run_is_requeued_outside_its_retry_budget_within_its_own_cap() {
+        let by = |priority| Preemption {
+            by: "urgent",
+            by_priority: priority,
+            strategy: "priority",
+            reason: "make room",
+        };
+        let mut run = run_with(1, 5_000);
+        started(&mut run);
+        let refused = |run: &mut OpRun, worker: &str, attempt: u32, priority: i64, cap: u32| {
+            let before = run.clone();
+            let error = run
+                .preempt(worker, attempt, &by(priority), cap, t0())
+                .unwrap_err();
+            assert_eq!(*run, before, "a refusal changes nothing");
+            error.to_string()
+        };
+        assert!(refused(&mut run, "w1", 1, 9, 3).contains("not preemptible"));
+        run.preemptible = true;
+        assert!(refused(&mut run, "w1", 1, 5, 3).contains("not higher than its 5"));
+        assert!(refused(&mut run, "w2", 1, 9, 3).contains("not held by worker 'w2'"));
+        assert!(matches!(
+            run.preempt("w1", 2, &by(9), 3, t0()),
+            Err(DomainError::StaleAttempt { .. })
+        ));
+        assert!(run.may_be_preempted(1));
+
+        run.preempt("w1", 1, &by(9), 1, t0()).unwrap();
+        assert_eq!((run.state, run.current_attempt()), (OpRunState::Pending, 2));
+        let first = &run.attempts[0];
+        assert!(first.preempted && !first.worker_lost);
+        assert_eq!(first.state, OpRunState::Failed);
+        assert_eq!(
+            first.execution_summary.error_message.as_deref(),
+            Some("preempted by urgent (priority 9) via priority")
+        );
+        let failed = first.events.last().unwrap();
+        assert_eq!(failed.payload["preempted_by"], json!("urgent"));
+        assert_eq!(failed.payload["reason"], json!("make room"));
+        assert_eq!(
+            run.current().events[0].payload["reason"],
+            json!("preempted")
+        );
+        assert_eq!(
+            run.attempts_used(),
+            1,
+            "the preempted attempt is not counted"
+        );
+        assert!(run.is_claimable(t0()), "no retry backoff");
+        // Its cap of one is spent: held again, it may not be preempted again.
+        started(&mut run);
+        assert!(!run.may_be_preempted(1));
+        assert!(refused(&mut run, "w1", 2, 9, 1).contains("preempted 1 times already"));
+        // The op's own failure still has its single attempt's worth of budget: none left.
+        event(&mut run, EventType::Failed, json!("boom"), json!({})).unwrap();
+        assert_eq!(run.state, OpRunState::Failed);
+    }
+
+    #[test]
     fn a_released_run_is_requeued_without_using_the_retry_budget() {
         let mut run = run_with(1, 5_000);
         started(&mut run);

@@ -6,7 +6,9 @@
 //! [`gyoza_core::placement::place`], the one check of a decision, and reports what it dropped
 //! back with [`Scheduler::record_dropped`].
 
-use gyoza_core::placement::{EvictionRequest, Placements};
+use gyoza_core::placement::{
+    EvictionRequest, EvictionRules, Evictions, Placements, check_evictions,
+};
 use gyoza_core::time::Timestamp;
 use gyoza_core::{Capacity, HeldRun, PendingRun, Resources, Worker};
 
@@ -82,6 +84,23 @@ pub struct Decision {
     /// Held runs to preempt (indices into `ClaimRequest::running` and `pending`), unchecked:
     /// the claim checks them with [`gyoza_core::placement::check_evictions`].
     pub evictions: Vec<EvictionRequest>,
+}
+
+impl Decision {
+    /// The preemptions of this decision on `request` that the host's `rules` allow
+    /// ([`check_evictions`]): for a run the decision chose or deferred.
+    pub fn checked_evictions(&self, request: &ClaimRequest<'_>, rules: EvictionRules) -> Evictions {
+        let decided =
+            |i: usize| self.chosen.contains(&i) || self.deferred.binary_search(&i).is_ok();
+        check_evictions(
+            &request.worker.id,
+            request.running,
+            request.pending,
+            &self.evictions,
+            decided,
+            rules,
+        )
+    }
 }
 
 /// A scheduling policy: decides which pending runs a claiming worker should take.

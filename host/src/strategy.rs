@@ -1,13 +1,16 @@
-//! Scheduling strategies as WebAssembly components (`gyoza:scheduler@0.2.0` and `@0.1.0`, world
-//! `strategy`).
+//! Scheduling strategies as WebAssembly components (`gyoza:scheduler@1.0.0`, and the older
+//! `@0.2.0` and `@0.1.0`; world `strategy`).
 //!
 //! One [`StrategyHost`] per server holds the loaded plugins (the built-in `direct`, `priority`
 //! and `bin-packing`, embedded in the binary, and every `.wasm` of the plugins directory) and
 //! which of them is active, on one [`gyoza_wasm::Runtime`]. It is the server's
-//! [`Scheduler`](crate::scheduler::Scheduler): each claim is converted to the WIT's compact
-//! records and decided by the active plugin under a deadline and a memory limit; its answer
-//! goes back to the claim as the raw choice (indices into the pending window, in order), which
-//! the claim alone checks ([`gyoza_core::placement::place`]) and reports the drops of. A trap,
+//! [`Scheduler`](crate::scheduler::Scheduler): each claim is converted once to the WIT's
+//! compact records (1.0.0 columns and string table; an older plugin gets the fields its
+//! version has) and decided by the active plugin under a deadline and a memory limit; its
+//! answer goes back to the claim as the raw choice (indices into the pending window, in
+//! order, and the preemptions it asked for), which the claim alone checks
+//! ([`gyoza_core::placement::place`], [`gyoza_core::placement::check_evictions`]) and reports
+//! the drops and refusals of. A trap,
 //! timeout or error answer is counted and handled by the [`FailPolicy`]: the embedded priority
 //! strategy decides instead, or nothing is assigned.
 //!

@@ -39,9 +39,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use gyoza_core::placement::{
-    EvictionRefusal, EvictionRules, Placements, check_evictions, place, tag_fit,
-};
+use gyoza_core::placement::{EvictionRefusal, EvictionRules, Placements, place, tag_fit};
 use gyoza_core::run::{MAX_PREEMPTIONS, Preemption};
 use gyoza_core::sync::lock;
 use gyoza_core::time::Timestamp;
@@ -49,7 +47,7 @@ use gyoza_core::{Capacity, HeldRun, OpRun, PendingRun, Worker, WorkerOpRun};
 
 use super::Service;
 use crate::scheduler::{ActiveWorker, ClaimRequest, Decision};
-use crate::store::{ClaimView, Placement, StoreError};
+use crate::store::{Placement, StoreError};
 
 /// How many claimable runs a scheduler is shown per claim, best first.
 pub const PENDING_WINDOW: usize = 1_000;
@@ -224,23 +222,27 @@ impl Service {
     /// server. If the store fails after some runs were assigned, those are still returned so
     /// that they are not stranded in ASSIGNED.
     pub async fn claim(&self, worker_id: &str, max: usize) -> Result<Vec<WorkerOpRun>, StoreError> {
-        let now = self.clock.now();
-        let Some(view) = self
-            .store
-            .claim_view(worker_id, now, PENDING_WINDOW)
-            .await?
-        else {
+        let Some(preview) = self.claim_preview(worker_id).await? else {
             tracing::warn!(worker_id, "claim from a worker that never sent a heartbeat");
             return Ok(Vec::new());
         };
-        let ClaimView {
+        let ClaimPreview {
             worker,
-            held,
+            cluster,
+            mut running,
             pending,
-            workers,
-        } = view;
-        let (cluster, mut running) = self.active_workers(&worker, held, workers);
+            now,
+        } = preview;
         let mut pending = self.meeting_tags(&worker, pending, &cluster, now);
+        // The ended attempts' part of the queues' usage, read once for all rounds. Without it
+        // a strategy still decides, from what is held: not a reason to fail the claim.
+        let usage = match self.store.queue_usage(now, self.queues.half_life_s).await {
+            Ok(usage) => usage,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the queues' usage; this claim shows strategies only the runs held");
+                Vec::new()
+            }
+        };
         let mut claimed = Vec::new();
         // Concurrent claimers see the same window and race for its best runs. A claimer that
         // loses a race asks the scheduler again without the runs it lost, a few times, so that
@@ -265,7 +267,7 @@ impl Service {
                 cluster: &cluster,
                 running: &running,
                 queues: &self.queues,
-                usage: &[],
+                usage: &usage,
                 max_preemptions: self.preemption.max_preemptions,
                 max_evictions: self
                     .preemption
@@ -380,16 +382,7 @@ impl Service {
             budget: self.preemption_clock.budget(self.preemption.per_minute),
             max_preemptions: self.preemption.max_preemptions,
         };
-        let decided =
-            |i: usize| decision.chosen.contains(&i) || decision.deferred.binary_search(&i).is_ok();
-        let checked = check_evictions(
-            &request.worker.id,
-            request.running,
-            request.pending,
-            &decision.evictions,
-            decided,
-            rules,
-        );
+        let checked = decision.checked_evictions(request, rules);
         if !checked.refused.is_empty() {
             let count = |kind: EvictionRefusal| {
                 checked

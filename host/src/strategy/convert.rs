@@ -25,17 +25,65 @@ const NO_GPU: u32 = u32::MAX;
 /// `queues.quota-*` of a queue without that quota.
 const NO_QUOTA: u64 = u64::MAX;
 
+/// FNV-1a from a per-process random seed: the string table hashes a few thousand short
+/// strings per claim, where SipHash (std's default) was a third of building the claim; the
+/// seed keeps collisions from being chosen ahead by whoever names queues and labels.
+#[derive(Clone, Copy)]
+struct SeededFnv(u64);
+
+impl std::hash::BuildHasher for SeededFnv {
+    type Hasher = Fnv;
+
+    fn build_hasher(&self) -> Fnv {
+        Fnv(self.0)
+    }
+}
+
+impl SeededFnv {
+    fn new() -> Self {
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        Self(*SEED.get_or_init(|| {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+                | 1
+        }))
+    }
+}
+
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 /// The claim's string table: each distinct string once, entry 0 the empty string.
 struct Strings<'a> {
     list: Vec<String>,
-    index: HashMap<&'a str, u32>,
+    index: HashMap<&'a str, u32, SeededFnv>,
 }
+
+/// The last string a column named, and its index: runs in a row often share their queue,
+/// image or label key, which then costs a comparison instead of a lookup.
+#[derive(Default)]
+struct Memo<'a>(Option<(&'a str, u32)>);
 
 impl<'a> Strings<'a> {
     fn new() -> Self {
+        let mut index = HashMap::with_hasher(SeededFnv::new());
+        index.insert("", 0);
         Self {
             list: vec![String::new()],
-            index: HashMap::from([("", 0)]),
+            index,
         }
     }
 
@@ -48,6 +96,18 @@ impl<'a> Strings<'a> {
         self.index.insert(text, id);
         id
     }
+
+    /// [`Strings::id`] through `memo`.
+    fn id_via(&mut self, memo: &mut Memo<'a>, text: &'a str) -> u32 {
+        match memo.0 {
+            Some((last, id)) if last == text => id,
+            _ => {
+                let id = self.id(text);
+                memo.0 = Some((text, id));
+                id
+            }
+        }
+    }
 }
 
 /// The flat lists rows name ranges of: tags, and labels as (key, value) pairs.
@@ -55,6 +115,8 @@ struct Flat<'a> {
     strings: Strings<'a>,
     tags: Vec<u32>,
     labels: wit::Labels,
+    /// The last label key, and the last queue, definition and image of a run.
+    memo: [Memo<'a>; 4],
 }
 
 impl<'a> Flat<'a> {
@@ -72,7 +134,8 @@ impl<'a> Flat<'a> {
     fn labels(&mut self, labels: &'a Labels) -> (u32, u32) {
         let start = self.labels.key.len() as u32;
         for (key, value) in labels {
-            let (key, value) = (self.strings.id(key), self.strings.id(value));
+            let key = self.strings.id_via(&mut self.memo[0], key);
+            let value = self.strings.id(value);
             self.labels.key.push(key);
             self.labels.value.push(value);
         }
@@ -137,6 +200,7 @@ pub(super) fn claim(request: &ClaimRequest<'_>) -> Claim {
             key: Vec::new(),
             value: Vec::new(),
         },
+        memo: Default::default(),
     };
     let mut workers = workers_with_capacity(request.cluster.len() + 1);
     let mut gpus = Gpus {
@@ -223,11 +287,13 @@ fn pending_runs<'a>(request: &ClaimRequest<'a>, flat: &mut Flat<'a>) -> PendingR
         pending
             .waited_ms
             .push((request.now - run.created_at).num_milliseconds().max(0) as u64);
-        pending.queue.push(flat.strings.id(&facts.queue));
+        let [_, queue, definition, image] = &mut flat.memo;
+        pending.queue.push(flat.strings.id_via(queue, &facts.queue));
+        let named = facts.definition.as_deref().unwrap_or("");
         pending
             .definition
-            .push(flat.strings.id(facts.definition.as_deref().unwrap_or("")));
-        pending.image.push(flat.strings.id(&facts.image));
+            .push(flat.strings.id_via(definition, named));
+        pending.image.push(flat.strings.id_via(image, &facts.image));
         pending.attempt.push(facts.attempt);
         pending.preemptible.push(facts.preemptible);
         let (start, count) = flat.tags(&run.constraints.tags);
@@ -293,11 +359,13 @@ fn running_runs<'a>(
         running.ram_mb.push(run.constraints.ram_mb.unwrap_or(0));
         running.vram_mb.push(run.constraints.vram_mb.unwrap_or(0));
         running.ran_ms.push(ran_ms(request, run));
-        running.queue.push(flat.strings.id(&facts.queue));
+        let [_, queue, definition, image] = &mut flat.memo;
+        running.queue.push(flat.strings.id_via(queue, &facts.queue));
+        let named = facts.definition.as_deref().unwrap_or("");
         running
             .definition
-            .push(flat.strings.id(facts.definition.as_deref().unwrap_or("")));
-        running.image.push(flat.strings.id(&facts.image));
+            .push(flat.strings.id_via(definition, named));
+        running.image.push(flat.strings.id_via(image, &facts.image));
         running.preemptible.push(preemptible(request, run));
         let (start, count) = flat.labels(&facts.labels);
         running.label_start.push(start);

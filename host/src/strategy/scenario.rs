@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gyoza_core::api::StrategyInfo;
-use gyoza_core::placement::{EvictionRequest, EvictionRules, check_evictions, place};
+use gyoza_core::placement::{EvictionRequest, EvictionRules, place};
 use gyoza_core::run::NewRun;
 use gyoza_core::{Capacity, Constraints, HeldRun, OpRun, PendingRun, Resources, RunFacts, Worker};
 use serde::{Deserialize, Serialize};
@@ -524,16 +524,7 @@ fn settle(
         budget: limits.per_minute,
         max_preemptions: limits.max_preemptions,
     };
-    let decided =
-        |i: usize| decision.chosen.contains(&i) || decision.deferred.binary_search(&i).is_ok();
-    let evictions = check_evictions(
-        &request.worker.id,
-        request.running,
-        request.pending,
-        &decision.evictions,
-        decided,
-        rules,
-    );
+    let evictions = decision.checked_evictions(request, rules);
     let evicted: Vec<&EvictionRequest> = evictions
         .accepted
         .iter()

@@ -175,7 +175,7 @@ impl Api {
         let store = SqliteStore::open(dir.path().join("gyoza.db"))
             .await
             .unwrap();
-        Self::on_store_configured(
+        Self::on_store(
             Arc::new(store),
             host,
             max_body_bytes,
@@ -210,6 +210,7 @@ impl Api {
             None,
             new_clock(),
             "",
+            |_| {},
         );
         (api, store)
     }
@@ -257,6 +258,7 @@ impl Api {
             Some(database),
             clock,
             allow,
+            |_| {},
         )
     }
 
@@ -295,32 +297,12 @@ impl Api {
             None,
             clock,
             delivery_allow,
-        )
-    }
-
-    fn on_store(
-        store: Arc<dyn Store>,
-        host: StrategyHost,
-        max_body_bytes: usize,
-        dir: Arc<tempfile::TempDir>,
-        mongo_db: Option<String>,
-        clock: Arc<ManualClock>,
-        delivery_allow: &str,
-    ) -> Self {
-        Self::on_store_configured(
-            store,
-            host,
-            max_body_bytes,
-            dir,
-            mongo_db,
-            clock,
-            delivery_allow,
             |_| {},
         )
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn on_store_configured(
+    fn on_store(
         store: Arc<dyn Store>,
         host: StrategyHost,
         max_body_bytes: usize,

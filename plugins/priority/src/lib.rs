@@ -250,7 +250,10 @@ mod tests {
                 .pending(RunSpec::new().priority(5).cpu(4))
                 .build()
         };
-        assert_eq!(evicted(&decide_with("preempt=true", &claim(2))), [(1, 0), (0, 0)]);
+        assert_eq!(
+            evicted(&decide_with("preempt=true", &claim(2))),
+            [(1, 0), (0, 0)]
+        );
         let capped = decide_with("preempt=true", &claim(1));
         assert_eq!(evicted(&capped), [], "two victims needed, one allowed");
         assert_eq!(capped.assign, Vec::<u32>::new());

@@ -108,6 +108,60 @@ impl WorkerSpec {
     }
 }
 
+/// The setters a running and a pending run's spec share (a field of the same name each).
+macro_rules! run_setters {
+    () => {
+        /// Its priority.
+        pub fn priority(mut self, priority: i64) -> Self {
+            self.priority = priority;
+            self
+        }
+
+        /// The CPU cores it needs (or holds).
+        pub fn cpu(mut self, cpu: u32) -> Self {
+            self.cpu = cpu;
+            self
+        }
+
+        /// The RAM it needs (or holds), in megabytes.
+        pub fn ram_mb(mut self, ram_mb: u64) -> Self {
+            self.ram_mb = ram_mb;
+            self
+        }
+
+        /// Its queue.
+        pub fn queue(mut self, queue: &str) -> Self {
+            self.queue = queue.to_owned();
+            self
+        }
+
+        /// The definition it was created from.
+        pub fn definition(mut self, definition: &str) -> Self {
+            self.definition = definition.to_owned();
+            self
+        }
+
+        /// Its image.
+        pub fn image(mut self, image: &str) -> Self {
+            self.image = image.to_owned();
+            self
+        }
+
+        /// Whether it may be preempted (for a running run: whether the host would let a
+        /// strategy preempt it).
+        pub fn preemptible(mut self, preemptible: bool) -> Self {
+            self.preemptible = preemptible;
+            self
+        }
+
+        /// Sets label `key` (a later value for the same key replaces an earlier one).
+        pub fn label(mut self, key: &str, value: &str) -> Self {
+            self.labels.insert(key.to_owned(), value.to_owned());
+            self
+        }
+    };
+}
+
 /// A run a worker holds (assigned or running). Defaults: priority 0, nothing held, queue
 /// [`DEFAULT_QUEUE`], no definition, image "", not preemptible, assigned 0 ms ago, no labels.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,6 +181,8 @@ pub struct RunningSpec {
 }
 
 impl RunningSpec {
+    run_setters!();
+
     /// A run held by worker `worker` (its index: the order of [`ClaimBuilder::worker`]).
     pub fn on(worker: usize) -> Self {
         Self {
@@ -145,24 +201,6 @@ impl RunningSpec {
         }
     }
 
-    /// Its scheduling priority.
-    pub fn priority(mut self, priority: i64) -> Self {
-        self.priority = priority;
-        self
-    }
-
-    /// The CPU cores it holds.
-    pub fn cpu(mut self, cpu: u32) -> Self {
-        self.cpu = cpu;
-        self
-    }
-
-    /// The RAM it holds, in megabytes.
-    pub fn ram_mb(mut self, ram_mb: u64) -> Self {
-        self.ram_mb = ram_mb;
-        self
-    }
-
     /// The VRAM it holds, `vram_mb` MB on its worker's GPU of device index `gpu`.
     pub fn vram(mut self, gpu: u32, vram_mb: u64) -> Self {
         self.gpu = Some(gpu);
@@ -173,36 +211,6 @@ impl RunningSpec {
     /// How long ago its attempt was assigned, in milliseconds.
     pub fn ran_ms(mut self, ran_ms: u64) -> Self {
         self.ran_ms = ran_ms;
-        self
-    }
-
-    /// Its queue.
-    pub fn queue(mut self, queue: &str) -> Self {
-        self.queue = queue.to_owned();
-        self
-    }
-
-    /// Its definition.
-    pub fn definition(mut self, definition: &str) -> Self {
-        self.definition = definition.to_owned();
-        self
-    }
-
-    /// Its image.
-    pub fn image(mut self, image: &str) -> Self {
-        self.image = image.to_owned();
-        self
-    }
-
-    /// Whether the host would let a strategy preempt it.
-    pub fn preemptible(mut self, preemptible: bool) -> Self {
-        self.preemptible = preemptible;
-        self
-    }
-
-    /// Sets label `key` (a later value for the same key replaces an earlier one).
-    pub fn label(mut self, key: &str, value: &str) -> Self {
-        self.labels.insert(key.to_owned(), value.to_owned());
         self
     }
 }
@@ -232,6 +240,8 @@ impl Default for RunSpec {
 }
 
 impl RunSpec {
+    run_setters!();
+
     /// A pending run with the defaults above.
     pub fn new() -> Self {
         Self {
@@ -250,24 +260,6 @@ impl RunSpec {
         }
     }
 
-    /// Its scheduling priority.
-    pub fn priority(mut self, priority: i64) -> Self {
-        self.priority = priority;
-        self
-    }
-
-    /// The CPU cores it needs.
-    pub fn cpu(mut self, cpu: u32) -> Self {
-        self.cpu = cpu;
-        self
-    }
-
-    /// The RAM it needs, in megabytes.
-    pub fn ram_mb(mut self, ram_mb: u64) -> Self {
-        self.ram_mb = ram_mb;
-        self
-    }
-
     /// The VRAM it needs on one GPU, in megabytes.
     pub fn vram_mb(mut self, vram_mb: u64) -> Self {
         self.vram_mb = vram_mb;
@@ -280,33 +272,9 @@ impl RunSpec {
         self
     }
 
-    /// Its queue.
-    pub fn queue(mut self, queue: &str) -> Self {
-        self.queue = queue.to_owned();
-        self
-    }
-
-    /// The definition it was created from.
-    pub fn definition(mut self, definition: &str) -> Self {
-        self.definition = definition.to_owned();
-        self
-    }
-
-    /// Its image.
-    pub fn image(mut self, image: &str) -> Self {
-        self.image = image.to_owned();
-        self
-    }
-
     /// The attempt that would run.
     pub fn attempt(mut self, attempt: u32) -> Self {
         self.attempt = attempt;
-        self
-    }
-
-    /// Whether it may be preempted once running.
-    pub fn preemptible(mut self, preemptible: bool) -> Self {
-        self.preemptible = preemptible;
         self
     }
 
@@ -314,12 +282,6 @@ impl RunSpec {
     /// requester meets; the kit does not check).
     pub fn tags<'a>(mut self, tags: impl IntoIterator<Item = &'a str>) -> Self {
         self.tags.extend(tags.into_iter().map(str::to_owned));
-        self
-    }
-
-    /// Sets label `key` (a later value for the same key replaces an earlier one).
-    pub fn label(mut self, key: &str, value: &str) -> Self {
-        self.labels.insert(key.to_owned(), value.to_owned());
         self
     }
 }
