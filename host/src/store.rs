@@ -208,23 +208,22 @@ fn from_json<T: serde::de::DeserializeOwned>(id: &str, json: &str) -> Result<T, 
     serde_json::from_str(json).map_err(|e| StoreError::corrupt(id, e))
 }
 
-/// What a claim reads of a run beyond its figures (its [`RunFacts`] and required tags), as
-/// both stores keep it beside the run document: one small JSON text, so that a claim decodes
-/// neither run documents nor anything it does not hand to strategies.
-#[derive(serde::Serialize, serde::Deserialize, Default)]
-struct SchedFacts {
-    #[serde(flatten)]
-    facts: RunFacts,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    tags: Vec<String>,
+/// The queues' usage as read, or nothing (logged) when it could not be: a claim goes on
+/// showing strategies only what the runs held now.
+fn usage_or_nothing(usage: Result<Vec<(String, [f64; 3])>, StoreError>) -> Vec<(String, [f64; 3])> {
+    usage.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the queues' usage; this claim shows strategies only the runs held");
+        Vec::new()
+    })
 }
 
-/// The scheduling facts of `run` as stores keep them (see [`sched_facts`]).
+/// The scheduling facts of `run` as stores keep them beside the run document: what a claim
+/// reads of a run beyond its figures, its [`RunFacts`] and required tags, as one small JSON
+/// array `[facts, tags]` (not an object with the tags flattened in: serde's flattening
+/// buffers every field, and this is decoded for every run of every claim's window), so that
+/// a claim decodes neither run documents nor anything it does not hand to strategies.
 fn sched_json(run: &OpRun) -> Result<String, StoreError> {
-    to_json(&SchedFacts {
-        facts: RunFacts::of(run),
-        tags: run.constraints.tags.clone(),
-    })
+    to_json(&(RunFacts::of(run), &run.constraints.tags))
 }
 
 /// The facts and required tags kept for run `id` by [`sched_json`]; the defaults for a run
@@ -233,8 +232,7 @@ fn sched_facts(id: &str, json: Option<&str>) -> Result<(RunFacts, Vec<String>), 
     let Some(json) = json else {
         return Ok((RunFacts::default(), Vec::new()));
     };
-    let SchedFacts { facts, tags } = from_json(id, json)?;
-    Ok((facts, tags))
+    from_json(id, json)
 }
 
 /// A run from its stored JSON, made whole ([`OpRun::settle`]).
@@ -345,6 +343,9 @@ pub struct ClaimView {
     pub pending: Vec<PendingRun>,
     /// Every known worker, active or not.
     pub workers: Vec<Worker>,
+    /// Per queue, the decayed usage of its ended attempts at `now` (see
+    /// [`StoreRead::queue_usage`]); empty when it could not be read (a claim goes on without).
+    pub usage: Vec<(String, [f64; 3])>,
 }
 
 /// A mutation applied to several runs (see [`Store::update_runs`]).
@@ -791,14 +792,16 @@ pub trait StoreRead: Send + Sync + 'static {
         Ok(runs)
     }
 
-    /// What a claim by `worker_id` decides from: `None` for a worker that never sent a
-    /// heartbeat. The default reads the parts one by one (see the trait's snapshot notes); a
-    /// store may read them in one snapshot.
+    /// What a claim by `worker_id` decides from, the queues' usage decayed with
+    /// `half_life_s`: `None` for a worker that never sent a heartbeat. The default reads the
+    /// parts one by one (see the trait's snapshot notes); a store may read them in one
+    /// snapshot.
     async fn claim_view(
         &self,
         worker_id: &str,
         now: Timestamp,
         window: usize,
+        half_life_s: u32,
     ) -> Result<Option<ClaimView>, StoreError> {
         let Some(worker) = self.get_worker(worker_id).await? else {
             return Ok(None);
@@ -808,6 +811,7 @@ pub trait StoreRead: Send + Sync + 'static {
             held: self.held_runs().await?,
             pending: self.pending_window(now, window).await?,
             workers: self.list_workers().await?,
+            usage: usage_or_nothing(self.queue_usage(now, half_life_s).await),
         }))
     }
 

@@ -103,8 +103,11 @@ impl StoreRead for HeartbeatInTheGap {
         worker_id: &str,
         now: Timestamp,
         window: usize,
+        half_life_s: u32,
     ) -> Result<Option<ClaimView>, StoreError> {
-        self.inner.claim_view(worker_id, now, window).await
+        self.inner
+            .claim_view(worker_id, now, window, half_life_s)
+            .await
     }
     async fn get_worker(&self, id: &str) -> Result<Option<Worker>, StoreError> {
         self.inner.get_worker(id).await

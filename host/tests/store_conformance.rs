@@ -995,7 +995,11 @@ mod cases {
             gpus: vec![],
         };
         assert!(
-            store.claim_view("w1", t(10), 10).await.unwrap().is_none(),
+            store
+                .claim_view("w1", t(10), 10, 3600)
+                .await
+                .unwrap()
+                .is_none(),
             "no view for a worker that never sent a heartbeat"
         );
         for id in ["w1", "w2"] {
@@ -1018,7 +1022,11 @@ mod cases {
             .update_run(&held.id, Box::new(|r| r.assign("w2", t(2))))
             .await
             .unwrap();
-        let view = store.claim_view("w1", t(10), 10).await.unwrap().unwrap();
+        let view = store
+            .claim_view("w1", t(10), 10, 3600)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(view.worker.id, "w1");
         assert_eq!(window_ids(&view.pending), vec![pending.id.clone()]);
         assert_eq!(view.held, store.held_runs().await.unwrap());

@@ -35,7 +35,7 @@
 //! about to assign ([`InFlight`]) and the others are shown the window without them. That is
 //! an optimisation only: the store's refusal remains the guarantee, for runs and capacity.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -189,6 +189,8 @@ pub struct ClaimPreview {
     pub running: Vec<HeldRun>,
     /// The pending window, best first, before the requester's tag filter.
     pub pending: Vec<PendingRun>,
+    /// Per queue, the decayed usage of its ended attempts.
+    pub usage: Vec<(String, [f64; 3])>,
     /// When it was read.
     pub now: Timestamp,
 }
@@ -201,7 +203,7 @@ impl Service {
         let now = self.clock.now();
         let Some(view) = self
             .store
-            .claim_view(worker_id, now, PENDING_WINDOW)
+            .claim_view(worker_id, now, PENDING_WINDOW, self.queues.half_life_s)
             .await?
         else {
             return Ok(None);
@@ -212,6 +214,7 @@ impl Service {
             cluster,
             running,
             pending: view.pending,
+            usage: view.usage,
             now,
         }))
     }
@@ -231,18 +234,10 @@ impl Service {
             cluster,
             mut running,
             pending,
+            usage,
             now,
         } = preview;
         let mut pending = self.meeting_tags(&worker, pending, &cluster, now);
-        // The ended attempts' part of the queues' usage, read once for all rounds. Without it
-        // a strategy still decides, from what is held: not a reason to fail the claim.
-        let usage = match self.store.queue_usage(now, self.queues.half_life_s).await {
-            Ok(usage) => usage,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the queues' usage; this claim shows strategies only the runs held");
-                Vec::new()
-            }
-        };
         let mut claimed = Vec::new();
         // Concurrent claimers see the same window and race for its best runs. A claimer that
         // loses a race asks the scheduler again without the runs it lost, a few times, so that
@@ -529,21 +524,19 @@ impl Service {
     fn active_workers(
         &self,
         requester: &Worker,
-        held: Vec<HeldRun>,
+        mut held: Vec<HeldRun>,
         workers: Vec<Worker>,
     ) -> (Vec<ActiveWorker>, Vec<HeldRun>) {
         let now = self.clock.now();
-        let mut held_by: HashMap<&str, Vec<HeldRun>> = HashMap::new();
-        for run in &held {
-            held_by
-                .entry(run.worker_id.as_str())
-                .or_default()
-                .push(run.clone());
-        }
+        // Grouped by worker: each worker's runs are one slice, without copies.
+        held.sort_unstable_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        let runs_of = |id: &str| {
+            let start = held.partition_point(|run| run.worker_id.as_str() < id);
+            let end = held.partition_point(|run| run.worker_id.as_str() <= id);
+            &held[start..end]
+        };
         let active = |worker: &Worker| {
-            let runs = held_by
-                .get(worker.id.as_str())
-                .map_or(&[][..], Vec::as_slice);
+            let runs = runs_of(&worker.id);
             ActiveWorker {
                 id: worker.id.clone(),
                 resources: worker.resources.clone(),
@@ -559,12 +552,13 @@ impl Service {
             }
         }
         let ids: HashSet<&str> = cluster.iter().map(|w| w.id.as_str()).collect();
-        let running = held
+        let keep: Vec<bool> = held
             .iter()
-            .filter(|run| ids.contains(run.worker_id.as_str()))
-            .cloned()
+            .map(|run| ids.contains(run.worker_id.as_str()))
             .collect();
-        (cluster, running)
+        let mut keep = keep.into_iter();
+        held.retain(|_| keep.next().unwrap_or(false));
+        (cluster, held)
     }
 }
 

@@ -158,16 +158,25 @@ CREATE TABLE deliveries (
     doc      TEXT NOT NULL
 );
 "#,
-    // What strategies see of a run beyond its figures (queue, labels, required tags, ...:
-    // `store::sched_json`), in the two covering indexes too; `migrate` then fills it in for
-    // the live runs, in the same transaction.
+    // What strategies see of a run beyond its figures (`RunFacts` and the required tags), as
+    // columns — labels and tags as JSON, NULL when empty — in the two covering indexes too,
+    // so that a claim decodes no JSON for a run without labels or tags; `migrate` then fills
+    // them in for the live runs, in the same transaction.
     r#"
-ALTER TABLE runs ADD COLUMN sched TEXT;
+ALTER TABLE runs ADD COLUMN queue TEXT;
+ALTER TABLE runs ADD COLUMN attempt INTEGER;
+ALTER TABLE runs ADD COLUMN preemptible INTEGER;
+ALTER TABLE runs ADD COLUMN preemptions INTEGER;
+ALTER TABLE runs ADD COLUMN labels TEXT;
+ALTER TABLE runs ADD COLUMN tags TEXT;
+ALTER TABLE runs ADD COLUMN assigned_at INTEGER;
 DROP INDEX runs_pending;
-CREATE INDEX runs_pending ON runs (priority DESC, created_at, seq, available_at, id, cpu, ram_mb, vram_mb, sched)
+CREATE INDEX runs_pending ON runs (priority DESC, created_at, seq, available_at, id, cpu, ram_mb, vram_mb,
+    queue, op_definition, image, attempt, preemptible, preemptions, labels, tags, assigned_at)
     WHERE state = 'PENDING';
 DROP INDEX runs_held;
-CREATE INDEX runs_held ON runs (worker_id, state, id, cpu, ram_mb, vram_mb, gpu_id, priority, sched)
+CREATE INDEX runs_held ON runs (worker_id, state, id, cpu, ram_mb, vram_mb, gpu_id, priority,
+    queue, op_definition, image, attempt, preemptible, preemptions, labels, tags, assigned_at)
     WHERE state IN ('ASSIGNED', 'RUNNING');
 "#,
     // Per queue, the decayed usage of its ended attempts (see the store's module docs), as of
@@ -184,7 +193,7 @@ CREATE TABLE IF NOT EXISTS queue_usage (
 "#,
 ];
 
-/// The schema version from which runs keep their scheduling facts (`sched`).
+/// The schema version from which runs keep their scheduling facts (`queue` .. `assigned_at`).
 const SCHED_FACTS: usize = 6;
 
 /// The schema version from which events live in the `events` table.
@@ -308,13 +317,96 @@ fn fill_sched_facts(conn: &Connection) -> Result<(), StoreError> {
         let rows = stmt.query_map([], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
-    let mut update = conn.prepare("UPDATE runs SET sched = ?2 WHERE id = ?1")?;
+    let mut update = conn.prepare(
+        "UPDATE runs SET queue = ?2, attempt = ?3, preemptible = ?4, preemptions = ?5,
+             labels = ?6, tags = ?7, assigned_at = ?8 WHERE id = ?1",
+    )?;
     for id in &ids {
         if let Some(run) = read_run(conn, id)? {
-            update.execute(params![id, super::sched_json(&run)?])?;
+            let f = FactColumns::of(&run)?;
+            update.execute(params![
+                id,
+                f.queue,
+                f.attempt,
+                f.preemptible,
+                f.preemptions,
+                f.labels,
+                f.tags,
+                f.assigned_at
+            ])?;
         }
     }
     Ok(())
+}
+
+/// A run's scheduling facts as its columns hold them.
+struct FactColumns<'a> {
+    queue: &'a str,
+    attempt: u32,
+    preemptible: bool,
+    preemptions: u32,
+    /// JSON, `None` when there are none.
+    labels: Option<String>,
+    /// JSON, `None` when there are none.
+    tags: Option<String>,
+    assigned_at: Option<i64>,
+}
+
+impl<'a> FactColumns<'a> {
+    fn of(run: &'a OpRun) -> Result<Self, StoreError> {
+        Ok(Self {
+            queue: &run.queue,
+            attempt: run.current_attempt(),
+            preemptible: run.preemptible,
+            preemptions: run.preemptions(),
+            labels: (!run.labels.is_empty())
+                .then(|| to_json(&run.labels))
+                .transpose()?,
+            tags: (!run.constraints.tags.is_empty())
+                .then(|| to_json(&run.constraints.tags))
+                .transpose()?,
+            assigned_at: run.current().assigned_at.as_ref().map(to_micros),
+        })
+    }
+}
+
+/// The facts and required tags in the nine columns `queue, op_definition, image, attempt,
+/// preemptible, preemptions, labels, tags, assigned_at` from `first` on (NULLs, as in a row
+/// written before they were kept, read as the defaults).
+fn facts_at(
+    row: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<(gyoza_core::RunFacts, Vec<String>)> {
+    fn json<T: serde::de::DeserializeOwned + Default>(
+        row: &rusqlite::Row<'_>,
+        column: usize,
+    ) -> rusqlite::Result<T> {
+        match row.get::<_, Option<String>>(column)? {
+            Some(text) => serde_json::from_str(&text).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    column,
+                    rusqlite::types::Type::Text,
+                    e.into(),
+                )
+            }),
+            None => Ok(T::default()),
+        }
+    }
+    let labels = json(row, first + 6)?;
+    let tags = json(row, first + 7)?;
+    let facts = gyoza_core::RunFacts {
+        queue: row
+            .get::<_, Option<String>>(first)?
+            .unwrap_or_else(gyoza_core::resources::default_queue),
+        definition: row.get(first + 1)?,
+        image: row.get::<_, Option<String>>(first + 2)?.unwrap_or_default(),
+        attempt: row.get::<_, Option<u32>>(first + 3)?.unwrap_or(1),
+        preemptible: row.get::<_, Option<bool>>(first + 4)?.unwrap_or(false),
+        preemptions: row.get::<_, Option<u32>>(first + 5)?.unwrap_or(0),
+        labels,
+        assigned_at: row.get::<_, Option<i64>>(first + 8)?.map(from_micros),
+    };
+    Ok((facts, tags))
 }
 
 /// Inserts the events loaded in `run` (those a change appended) into the `events` table.
@@ -347,15 +439,19 @@ fn write_row(conn: &Connection, run: &OpRun, insert: bool) -> Result<(), StoreEr
     let doc = to_json(&run.stored(false))?;
     let sql = if insert {
         "INSERT INTO runs (id, state, priority, created_at, available_at, op_definition, image, worker_id, doc,
-                          cpu, ram_mb, vram_mb, gpu_id, sched)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                          cpu, ram_mb, vram_mb, gpu_id,
+                          queue, attempt, preemptible, preemptions, labels, tags, assigned_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
     } else {
         // Only what a run's life changes: SQLite then leaves the indexes on creation time,
         // definition and image alone.
         "UPDATE runs SET state = ?2, priority = ?3, available_at = ?5, worker_id = ?8, doc = ?9,
-         cpu = ?10, ram_mb = ?11, vram_mb = ?12, gpu_id = ?13, sched = ?14 WHERE id = ?1"
+         cpu = ?10, ram_mb = ?11, vram_mb = ?12, gpu_id = ?13, queue = ?14, attempt = ?15,
+         preemptible = ?16, preemptions = ?17, labels = ?18, tags = ?19, assigned_at = ?20
+         WHERE id = ?1"
     };
     let constraints = &run.constraints;
+    let f = FactColumns::of(run)?;
     conn.prepare_cached(sql)?.execute(params![
         run.id,
         run.state.as_str(),
@@ -370,7 +466,13 @@ fn write_row(conn: &Connection, run: &OpRun, insert: bool) -> Result<(), StoreEr
         constraints.ram_mb.map(|v| v as i64),
         constraints.vram_mb.map(|v| v as i64),
         run.current().execution_summary.gpu_id,
-        super::sched_json(run)?,
+        f.queue,
+        f.attempt,
+        f.preemptible,
+        f.preemptions,
+        f.labels,
+        f.tags,
+        f.assigned_at,
     ])?;
     Ok(())
 }
@@ -422,6 +524,31 @@ fn accrue_blocking(
     Ok(())
 }
 
+/// Every queue's decayed usage of ended attempts at `now` (see the store's module docs).
+fn queue_usage_blocking(
+    conn: &Connection,
+    now: Timestamp,
+    half_life_s: u32,
+) -> Result<Vec<(String, [f64; 3])>, StoreError> {
+    let now_us = to_micros(&now);
+    let mut stmt = conn.prepare_cached(
+        "SELECT queue, cpu, ram_mb, vram_mb, as_of_us FROM queue_usage ORDER BY queue",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let sums = DecayedSums {
+            sums: [r.get(1)?, r.get(2)?, r.get(3)?],
+            as_of_us: r.get(4)?,
+        };
+        Ok((r.get::<_, String>(0)?, sums))
+    })?;
+    let mut usage = Vec::new();
+    for row in rows {
+        let (queue, sums) = row?;
+        usage.push((queue, sums.at(now_us, half_life_s)));
+    }
+    Ok(usage)
+}
+
 /// Claimable runs at `now`, best first, from the partial index `runs_pending` alone (see the
 /// migrations).
 fn pending_window_blocking(
@@ -430,37 +557,31 @@ fn pending_window_blocking(
     limit: usize,
 ) -> Result<Vec<PendingRun>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, priority, created_at, cpu, ram_mb, vram_mb, sched
+        "SELECT id, priority, created_at, cpu, ram_mb, vram_mb, queue, op_definition, image, attempt, preemptible, preemptions, labels, tags, assigned_at
              FROM runs INDEXED BY runs_pending
              WHERE state = 'PENDING' AND (available_at IS NULL OR available_at <= ?1)
              ORDER BY priority DESC, created_at ASC, seq ASC LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![to_micros(&now), limit as i64], |r| {
-        Ok((
-            PendingRun {
-                id: r.get(0)?,
-                priority: r.get(1)?,
-                created_at: from_micros(r.get(2)?),
-                constraints: constraints(r, 3)?,
-                facts: Default::default(),
-                only_gpus: None,
-            },
-            r.get::<_, Option<String>>(6)?,
-        ))
+        let (facts, tags) = facts_at(r, 6)?;
+        let mut constraints = constraints(r, 3)?;
+        constraints.tags = tags;
+        Ok(PendingRun {
+            id: r.get(0)?,
+            priority: r.get(1)?,
+            created_at: from_micros(r.get(2)?),
+            constraints,
+            facts,
+            only_gpus: None,
+        })
     })?;
-    let mut pending = Vec::new();
-    for row in rows {
-        let (mut run, sched) = row?;
-        (run.facts, run.constraints.tags) = super::sched_facts(&run.id, sched.as_deref())?;
-        pending.push(run);
-    }
-    Ok(pending)
+    rows.collect::<Result<_, _>>().map_err(StoreError::backend)
 }
 
 /// Every held run, from the partial index `runs_held` alone.
 fn held_runs_blocking(conn: &Connection) -> Result<Vec<HeldRun>, StoreError> {
     let stmt = conn.prepare_cached(
-        "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id, priority, sched
+        "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id, priority, queue, op_definition, image, attempt, preemptible, preemptions, labels, tags, assigned_at
              FROM runs INDEXED BY runs_held
              WHERE state IN ('ASSIGNED', 'RUNNING') AND worker_id IS NOT NULL",
     )?;
@@ -470,39 +591,33 @@ fn held_runs_blocking(conn: &Connection) -> Result<Vec<HeldRun>, StoreError> {
 /// The runs `worker_id` holds, from the partial index `runs_held` alone.
 fn held_on_worker_blocking(conn: &Connection, worker_id: &str) -> Result<Vec<HeldRun>, StoreError> {
     let stmt = conn.prepare_cached(
-        "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id, priority, sched
+        "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id, priority, queue, op_definition, image, attempt, preemptible, preemptions, labels, tags, assigned_at
              FROM runs INDEXED BY runs_held
              WHERE state IN ('ASSIGNED', 'RUNNING') AND worker_id = ?1",
     )?;
     held_rows(stmt, &[SqlValue::Text(worker_id.to_owned())])
 }
 
-/// The held runs a `SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id, priority, sched`
-/// answers.
+/// The held runs a `SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id, priority` and the
+/// nine fact columns (see [`facts_at`]) answers.
 fn held_rows(
     mut stmt: rusqlite::CachedStatement<'_>,
     values: &[SqlValue],
 ) -> Result<Vec<HeldRun>, StoreError> {
     let rows = stmt.query_map(params_from_iter(values), |r| {
-        Ok((
-            HeldRun {
-                id: r.get(0)?,
-                worker_id: r.get(1)?,
-                constraints: constraints(r, 2)?,
-                gpu_id: r.get(5)?,
-                priority: r.get(6)?,
-                facts: Default::default(),
-            },
-            r.get::<_, Option<String>>(7)?,
-        ))
+        let (facts, tags) = facts_at(r, 7)?;
+        let mut constraints = constraints(r, 2)?;
+        constraints.tags = tags;
+        Ok(HeldRun {
+            id: r.get(0)?,
+            worker_id: r.get(1)?,
+            constraints,
+            gpu_id: r.get(5)?,
+            priority: r.get(6)?,
+            facts,
+        })
     })?;
-    let mut held = Vec::new();
-    for row in rows {
-        let (mut run, sched) = row?;
-        (run.facts, run.constraints.tags) = super::sched_facts(&run.id, sched.as_deref())?;
-        held.push(run);
-    }
-    Ok(held)
+    rows.collect::<Result<_, _>>().map_err(StoreError::backend)
 }
 
 /// Assigns each of `placements` to `worker_id` if it is PENDING and fits the capacity the
@@ -1146,10 +1261,11 @@ impl StoreRead for SqliteStore {
         worker_id: &str,
         now: Timestamp,
         window: usize,
+        half_life_s: u32,
     ) -> Result<Option<ClaimView>, StoreError> {
         let worker_id = worker_id.to_owned();
         self.read(move |conn| {
-            // One read transaction: the four reads see one state of the database.
+            // One read transaction: the five reads see one state of the database.
             let tx = conn.transaction()?;
             let Some(worker) = get_worker_blocking(&tx, &worker_id)? else {
                 return Ok(None);
@@ -1158,6 +1274,7 @@ impl StoreRead for SqliteStore {
                 held: held_runs_blocking(&tx)?,
                 pending: pending_window_blocking(&tx, now, window)?,
                 workers: read_docs(&tx, "SELECT id, doc FROM workers ORDER BY id", &[])?,
+                usage: super::usage_or_nothing(queue_usage_blocking(&tx, now, half_life_s)),
                 worker,
             }))
         })
@@ -1228,26 +1345,8 @@ impl StoreRead for SqliteStore {
         now: Timestamp,
         half_life_s: u32,
     ) -> Result<Vec<(String, [f64; 3])>, StoreError> {
-        let now_us = to_micros(&now);
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT queue, cpu, ram_mb, vram_mb, as_of_us FROM queue_usage ORDER BY queue",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                let sums = DecayedSums {
-                    sums: [r.get(1)?, r.get(2)?, r.get(3)?],
-                    as_of_us: r.get(4)?,
-                };
-                Ok((r.get::<_, String>(0)?, sums))
-            })?;
-            let mut usage = Vec::new();
-            for row in rows {
-                let (queue, sums) = row?;
-                usage.push((queue, sums.at(now_us, half_life_s)));
-            }
-            Ok(usage)
-        })
-        .await
+        self.read(move |conn| queue_usage_blocking(conn, now, half_life_s))
+            .await
     }
 }
 
@@ -1526,7 +1625,11 @@ mod tests {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .unwrap();
         conn.execute_batch(
-            "DROP INDEX runs_pending; DROP INDEX runs_held; ALTER TABLE runs DROP COLUMN sched;
+            "DROP INDEX runs_pending; DROP INDEX runs_held;
+             ALTER TABLE runs DROP COLUMN queue; ALTER TABLE runs DROP COLUMN attempt;
+             ALTER TABLE runs DROP COLUMN preemptible; ALTER TABLE runs DROP COLUMN preemptions;
+             ALTER TABLE runs DROP COLUMN labels; ALTER TABLE runs DROP COLUMN tags;
+             ALTER TABLE runs DROP COLUMN assigned_at;
              DROP INDEX runs_to_deliver; ALTER TABLE runs DROP COLUMN deliver_at;
              DROP TABLE deliveries;
              ALTER TABLE runs DROP COLUMN cpu; ALTER TABLE runs DROP COLUMN ram_mb;
@@ -1647,7 +1750,11 @@ mod tests {
         conn.execute_batch(
             "DROP TABLE events; DROP INDEX runs_to_deliver; ALTER TABLE runs DROP COLUMN deliver_at;
              DROP TABLE deliveries;
-             DROP INDEX runs_pending; DROP INDEX runs_held; ALTER TABLE runs DROP COLUMN sched;
+             DROP INDEX runs_pending; DROP INDEX runs_held;
+             ALTER TABLE runs DROP COLUMN queue; ALTER TABLE runs DROP COLUMN attempt;
+             ALTER TABLE runs DROP COLUMN preemptible; ALTER TABLE runs DROP COLUMN preemptions;
+             ALTER TABLE runs DROP COLUMN labels; ALTER TABLE runs DROP COLUMN tags;
+             ALTER TABLE runs DROP COLUMN assigned_at;
              CREATE INDEX runs_pending ON runs (priority DESC, created_at, seq, available_at, id, cpu, ram_mb, vram_mb)
                  WHERE state = 'PENDING';
              CREATE INDEX runs_held ON runs (worker_id, state, id, cpu, ram_mb, vram_mb, gpu_id)
@@ -1728,7 +1835,7 @@ mod tests {
             rows.join("; ")
         };
         let window = plan(
-            "SELECT id, priority, created_at, cpu, ram_mb, vram_mb, sched FROM runs INDEXED BY runs_pending
+            "SELECT id, priority, created_at, cpu, ram_mb, vram_mb, queue, op_definition, image, attempt, preemptible, preemptions, labels, tags, assigned_at FROM runs INDEXED BY runs_pending
              WHERE state = 'PENDING' AND (available_at IS NULL OR available_at <= 5)
              ORDER BY priority DESC, created_at ASC, seq ASC LIMIT 1000",
         );
@@ -1737,7 +1844,7 @@ mod tests {
             "no table access, no sort"
         );
         let held = plan(
-            "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id, priority, sched FROM runs INDEXED BY runs_held
+            "SELECT id, worker_id, cpu, ram_mb, vram_mb, gpu_id, priority, queue, op_definition, image, attempt, preemptible, preemptions, labels, tags, assigned_at FROM runs INDEXED BY runs_held
              WHERE state IN ('ASSIGNED', 'RUNNING') AND worker_id IS NOT NULL",
         );
         assert!(

@@ -164,6 +164,10 @@ pub struct Scenario {
     /// Queue weights and quotas, as `GYOZA_QUEUES` (see [`crate::queues`]).
     #[serde(default)]
     pub queues: String,
+    /// Per queue, the decayed usage of its ended attempts: `[name, [cpu, ram_mb, vram_mb]]`
+    /// seconds (a live server's, with `--from-server`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage: Vec<(String, [f64; 3])>,
     /// Active workers.
     pub workers: Vec<ScenarioWorker>,
     /// Pending runs; they are sorted by priority (stable) as the store would.
@@ -419,6 +423,7 @@ impl Scenario {
             config: config.to_owned(),
             calls: default_calls(),
             queues: queues.to_string(),
+            usage: preview.usage.clone(),
             workers,
             pending,
         }
@@ -475,7 +480,7 @@ pub fn simulate(
         cluster: &cluster,
         running: &running,
         queues: &queues,
-        usage: &[],
+        usage: &scenario.usage,
         max_preemptions: limits.max_preemptions,
         max_evictions: limits.per_claim,
     };
