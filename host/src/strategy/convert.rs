@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use gyoza_core::placement::EvictionRequest;
 use gyoza_core::resources::Labels;
-use gyoza_core::{Capacity, HeldRun, Resources};
+use gyoza_core::{Capacity, HeldRun, Resources, RunFacts};
 
 use super::wit::{self, Claim, Gpus, PendingRuns, Queues, RunningRuns, Workers};
 use crate::scheduler::{ClaimRequest, Decision};
@@ -137,6 +137,17 @@ impl<'a> Flat<'a> {
             self.tags.push(id);
         }
         (start, tags.len() as u32)
+    }
+
+    /// The string indices of a run's queue, definition (0 for none) and image.
+    fn names(&mut self, facts: &'a RunFacts) -> [u32; 3] {
+        let [_, queue, definition, image] = &mut self.memo;
+        let named = facts.definition.as_deref().unwrap_or("");
+        [
+            self.strings.id_via(queue, &facts.queue),
+            self.strings.id_via(definition, named),
+            self.strings.id_via(image, &facts.image),
+        ]
     }
 
     /// Appends `labels`; returns (start, count).
@@ -296,13 +307,10 @@ fn pending_runs<'a>(request: &ClaimRequest<'a>, flat: &mut Flat<'a>) -> PendingR
         pending
             .waited_ms
             .push((request.now - run.created_at).num_milliseconds().max(0) as u64);
-        let [_, queue, definition, image] = &mut flat.memo;
-        pending.queue.push(flat.strings.id_via(queue, &facts.queue));
-        let named = facts.definition.as_deref().unwrap_or("");
-        pending
-            .definition
-            .push(flat.strings.id_via(definition, named));
-        pending.image.push(flat.strings.id_via(image, &facts.image));
+        let [queue, definition, image] = flat.names(facts);
+        pending.queue.push(queue);
+        pending.definition.push(definition);
+        pending.image.push(image);
         pending.attempt.push(facts.attempt);
         pending.preemptible.push(facts.preemptible);
         let (start, count) = flat.tags(&run.constraints.tags);
@@ -368,13 +376,10 @@ fn running_runs<'a>(
         running.ram_mb.push(run.constraints.ram_mb.unwrap_or(0));
         running.vram_mb.push(run.constraints.vram_mb.unwrap_or(0));
         running.ran_ms.push(ran_ms(request, run));
-        let [_, queue, definition, image] = &mut flat.memo;
-        running.queue.push(flat.strings.id_via(queue, &facts.queue));
-        let named = facts.definition.as_deref().unwrap_or("");
-        running
-            .definition
-            .push(flat.strings.id_via(definition, named));
-        running.image.push(flat.strings.id_via(image, &facts.image));
+        let [queue, definition, image] = flat.names(facts);
+        running.queue.push(queue);
+        running.definition.push(definition);
+        running.image.push(image);
         running.preemptible.push(preemptible(request, run));
         let (start, count) = flat.labels(&facts.labels);
         running.label_start.push(start);

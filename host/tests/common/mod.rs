@@ -172,19 +172,7 @@ impl Api {
         configure: impl FnOnce(&mut Service),
     ) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let store = SqliteStore::open(dir.path().join("gyoza.db"))
-            .await
-            .unwrap();
-        Self::on_store(
-            Arc::new(store),
-            host,
-            max_body_bytes,
-            dir,
-            None,
-            new_clock(),
-            "",
-            configure,
-        )
+        Self::start(host, max_body_bytes, dir, new_clock(), "", configure).await
     }
 
     /// [`Api::new`] whose event deliveries may also reach `allow` (hosts and CIDRs, as
@@ -192,7 +180,15 @@ impl Api {
     pub async fn with_delivery_allow(allow: &str) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let clock = new_clock();
-        Self::start(priority_backfill().await, BODY_LIMIT, dir, clock, allow).await
+        Self::start(
+            priority_backfill().await,
+            BODY_LIMIT,
+            dir,
+            clock,
+            allow,
+            |_| {},
+        )
+        .await
     }
 
     /// A server on a new SQLite database opened with `options`, and its store (to change
@@ -239,7 +235,15 @@ impl Api {
         if let Some(database) = mongo_db {
             return Self::on_mongodb(database, clock, &allow).await;
         }
-        Self::start(priority_backfill().await, BODY_LIMIT, dir, clock, &allow).await
+        Self::start(
+            priority_backfill().await,
+            BODY_LIMIT,
+            dir,
+            clock,
+            &allow,
+            |_| {},
+        )
+        .await
     }
 
     async fn on_mongodb(database: String, clock: Arc<ManualClock>, allow: &str) -> Self {
@@ -275,6 +279,7 @@ impl Api {
             self.dir.clone(),
             self.clock.clone(),
             allow,
+            |_| {},
         )
         .await
     }
@@ -285,6 +290,7 @@ impl Api {
         dir: Arc<tempfile::TempDir>,
         clock: Arc<ManualClock>,
         delivery_allow: &str,
+        configure: impl FnOnce(&mut Service),
     ) -> Self {
         let store = SqliteStore::open(dir.path().join("gyoza.db"))
             .await
@@ -297,7 +303,7 @@ impl Api {
             None,
             clock,
             delivery_allow,
-            |_| {},
+            configure,
         )
     }
 
