@@ -1,5 +1,7 @@
 //! Workers, the runs they hold, and their free capacity.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -73,14 +75,18 @@ pub struct StopRun {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunFacts {
     /// Its queue.
-    #[serde(default = "crate::resources::default_queue")]
-    pub queue: String,
+    #[serde(default = "default_queue_name", with = "shared_str")]
+    pub queue: Arc<str>,
     /// The definition it was created from, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub definition: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "shared_str::option"
+    )]
+    pub definition: Option<Arc<str>>,
     /// Its Docker image.
-    #[serde(default)]
-    pub image: String,
+    #[serde(default, with = "shared_str")]
+    pub image: Arc<str>,
     /// Its current attempt's number (1-based).
     #[serde(default = "first_attempt")]
     pub attempt: u32,
@@ -102,6 +108,48 @@ pub struct RunFacts {
     pub assigned_at: Option<Timestamp>,
 }
 
+fn default_queue_name() -> Arc<str> {
+    crate::resources::DEFAULT_QUEUE.into()
+}
+
+/// Serde for the shared strings of [`RunFacts`] (as plain strings on the wire; shared so that
+/// the runs of a claim's window that name the same queue or image hold one copy of it).
+mod shared_str {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(text: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, D::Error> {
+        String::deserialize(deserializer).map(Arc::from)
+    }
+
+    pub mod option {
+        use std::sync::Arc;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(
+            text: &Option<Arc<str>>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match text {
+                Some(text) => serializer.serialize_some(&**text),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Arc<str>>, D::Error> {
+            Option::<String>::deserialize(deserializer).map(|text| text.map(Arc::from))
+        }
+    }
+}
+
 fn first_attempt() -> u32 {
     1
 }
@@ -113,9 +161,9 @@ fn is_zero(n: &u32) -> bool {
 impl Default for RunFacts {
     fn default() -> Self {
         Self {
-            queue: crate::resources::default_queue(),
+            queue: default_queue_name(),
             definition: None,
-            image: String::new(),
+            image: Arc::from(""),
             attempt: 1,
             preemptible: false,
             preemptions: 0,
@@ -129,9 +177,9 @@ impl RunFacts {
     /// The facts of `run` as it is now.
     pub fn of(run: &OpRun) -> Self {
         Self {
-            queue: run.queue.clone(),
-            definition: run.op_definition.clone(),
-            image: run.image.clone(),
+            queue: run.queue.as_str().into(),
+            definition: run.op_definition.as_deref().map(Arc::from),
+            image: run.image.as_str().into(),
             attempt: run.current_attempt(),
             preemptible: run.preemptible,
             preemptions: run.preemptions(),

@@ -351,7 +351,7 @@ fn running(cluster: &mut [ActiveWorker], per_worker: usize) -> Vec<HeldRun> {
                 priority: (i % 3) as i64,
                 facts: RunFacts {
                     queue: ["interactive", "batch", "research"][i % 3].into(),
-                    image: format!("registry/op-{}:1", i % 20),
+                    image: format!("registry/op-{}:1", i % 20).into(),
                     preemptible: i % 2 == 1,
                     labels: [("team".to_owned(), format!("team-{}", i % 7))].into(),
                     assigned_at: Some(now - chrono::Duration::seconds((i % 600) as i64)),

@@ -36,6 +36,7 @@
 //! or not at all, and the writer's serialisation (across processes too) keeps two writes from
 //! combining one row's sums at once.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -370,19 +371,70 @@ impl<'a> FactColumns<'a> {
     }
 }
 
+/// The strings of one read's fact columns, each distinct queue, definition and image once:
+/// a window of runs mostly names a few of them, which then cost a comparison with the row
+/// before (or one lookup) instead of an allocation each, and the strategy's string table
+/// recognises them by address.
+#[derive(Default)]
+struct Names {
+    seen: HashSet<Arc<str>>,
+    /// The last queue, definition and image read.
+    last: [Option<Arc<str>>; 3],
+}
+
+impl Names {
+    /// The shared string of text column `column` (`slot`: 0 queue, 1 definition, 2 image), or
+    /// `None` for NULL.
+    fn at(
+        &mut self,
+        row: &rusqlite::Row<'_>,
+        column: usize,
+        slot: usize,
+    ) -> rusqlite::Result<Option<Arc<str>>> {
+        let bytes = match row.get_ref(column)? {
+            rusqlite::types::ValueRef::Null => return Ok(None),
+            rusqlite::types::ValueRef::Text(bytes) => bytes,
+            other => {
+                return Err(rusqlite::Error::InvalidColumnType(
+                    column,
+                    String::new(),
+                    other.data_type(),
+                ));
+            }
+        };
+        if let Some(last) = &self.last[slot]
+            && last.as_bytes() == bytes
+        {
+            return Ok(Some(last.clone()));
+        }
+        let text = std::str::from_utf8(bytes).map_err(rusqlite::Error::Utf8Error)?;
+        let shared = match self.seen.get(text) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<str> = Arc::from(text);
+                self.seen.insert(shared.clone());
+                shared
+            }
+        };
+        self.last[slot] = Some(shared.clone());
+        Ok(Some(shared))
+    }
+}
+
 /// The facts and required tags in the nine columns `queue, op_definition, image, attempt,
 /// preemptible, preemptions, labels, tags, assigned_at` from `first` on (NULLs, as in a row
 /// written before they were kept, read as the defaults).
 fn facts_at(
     row: &rusqlite::Row<'_>,
     first: usize,
+    names: &mut Names,
 ) -> rusqlite::Result<(gyoza_core::RunFacts, Vec<String>)> {
     fn json<T: serde::de::DeserializeOwned + Default>(
         row: &rusqlite::Row<'_>,
         column: usize,
     ) -> rusqlite::Result<T> {
-        match row.get::<_, Option<String>>(column)? {
-            Some(text) => serde_json::from_str(&text).map_err(|e| {
+        match row.get_ref(column)?.as_str_or_null()? {
+            Some(text) => serde_json::from_str(text).map_err(|e| {
                 rusqlite::Error::FromSqlConversionFailure(
                     column,
                     rusqlite::types::Type::Text,
@@ -395,11 +447,11 @@ fn facts_at(
     let labels = json(row, first + 6)?;
     let tags = json(row, first + 7)?;
     let facts = gyoza_core::RunFacts {
-        queue: row
-            .get::<_, Option<String>>(first)?
-            .unwrap_or_else(gyoza_core::resources::default_queue),
-        definition: row.get(first + 1)?,
-        image: row.get::<_, Option<String>>(first + 2)?.unwrap_or_default(),
+        queue: names
+            .at(row, first, 0)?
+            .unwrap_or_else(|| gyoza_core::resources::DEFAULT_QUEUE.into()),
+        definition: names.at(row, first + 1, 1)?,
+        image: names.at(row, first + 2, 2)?.unwrap_or_else(|| "".into()),
         attempt: row.get::<_, Option<u32>>(first + 3)?.unwrap_or(1),
         preemptible: row.get::<_, Option<bool>>(first + 4)?.unwrap_or(false),
         preemptions: row.get::<_, Option<u32>>(first + 5)?.unwrap_or(0),
@@ -562,8 +614,9 @@ fn pending_window_blocking(
              WHERE state = 'PENDING' AND (available_at IS NULL OR available_at <= ?1)
              ORDER BY priority DESC, created_at ASC, seq ASC LIMIT ?2",
     )?;
+    let mut names = Names::default();
     let rows = stmt.query_map(params![to_micros(&now), limit as i64], |r| {
-        let (facts, tags) = facts_at(r, 6)?;
+        let (facts, tags) = facts_at(r, 6, &mut names)?;
         let mut constraints = constraints(r, 3)?;
         constraints.tags = tags;
         Ok(PendingRun {
@@ -604,8 +657,9 @@ fn held_rows(
     mut stmt: rusqlite::CachedStatement<'_>,
     values: &[SqlValue],
 ) -> Result<Vec<HeldRun>, StoreError> {
+    let mut names = Names::default();
     let rows = stmt.query_map(params_from_iter(values), |r| {
-        let (facts, tags) = facts_at(r, 7)?;
+        let (facts, tags) = facts_at(r, 7, &mut names)?;
         let mut constraints = constraints(r, 2)?;
         constraints.tags = tags;
         Ok(HeldRun {
@@ -1895,5 +1949,30 @@ mod tests {
         for run in &runs {
             assert_eq!(store.get_run(&run.id).await.unwrap().as_ref(), Some(run));
         }
+    }
+
+    #[tokio::test]
+    async fn runs_read_together_share_one_copy_of_each_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("gyoza.db"))
+            .await
+            .unwrap();
+        let mut runs = Vec::new();
+        for queue in ["a", "b", "a", "a"] {
+            let mut run = sized(1, 1, None);
+            run.queue = queue.into();
+            store.insert_run(&run).await.unwrap();
+            runs.push(run);
+        }
+        let window = store.pending_window(chrono::Utc::now(), 10).await.unwrap();
+        let facts = |id: &str| &window.iter().find(|r| r.id == id).unwrap().facts;
+        let [first, second, third, fourth] = [0, 1, 2, 3].map(|i| facts(&runs[i].id));
+        assert_eq!(&*first.queue, "a");
+        assert_eq!(&*second.queue, "b");
+        // "a" after "b": shared through the read's set, not only the row before.
+        assert!(Arc::ptr_eq(&first.queue, &third.queue));
+        assert!(Arc::ptr_eq(&first.queue, &fourth.queue));
+        assert!(!Arc::ptr_eq(&first.queue, &second.queue));
+        assert!(Arc::ptr_eq(&first.image, &fourth.image));
     }
 }

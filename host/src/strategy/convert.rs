@@ -109,7 +109,9 @@ impl<'a> Strings<'a> {
     /// [`Strings::id`] through `memo`.
     fn id_via(&mut self, memo: &mut Memo<'a>, text: &'a str) -> u32 {
         match memo.0 {
-            Some((last, id)) if last == text => id,
+            // Runs read from a store share one copy of each name: the address decides
+            // without touching the text (the runs' strings are spread over the heap).
+            Some((last, id)) if std::ptr::eq(last, text) || last == text => id,
             _ => {
                 let id = self.id(text);
                 memo.0 = Some((text, id));
@@ -142,7 +144,7 @@ impl<'a> Flat<'a> {
     /// The string indices of a run's queue, definition (0 for none) and image.
     fn names(&mut self, facts: &'a RunFacts) -> [u32; 3] {
         let [_, queue, definition, image] = &mut self.memo;
-        let named = facts.definition.as_deref().unwrap_or("");
+        let named = facts.definition.as_deref().unwrap_or_default();
         [
             self.strings.id_via(queue, &facts.queue),
             self.strings.id_via(definition, named),

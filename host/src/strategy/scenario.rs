@@ -115,10 +115,11 @@ impl ScenarioFacts {
         RunFacts {
             queue: self
                 .queue
-                .clone()
-                .unwrap_or_else(gyoza_core::resources::default_queue),
-            definition: self.definition.clone(),
-            image: self.image.clone().unwrap_or_else(|| "scenario".into()),
+                .as_deref()
+                .unwrap_or(gyoza_core::resources::DEFAULT_QUEUE)
+                .into(),
+            definition: self.definition.as_deref().map(Into::into),
+            image: self.image.as_deref().unwrap_or("scenario").into(),
             attempt: self.attempt.unwrap_or(1),
             preemptible: self.preemptible,
             preemptions: self.preemptions,
@@ -376,12 +377,12 @@ impl Scenario {
         let ms =
             |at: chrono::DateTime<chrono::Utc>| (preview.now - at).num_milliseconds().max(0) as u64;
         let facts = |facts: &RunFacts| ScenarioFacts {
-            queue: Some(facts.queue.clone()),
+            queue: Some(facts.queue.to_string()),
             labels: facts.labels.clone(),
             preemptible: facts.preemptible,
             preemptions: facts.preemptions,
-            image: Some(facts.image.clone()),
-            definition: facts.definition.clone(),
+            image: Some(facts.image.to_string()),
+            definition: facts.definition.as_deref().map(str::to_owned),
             attempt: Some(facts.attempt),
         };
         let workers = preview
