@@ -4,6 +4,7 @@
 //! cargo build --release -p gyoza-cli
 //! cargo run --release -p gyoza-bench -- create  [--store URL]   # POST /runs, 32 clients
 //! cargo run --release -p gyoza-bench -- claims  [--store URL]   # 10,000 runs, 50 workers
+//! cargo run --release -p gyoza-bench -- claim-latency [--store URL]   # one claim at a time
 //! cargo run --release -p gyoza-bench -- memory                  # RSS idle and with 100,000 runs
 //! cargo run --release -p gyoza-bench -- worker                  # claim → container start vs docker run
 //! cargo run --release -p gyoza-bench -- events  [--events N] [--event-bytes B]   # one chatty run
@@ -306,6 +307,79 @@ async fn claims(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Res
     if total != runs {
         bail!("only {total} of {runs} runs were placed");
     }
+    Ok(())
+}
+
+/// One claim at a time on an otherwise idle server: `runs` pending runs, `workers` workers
+/// holding up to 8 started runs each, then `SAMPLES` claims by a worker that can take
+/// nothing (it has too little RAM for any run: the server still reads the window and asks the
+/// strategy) and `SAMPLES` claims of one run by a free worker (each run completed before the
+/// next claim, untimed); the latency of each claim request, and the server's CPU per claim.
+async fn claim_latency(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Result<()> {
+    const SAMPLES: usize = 300;
+    let server = Server::start(store)?;
+    let client = server.client().await?;
+    create_runs(&client, runs, 32).await?;
+    let heartbeat = |name: String, ram_mb: u64| HeartbeatRequest {
+        worker_id: name,
+        resources: Resources {
+            cpu_cores: 16,
+            ram_mb,
+            gpus: vec![],
+        },
+        tags: vec![],
+        running_ops: None,
+        instance: None,
+    };
+    let started = |op: &gyoza_core::WorkerOpRun, worker: &str, kind: &str| AddEventRequest {
+        event_type: kind.into(),
+        msg: json!(""),
+        payload: Some(serde_json::from_value(json!({"worker_id": worker})).unwrap_or_default()),
+        attempt: op.attempt,
+    };
+    let mut held = 0;
+    for w in 0..workers {
+        let beat = heartbeat(format!("bench-{w}"), 65_536);
+        client.heartbeat(&beat).await?;
+        for op in client.claim(&beat.worker_id, 8).await? {
+            client
+                .add_event(&op.id, &started(&op, &beat.worker_id, "STARTED"))
+                .await?;
+            held += 1;
+        }
+    }
+    let mut line = format!("claim latency: {runs} runs, {workers} workers holding {held}:");
+    for (name, ram_mb) in [("full", 1), ("one run", 65_536)] {
+        let beat = heartbeat(format!("probe-{ram_mb}"), ram_mb);
+        client.heartbeat(&beat).await?;
+        let (mut latencies, mut cpu) = (Latencies::default(), Duration::ZERO);
+        for _ in 0..SAMPLES {
+            let before = server.cpu()?;
+            let t = Instant::now();
+            let ops = client.claim(&beat.worker_id, 1).await?;
+            latencies.0.push(t.elapsed());
+            cpu += server.cpu()? - before;
+            match (ram_mb, ops.as_slice()) {
+                (1, []) => {}
+                (1, _) => bail!("a worker with 1 MB of RAM was given a run"),
+                (_, [op]) => {
+                    for kind in ["STARTED", "COMPLETED"] {
+                        client
+                            .add_event(&op.id, &started(op, &beat.worker_id, kind))
+                            .await?;
+                    }
+                }
+                (_, ops) => bail!("a claim of one run answered {} runs", ops.len()),
+            }
+        }
+        line += &format!(
+            " {name}: p50 {:.2} ms, p99 {:.2} ms, server CPU {:.0} µs per claim;",
+            latencies.percentile(0.5),
+            latencies.percentile(0.99),
+            cpu.as_secs_f64() * 1e6 / SAMPLES as f64
+        );
+    }
+    println!("{}", line.trim_end_matches(';'));
     Ok(())
 }
 
@@ -657,6 +731,9 @@ async fn all(mongo: Option<&str>) -> anyhow::Result<()> {
     for _ in 0..3 {
         note("claims", claims(None, 10_000, 50).await);
     }
+    for _ in 0..3 {
+        note("claim-latency", claim_latency(None, 10_000, 50).await);
+    }
     note("memory", memory().await);
     for _ in 0..3 {
         note("worker", worker_start().await);
@@ -679,37 +756,29 @@ async fn main() -> anyhow::Result<()> {
         .position(|a| a == "--store")
         .and_then(|i| args.get(i + 1))
         .map(String::as_str);
+    let number = |flag: &str, default: usize| -> anyhow::Result<usize> {
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args
+                .get(i + 1)
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("{flag} needs a number")),
+            None => Ok(default),
+        }
+    };
     match args.first().map(String::as_str) {
         Some("create") => create(store).await,
-        Some("claims") => {
-            let number = |flag: &str, default: usize| -> anyhow::Result<usize> {
-                match args.iter().position(|a| a == flag) {
-                    Some(i) => args
-                        .get(i + 1)
-                        .and_then(|v| v.parse().ok())
-                        .with_context(|| format!("{flag} needs a number")),
-                    None => Ok(default),
-                }
-            };
-            claims(store, number("--runs", 10_000)?, number("--workers", 50)?).await
+        Some("claims") => claims(store, number("--runs", 10_000)?, number("--workers", 50)?).await,
+        Some("claim-latency") => {
+            claim_latency(store, number("--runs", 10_000)?, number("--workers", 50)?).await
         }
         Some("memory") => memory().await,
         Some("worker") => worker_start().await,
         Some("events") => {
-            let number = |flag: &str, default: usize| -> anyhow::Result<usize> {
-                match args.iter().position(|a| a == flag) {
-                    Some(i) => args
-                        .get(i + 1)
-                        .and_then(|v| v.parse().ok())
-                        .with_context(|| format!("{flag} needs a number")),
-                    None => Ok(default),
-                }
-            };
             events(number("--events", 10_000)?, number("--event-bytes", 4_096)?).await
         }
         Some("all") => all(store).await,
         _ => bail!(
-            "usage: gyoza-bench create|claims|memory|worker|events|all [--store URL] [--runs N] [--workers N] [--events N] [--event-bytes B]"
+            "usage: gyoza-bench create|claims|claim-latency|memory|worker|events|all [--store URL] [--runs N] [--workers N] [--events N] [--event-bytes B]"
         ),
     }
 }
