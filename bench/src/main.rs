@@ -181,6 +181,16 @@ fn ad_hoc(i: usize) -> OpRunCreate {
     }
 }
 
+/// Event `kind` (STARTED, COMPLETED) of `op`'s attempt, as worker `worker` sends it.
+fn worker_event(op: &gyoza_core::WorkerOpRun, worker: &str, kind: &str) -> AddEventRequest {
+    AddEventRequest {
+        event_type: kind.into(),
+        msg: json!(""),
+        payload: Some(serde_json::from_value(json!({"worker_id": worker})).unwrap_or_default()),
+        attempt: op.attempt,
+    }
+}
+
 /// Creates `total` runs with `clients` concurrent clients; returns (runs/s, latencies).
 async fn create_runs(
     client: &Client,
@@ -265,17 +275,10 @@ async fn claims(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Res
                 }
                 empty = 0;
                 for op in ops {
-                    let event = |kind: &str| AddEventRequest {
-                        event_type: kind.into(),
-                        msg: json!(""),
-                        payload: Some(
-                            serde_json::from_value(json!({"worker_id": beat.worker_id}))
-                                .unwrap_or_default(),
-                        ),
-                        attempt: op.attempt,
-                    };
-                    client.add_event(&op.id, &event("STARTED")).await?;
-                    client.add_event(&op.id, &event("COMPLETED")).await?;
+                    for kind in ["STARTED", "COMPLETED"] {
+                        let event = worker_event(&op, &beat.worker_id, kind);
+                        client.add_event(&op.id, &event).await?;
+                    }
                     done.fetch_add(1, Ordering::Relaxed);
                     mine.push(op.id);
                 }
@@ -331,19 +334,13 @@ async fn claim_latency(store: Option<&str>, runs: usize, workers: usize) -> anyh
         running_ops: None,
         instance: None,
     };
-    let started = |op: &gyoza_core::WorkerOpRun, worker: &str, kind: &str| AddEventRequest {
-        event_type: kind.into(),
-        msg: json!(""),
-        payload: Some(serde_json::from_value(json!({"worker_id": worker})).unwrap_or_default()),
-        attempt: op.attempt,
-    };
     let mut held = 0;
     for w in 0..workers {
         let beat = heartbeat(format!("bench-{w}"), 65_536);
         client.heartbeat(&beat).await?;
         for op in client.claim(&beat.worker_id, 8).await? {
             client
-                .add_event(&op.id, &started(&op, &beat.worker_id, "STARTED"))
+                .add_event(&op.id, &worker_event(&op, &beat.worker_id, "STARTED"))
                 .await?;
             held += 1;
         }
@@ -365,7 +362,7 @@ async fn claim_latency(store: Option<&str>, runs: usize, workers: usize) -> anyh
                 (_, [op]) => {
                     for kind in ["STARTED", "COMPLETED"] {
                         client
-                            .add_event(&op.id, &started(op, &beat.worker_id, kind))
+                            .add_event(&op.id, &worker_event(op, &beat.worker_id, kind))
                             .await?;
                     }
                 }
@@ -467,17 +464,10 @@ async fn events(events: usize, bytes: usize) -> anyhow::Result<()> {
                 let ops = client.claim(&beat.worker_id, 1).await?;
                 latencies.push(t.elapsed());
                 for op in ops {
-                    let event = |kind: &str| AddEventRequest {
-                        event_type: kind.into(),
-                        msg: json!(""),
-                        payload: Some(
-                            serde_json::from_value(json!({"worker_id": beat.worker_id}))
-                                .unwrap_or_default(),
-                        ),
-                        attempt: op.attempt,
-                    };
-                    client.add_event(&op.id, &event("STARTED")).await?;
-                    client.add_event(&op.id, &event("COMPLETED")).await?;
+                    for kind in ["STARTED", "COMPLETED"] {
+                        let event = worker_event(&op, &beat.worker_id, kind);
+                        client.add_event(&op.id, &event).await?;
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
