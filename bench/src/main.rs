@@ -5,6 +5,7 @@
 //! cargo run --release -p gyoza-bench -- create  [--store URL]   # POST /runs, 32 clients
 //! cargo run --release -p gyoza-bench -- claims  [--store URL]   # 10,000 runs, 50 workers
 //! cargo run --release -p gyoza-bench -- claim-latency [--store URL]   # one claim at a time
+//! cargo run --release -p gyoza-bench -- submit-to-claim [--store URL]   # POST /runs → a waiting claim's answer
 //! cargo run --release -p gyoza-bench -- memory                  # RSS idle and with 100,000 runs
 //! cargo run --release -p gyoza-bench -- worker                  # claim → container start vs docker run
 //! cargo run --release -p gyoza-bench -- events  [--events N] [--event-bytes B]   # one chatty run
@@ -315,8 +316,8 @@ async fn claims(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Res
 
 /// One claim at a time on an otherwise idle server: `runs` pending runs, `workers` workers
 /// holding up to 8 started runs each, then `SAMPLES` claims by a worker that can take
-/// nothing (it has too little RAM for any run: the server still reads the window and asks the
-/// strategy) and `SAMPLES` claims of one run by a free worker (each run completed before the
+/// nothing (it has too little RAM for any run: answered from its free capacity and the least a
+/// pending run needs, without reading the window) and `SAMPLES` claims of one run by a free worker (each run completed before the
 /// next claim, untimed); the latency of each claim request, and the server's CPU per claim.
 async fn claim_latency(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Result<()> {
     const SAMPLES: usize = 300;
@@ -377,6 +378,74 @@ async fn claim_latency(store: Option<&str>, runs: usize, workers: usize) -> anyh
         );
     }
     println!("{}", line.trim_end_matches(';'));
+    Ok(())
+}
+
+/// Submission to claim on an idle worker: `SAMPLES` times, a worker's long-polling claim
+/// (`wait_ms=10000`) waits (seen in `gyoza_claims_waiting`), a run is submitted, and the time
+/// from sending `POST /runs` to the claim's answer is taken; the run is then started and
+/// completed (untimed) so that the worker is idle again.
+async fn submit_to_claim(store: Option<&str>) -> anyhow::Result<()> {
+    const SAMPLES: usize = 200;
+    let server = Server::start(store)?;
+    let client = server.client().await?;
+    let worker = "idle";
+    client
+        .heartbeat(&HeartbeatRequest {
+            worker_id: worker.into(),
+            resources: Resources {
+                cpu_cores: 4,
+                ram_mb: 8_192,
+                gpus: vec![],
+            },
+            tags: vec![],
+            running_ops: None,
+            instance: None,
+        })
+        .await?;
+    let mut latencies = Latencies::default();
+    for _ in 0..SAMPLES {
+        let waiting = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .claim_waiting(worker, 1, Duration::from_secs(10))
+                    .await
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !client
+            .metrics()
+            .await?
+            .lines()
+            .any(|l| l == "gyoza_claims_waiting 1")
+        {
+            if Instant::now() > deadline {
+                bail!("the claim never waited");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let t = Instant::now();
+        let run = client.create_run(&ad_hoc(1)).await?;
+        let ops = waiting.await??;
+        latencies.0.push(t.elapsed());
+        let [op] = ops.as_slice() else {
+            bail!("the waiting claim answered {} runs", ops.len());
+        };
+        if op.id != run.id {
+            bail!("the waiting claim got another run");
+        }
+        for kind in ["STARTED", "COMPLETED"] {
+            client
+                .add_event(&op.id, &worker_event(op, worker, kind))
+                .await?;
+        }
+    }
+    println!(
+        "submit to claim: {SAMPLES} runs, each submitted while an idle worker's claim waits: p50 {:.2} ms, p99 {:.2} ms",
+        latencies.percentile(0.5),
+        latencies.percentile(0.99)
+    );
     Ok(())
 }
 
@@ -724,6 +793,9 @@ async fn all(mongo: Option<&str>) -> anyhow::Result<()> {
     for _ in 0..3 {
         note("claim-latency", claim_latency(None, 10_000, 50).await);
     }
+    for _ in 0..3 {
+        note("submit-to-claim", submit_to_claim(None).await);
+    }
     note("memory", memory().await);
     for _ in 0..3 {
         note("worker", worker_start().await);
@@ -761,6 +833,7 @@ async fn main() -> anyhow::Result<()> {
         Some("claim-latency") => {
             claim_latency(store, number("--runs", 10_000)?, number("--workers", 50)?).await
         }
+        Some("submit-to-claim") => submit_to_claim(store).await,
         Some("memory") => memory().await,
         Some("worker") => worker_start().await,
         Some("events") => {
@@ -768,7 +841,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("all") => all(store).await,
         _ => bail!(
-            "usage: gyoza-bench create|claims|claim-latency|memory|worker|events|all [--store URL] [--runs N] [--workers N] [--events N] [--event-bytes B]"
+            "usage: gyoza-bench create|claims|claim-latency|submit-to-claim|memory|worker|events|all [--store URL] [--runs N] [--workers N] [--events N] [--event-bytes B]"
         ),
     }
 }

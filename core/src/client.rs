@@ -505,6 +505,30 @@ impl Client {
         Ok(response.ops)
     }
 
+    /// `POST /workers/{id}/claim?max=N&wait_ms=W`: as [`GyozaClient::claim`], but when nothing
+    /// is claimable the server waits up to `wait` (at most
+    /// [`crate::limits::MAX_CLAIM_WAIT_MS`]) for something to be. A server that does not
+    /// know `wait_ms` (the original one) ignores it and answers at once.
+    pub async fn claim_waiting(
+        &self,
+        worker_id: &str,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<WorkerOpRun>, ClientError> {
+        let wait_ms = u64::try_from(wait.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(crate::limits::MAX_CLAIM_WAIT_MS);
+        let response: ClaimResponse = self
+            .call(
+                self.request(Method::POST, &["workers", worker_id, "claim"])
+                    .query(&[("max", u64::from(max)), ("wait_ms", wait_ms)])
+                    // The client's timeout is for the answer, after the wait.
+                    .timeout(self.timeout + Duration::from_millis(wait_ms)),
+            )
+            .await?;
+        Ok(response.ops)
+    }
+
     /// `GET /workers/{id}/claim-scenario?max=N`: what a claim by the worker would decide from
     /// now, as a `gyoza plugins simulate` scenario (JSON; nothing is claimed).
     pub async fn claim_scenario(
@@ -561,6 +585,16 @@ impl Client {
             },
         ))
         .await
+    }
+
+    /// `GET /metrics`: the server's metrics in the Prometheus text format.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let url = self.url(&["metrics"]).to_string();
+        let response = self.send(self.request(Method::GET, &["metrics"])).await?;
+        response
+            .text()
+            .await
+            .map_err(|source| ClientError::Unreachable { url, source })
     }
 
     /// `GET /runs/{id}/logs`: an attempt's output (the current attempt when `None`).

@@ -11,6 +11,7 @@
 //! | `--worker-timeout` | `GYOZA_WORKER_TIMEOUT` | `60` | seconds without a heartbeat after which a worker is inactive |
 //! | `--reconcile-grace` | `GYOZA_RECONCILE_GRACE` | `30` | seconds after its assignment past which a held run its live worker no longer reports is requeued |
 //! | `--timeout-grace` | `GYOZA_TIMEOUT_GRACE` | `60` | seconds past a run's `constraints.timeout_s` after which the server fails a RUNNING attempt its worker did not stop |
+//! | `--claim-recheck-ms` | `GYOZA_CLAIM_RECHECK_MS` | `1000` | a long-polling claim (`?wait_ms=`) claims again at least this often: how soon it sees runs submitted to another replica |
 //! | `--max-body-bytes` | `GYOZA_MAX_BODY_BYTES` | `10485760` | largest request body accepted (413 beyond) |
 //! | `--plugins-dir` | `GYOZA_PLUGINS_DIR` | `<data dir>/plugins` | directory watched for strategy plugins (`*.wasm`) |
 //! | `--strategy` | `GYOZA_STRATEGY` | `bin-packing` | active scheduling strategy (`direct`, `priority`, `bin-packing` or a plugin's file stem) |
@@ -102,6 +103,16 @@ pub struct ServerConfig {
         value_parser = clap::value_parser!(u64).range(0..=86_400)
     )]
     pub timeout_grace: u64,
+    /// Milliseconds between the claims of a long-polling claim (`?wait_ms=`) when nothing
+    /// wakes it: the bound on how soon it sees runs submitted to another server replica.
+    #[arg(
+        long,
+        env = "GYOZA_CLAIM_RECHECK_MS",
+        default_value_t = 1_000,
+        value_name = "MILLISECONDS",
+        value_parser = clap::value_parser!(u64).range(10..=60_000)
+    )]
+    pub claim_recheck_ms: u64,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "GYOZA_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,

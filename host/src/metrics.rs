@@ -77,6 +77,13 @@ pub struct Metrics {
     pub placements: AtomicU64,
     /// Time to answer a claim.
     pub claim_latency: Histogram,
+    /// Claims answered from the worker's free capacity and the least a PENDING run needs,
+    /// without reading the pending window or asking the strategy.
+    pub claims_answered_early: AtomicU64,
+    /// Long-polling claims waiting now (`?wait_ms=N`).
+    pub claims_waiting: AtomicU64,
+    /// Waiting claims woken by a run that became claimable or capacity that was freed.
+    pub claim_wakeups: AtomicU64,
     /// Events delivered to their topic URL.
     pub deliveries_ok: AtomicU64,
     /// Events given up on: refused by the destination policy or the receiver (a 4xx other
@@ -142,6 +149,23 @@ impl Metrics {
             "gyoza_placements_total",
             "Runs assigned to workers by claims.",
             self.placements.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "gyoza_claims_answered_early_total",
+            "Claims answered without reading the pending window (the worker cannot fit the least a pending run needs, or nothing is pending).",
+            self.claims_answered_early.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "gyoza_claim_wakeups_total",
+            "Waiting claims woken by a run that became claimable or capacity freed on their worker.",
+            self.claim_wakeups.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gyoza_claims_waiting Long-polling claims waiting in this process.\n# TYPE gyoza_claims_waiting gauge\ngyoza_claims_waiting {}",
+            self.claims_waiting.load(Ordering::Relaxed)
         );
         out.push_str("# HELP gyoza_claim_duration_seconds Time to answer a claim.\n");
         out.push_str("# TYPE gyoza_claim_duration_seconds histogram\n");

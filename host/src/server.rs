@@ -21,6 +21,12 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let service = state.service.clone();
+    // Waiting claims answer at once, so that the in-flight requests finish promptly.
+    let shutdown = async move {
+        shutdown.await;
+        service.stop_waiting();
+    };
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await
@@ -62,6 +68,7 @@ pub async fn state_from_config(config: &ServerConfig) -> Result<AppState, HostEr
     service.worker_timeout = chrono::Duration::seconds(config.worker_timeout as i64);
     service.reconcile_grace = chrono::Duration::seconds(config.reconcile_grace as i64);
     service.timeout_grace = gyoza_core::resources::seconds(config.timeout_grace);
+    service.claim_recheck = std::time::Duration::from_millis(config.claim_recheck_ms);
     service.queues = queues;
     service.preemption = config.preemption_limits();
     let mut state = AppState::new(Arc::new(service), metrics, &api_key);

@@ -22,6 +22,7 @@ mod claim;
 mod reap;
 mod reconcile;
 mod timeout;
+mod wait;
 
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ use tokio::sync::broadcast;
 pub(crate) use claim::meeting_tags;
 pub use claim::{ClaimPreview, PENDING_WINDOW, PreemptionLimits};
 use claim::{InFlight, PreemptionClock};
+use wait::Waiters;
+pub use wait::{DEFAULT_CLAIM_RECHECK, MAX_WAITING};
 
 use crate::clock::Clock;
 use crate::delivery::{Deliverer, DeliveryConfig};
@@ -75,6 +78,13 @@ pub struct Service {
     changes: broadcast::Sender<String>,
     /// Runs that claims in this process are assigning right now (see `claim`).
     claims_in_flight: InFlight,
+    /// A waiting claim claims again at least this often (`GYOZA_CLAIM_RECHECK_MS`; see
+    /// `wait`): the bound on seeing another replica's runs.
+    pub claim_recheck: std::time::Duration,
+    /// Claims waiting for something to claim (see `wait`).
+    waiters: Waiters,
+    /// This process's metrics.
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Service {
@@ -109,7 +119,10 @@ impl Service {
         delivery: DeliveryConfig,
     ) -> Self {
         Self {
-            deliverer: Deliverer::start(delivery, metrics, store.clone()),
+            deliverer: Deliverer::start(delivery, metrics.clone(), store.clone()),
+            waiters: Waiters::new(metrics.clone()),
+            claim_recheck: DEFAULT_CLAIM_RECHECK,
+            metrics,
             store,
             scheduler,
             started_at: clock.now(),
@@ -140,10 +153,25 @@ impl Service {
         Ok(Some(run))
     }
 
-    /// Wakes the delivery of `run`'s events and the run's watchers, after a change.
+    /// Stores a new run, then wakes a waiting claim it may go to.
+    pub async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError> {
+        self.store.insert_run(run).await?;
+        self.wake_for_new(run);
+        Ok(())
+    }
+
+    /// Wakes the delivery of `run`'s events, the run's watchers and the waiting claims it
+    /// concerns, after a change.
     fn announce(&self, run: &OpRun) {
         self.deliverer.written(run);
         self.notify(&run.id);
+        self.wake_claims(run);
+    }
+
+    /// Wakes every waiting claim, which answers what it has, and lets no claim wait from now
+    /// on: the server is stopping.
+    pub fn stop_waiting(&self) {
+        self.waiters.close();
     }
 
     /// Tells event streams and log followers in this process that `run_id` changed.

@@ -348,6 +348,28 @@ pub struct ClaimView {
     pub usage: Vec<(String, [f64; 3])>,
 }
 
+/// What a claim can be refused from without reading the pending window (see
+/// [`StoreRead::claim_floor`]).
+#[derive(Debug, Clone)]
+pub struct ClaimFloor {
+    /// The claiming worker.
+    pub worker: Worker,
+    /// The runs it holds.
+    pub held: Vec<HeldRun>,
+    /// The least each resource any PENDING run needs; `None` when no run is PENDING.
+    pub least: Option<Floor>,
+}
+
+/// The least CPU cores and RAM megabytes that some PENDING run needs (not necessarily the
+/// same run; runs waiting out a retry backoff included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Floor {
+    /// CPU cores.
+    pub cpu: u64,
+    /// RAM megabytes.
+    pub ram_mb: u64,
+}
+
 /// A mutation applied to several runs (see [`Store::update_runs`]).
 pub type SharedRunMutation =
     std::sync::Arc<dyn Fn(&mut OpRun) -> Result<(), DomainError> + Send + Sync + 'static>;
@@ -812,6 +834,28 @@ pub trait StoreRead: Send + Sync + 'static {
             pending: self.pending_window(now, window).await?,
             workers: self.list_workers().await?,
             usage: usage_or_nothing(self.queue_usage(now, half_life_s).await),
+        }))
+    }
+
+    /// The claiming worker, the runs it holds and the least CPU and RAM a run claimable at
+    /// `now` needs: `None` for a worker that never sent a heartbeat. A lower bound is enough (a claim
+    /// refused from it would have found nothing); the default reads no bound (every PENDING
+    /// run might need nothing), so that only "nothing is PENDING" refuses a claim.
+    async fn claim_floor(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<ClaimFloor>, StoreError> {
+        let Some(worker) = self.get_worker(worker_id).await? else {
+            return Ok(None);
+        };
+        let held = self.runs_on_worker(worker_id).await?;
+        let least =
+            (!self.pending_window(now, 1).await?.is_empty()).then_some(Floor { cpu: 0, ram_mb: 0 });
+        Ok(Some(ClaimFloor {
+            worker,
+            held: held.iter().filter_map(HeldRun::of).collect(),
+            least,
         }))
     }
 

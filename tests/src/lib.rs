@@ -337,9 +337,14 @@ impl Worker {
 
     /// [`Worker::start_on`] for the server at `url` (which may be restarted meanwhile).
     pub fn start_at(url: &str, id: &str, state_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(gyoza_bin())
-            .args(["worker", "start", "--heartbeat-interval", "0.3"])
-            .args(["--cancel-check-interval", "0.3"])
+        let mut command = Command::new(gyoza_bin());
+        command.args(["worker", "start"]);
+        for default in ["--heartbeat-interval", "--cancel-check-interval"] {
+            if !extra.contains(&default) {
+                command.args([default, "0.3"]);
+            }
+        }
+        let mut child = command
             .arg("--state-dir")
             .arg(state_dir)
             .args(extra)

@@ -1,7 +1,13 @@
 //! The worker's main loop (seed `gyoza.worker.runner`): heartbeat → claim → dispatch.
 //!
 //! Each tick sends a heartbeat with the runs in progress, then claims as many runs as there
-//! are free slots (`--max-concurrent`), and starts each in its own task. A watcher per run asks
+//! are free slots (`--max-concurrent`), and starts each in its own task. The claim is a long
+//! poll (`?wait_ms=` the heartbeat interval): when nothing is claimable the server holds it
+//! until a run the worker can take is submitted, so a run starts within milliseconds of its
+//! submission, and an idle worker sends one heartbeat and one claim per interval. A server
+//! that does not wait (the original one) answers at once, and the worker asks again after the
+//! interval, as before. The worker ticks again at once when it claimed runs and has slots
+//! left, or when one of its runs ends. A watcher per run asks
 //! the server for the run's state every `--cancel-check-interval`; when the run was cancelled,
 //! retried or handed to another worker, its container is stopped (SIGTERM, SIGKILL after
 //! `--stop-timeout`). An unreachable server slows the loop down (exponential backoff) but never
@@ -264,18 +270,26 @@ async fn claim_until(
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         while let Some(done) = tasks.try_join_next() {
-            if let Err(e) = done {
-                tracing::error!(error = %e, "a run task ended abnormally");
-            }
+            log_abnormal_end(done);
         }
-        let delay = match tick(agent, config, &mut engine_state, shutdown_signals, tasks).await {
-            Ok(()) => {
+        let started = tokio::time::Instant::now();
+        // A claim waiting on the server is dropped on shutdown: claiming stops at once. (Runs
+        // the server assigned as the request was dropped are requeued by its reconcile.)
+        let ticked = tokio::select! {
+            ticked = tick(agent, config, &mut engine_state, shutdown_signals, tasks) => ticked,
+            () = &mut shutdown => return Ok(()),
+        };
+        let delay = match ticked {
+            Ok(again) => {
                 if failures > 0 {
                     tracing::info!("the server answers again");
                 }
                 failures = 0;
                 accepted = true;
-                config.heartbeat_interval
+                match again {
+                    true => Duration::ZERO,
+                    false => config.heartbeat_interval.saturating_sub(started.elapsed()),
+                }
             }
             Err(e) if id_in_use(&e) && !accepted => {
                 // Never accepted: this process is the intruder.
@@ -298,7 +312,15 @@ async fn claim_until(
         tokio::select! {
             () = &mut shutdown => return Ok(()),
             () = tokio::time::sleep(delay) => {}
+            // A run ended: its slot is free now.
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => log_abnormal_end(done),
         }
+    }
+}
+
+fn log_abnormal_end(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "a run task ended abnormally");
     }
 }
 
@@ -445,24 +467,32 @@ async fn engine_answers(agent: &Agent, state: &mut EngineState) -> bool {
     }
 }
 
-/// One heartbeat, then, if the Docker engine answers, a claim for the free slots.
+/// One heartbeat, then, if the Docker engine answers, a claim for the free slots, waiting up
+/// to the heartbeat interval for a run; `true` when it claimed runs and slots are left (the
+/// next tick should come at once).
 async fn tick(
     agent: &Arc<Agent>,
     config: &WorkerConfig,
     engine_state: &mut EngineState,
     shutdown_signals: &Signals,
     tasks: &mut JoinSet<()>,
-) -> Result<(), WorkerError> {
+) -> Result<bool, WorkerError> {
     let busy = heartbeat(agent, config).await?;
     let free = (config.max_concurrent as usize).saturating_sub(busy);
     if free == 0 || !engine_answers(agent, engine_state).await {
-        return Ok(());
+        return Ok(false);
     }
+    let max = free.min(100);
     let claimed = agent
         .context
         .client
-        .claim(&agent.context.worker_id, free.min(100) as u32)
+        .claim_waiting(
+            &agent.context.worker_id,
+            max as u32,
+            config.heartbeat_interval,
+        )
         .await?;
+    let again = !claimed.is_empty() && claimed.len() < free;
     for op in claimed {
         let signals = Signals {
             cancel: CancellationToken::new(),
@@ -470,7 +500,7 @@ async fn tick(
         };
         dispatch(agent, op, signals, tasks);
     }
-    Ok(())
+    Ok(again)
 }
 
 fn dispatch(agent: &Arc<Agent>, op: WorkerOpRun, signals: Signals, tasks: &mut JoinSet<()>) {

@@ -97,7 +97,7 @@ pub async fn create_run(
 ) -> Result<(StatusCode, Json<OpRunView>), ApiError> {
     let definition = find(&state, &name, query.version.as_deref()).await?;
     let run = request.into_run(&definition, state.service.clock.now())?;
-    state.service.store.insert_run(&run).await?;
+    state.service.insert_run(&run).await?;
     state
         .metrics
         .run_creations

@@ -199,7 +199,7 @@ pub async fn create(
     ApiJson(request): ApiJson<OpRunCreate>,
 ) -> Result<(StatusCode, Json<OpRunView>), ApiError> {
     let run = request.into_run(state.service.clock.now())?;
-    state.service.store.insert_run(&run).await?;
+    state.service.insert_run(&run).await?;
     state.metrics.run_creations.fetch_add(1, Ordering::Relaxed);
     Ok((StatusCode::CREATED, Json(OpRunView::from(&run))))
 }

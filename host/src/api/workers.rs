@@ -75,6 +75,10 @@ pub struct ClaimParams {
     /// At most this many runs, 1–100 (default 1, as the original direct strategy).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     max: Option<String>,
+    /// When nothing is claimable now, wait up to this many milliseconds for something to be,
+    /// 0–60000 (default 0: answer at once, as the original server).
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 60000)]
+    wait_ms: Option<String>,
 }
 
 /// What `GET /workers/{id}/claim-scenario` reads.
@@ -118,7 +122,9 @@ pub async fn claim_scenario(
     )))
 }
 
-/// Assigns pending runs that fit the worker to it.
+/// Assigns pending runs that fit the worker to it. With `wait_ms`, a claim that finds nothing
+/// waits up to that long for a run it can take (a long poll): it answers as soon as it claimed
+/// something, else empty at the deadline.
 #[utoipa::path(
     post, path = "/workers/{id}/claim", params(("id" = String, Path), ClaimParams),
     responses((status = 200, body = ClaimResponse), (status = 422, body = ErrorBody))
@@ -134,10 +140,21 @@ pub async fn claim(
             "Query parameter 'max' must be between 1 and 100, got {max}"
         )));
     }
+    let wait_ms = int_param("wait_ms", params.wait_ms.as_deref())?.unwrap_or(0);
+    let limit = gyoza_core::limits::MAX_CLAIM_WAIT_MS;
+    if !(0..=limit as i64).contains(&wait_ms) {
+        return Err(ApiError::Unprocessable(format!(
+            "Query parameter 'wait_ms' must be between 0 and {limit}, got {wait_ms}"
+        )));
+    }
+    let wait = std::time::Duration::from_millis(wait_ms as u64);
     let started = std::time::Instant::now();
-    let ops = state.service.claim(&id, max as usize).await?;
+    let ops = state.service.claim_waiting(&id, max as usize, wait).await?;
     let metrics = &state.metrics;
-    metrics.claim_latency.observe(started.elapsed());
+    if wait.is_zero() {
+        // A long poll's time is mostly its wait.
+        metrics.claim_latency.observe(started.elapsed());
+    }
     metrics.claims.fetch_add(1, Ordering::Relaxed);
     metrics
         .placements

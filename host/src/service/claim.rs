@@ -36,6 +36,7 @@
 //! an optimisation only: the store's refusal remains the guarantee, for runs and capacity.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -46,8 +47,9 @@ use gyoza_core::time::Timestamp;
 use gyoza_core::{Capacity, HeldRun, OpRun, PendingRun, Worker, WorkerOpRun};
 
 use super::Service;
+use super::wait::Seen;
 use crate::scheduler::{ActiveWorker, ClaimRequest, Decision};
-use crate::store::{Placement, StoreError};
+use crate::store::{ClaimFloor, Placement, StoreError};
 
 /// How many claimable runs a scheduler is shown per claim, best first.
 pub const PENDING_WINDOW: usize = 1_000;
@@ -225,9 +227,27 @@ impl Service {
     /// server. If the store fails after some runs were assigned, those are still returned so
     /// that they are not stranded in ASSIGNED.
     pub async fn claim(&self, worker_id: &str, max: usize) -> Result<Vec<WorkerOpRun>, StoreError> {
-        let Some(preview) = self.claim_preview(worker_id).await? else {
+        Ok(self.claim_seeing(worker_id, max).await?.0)
+    }
+
+    /// [`Service::claim`], and what it saw of the worker: `None` for an unknown worker.
+    pub(super) async fn claim_seeing(
+        &self,
+        worker_id: &str,
+        max: usize,
+    ) -> Result<(Vec<WorkerOpRun>, Option<Seen>), StoreError> {
+        let Some(floor) = self.store.claim_floor(worker_id, self.clock.now()).await? else {
             tracing::warn!(worker_id, "claim from a worker that never sent a heartbeat");
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
+        };
+        if let Some(seen) = self.refused_early(&floor) {
+            self.metrics
+                .claims_answered_early
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok((Vec::new(), Some(seen)));
+        }
+        let Some(preview) = self.claim_preview(worker_id).await? else {
+            return Ok((Vec::new(), None));
         };
         let ClaimPreview {
             worker,
@@ -310,7 +330,31 @@ impl Service {
         for op in &claimed {
             self.notify(&op.id);
         }
-        Ok(claimed)
+        let mine: Vec<HeldRun> = running
+            .iter()
+            .filter(|r| r.worker_id == worker_id)
+            .cloned()
+            .collect();
+        let seen = Seen::of(&worker, &mine);
+        Ok((claimed, Some(seen)))
+    }
+
+    /// What the worker of `floor` was seen as when its claim can be answered without
+    /// reading the window: nothing is PENDING, or its free CPU or RAM is below the least a
+    /// PENDING run needs, and it holds no run a strategy could preempt to make room.
+    fn refused_early(&self, floor: &ClaimFloor) -> Option<Seen> {
+        let seen = Seen::of(&floor.worker, &floor.held);
+        let Some(least) = floor.least else {
+            return Some(seen);
+        };
+        let below = |free: i64, least: u64| u64::try_from(free).map_or(true, |free| free < least);
+        let full = below(seen.free.cpu, least.cpu) || below(seen.free.ram_mb, least.ram_mb);
+        let max = self.preemption.max_preemptions;
+        let preemptible = floor
+            .held
+            .iter()
+            .any(|run| run.facts.preemptible && run.facts.preemptions < max);
+        (full && !preemptible).then_some(seen)
     }
 
     /// [`meeting_tags`] for this claim, noting why the runs no active worker meets wait.

@@ -87,8 +87,8 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{
-    Accrual, CreatedBound, Cursor, DecayedSums, DeliveryLease, DeliveryProgress, LogTail,
-    Placement, QueryError, RunMutation, RunPage, RunQuery, Store, StoreError, StoreRead,
+    Accrual, ClaimFloor, CreatedBound, Cursor, DecayedSums, DeliveryLease, DeliveryProgress, Floor,
+    LogTail, Placement, QueryError, RunMutation, RunPage, RunQuery, Store, StoreError, StoreRead,
     UsageHalfLife, answer_each, assign_if_fits, from_json, held_attempt, replace_definition,
     to_json, unknown_worker,
 };
@@ -485,6 +485,9 @@ impl MongoStore {
                 index(doc! {"image": 1, "created_us": -1, "_id": -1}),
                 // Free capacity of a worker.
                 index(doc! {"worker_id": 1, "state": 1}),
+                // The least CPU and RAM a PENDING run needs (a claim's floor).
+                index(doc! {"state": 1, "sched.cpu": 1}),
+                index(doc! {"state": 1, "sched.ram_mb": 1}),
                 // Runs with events to deliver, longest due first.
                 index(doc! {"deliver_at_us": 1, "_id": 1}),
             ])
@@ -842,6 +845,47 @@ impl StoreRead for MongoStore {
     async fn held_runs(&self) -> Result<Vec<HeldRun>, StoreError> {
         self.held_matching(doc! {"state": {"$in": ["ASSIGNED", "RUNNING"]}})
             .await
+    }
+
+    async fn claim_floor(
+        &self,
+        worker_id: &str,
+        _now: Timestamp,
+    ) -> Result<Option<ClaimFloor>, StoreError> {
+        let Some(worker) = self.get_worker(worker_id).await? else {
+            return Ok(None);
+        };
+        // Runs waiting out a backoff count too: a lower bound is enough. A missing figure
+        // (needs nothing, or a document written before `sched`) sorts first and counts as 0.
+        let least = |field: &'static str| async move {
+            let found = self
+                .runs
+                .find_one(doc! {"state": "PENDING"})
+                .sort(doc! {"state": 1, (field): 1})
+                .projection(doc! {(field): 1, "_id": 0})
+                .await?;
+            Ok::<_, StoreError>(found.map(|d| {
+                let sched = d.get_document("sched").ok();
+                let value = sched.and_then(|s| s.get(field.trim_start_matches("sched.")));
+                match value {
+                    Some(Bson::Int64(v)) => u64::try_from(*v).unwrap_or(0),
+                    Some(Bson::Int32(v)) => u64::try_from(*v).unwrap_or(0),
+                    _ => 0,
+                }
+            }))
+        };
+        let least = match (least("sched.cpu").await?, least("sched.ram_mb").await?) {
+            (Some(cpu), Some(ram_mb)) => Some(Floor { cpu, ram_mb }),
+            _ => None,
+        };
+        let held = self
+            .held_matching(doc! {"worker_id": worker_id, "state": {"$in": ["ASSIGNED", "RUNNING"]}})
+            .await?;
+        Ok(Some(ClaimFloor {
+            worker,
+            held,
+            least,
+        }))
     }
 
     async fn get_worker(&self, id: &str) -> Result<Option<Worker>, StoreError> {

@@ -55,11 +55,11 @@ use rusqlite::{
 };
 
 use super::{
-    Accrual, ClaimView, CreatedBound, Cursor, DecayedSums, DeliveryLease, DeliveryProgress,
-    LogTail, Placement, QueryError, RunMutation, RunPage, RunQuery, SharedRunMutation, Store,
-    StoreError, StoreRead, UsageHalfLife, answer_each, assign_if_fits, delivers, from_json,
-    held_attempt, loaded_events, replace_definition, run_from_json, to_json, unknown_worker,
-    worker_not_silent,
+    Accrual, ClaimFloor, ClaimView, CreatedBound, Cursor, DecayedSums, DeliveryLease,
+    DeliveryProgress, Floor, LogTail, Placement, QueryError, RunMutation, RunPage, RunQuery,
+    SharedRunMutation, Store, StoreError, StoreRead, UsageHalfLife, answer_each, assign_if_fits,
+    delivers, from_json, held_attempt, loaded_events, replace_definition, run_from_json, to_json,
+    unknown_worker, worker_not_silent,
 };
 
 /// Parallel read connections.
@@ -191,6 +191,13 @@ CREATE TABLE IF NOT EXISTS queue_usage (
     vram_mb  REAL NOT NULL,
     as_of_us INTEGER NOT NULL
 );
+"#,
+    // The least CPU and RAM a PENDING run needs, each one index step away: a claim by a
+    // worker that cannot fit even those is answered without reading the window (see
+    // `Store::claim_floor`).
+    r#"
+CREATE INDEX IF NOT EXISTS runs_pending_cpu ON runs (cpu) WHERE state = 'PENDING';
+CREATE INDEX IF NOT EXISTS runs_pending_ram ON runs (ram_mb) WHERE state = 'PENDING';
 "#,
 ];
 
@@ -1330,6 +1337,46 @@ impl StoreRead for SqliteStore {
                 workers: read_docs(&tx, "SELECT id, doc FROM workers ORDER BY id", &[])?,
                 usage: super::usage_or_nothing(queue_usage_blocking(&tx, now, half_life_s)),
                 worker,
+            }))
+        })
+        .await
+    }
+
+    async fn claim_floor(
+        &self,
+        worker_id: &str,
+        _now: Timestamp,
+    ) -> Result<Option<ClaimFloor>, StoreError> {
+        // Runs waiting out a backoff count too: a lower bound is enough.
+        let worker_id = worker_id.to_owned();
+        self.read(move |conn| {
+            let tx = conn.transaction()?;
+            let Some(worker) = get_worker_blocking(&tx, &worker_id)? else {
+                return Ok(None);
+            };
+            let least = |index: &str, column: &str| -> Result<Option<u64>, StoreError> {
+                // NULL (no figure: needs nothing) sorts first; no row: nothing is PENDING.
+                let sql = format!(
+                    "SELECT IFNULL({column}, 0) FROM runs INDEXED BY {index}
+                         WHERE state = 'PENDING' ORDER BY {column} LIMIT 1"
+                );
+                let least: Option<i64> = tx
+                    .prepare_cached(&sql)?
+                    .query_row([], |r| r.get(0))
+                    .optional()?;
+                Ok(least.map(|v| u64::try_from(v).unwrap_or(0)))
+            };
+            let least = match (
+                least("runs_pending_cpu", "cpu")?,
+                least("runs_pending_ram", "ram_mb")?,
+            ) {
+                (Some(cpu), Some(ram_mb)) => Some(Floor { cpu, ram_mb }),
+                _ => None,
+            };
+            Ok(Some(ClaimFloor {
+                held: held_on_worker_blocking(&tx, &worker_id)?,
+                worker,
+                least,
             }))
         })
         .await

@@ -1,0 +1,103 @@
+//! The claim path's shortcuts: a claim that cannot get anything is answered without reading
+//! the pending window, and `wait_ms` is checked like `max`. On both stores.
+
+pub mod common;
+
+use axum::http::StatusCode;
+use common::{Api, detail, skip_mongo};
+use serde_json::json;
+
+/// `gyoza_claims_answered_early_total` now.
+async fn answered_early(api: &Api) -> u64 {
+    let metrics = api.text("GET", "/metrics", None).await.1;
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("gyoza_claims_answered_early_total ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no early-answer counter in {metrics}"))
+}
+
+async fn a_full_worker_is_answered_early_but_never_wrongly(api: &Api) {
+    // Nothing pending: answered early.
+    api.heartbeat("full", 1, 1).await;
+    assert!(api.claim("full", 5).await.is_empty());
+    assert_eq!(answered_early(api).await, 1);
+
+    // Runs that need more RAM than the worker has: answered early, and nothing is assigned.
+    for _ in 0..3 {
+        api.create_run(json!({"image": "x", "constraints": {"cpu": 1, "ram_mb": 512}}))
+            .await;
+    }
+    assert!(api.claim("full", 5).await.is_empty());
+    assert_eq!(answered_early(api).await, 2);
+
+    // A run with no figures needs nothing: the least a pending run needs is zero now, so the
+    // same worker is not refused, and gets it.
+    let light = api.create_run(json!({"image": "x"})).await;
+    assert_eq!(api.claim("full", 5).await, [light["id"].as_str().unwrap()]);
+    assert_eq!(answered_early(api).await, 2);
+
+    // A run that needs CPU and RAM but no more than a roomy worker has: not answered early.
+    api.heartbeat("roomy", 4, 4096).await;
+    assert_eq!(api.claim("roomy", 5).await.len(), 3);
+    assert_eq!(answered_early(api).await, 2);
+}
+
+#[tokio::test]
+async fn a_full_worker_is_answered_early_but_never_wrongly_on_sqlite() {
+    a_full_worker_is_answered_early_but_never_wrongly(&Api::new().await).await;
+}
+
+#[tokio::test]
+async fn a_full_worker_is_answered_early_but_never_wrongly_on_mongodb() {
+    if skip_mongo() {
+        return;
+    }
+    a_full_worker_is_answered_early_but_never_wrongly(&Api::mongodb().await).await;
+}
+
+#[tokio::test]
+async fn a_worker_holding_a_preemptible_run_is_not_answered_early() {
+    let api = Api::new().await;
+    api.heartbeat("w1", 1, 1024).await;
+    let held = api
+        .create_run(json!({"image": "x", "constraints": {"cpu": 1}, "preemptible": true}))
+        .await;
+    assert_eq!(api.claim("w1", 1).await, [held["id"].as_str().unwrap()]);
+    api.create_run(json!({"image": "x", "constraints": {"cpu": 1}}))
+        .await;
+    // Full, but a strategy may preempt the held run for the pending one: the strategy is
+    // asked (this one does not preempt, so nothing is claimed).
+    let before = answered_early(&api).await;
+    assert!(api.claim("w1", 1).await.is_empty());
+    assert_eq!(answered_early(&api).await, before);
+}
+
+#[tokio::test]
+async fn wait_ms_is_checked_like_max() {
+    let api = Api::new().await;
+    api.heartbeat("w1", 1, 1024).await;
+    for (value, expected) in [
+        ("-1", "between 0 and 60000, got -1"),
+        ("60001", "between 0 and 60000, got 60001"),
+        ("soon", "must be an integer, got 'soon'"),
+        ("99999999999999999999", "must be an integer"),
+    ] {
+        let (status, body) = api
+            .call("POST", &format!("/workers/w1/claim?wait_ms={value}"), None)
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{value}: {body}");
+        assert!(detail(&body).contains("'wait_ms'"), "{body}");
+        assert!(detail(&body).contains(expected), "{body}");
+    }
+    // 0 is a plain claim; an unknown worker's waiting claim answers at once, empty.
+    let answer = api.ok("POST", "/workers/w1/claim?wait_ms=0", None).await;
+    assert_eq!(answer["ops"], json!([]));
+    let answer = api
+        .ok("POST", "/workers/nobody/claim?wait_ms=60000", None)
+        .await;
+    assert_eq!(answer["ops"], json!([]));
+}
