@@ -158,6 +158,44 @@ impl OpRunCreate {
     }
 }
 
+/// `POST /runs/batch`: up to [`crate::limits::MAX_BATCH_RUNS`] ad-hoc runs at once. Each item
+/// is an [`OpRunCreate`], checked on its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OpRunBatchCreate {
+    /// The runs, in the order they are created (FIFO within a priority).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<OpRunCreate>))]
+    pub runs: Vec<Value>,
+}
+
+/// One item's outcome in a [`OpRunBatchAnswer`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OpRunBatchItem {
+    /// Its index in the request's `runs`.
+    pub index: usize,
+    /// 201 when created, else the status a `POST /runs` of it alone would have answered.
+    pub status: u16,
+    /// The run created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<OpRunView>,
+    /// Why it was not created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The answer of `POST /runs/batch`: one item per requested run, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OpRunBatchAnswer {
+    /// How many were created.
+    pub created: usize,
+    /// How many were refused.
+    pub failed: usize,
+    /// Per run, in the request's order.
+    pub results: Vec<OpRunBatchItem>,
+}
+
 /// `POST /definitions/{name}/runs`: a run from a definition.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -19,6 +19,8 @@ pub const MAX_VRAM_MB: u64 = 1 << 24;
 pub const MAX_GPUS: usize = 256;
 /// Milliseconds a claim may wait for something to claim (`?wait_ms=`).
 pub const MAX_CLAIM_WAIT_MS: u64 = 60_000;
+/// Runs one `POST /runs/batch` may create.
+pub const MAX_BATCH_RUNS: usize = 1_000;
 /// Attempts a retry policy may allow.
 pub const MAX_ATTEMPTS: u32 = 1_000;
 /// A retry policy's backoff in milliseconds (30 days).

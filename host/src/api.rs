@@ -72,6 +72,7 @@ pub fn app(state: AppState) -> Router {
         .route("/definitions/{name}", get(definitions::get))
         .route("/definitions/{name}/runs", post(definitions::create_run))
         .route("/runs", get(runs::list).post(runs::create))
+        .route("/runs/batch", post(runs::create_batch))
         .route("/runs/{id}", get(runs::get).patch(runs::update))
         .route("/runs/{id}/retry", post(runs::retry))
         .route("/runs/{id}/cancel", post(runs::cancel))
@@ -156,6 +157,7 @@ impl utoipa::Modify for SecurityAddon {
         definitions::create_run,
         runs::list,
         runs::create,
+        runs::create_batch,
         runs::get,
         runs::update,
         runs::retry,

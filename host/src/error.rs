@@ -119,8 +119,9 @@ impl From<QueryError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The answer's status and `detail` (a 500's and a 507's cause logged, not told).
+    pub fn answer(self) -> (StatusCode, String) {
         let status = self.status();
         let detail = match self {
             Self::Internal(cause) => {
@@ -133,6 +134,13 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
+        (status, detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, detail) = self.answer();
         (status, Json(ErrorBody { detail })).into_response()
     }
 }

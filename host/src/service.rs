@@ -160,6 +160,18 @@ impl Service {
         Ok(())
     }
 
+    /// Stores new runs in order, all or none, then wakes the waiting claims they may go to.
+    pub async fn insert_runs(&self, runs: &[OpRun]) -> Result<(), StoreError> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        self.store.insert_runs(runs).await?;
+        for run in runs {
+            self.wake_for_new(run);
+        }
+        Ok(())
+    }
+
     /// Wakes the delivery of `run`'s events, the run's watchers and the waiting claims it
     /// concerns, after a change.
     fn announce(&self, run: &OpRun) {

@@ -1010,6 +1010,25 @@ pub trait Store: StoreRead {
     /// Stores a new run.
     async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError>;
 
+    /// Stores new runs, in order, all or none: on an error none of them is stored. The
+    /// default inserts them one by one and deletes those it stored when one fails.
+    async fn insert_runs(&self, runs: &[OpRun]) -> Result<(), StoreError> {
+        for (stored, run) in runs.iter().enumerate() {
+            if let Err(e) = self.insert_run(run).await {
+                for earlier in &runs[..stored] {
+                    if let Err(undo) = self.delete_run(&earlier.id).await {
+                        tracing::error!(run_id = %earlier.id, error = %undo, "cannot take back a run of a failed batch");
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a run that nothing else has seen yet (a failed batch's); `Ok` when absent.
+    async fn delete_run(&self, id: &str) -> Result<(), StoreError>;
+
     /// Applies `mutation` to a run atomically and returns the result; `Ok(None)` when there is
     /// no such run, `Err(StoreError::Rule)` when the mutation refused (nothing is written).
     async fn update_run(

@@ -101,3 +101,76 @@ async fn wait_ms_is_checked_like_max() {
         .await;
     assert_eq!(answer["ops"], json!([]));
 }
+
+#[tokio::test]
+async fn a_batch_creates_its_valid_runs_in_order_and_answers_each_on_sqlite() {
+    a_batch_creates_its_valid_runs_in_order_and_answers_each(&Api::new().await).await;
+}
+
+#[tokio::test]
+async fn a_batch_creates_its_valid_runs_in_order_and_answers_each_on_mongodb() {
+    if skip_mongo() {
+        return;
+    }
+    a_batch_creates_its_valid_runs_in_order_and_answers_each(&Api::mongodb().await).await;
+}
+
+async fn a_batch_creates_its_valid_runs_in_order_and_answers_each(api: &Api) {
+    let (status, answer) = api
+        .call(
+            "POST",
+            "/runs/batch",
+            Some(json!({"runs": [
+                {"image": "a", "priority": 3},
+                {"image": "b", "priority": -1},
+                {"priority": 3},
+                {"image": "c", "priority": 3, "constraints": {"cpu": 99999}},
+                {"image": "d", "priority": 3},
+            ]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        (answer["created"].as_u64(), answer["failed"].as_u64()),
+        (Some(2), Some(3))
+    );
+    let results = answer["results"].as_array().unwrap();
+    let statuses: Vec<u64> = results
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 400, 422, 400, 201]);
+    assert!(
+        results[2]["detail"].as_str().unwrap().contains("image"),
+        "{answer}"
+    );
+    assert!(
+        results[3]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("constraints.cpu"),
+        "{answer}"
+    );
+    // Stored, and in the batch's order: the first is claimed first.
+    let a = results[0]["run"]["id"].as_str().unwrap();
+    let d = results[4]["run"]["id"].as_str().unwrap();
+    api.heartbeat("w1", 4, 4096).await;
+    assert_eq!(api.claim("w1", 1).await, [a]);
+    assert_eq!(api.claim("w1", 1).await, [d]);
+    let listed = api.ok("GET", "/runs", None).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2);
+
+    // Over the limit: refused whole, nothing stored.
+    let runs: Vec<_> = (0..=1_000).map(|_| json!({"image": "x"})).collect();
+    let (status, body) = api
+        .call("POST", "/runs/batch", Some(json!({"runs": runs})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(detail(&body), "A batch holds at most 1000 runs, got 1001");
+    let (status, body) = api
+        .call("POST", "/runs/batch", Some(json!({"runs": {"image": "x"}})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let listed = api.ok("GET", "/runs", None).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2);
+}

@@ -140,6 +140,9 @@ impl Store for HeartbeatInTheGap {
     async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError> {
         self.inner.insert_run(run).await
     }
+    async fn delete_run(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.delete_run(id).await
+    }
     async fn update_run(
         &self,
         id: &str,

@@ -112,3 +112,30 @@ async fn a_full_database_answers_507_and_stores_exactly_the_writes_it_acknowledg
     api.ok("GET", &format!("/runs/{id}"), None).await;
     assert!(stored_numbers(&api).contains(&u64::try_from(BURST).unwrap()));
 }
+
+#[tokio::test]
+async fn a_batch_that_does_not_fit_answers_507_and_stores_none_of_it() {
+    let (api, _store) = Api::with_sqlite_options(SqliteOptions {
+        max_page_count: Some(60),
+    })
+    .await;
+    let padding = "x".repeat(1500);
+    // One run fits; a hundred do not.
+    let (status, answer) = api
+        .call(
+            "POST",
+            "/runs/batch",
+            Some(json!({"runs": [{"image": "x", "inputs": {"n": 0}}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let runs: Vec<_> = (1..=100)
+        .map(|n| json!({"image": "x", "inputs": {"n": n, "padding": padding}}))
+        .collect();
+    let (status, answer) = api
+        .call("POST", "/runs/batch", Some(json!({"runs": runs})))
+        .await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{answer}");
+    assert_eq!(detail(&answer), STORAGE_FULL_DETAIL);
+    assert_eq!(stored_numbers(&api), BTreeSet::from([0]));
+}

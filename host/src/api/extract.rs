@@ -32,6 +32,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let document: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("Malformed JSON body: {e}")))?;
+    from_value(document)
+}
+
+/// A JSON value of the wrong shape is a 422 naming the offending field.
+pub fn from_value<T: DeserializeOwned>(document: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(document).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

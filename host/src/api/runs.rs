@@ -10,8 +10,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use gyoza_core::api::{
-    AddEventRequest, ErrorBody, EventsResponse, OpRunCreate, OpRunList, OpRunUpdate, OpRunView,
-    ReleaseRequest, RunScheduling,
+    AddEventRequest, ErrorBody, EventsResponse, OpRunBatchAnswer, OpRunBatchCreate, OpRunBatchItem,
+    OpRunCreate, OpRunList, OpRunUpdate, OpRunView, ReleaseRequest, RunScheduling,
 };
 use gyoza_core::resources::label_problem;
 use gyoza_core::run::MAX_LOST_REQUEUES;
@@ -202,6 +202,72 @@ pub async fn create(
     state.service.insert_run(&run).await?;
     state.metrics.run_creations.fetch_add(1, Ordering::Relaxed);
     Ok((StatusCode::CREATED, Json(OpRunView::from(&run))))
+}
+
+/// Creates up to 1,000 ad-hoc runs at once, in order. Each item is checked as `POST /runs`
+/// checks its body, and answered in `results` with the status that request would have had:
+/// the valid ones are created (201) whatever the others are. The valid ones are stored in one
+/// write, all or none: when the store fails the whole request fails and none is stored.
+#[utoipa::path(
+    post, path = "/runs/batch", request_body = OpRunBatchCreate,
+    responses((status = 200, body = OpRunBatchAnswer), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+pub async fn create_batch(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<OpRunBatchCreate>,
+) -> Result<Json<OpRunBatchAnswer>, ApiError> {
+    let limit = gyoza_core::limits::MAX_BATCH_RUNS;
+    if request.runs.len() > limit {
+        return Err(ApiError::BadRequest(format!(
+            "A batch holds at most {limit} runs, got {}",
+            request.runs.len()
+        )));
+    }
+    let now = state.service.clock.now();
+    // A microsecond apart, so that every store keeps the batch's order (FIFO within a
+    // priority goes by creation time).
+    let checked: Vec<Result<OpRun, ApiError>> = (0i64..)
+        .zip(request.runs)
+        .map(|(i, item)| {
+            let at = now + chrono::Duration::microseconds(i);
+            Ok(super::extract::from_value::<OpRunCreate>(item)?.into_run(at)?)
+        })
+        .collect();
+    let valid: Vec<OpRun> = checked
+        .iter()
+        .filter_map(|c| c.as_ref().ok().cloned())
+        .collect();
+    state.service.insert_runs(&valid).await?;
+    state
+        .metrics
+        .run_creations
+        .fetch_add(valid.len() as u64, Ordering::Relaxed);
+    let results: Vec<OpRunBatchItem> = checked
+        .into_iter()
+        .enumerate()
+        .map(|(index, checked)| match checked {
+            Ok(run) => OpRunBatchItem {
+                index,
+                status: StatusCode::CREATED.as_u16(),
+                run: Some(OpRunView::from(&run)),
+                detail: None,
+            },
+            Err(e) => {
+                let (status, detail) = e.answer();
+                OpRunBatchItem {
+                    index,
+                    status: status.as_u16(),
+                    run: None,
+                    detail: Some(detail),
+                }
+            }
+        })
+        .collect();
+    Ok(Json(OpRunBatchAnswer {
+        created: valid.len(),
+        failed: results.len() - valid.len(),
+        results,
+    }))
 }
 
 pub(super) async fn load(state: &AppState, id: &str) -> Result<OpRun, ApiError> {

@@ -989,6 +989,12 @@ impl Store for MongoStore {
         Ok((definition, created))
     }
 
+    async fn delete_run(&self, id: &str) -> Result<(), StoreError> {
+        self.events.delete_many(doc! {"run_id": id}).await?;
+        self.runs.delete_one(doc! {"_id": id}).await?;
+        Ok(())
+    }
+
     async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError> {
         let deliver_at = super::delivers(run).then_some(0);
         self.runs

@@ -1483,6 +1483,23 @@ impl Store for SqliteStore {
         self.write(move |conn| write_run(conn, &run, true)).await
     }
 
+    async fn insert_runs(&self, runs: &[OpRun]) -> Result<(), StoreError> {
+        let runs = runs.to_vec();
+        // One write: one savepoint, kept whole or rolled back whole.
+        self.write(move |conn| runs.iter().try_for_each(|run| write_run(conn, run, true)))
+            .await
+    }
+
+    async fn delete_run(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            conn.execute("DELETE FROM events WHERE run_id = ?1", [&id])?;
+            conn.execute("DELETE FROM runs WHERE id = ?1", [&id])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn update_run(
         &self,
         id: &str,
