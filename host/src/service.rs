@@ -31,7 +31,7 @@ use tokio::sync::broadcast;
 
 pub(crate) use claim::meeting_tags;
 pub use claim::{ClaimPreview, PENDING_WINDOW, PreemptionLimits};
-use claim::{InFlight, PreemptionClock};
+use claim::{FullClaims, InFlight, PendingGeneration, PreemptionClock};
 use wait::Waiters;
 pub use wait::{DEFAULT_CLAIM_RECHECK, MAX_WAITING};
 
@@ -83,6 +83,10 @@ pub struct Service {
     pub claim_recheck: std::time::Duration,
     /// Claims waiting for something to claim (see `wait`).
     waiters: Waiters,
+    /// When each worker's claim last read the window (see `claim`).
+    full_claims: FullClaims,
+    /// Runs made PENDING in this process (see `claim`).
+    pending_generation: PendingGeneration,
     /// This process's metrics.
     metrics: Arc<Metrics>,
 }
@@ -121,6 +125,8 @@ impl Service {
         Self {
             deliverer: Deliverer::start(delivery, metrics.clone(), store.clone()),
             waiters: Waiters::new(metrics.clone()),
+            full_claims: FullClaims::default(),
+            pending_generation: PendingGeneration::default(),
             claim_recheck: DEFAULT_CLAIM_RECHECK,
             metrics,
             store,

@@ -26,11 +26,31 @@ async fn a_full_worker_is_answered_early_but_never_wrongly(api: &Api) {
     assert!(api.claim("full", 5).await.is_empty());
     assert_eq!(answered_early(api).await, 1);
 
-    // Runs that need more RAM than the worker has: answered early, and nothing is assigned.
+    // Runs that need more RAM than the worker has: the first claim goes the full way (the
+    // strategy gives the runs their reasons), the next ones are answered early; nothing is
+    // assigned.
+    let mut heavy = Vec::new();
     for _ in 0..3 {
-        api.create_run(json!({"image": "x", "constraints": {"cpu": 1, "ram_mb": 512}}))
-            .await;
+        heavy.push(
+            api.create_run(json!({"image": "x", "constraints": {"cpu": 1, "ram_mb": 512}}))
+                .await,
+        );
     }
+    assert!(api.claim("full", 5).await.is_empty());
+    assert_eq!(answered_early(api).await, 1);
+    let run = api
+        .ok(
+            "GET",
+            &format!("/runs/{}", heavy[0]["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(
+        run["scheduling"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("RAM")),
+        "{run}"
+    );
     assert!(api.claim("full", 5).await.is_empty());
     assert_eq!(answered_early(api).await, 2);
 

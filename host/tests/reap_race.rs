@@ -18,8 +18,8 @@ use gyoza_host::clock::{Clock, ManualClock};
 use gyoza_host::metrics::Metrics;
 use gyoza_host::service::Service;
 use gyoza_host::store::{
-    ClaimView, DeliveryLease, DeliveryProgress, LogTail, Placement, QueryError, RunMutation,
-    RunPage, RunQuery, SharedRunMutation, SqliteStore, Store, StoreError, StoreRead,
+    ClaimFloor, ClaimView, DeliveryLease, DeliveryProgress, LogTail, Placement, QueryError,
+    RunMutation, RunPage, RunQuery, SharedRunMutation, SqliteStore, Store, StoreError, StoreRead,
 };
 use gyoza_host::strategy::PriorityBackfill;
 
@@ -98,6 +98,13 @@ impl StoreRead for HeartbeatInTheGap {
     async fn held_runs(&self) -> Result<Vec<HeldRun>, StoreError> {
         self.inner.held_runs().await
     }
+    async fn claim_floor(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<ClaimFloor>, StoreError> {
+        self.inner.claim_floor(worker_id, now).await
+    }
     async fn claim_view(
         &self,
         worker_id: &str,
@@ -139,6 +146,9 @@ impl Store for HeartbeatInTheGap {
     }
     async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError> {
         self.inner.insert_run(run).await
+    }
+    async fn insert_runs(&self, runs: &[OpRun]) -> Result<(), StoreError> {
+        self.inner.insert_runs(runs).await
     }
     async fn delete_run(&self, id: &str) -> Result<(), StoreError> {
         self.inner.delete_run(id).await

@@ -36,7 +36,7 @@
 //! an optimisation only: the store's refusal remains the guarantee, for runs and capacity.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,51 @@ impl PreemptionClock {
     fn record(&self, n: usize) {
         let now = Instant::now();
         lock(&self.0).extend(std::iter::repeat_n(now, n));
+    }
+}
+
+/// A worker that cannot take anything is still asked the full way this often, so that the
+/// reasons pending runs show (`scheduling.reason`, from the strategy) stay current.
+const REASONS_REFRESH: Duration = Duration::from_secs(10);
+
+/// When each worker's claim last went the full way (read the window, asked the strategy), and
+/// the [`PendingGeneration`] it saw.
+#[derive(Debug, Default)]
+pub(super) struct FullClaims(Mutex<std::collections::HashMap<String, (Instant, u64)>>);
+
+impl FullClaims {
+    /// Whether `worker_id`'s claim went the full way within [`REASONS_REFRESH`] and no run
+    /// became PENDING in this process since (`generation` is the count now).
+    fn saw_the_same(&self, worker_id: &str, generation: u64) -> bool {
+        lock(&self.0)
+            .get(worker_id)
+            .is_some_and(|(at, seen)| *seen == generation && at.elapsed() < REASONS_REFRESH)
+    }
+
+    /// Notes a full claim of `worker_id` now, which saw `generation` (forgetting stale
+    /// entries once there are many).
+    fn record(&self, worker_id: &str, generation: u64) {
+        let mut last = lock(&self.0);
+        if last.len() >= 10_000 {
+            last.retain(|_, (at, _)| at.elapsed() < REASONS_REFRESH);
+        }
+        last.insert(worker_id.to_owned(), (Instant::now(), generation));
+    }
+}
+
+/// How many runs became PENDING in this process (created or requeued): a full worker's claim
+/// is answered early only when none did since its last full claim, so that each new run gets
+/// its reason from the strategy at the next claim of every worker.
+#[derive(Debug, Default)]
+pub(super) struct PendingGeneration(AtomicU64);
+
+impl PendingGeneration {
+    pub(super) fn now(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    pub(super) fn bump(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -240,12 +285,15 @@ impl Service {
             tracing::warn!(worker_id, "claim from a worker that never sent a heartbeat");
             return Ok((Vec::new(), None));
         };
-        if let Some(seen) = self.refused_early(&floor) {
+        if let Some(seen) = self.refused_early(worker_id, &floor) {
             self.metrics
                 .claims_answered_early
                 .fetch_add(1, Ordering::Relaxed);
             return Ok((Vec::new(), Some(seen)));
         }
+        // Read before the window: a run made PENDING meanwhile counts as not seen.
+        self.full_claims
+            .record(worker_id, self.pending_generation.now());
         let Some(preview) = self.claim_preview(worker_id).await? else {
             return Ok((Vec::new(), None));
         };
@@ -340,13 +388,21 @@ impl Service {
     }
 
     /// What the worker of `floor` was seen as when its claim can be answered without
-    /// reading the window: nothing is PENDING, or its free CPU or RAM is below the least a
-    /// PENDING run needs, and it holds no run a strategy could preempt to make room.
-    fn refused_early(&self, floor: &ClaimFloor) -> Option<Seen> {
+    /// reading the window: nothing is PENDING; or its free CPU or RAM is below the least a
+    /// PENDING run needs, it holds no run a strategy could preempt to make room, and one of
+    /// its claims went the full way within [`REASONS_REFRESH`] with no run made PENDING in
+    /// this process since (which keeps the pending runs' reasons current).
+    fn refused_early(&self, worker_id: &str, floor: &ClaimFloor) -> Option<Seen> {
         let seen = Seen::of(&floor.worker, &floor.held);
         let Some(least) = floor.least else {
             return Some(seen);
         };
+        if !self
+            .full_claims
+            .saw_the_same(worker_id, self.pending_generation.now())
+        {
+            return None;
+        }
         let below = |free: i64, least: u64| u64::try_from(free).map_or(true, |free| free < least);
         let full = below(seen.free.cpu, least.cpu) || below(seen.free.ram_mb, least.ram_mb);
         let max = self.preemption.max_preemptions;

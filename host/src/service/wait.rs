@@ -240,6 +240,7 @@ impl Service {
     /// PENDING now, and those of the worker whose capacity it freed.
     pub(super) fn wake_claims(&self, run: &OpRun) {
         if run.state == OpRunState::Pending {
+            self.pending_generation.bump();
             self.waiters.run_claimable(&run.constraints);
         }
         if let Some(worker_id) = freed_worker(run) {
@@ -250,6 +251,7 @@ impl Service {
     /// Wakes a waiting claim that may claim a run just created.
     pub(super) fn wake_for_new(&self, run: &OpRun) {
         if run.state == OpRunState::Pending {
+            self.pending_generation.bump();
             self.waiters.run_claimable(&run.constraints);
         }
     }

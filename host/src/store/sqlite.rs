@@ -1744,6 +1744,7 @@ mod tests {
             .unwrap();
         conn.execute_batch(
             "DROP INDEX runs_pending; DROP INDEX runs_held;
+             DROP INDEX runs_pending_cpu; DROP INDEX runs_pending_ram;
              ALTER TABLE runs DROP COLUMN queue; ALTER TABLE runs DROP COLUMN attempt;
              ALTER TABLE runs DROP COLUMN preemptible; ALTER TABLE runs DROP COLUMN preemptions;
              ALTER TABLE runs DROP COLUMN labels; ALTER TABLE runs DROP COLUMN tags;
