@@ -1,10 +1,13 @@
 //! The worker's main loop (seed `gyoza.worker.runner`): heartbeat → claim → dispatch.
 //!
 //! Each tick sends a heartbeat with the runs in progress, then claims as many runs as there
-//! are free slots (`--max-concurrent`), and starts each in its own task. The claim is a long
-//! poll (`?wait_ms=` the heartbeat interval): when nothing is claimable the server holds it
-//! until a run the worker can take is submitted, so a run starts within milliseconds of its
-//! submission, and an idle worker sends one heartbeat and one claim per interval. A server
+//! are free slots (`--max-concurrent`), and starts each in its own task. An idle worker's
+//! claim is a long poll (`?wait_ms=` the heartbeat interval): when nothing is claimable the
+//! server holds it until a run the worker can take is submitted, so a run starts within
+//! milliseconds of its submission, and an idle worker sends one heartbeat and one claim per
+//! interval. A busy worker claims without waiting, right after its engine check (a run that
+//! ends because the engine went away must not let a claim made on the earlier check take the
+//! next run). A server
 //! that does not wait (the original one) answers at once, and the worker asks again after the
 //! interval, as before. The worker ticks again at once when it claimed runs and has slots
 //! left, or when one of its runs ends. A watcher per run asks
@@ -483,14 +486,17 @@ async fn tick(
         return Ok(false);
     }
     let max = free.min(100);
+    // Only an idle worker waits: the engine check above must still hold when runs are
+    // handed out, and a run of a busy worker that ends because the engine went away must not
+    // let a waiting claim take the next one on that check.
+    let wait = match busy {
+        0 => config.heartbeat_interval,
+        _ => Duration::ZERO,
+    };
     let claimed = agent
         .context
         .client
-        .claim_waiting(
-            &agent.context.worker_id,
-            max as u32,
-            config.heartbeat_interval,
-        )
+        .claim_waiting(&agent.context.worker_id, max as u32, wait)
         .await?;
     let again = !claimed.is_empty() && claimed.len() < free;
     for op in claimed {
