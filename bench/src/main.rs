@@ -316,9 +316,11 @@ async fn claims(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Res
 
 /// One claim at a time on an otherwise idle server: `runs` pending runs, `workers` workers
 /// holding up to 8 started runs each, then `SAMPLES` claims by a worker that can take
-/// nothing (it has too little RAM for any run: answered from its free capacity and the least a
-/// pending run needs, without reading the window) and `SAMPLES` claims of one run by a free worker (each run completed before the
-/// next claim, untimed); the latency of each claim request, and the server's CPU per claim.
+/// nothing (it has too little RAM for any run: after its first claim, answered from its free
+/// capacity and the least a pending run needs, without reading the window) and `SAMPLES`
+/// claims of one run by a free worker (fewer when fewer runs are left; each run completed
+/// before the next claim, untimed); the latency of each claim request, and the server's CPU
+/// per claim.
 async fn claim_latency(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Result<()> {
     const SAMPLES: usize = 300;
     let server = Server::start(store)?;
@@ -346,17 +348,26 @@ async fn claim_latency(store: Option<&str>, runs: usize, workers: usize) -> anyh
             held += 1;
         }
     }
-    let mut line = format!("claim latency: {runs} runs, {workers} workers holding {held}:");
+    // With few runs, the one-run claims stop when none is left.
+    let mut pending_left = runs - held;
+    let mut line = format!(
+        "claim latency: {runs} runs, {workers} workers holding {held} ({pending_left} pending):"
+    );
     for (name, ram_mb) in [("full", 1), ("one run", 65_536)] {
         let beat = heartbeat(format!("probe-{ram_mb}"), ram_mb);
         client.heartbeat(&beat).await?;
         let (mut latencies, mut cpu) = (Latencies::default(), Duration::ZERO);
-        for _ in 0..SAMPLES {
+        let samples = match ram_mb {
+            1 => SAMPLES,
+            _ => SAMPLES.min(pending_left),
+        };
+        for _ in 0..samples {
             let before = server.cpu()?;
             let t = Instant::now();
             let ops = client.claim(&beat.worker_id, 1).await?;
             latencies.0.push(t.elapsed());
             cpu += server.cpu()? - before;
+            pending_left -= ops.len();
             match (ram_mb, ops.as_slice()) {
                 (1, []) => {}
                 (1, _) => bail!("a worker with 1 MB of RAM was given a run"),
@@ -371,10 +382,11 @@ async fn claim_latency(store: Option<&str>, runs: usize, workers: usize) -> anyh
             }
         }
         line += &format!(
-            " {name}: p50 {:.2} ms, p99 {:.2} ms, server CPU {:.0} µs per claim;",
+            " {name}: {} claims, p50 {:.2} ms, p99 {:.2} ms, server CPU {:.0} µs per claim;",
+            latencies.0.len(),
             latencies.percentile(0.5),
             latencies.percentile(0.99),
-            cpu.as_secs_f64() * 1e6 / SAMPLES as f64
+            cpu.as_secs_f64() * 1e6 / latencies.0.len().max(1) as f64
         );
     }
     println!("{}", line.trim_end_matches(';'));
