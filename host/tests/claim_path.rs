@@ -194,3 +194,46 @@ async fn a_batch_creates_its_valid_runs_in_order_and_answers_each(api: &Api) {
     let listed = api.ok("GET", "/runs", None).await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_waiting_claim_sees_a_run_submitted_to_another_replica_at_its_recheck() {
+    let host = common::start_strategies(gyoza_host::strategy::StrategySettings {
+        cache_dir: Some(common::strategy_cache()),
+        ..gyoza_host::strategy::StrategySettings::builtin("priority")
+    })
+    .await;
+    let a = Api::configured(host, 10 * 1024 * 1024, |service| {
+        service.claim_recheck = std::time::Duration::from_millis(200);
+    })
+    .await;
+    // Same database, another process's service: its runs wake nothing in `a`.
+    let b = a.replica().await;
+    a.heartbeat("w1", 4, 4096).await;
+    let waiting = {
+        let app = a.app.clone();
+        tokio::spawn(async move {
+            let request = Api::request(
+                "POST",
+                "/workers/w1/claim?wait_ms=60000",
+                Some(common::KEY),
+                None,
+                &[],
+            );
+            let response = tower::ServiceExt::oneshot(app, request).await.unwrap();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the claim did not wait");
+    let run = b.create_run(json!({"image": "x"})).await;
+    // Within the recheck (200 ms), not the minute of the wait.
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(20), waiting)
+        .await
+        .expect("the waiting claim never saw the other replica's run")
+        .unwrap();
+    assert_eq!(answer["ops"][0]["id"], run["id"], "{answer}");
+}
