@@ -162,7 +162,7 @@ impl Service {
     /// Stores a new run, then wakes a waiting claim it may go to.
     pub async fn insert_run(&self, run: &OpRun) -> Result<(), StoreError> {
         self.store.insert_run(run).await?;
-        self.wake_for_new(run);
+        self.wake_claims(run);
         Ok(())
     }
 
@@ -173,7 +173,7 @@ impl Service {
         }
         self.store.insert_runs(runs).await?;
         for run in runs {
-            self.wake_for_new(run);
+            self.wake_claims(run);
         }
         Ok(())
     }

@@ -41,18 +41,11 @@ async fn heartbeat(client: &Client, worker: &str, cpu: u32, ram_mb: u64) {
 
 fn run_needing(cpu: u32) -> OpRunCreate {
     OpRunCreate {
-        image: "busybox".into(),
-        priority: 5,
-        inputs: Map::new(),
         constraints: Some(Constraints {
             cpu: Some(cpu),
             ..Constraints::default()
         }),
-        retry_policy: None,
-        event_delivery: None,
-        queue: None,
-        labels: None,
-        preemptible: None,
+        ..image_run("busybox", Map::new())
     }
 }
 

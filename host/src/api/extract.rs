@@ -76,3 +76,22 @@ pub fn int_param(name: &str, value: Option<&str>) -> Result<Option<i64>, ApiErro
         })
         .transpose()
 }
+
+/// An integer query parameter that must lie in `range`, `default` when absent; a 422 naming it
+/// and the range otherwise.
+pub fn bounded_param(
+    name: &str,
+    value: Option<&str>,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<i64, ApiError> {
+    let value = int_param(name, value)?.unwrap_or(default);
+    if !range.contains(&value) {
+        return Err(ApiError::Unprocessable(format!(
+            "Query parameter '{name}' must be between {} and {}, got {value}",
+            range.start(),
+            range.end()
+        )));
+    }
+    Ok(value)
+}

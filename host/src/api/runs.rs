@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::extract::{ApiJson, ApiQuery, int_param};
+use super::extract::{ApiJson, ApiQuery, bounded_param, int_param};
 use crate::error::ApiError;
 use crate::store::{
     CreatedBound, Cursor, EventCursor, EventQuery, RunMutation, RunQuery, list_events,
@@ -82,12 +82,7 @@ fn non_empty(value: Option<String>) -> Option<String> {
 
 impl ListParams {
     fn into_query(self) -> Result<RunQuery, ApiError> {
-        let limit = int_param("limit", self.limit.as_deref())?.unwrap_or(10);
-        if !(1..=100).contains(&limit) {
-            return Err(ApiError::Unprocessable(format!(
-                "Query parameter 'limit' must be between 1 and 100, got {limit}"
-            )));
-        }
+        let limit = bounded_param("limit", self.limit.as_deref(), 10, 1..=100)?;
         let state = non_empty(self.state);
         let status = non_empty(self.status);
         if let (Some(a), Some(b)) = (&state, &status) {
@@ -462,13 +457,8 @@ pub struct EventParams {
 
 impl EventParams {
     fn into_query(self) -> Result<EventQuery, ApiError> {
-        let limit = int_param("limit", self.limit.as_deref())?.unwrap_or(100);
         let max = i64::try_from(MAX_EVENT_PAGE).unwrap_or(i64::MAX);
-        if !(1..=max).contains(&limit) {
-            return Err(ApiError::Unprocessable(format!(
-                "Query parameter 'limit' must be between 1 and {max}, got {limit}"
-            )));
-        }
+        let limit = bounded_param("limit", self.limit.as_deref(), 100, 1..=max)?;
         let attempt = match int_param("attempt", self.attempt.as_deref())? {
             None => None,
             Some(n) => Some(u32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {

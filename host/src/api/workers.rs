@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::extract::{ApiJson, ApiQuery, int_param};
+use super::extract::{ApiJson, ApiQuery, bounded_param};
 use crate::error::ApiError;
 
 fn view(state: &AppState, worker: Worker) -> WorkerView {
@@ -102,12 +102,7 @@ pub async fn claim_scenario(
     Path(id): Path<String>,
     ApiQuery(params): ApiQuery<ScenarioParams>,
 ) -> Result<Json<crate::strategy::scenario::Scenario>, ApiError> {
-    let max = int_param("max", params.max.as_deref())?.unwrap_or(10);
-    if !(1..=100).contains(&max) {
-        return Err(ApiError::Unprocessable(format!(
-            "Query parameter 'max' must be between 1 and 100, got {max}"
-        )));
-    }
+    let max = bounded_param("max", params.max.as_deref(), 10, 1..=100)?;
     let Some(preview) = state.service.claim_preview(&id).await? else {
         return Err(ApiError::NotFound(format!(
             "Worker '{id}' never sent a heartbeat"
@@ -134,19 +129,9 @@ pub async fn claim(
     Path(id): Path<String>,
     ApiQuery(params): ApiQuery<ClaimParams>,
 ) -> Result<Json<ClaimResponse>, ApiError> {
-    let max = int_param("max", params.max.as_deref())?.unwrap_or(1);
-    if !(1..=100).contains(&max) {
-        return Err(ApiError::Unprocessable(format!(
-            "Query parameter 'max' must be between 1 and 100, got {max}"
-        )));
-    }
-    let wait_ms = int_param("wait_ms", params.wait_ms.as_deref())?.unwrap_or(0);
-    let limit = gyoza_core::limits::MAX_CLAIM_WAIT_MS;
-    if !(0..=limit as i64).contains(&wait_ms) {
-        return Err(ApiError::Unprocessable(format!(
-            "Query parameter 'wait_ms' must be between 0 and {limit}, got {wait_ms}"
-        )));
-    }
+    let max = bounded_param("max", params.max.as_deref(), 1, 1..=100)?;
+    let longest = i64::try_from(gyoza_core::limits::MAX_CLAIM_WAIT_MS).unwrap_or(i64::MAX);
+    let wait_ms = bounded_param("wait_ms", params.wait_ms.as_deref(), 0, 0..=longest)?;
     let wait = std::time::Duration::from_millis(wait_ms as u64);
     let started = std::time::Instant::now();
     let ops = state.service.claim_waiting(&id, max as usize, wait).await?;

@@ -203,6 +203,15 @@ impl Drop for Reserved<'_> {
     }
 }
 
+/// The runs of `running` that `worker_id` holds.
+fn held_by(running: &[HeldRun], worker_id: &str) -> Vec<HeldRun> {
+    running
+        .iter()
+        .filter(|r| r.worker_id == worker_id)
+        .cloned()
+        .collect()
+}
+
 /// What one round's store write did.
 #[derive(Default)]
 struct Round {
@@ -312,11 +321,7 @@ impl Service {
         // it does not come back empty-handed while work is pending.
         for _round in 0..CLAIM_ROUNDS {
             self.claims_in_flight.hide_taken(&mut pending);
-            let mine: Vec<HeldRun> = running
-                .iter()
-                .filter(|r| r.worker_id == worker_id)
-                .cloned()
-                .collect();
+            let mine = held_by(&running, worker_id);
             let mut cluster = cluster.clone();
             let free = Capacity::free(&worker.resources, &mine);
             cluster[0].free = free.clone();
@@ -378,12 +383,7 @@ impl Service {
         for op in &claimed {
             self.notify(&op.id);
         }
-        let mine: Vec<HeldRun> = running
-            .iter()
-            .filter(|r| r.worker_id == worker_id)
-            .cloned()
-            .collect();
-        let seen = Seen::of(&worker, &mine);
+        let seen = Seen::of(&worker, &held_by(&running, worker_id));
         Ok((claimed, Some(seen)))
     }
 
@@ -393,9 +393,8 @@ impl Service {
     /// its claims went the full way within [`REASONS_REFRESH`] with no run made PENDING in
     /// this process since (which keeps the pending runs' reasons current).
     fn refused_early(&self, worker_id: &str, floor: &ClaimFloor) -> Option<Seen> {
-        let seen = Seen::of(&floor.worker, &floor.held);
         let Some(least) = floor.least else {
-            return Some(seen);
+            return Some(Seen::of(&floor.worker, &floor.held));
         };
         if !self
             .full_claims
@@ -403,6 +402,7 @@ impl Service {
         {
             return None;
         }
+        let seen = Seen::of(&floor.worker, &floor.held);
         let below = |free: i64, least: u64| u64::try_from(free).map_or(true, |free| free < least);
         let full = below(seen.free.cpu, least.cpu) || below(seen.free.ram_mb, least.ram_mb);
         let max = self.preemption.max_preemptions;

@@ -236,8 +236,8 @@ impl Service {
         }
     }
 
-    /// Wakes the waiting claims `run`'s change concerns: one that may claim it if it is
-    /// PENDING now, and those of the worker whose capacity it freed.
+    /// Wakes the waiting claims `run`'s change (or creation) concerns: one that may claim it if
+    /// it is PENDING now, and those of the worker whose capacity it freed.
     pub(super) fn wake_claims(&self, run: &OpRun) {
         if run.state == OpRunState::Pending {
             self.pending_generation.bump();
@@ -245,14 +245,6 @@ impl Service {
         }
         if let Some(worker_id) = freed_worker(run) {
             self.waiters.capacity_freed(worker_id);
-        }
-    }
-
-    /// Wakes a waiting claim that may claim a run just created.
-    pub(super) fn wake_for_new(&self, run: &OpRun) {
-        if run.state == OpRunState::Pending {
-            self.pending_generation.bump();
-            self.waiters.run_claimable(&run.constraints);
         }
     }
 }
