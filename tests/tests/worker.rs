@@ -1,5 +1,7 @@
 //! End-to-end: the real server, a real worker, real containers on a real Docker engine.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use gyoza_core::api::{OpDefinitionCreate, OpRunCreate, OpRunCreateFromDefinition};
@@ -9,6 +11,7 @@ use gyoza_e2e::{
     wait_until_container_runs, wait_until_terminal,
 };
 use serde_json::{Map, Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -465,4 +468,114 @@ async fn a_capability_is_given_back_only_when_the_run_asks_and_the_worker_allows
         json!(false),
         "a run that asked for nothing could chown: capabilities were not dropped"
     );
+}
+
+/// A TCP proxy in front of the server that holds the answer to every COMPLETED event for
+/// [`LATE_ANSWER`] after the server sent it: the server has taken the result, the worker does
+/// not know yet. Counts the answers it held.
+async fn late_completion_proxy(server_port: u16) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let port = listener.local_addr().expect("proxy address").port();
+    let held = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&held);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", server_port)).await
+            else {
+                continue;
+            };
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            // Set when the request on this connection is a COMPLETED event: one HTTP/1.1
+            // connection carries one request at a time, so the next bytes back answer it.
+            let completing = Arc::new(AtomicBool::new(false));
+            let seen = Arc::clone(&completing);
+            tokio::spawn(async move {
+                let (mut buffer, mut tail) = (vec![0u8; 64 * 1024], Vec::new());
+                while let Ok(n @ 1..) = from_client.read(&mut buffer).await {
+                    // The marker may straddle two reads: search what this read adds to the
+                    // end of the previous one.
+                    tail.extend_from_slice(&buffer[..n]);
+                    if tail.windows(MARKER.len()).any(|w| w == MARKER) {
+                        seen.store(true, Ordering::SeqCst);
+                        tail.clear();
+                    }
+                    let keep = tail.len().saturating_sub(32);
+                    tail.drain(..keep);
+                    if to_server.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = from_server.read(&mut buffer).await {
+                    if completing.swap(false, Ordering::SeqCst) {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(LATE_ANSWER).await;
+                    }
+                    if to_client.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, held)
+}
+
+/// What a COMPLETED event's body holds (compact JSON, as the worker sends it).
+const MARKER: &[u8] = br#""type":"COMPLETED""#;
+
+/// How long [`late_completion_proxy`] holds the answer to a COMPLETED event: several of the
+/// worker's heartbeats and cancellation checks.
+const LATE_ANSWER: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_result_the_server_took_before_the_worker_heard_so_is_not_stopped() {
+    if !docker_or_skip("a_run_whose_result_the_server_took") {
+        return;
+    }
+    let server = Server::start();
+    let (port, held) = late_completion_proxy(server.port()).await;
+    let client = server.client();
+    let run = client
+        .create_run(&image_run(
+            "gyoza-example/sleep:latest",
+            object(json!({"seconds": 1})),
+        ))
+        .await
+        .expect("create run");
+    // Heartbeats and cancellation checks every 0.3 s: about ten of each see the run COMPLETED
+    // on the server while the worker still waits for the answer to its COMPLETED event.
+    let state = tempfile::tempdir().expect("state dir");
+    let mut worker = Worker::start_at(
+        &format!("http://127.0.0.1:{port}"),
+        &gyoza_e2e::worker_id("late-answer"),
+        state.path(),
+        &[],
+    );
+    let done = wait_until_terminal(&client, &run.id, RUN_TIMEOUT).await;
+    assert_eq!(done.state, OpRunState::Completed, "{done:?}");
+    // Until the worker heard the answer and logged the run's end.
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while !worker.output.contains("run completed") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = worker.output.text();
+    assert_eq!(
+        held.load(Ordering::SeqCst),
+        1,
+        "the proxy held no answer:\n{log}"
+    );
+    assert!(log.contains("run completed"), "{log}");
+    // The server answered every heartbeat in between with "stop this run" (it no longer
+    // gives it to the worker) and every cancellation check with COMPLETED; a run whose
+    // container is gone and whose result is on its way has nothing to stop.
+    assert!(!log.contains("stopping the run"), "{log}");
+    assert_eq!(done.attempts.len(), 1, "{done:?}");
+    assert!(worker.stop());
 }

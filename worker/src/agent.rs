@@ -83,6 +83,9 @@ struct Running {
     op: WorkerOpRun,
     gpu: Option<u32>,
     cancel: CancellationToken,
+    /// Cancelled once the run's container is gone and its result is being reported (see
+    /// [`pipeline::execute`]): the run is still reported as held, but nothing stops it.
+    settled: CancellationToken,
 }
 
 impl Agent {
@@ -92,6 +95,10 @@ impl Agent {
         let running = self.running();
         for unheld in stop {
             if let Some(run) = running.get(&unheld.id) {
+                // A settled run's result may be what the server is answering about.
+                if run.settled.is_cancelled() {
+                    continue;
+                }
                 if unheld.attempt.is_none() || unheld.attempt == run.op.attempt {
                     // The same line as the run's own watcher: one act, one message.
                     tracing::info!(run_id = %unheld.id, attempt = ?unheld.attempt, reason = "the server does not give this run to this worker (heartbeat answer)", "stopping the run");
@@ -512,6 +519,7 @@ async fn tick(
 fn dispatch(agent: &Arc<Agent>, op: WorkerOpRun, signals: Signals, tasks: &mut JoinSet<()>) {
     let gpu = agent.gpu_for(&op);
     let cancel = signals.cancel.clone();
+    let settled = CancellationToken::new();
     {
         let mut running = agent.running();
         if let Some(old) = running.get(&op.id) {
@@ -526,16 +534,22 @@ fn dispatch(agent: &Arc<Agent>, op: WorkerOpRun, signals: Signals, tasks: &mut J
                 op: op.clone(),
                 gpu,
                 cancel: cancel.clone(),
+                settled: settled.clone(),
             },
         );
     }
     tracing::info!(run_id = %op.id, image = %op.image, attempt = ?op.attempt, gpu = ?gpu, "claimed run");
     let agent = Arc::clone(agent);
     tasks.spawn(async move {
-        let watcher = tokio::spawn(watch(Arc::clone(&agent), op.clone(), cancel));
+        let watcher = tokio::spawn(watch(
+            Arc::clone(&agent),
+            op.clone(),
+            cancel,
+            settled.clone(),
+        ));
         let id = op.id.clone();
         let attempt = op.attempt;
-        pipeline::execute(&agent.context, op, gpu, signals).await;
+        pipeline::execute(&agent.context, op, gpu, signals, &settled).await;
         watcher.abort();
         let mut running = agent.running();
         if running.get(&id).is_some_and(|r| r.op.attempt == attempt) {
@@ -544,13 +558,27 @@ fn dispatch(agent: &Arc<Agent>, op: WorkerOpRun, signals: Signals, tasks: &mut J
     });
 }
 
-/// Polls the run's state until it is no longer this worker's to run, then cancels it.
-async fn watch(agent: Arc<Agent>, op: WorkerOpRun, cancel: CancellationToken) {
+/// Polls the run's state until it is no longer this worker's to run, then cancels it; ends
+/// when the run settles (its result is being reported: the server's state may be that result).
+async fn watch(
+    agent: Arc<Agent>,
+    op: WorkerOpRun,
+    cancel: CancellationToken,
+    settled: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(agent.cancel_check_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
-        let reason = match agent.context.client.get_run(&op.id).await {
+        tokio::select! {
+            () = settled.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let answer = agent.context.client.get_run(&op.id).await;
+        // Settled while the answer was on its way: the answer may be the run's own result.
+        if settled.is_cancelled() {
+            return;
+        }
+        let reason = match answer {
             Ok(run) => {
                 let ours = run.execution_summary.worker_id.as_deref()
                     == Some(agent.context.worker_id.as_str());

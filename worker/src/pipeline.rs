@@ -36,6 +36,7 @@ use gyoza_core::{OutputSpec, WorkerOpRun};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc::{self, Sender};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::docker::{ContainerExit, ContainerSpec, RUN_LABEL, RunFailure, Stream, WORKER_LABEL};
 use crate::events::{LogTail, parse_event_line};
@@ -88,16 +89,20 @@ impl From<RunFailure> for Stop {
 }
 
 /// Runs `op` to its end and reports the result (COMPLETED, FAILED, or handed back; see
-/// [`Signals`]).
+/// [`Signals`]). `settled` is cancelled when the run's container is gone and its result is
+/// about to be reported: from then on there is nothing left to stop, and a server that has
+/// taken the result (and so no longer gives the run to this worker) is no reason to stop it.
 pub async fn execute(
     worker: &RunContext,
     op: WorkerOpRun,
     gpu: Option<u32>,
     signals: Signals,
+    settled: &CancellationToken,
 ) -> Outcome {
     let attempt = Attempt::new(worker, &op, gpu, &signals);
     let started = Instant::now();
     let result = attempt.stages().await;
+    settled.cancel();
     let outcome = report_outcome(worker, &op, result).await;
     cleanup(&op, &attempt.dir).await;
     log_outcome(&op, started.elapsed(), &outcome);
