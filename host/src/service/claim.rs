@@ -30,6 +30,19 @@
 //! budget; its worker sees the new attempt and stops the container. The capacity freed
 //! counts for the assignments of the same claim. Refusals are counted per strategy.
 //!
+//! # What a claim costs
+//! A claim reads its view (the worker, every held run, the pending window, every worker, the
+//! queues' usage) in one read of the store, then asks the strategy. Profiled under
+//! `gyoza-bench claims` (BENCHMARKS.md), reading and decoding the 1,000-run window was the
+//! largest part of that read and a sixth of a placement's server CPU, and it rarely changes
+//! between two claims but for the runs the first one took. So the SQLite store keeps the
+//! window in memory per process and answers claims from it while its triggers' count says no
+//! run was added to, changed in or taken out of the PENDING set but by assignments
+//! (`store::sqlite::window`; the limits of that are written there); MongoDB reads it at
+//! every claim. A claim that cannot take anything reads neither ([`Store::claim_floor`]).
+//!
+//! [`Store::claim_floor`]: crate::store::StoreRead::claim_floor
+//!
 //! Concurrent claims in one process would otherwise all be shown the same window and race for
 //! its best runs, losing most of those races in the store. So a claim reserves the runs it is
 //! about to assign ([`InFlight`]) and the others are shown the window without them. That is

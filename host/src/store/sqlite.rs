@@ -28,6 +28,9 @@
 //! capacity it reads is the capacity it writes against. The reaper's
 //! [`Store::update_run_if_silent`] checks the worker's last heartbeat in the same way.
 //!
+//! A claim's pending window is kept in memory per process and read again only when the
+//! database's triggers say the PENDING runs changed (see [`window`]).
+//!
 //! Queue usage (see the store's module docs) lives in `queue_usage`, one row per queue: the
 //! three decayed sums and their reference time (`as_of_us`, microseconds since the epoch).
 //! Every run write goes through one function that reads the run, applies the change and
@@ -61,6 +64,8 @@ use super::{
     delivers, from_json, held_attempt, loaded_events, replace_definition, run_from_json, to_json,
     unknown_worker, worker_not_silent,
 };
+
+mod window;
 
 /// Parallel read connections.
 const READERS: usize = 4;
@@ -199,6 +204,37 @@ CREATE TABLE IF NOT EXISTS queue_usage (
 CREATE INDEX IF NOT EXISTS runs_pending_cpu ON runs (cpu) WHERE state = 'PENDING';
 CREATE INDEX IF NOT EXISTS runs_pending_ram ON runs (ram_mb) WHERE state = 'PENDING';
 "#,
+    // What keeps a process's pending window in memory honest (see `window`): a count, bumped
+    // in the writing transaction (of any process on the file) whenever the set of PENDING
+    // runs or what a window shows of one changes; and the runs backing off, by when they
+    // become claimable.
+    r#"
+CREATE TABLE IF NOT EXISTS pending_changes (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n  INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO pending_changes (id, n) VALUES (1, 0);
+CREATE TRIGGER IF NOT EXISTS runs_pending_inserted AFTER INSERT ON runs
+    WHEN NEW.state = 'PENDING'
+    BEGIN UPDATE pending_changes SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS runs_pending_deleted AFTER DELETE ON runs
+    WHEN OLD.state = 'PENDING'
+    BEGIN UPDATE pending_changes SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS runs_pending_changed AFTER UPDATE ON runs
+    WHEN (OLD.state = 'PENDING' AND NEW.state IS NOT 'PENDING')
+      OR (NEW.state = 'PENDING' AND (OLD.state IS NOT 'PENDING'
+          OR OLD.priority IS NOT NEW.priority OR OLD.created_at IS NOT NEW.created_at
+          OR OLD.seq IS NOT NEW.seq OR OLD.available_at IS NOT NEW.available_at
+          OR OLD.cpu IS NOT NEW.cpu OR OLD.ram_mb IS NOT NEW.ram_mb
+          OR OLD.vram_mb IS NOT NEW.vram_mb OR OLD.queue IS NOT NEW.queue
+          OR OLD.op_definition IS NOT NEW.op_definition OR OLD.image IS NOT NEW.image
+          OR OLD.attempt IS NOT NEW.attempt OR OLD.preemptible IS NOT NEW.preemptible
+          OR OLD.preemptions IS NOT NEW.preemptions OR OLD.labels IS NOT NEW.labels
+          OR OLD.tags IS NOT NEW.tags OR OLD.assigned_at IS NOT NEW.assigned_at))
+    BEGIN UPDATE pending_changes SET n = n + 1 WHERE id = 1; END;
+CREATE INDEX IF NOT EXISTS runs_backing_off ON runs (available_at)
+    WHERE state = 'PENDING' AND available_at IS NOT NULL;
+"#,
 ];
 
 /// The schema version from which runs keep their scheduling facts (`queue` .. `assigned_at`).
@@ -255,6 +291,8 @@ struct Inner {
     next_reader: AtomicUsize,
     /// The half-life run writes accrue queue usage with.
     usage_half_life: UsageHalfLife,
+    /// The pending window kept in memory (see [`window`]).
+    window: window::WindowCache,
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
@@ -995,6 +1033,7 @@ impl SqliteStore {
                 readers,
                 next_reader: AtomicUsize::new(0),
                 usage_half_life: UsageHalfLife::default(),
+                window: window::WindowCache::default(),
             }),
         })
     }
@@ -1014,6 +1053,12 @@ impl SqliteStore {
     /// The half-life, in seconds, with which run writes accrue queue usage.
     pub fn usage_half_life(&self) -> u32 {
         self.inner.usage_half_life.get()
+    }
+
+    /// How many times this process read the pending window from the database, rather than
+    /// answer from the one it keeps (see [`window`]).
+    pub fn window_reads(&self) -> u64 {
+        self.inner.window.reads()
     }
 
     /// Runs `f` in the next group commit and answers once that group is durable.
@@ -1295,7 +1340,8 @@ impl StoreRead for SqliteStore {
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<PendingRun>, StoreError> {
-        self.read(move |conn| pending_window_blocking(conn, now, limit))
+        let inner = self.inner.clone();
+        self.read(move |conn| inner.window.window(conn, now, limit))
             .await
     }
 
@@ -1324,7 +1370,7 @@ impl StoreRead for SqliteStore {
         window: usize,
         half_life_s: u32,
     ) -> Result<Option<ClaimView>, StoreError> {
-        let worker_id = worker_id.to_owned();
+        let (worker_id, inner) = (worker_id.to_owned(), self.inner.clone());
         self.read(move |conn| {
             // One read transaction: the five reads see one state of the database.
             let tx = conn.transaction()?;
@@ -1333,7 +1379,7 @@ impl StoreRead for SqliteStore {
             };
             Ok(Some(ClaimView {
                 held: held_runs_blocking(&tx)?,
-                pending: pending_window_blocking(&tx, now, window)?,
+                pending: inner.window.window(&tx, now, window)?,
                 workers: read_docs(&tx, "SELECT id, doc FROM workers ORDER BY id", &[])?,
                 usage: super::usage_or_nothing(queue_usage_blocking(&tx, now, half_life_s)),
                 worker,
@@ -1543,11 +1589,19 @@ impl Store for SqliteStore {
     ) -> Vec<Result<Option<OpRun>, StoreError>> {
         let (count, half_life_s) = (placements.len(), self.usage_half_life());
         let worker_id = worker_id.to_owned();
-        let answers = self
+        let written = self
             .write(move |conn| {
-                assign_runs_blocking(conn, &worker_id, &placements, now, half_life_s)
+                let before = window::changes(conn)?;
+                let answers =
+                    assign_runs_blocking(conn, &worker_id, &placements, now, half_life_s)?;
+                Ok((answers, before, window::changes(conn)?))
             })
             .await;
+        let answers = written.map(|(answers, before, after)| {
+            // Committed: the count moved by these assignments alone, between the two reads.
+            self.inner.window.assigned(&answers, before, after);
+            answers
+        });
         answer_each(answers, count)
     }
 
@@ -1695,6 +1749,11 @@ mod tests {
     use gyoza_core::EventType;
     use gyoza_core::run::NewRun;
 
+    /// What takes a database back before the kept window's triggers (schema 9), which name
+    /// the columns older schemas lack.
+    const WINDOW_TRIGGERS_GONE: &str = "DROP TRIGGER runs_pending_inserted;
+        DROP TRIGGER runs_pending_deleted; DROP TRIGGER runs_pending_changed;";
+
     fn sized(cpu: u32, ram_mb: u64, vram_mb: Option<u64>) -> OpRun {
         OpRun::new(
             NewRun {
@@ -1742,6 +1801,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .unwrap();
+        conn.execute_batch(WINDOW_TRIGGERS_GONE).unwrap();
         conn.execute_batch(
             "DROP INDEX runs_pending; DROP INDEX runs_held;
              DROP INDEX runs_pending_cpu; DROP INDEX runs_pending_ram;
@@ -1866,6 +1926,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .unwrap();
+        conn.execute_batch(WINDOW_TRIGGERS_GONE).unwrap();
         conn.execute_batch(
             "DROP TABLE events; DROP INDEX runs_to_deliver; ALTER TABLE runs DROP COLUMN deliver_at;
              DROP TABLE deliveries;
