@@ -242,8 +242,8 @@ mod tests {
         worker(&here, "w1").await;
         let (a, b, c) = (run(0, 1), run(0, 2), run(5, 3));
         here.insert_run(&a).await.unwrap();
-        assert_eq!(shown(&here, "w1", now(), 10).await, [a.id.clone()]);
-        assert_eq!(shown(&here, "w1", now(), 10).await, [a.id.clone()]);
+        assert_eq!(shown(&here, "w1", now(), 10).await, names(&[&a.id]));
+        assert_eq!(shown(&here, "w1", now(), 10).await, names(&[&a.id]));
         assert_eq!(
             here.window_reads(),
             1,
@@ -251,14 +251,11 @@ mod tests {
         );
 
         here.insert_run(&b).await.unwrap();
-        assert_eq!(
-            shown(&here, "w1", now(), 10).await,
-            [a.id.clone(), b.id.clone()]
-        );
+        assert_eq!(shown(&here, "w1", now(), 10).await, names(&[&a.id, &b.id]));
         there.insert_run(&c).await.unwrap();
         assert_eq!(
             shown(&here, "w1", now(), 10).await,
-            [c.id.clone(), a.id.clone(), b.id.clone()],
+            names(&[&c.id, &a.id, &b.id]),
             "a run another process added is seen at the next claim"
         );
         assert_eq!(here.window_reads(), 3);
