@@ -14,8 +14,10 @@
 //! - **Runs this process assigns.** Those would make every claim read again. So a claim's
 //!   assignment reads the count before and after its own changes, inside its write: once
 //!   that write commits, a kept window at the count before drops the runs it assigned and
-//!   moves to the count after — exactly what a read would now give. A kept window at any
-//!   other count is left alone, and read again at the next claim.
+//!   moves to the count after — exactly what a read would now give. Assignments committed
+//!   together answer in any order, and a window read before one committed is stored after it:
+//!   so an assignment is kept until the window reaches its count before (or passes it). A kept
+//!   window at a count no assignment of this process starts from is read again.
 //! - **Runs backing off.** A run whose `available_at` is still ahead is left out of a read; the
 //!   kept window is read again from the earliest such time (the `runs_backing_off` index),
 //!   and never used for a claim dated before its read.
@@ -54,9 +56,43 @@ const READ_AHEAD: usize = 2;
 /// The kept window of one process (shared by every clone of its store).
 #[derive(Default)]
 pub(super) struct WindowCache {
-    kept: Mutex<Option<Kept>>,
+    kept: Mutex<State>,
     /// Reads of the window from the database (for tests and benchmarks).
     reads: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    kept: Option<Kept>,
+    /// This process's committed assignments the kept window did not take in yet, as (count
+    /// before, count after, runs assigned): assignments of one group commit answer in any
+    /// order, and a window read before one of them committed takes it in afterwards.
+    advances: Vec<(i64, i64, HashSet<String>)>,
+}
+
+/// The most assignments kept waiting for the window to reach their count.
+const MAX_ADVANCES: usize = 256;
+
+impl State {
+    /// Takes in every waiting assignment that starts at the kept window's count, in turn;
+    /// forgets those behind it.
+    fn catch_up(&mut self) {
+        // None kept: a read in flight may still store a window at one of their counts.
+        let Some(kept) = self.kept.as_mut() else {
+            return;
+        };
+        while let Some(i) = self
+            .advances
+            .iter()
+            .position(|(before, _, _)| *before == kept.generation)
+        {
+            let (_, after, taken) = self.advances.swap_remove(i);
+            kept.runs.retain(|run| !taken.contains(&run.id));
+            kept.generation = after;
+        }
+        let at = kept.generation;
+        self.advances.retain(|(before, _, _)| *before > at);
+    }
 }
 
 struct Kept {
@@ -100,6 +136,7 @@ impl WindowCache {
         let generation = changes(conn)?;
         let now_us = to_micros(&now);
         if let Some(kept) = lock(&self.kept)
+            .kept
             .as_ref()
             .filter(|kept| kept.serves(generation, now_us, limit))
         {
@@ -117,7 +154,8 @@ impl WindowCache {
             .flatten();
         self.reads.fetch_add(1, Ordering::Relaxed);
         let window = runs[..limit.min(runs.len())].to_vec();
-        *lock(&self.kept) = Some(Kept {
+        let mut state = lock(&self.kept);
+        state.kept = Some(Kept {
             generation,
             limit,
             read_at_us: now_us,
@@ -125,6 +163,7 @@ impl WindowCache {
             complete: runs.len() < asked,
             runs,
         });
+        state.catch_up();
         Ok(window)
     }
 
@@ -137,16 +176,18 @@ impl WindowCache {
         before: i64,
         after: i64,
     ) {
-        let mut kept = lock(&self.kept);
-        if let Some(kept) = kept.as_mut().filter(|kept| kept.generation == before) {
-            let taken: HashSet<&str> = answers
-                .iter()
-                .filter_map(|answer| answer.as_ref().ok()?.as_ref())
-                .map(|run| run.id.as_str())
-                .collect();
-            kept.runs.retain(|run| !taken.contains(run.id.as_str()));
-            kept.generation = after;
+        let taken: HashSet<String> = answers
+            .iter()
+            .filter_map(|answer| answer.as_ref().ok()?.as_ref())
+            .map(|run| run.id.clone())
+            .collect();
+        let mut state = lock(&self.kept);
+        if state.advances.len() >= MAX_ADVANCES {
+            // The oldest is of no use by now: a window behind it is read again.
+            state.advances.remove(0);
         }
+        state.advances.push((before, after, taken));
+        state.catch_up();
     }
 
     /// How many times the window was read from the database.
@@ -386,5 +427,44 @@ mod tests {
             .await;
         assert!(matches!(taken[..], [Ok(Some(_))]));
         assert_eq!(shown(&here, "w1", now(), 10).await, names(&[&c.id, &b.id]));
+    }
+
+    #[test]
+    fn assignments_answered_out_of_order_or_before_the_read_are_taken_in_in_count_order() {
+        let runs: Vec<OpRun> = (0..4).map(|n| run(0, n)).collect();
+        let kept = |generation| Kept {
+            generation,
+            limit: 2,
+            read_at_us: 0,
+            until_us: None,
+            complete: true,
+            runs: runs.iter().map(PendingRun::from).collect(),
+        };
+        let answered = |n: usize| vec![Ok(Some(runs[n].clone()))];
+        let shown = |cache: &WindowCache| {
+            let state = lock(&cache.kept);
+            let kept = state.kept.as_ref().unwrap();
+            let ids: Vec<String> = kept.runs.iter().map(|r| r.id.clone()).collect();
+            (kept.generation, ids)
+        };
+        // One group commit: the second assignment (6 → 7) answers before the first (5 → 6).
+        let cache = WindowCache::default();
+        lock(&cache.kept).kept = Some(kept(5));
+        cache.assigned(&answered(1), 6, 7);
+        assert_eq!(shown(&cache).0, 5, "waits for the count before it");
+        cache.assigned(&answered(0), 5, 6);
+        assert_eq!(
+            shown(&cache),
+            (7, vec![runs[2].id.clone(), runs[3].id.clone()])
+        );
+        // A window read at 5 is stored after the assignment 5 → 6 answered.
+        let cache = WindowCache::default();
+        cache.assigned(&answered(0), 5, 6);
+        let mut state = lock(&cache.kept);
+        state.kept = Some(kept(5));
+        state.catch_up();
+        drop(state);
+        assert_eq!(shown(&cache).0, 6);
+        assert_eq!(shown(&cache).1.len(), 3);
     }
 }
