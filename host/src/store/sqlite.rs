@@ -1055,12 +1055,6 @@ impl SqliteStore {
         self.inner.usage_half_life.get()
     }
 
-    /// How many times this process read the pending window from the database, rather than
-    /// answer from the one it keeps (see [`window`]).
-    pub fn window_reads(&self) -> u64 {
-        self.inner.window.reads()
-    }
-
     /// Runs `f` in the next group commit and answers once that group is durable.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where

@@ -1,8 +1,9 @@
 //! The pending window, kept in memory per process.
 //!
-//! A claim shows its strategy the best claimable runs (`PENDING_WINDOW` of them). Reading and decoding them was a sixth of a placement's server CPU (see
-//! BENCHMARKS.md, "Where a placement's server CPU goes"), and between two claims they rarely
-//! change but for the runs the first claim took. So the store reads twice the window, keeps
+//! A claim shows its strategy the best claimable runs (`PENDING_WINDOW` of them). Reading
+//! and decoding them was a sixth of a placement's server CPU (see BENCHMARKS.md, "Where a
+//! placement's server CPU goes"), and between two claims they rarely change but for the runs
+//! the first claim took. So the store reads twice the window, keeps
 //! it, and answers the next claims from it while it is still what a read would give:
 //!
 //! - **Runs added, changed or taken.** The schema's triggers bump `pending_changes.n` in the
@@ -36,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gyoza_core::sync::lock;
 use gyoza_core::time::{Timestamp, to_micros};
 use gyoza_core::{OpRun, PendingRun};
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 
 use super::pending_window_blocking;
 use crate::store::StoreError;
@@ -56,8 +57,8 @@ const READ_AHEAD: usize = 2;
 /// The kept window of one process (shared by every clone of its store).
 #[derive(Default)]
 pub(super) struct WindowCache {
-    kept: Mutex<State>,
-    /// Reads of the window from the database (for tests and benchmarks).
+    state: Mutex<State>,
+    /// Reads of the window from the database (for tests).
     reads: AtomicU64,
 }
 
@@ -135,7 +136,7 @@ impl WindowCache {
         // makes the next claim read again.
         let generation = changes(conn)?;
         let now_us = to_micros(&now);
-        if let Some(kept) = lock(&self.kept)
+        if let Some(kept) = lock(&self.state)
             .kept
             .as_ref()
             .filter(|kept| kept.serves(generation, now_us, limit))
@@ -144,17 +145,16 @@ impl WindowCache {
         }
         let asked = limit.saturating_mul(READ_AHEAD);
         let runs = pending_window_blocking(conn, now, asked)?;
+        // MIN answers one row, NULL when no run is backing off.
         let until_us: Option<i64> = conn
             .prepare_cached(
                 "SELECT MIN(available_at) FROM runs INDEXED BY runs_backing_off
                      WHERE state = 'PENDING' AND available_at IS NOT NULL AND available_at > ?1",
             )?
-            .query_row([now_us], |r| r.get(0))
-            .optional()?
-            .flatten();
+            .query_row([now_us], |r| r.get(0))?;
         self.reads.fetch_add(1, Ordering::Relaxed);
         let window = runs[..limit.min(runs.len())].to_vec();
-        let mut state = lock(&self.kept);
+        let mut state = lock(&self.state);
         state.kept = Some(Kept {
             generation,
             limit,
@@ -181,7 +181,7 @@ impl WindowCache {
             .filter_map(|answer| answer.as_ref().ok()?.as_ref())
             .map(|run| run.id.clone())
             .collect();
-        let mut state = lock(&self.kept);
+        let mut state = lock(&self.state);
         if state.advances.len() >= MAX_ADVANCES {
             // The oldest is of no use by now: a window behind it is read again.
             state.advances.remove(0);
@@ -191,7 +191,8 @@ impl WindowCache {
     }
 
     /// How many times the window was read from the database.
-    pub(super) fn reads(&self) -> u64 {
+    #[cfg(test)]
+    fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
     }
 }
@@ -208,7 +209,7 @@ mod tests {
 
     /// A run needing one core, of `priority`, created a microsecond after `n` others.
     fn run(priority: i64, n: i64) -> OpRun {
-        let mut run = OpRun::new(
+        OpRun::new(
             NewRun {
                 image: "img".into(),
                 priority,
@@ -220,9 +221,7 @@ mod tests {
             },
             from_micros(1_000_000_000_000_000 + n),
         )
-        .unwrap();
-        run.priority = priority;
-        run
+        .unwrap()
     }
 
     fn ids(runs: &[PendingRun]) -> Vec<&str> {
@@ -286,7 +285,7 @@ mod tests {
         assert_eq!(shown(&here, "w1", now(), 10).await, names(&[&a.id]));
         assert_eq!(shown(&here, "w1", now(), 10).await, names(&[&a.id]));
         assert_eq!(
-            here.window_reads(),
+            here.inner.window.reads(),
             1,
             "the second claim is answered from the kept window"
         );
@@ -299,7 +298,7 @@ mod tests {
             names(&[&c.id, &a.id, &b.id]),
             "a run another process added is seen at the next claim"
         );
-        assert_eq!(here.window_reads(), 3);
+        assert_eq!(here.inner.window.reads(), 3);
     }
 
     #[tokio::test]
@@ -358,7 +357,7 @@ mod tests {
         assert_eq!(shown(&here, "w1", start, 10).await, names(&[&a.id]));
         let soon = from_micros(to_micros(&start) + 1_000_000);
         assert_eq!(shown(&here, "w1", soon, 10).await, names(&[&a.id]));
-        assert_eq!(here.window_reads(), 1);
+        assert_eq!(here.inner.window.reads(), 1);
         let after = from_micros(to_micros(&start) + 2_000_000);
         assert_eq!(
             shown(&here, "w1", after, 10).await,
@@ -381,14 +380,18 @@ mod tests {
             .await;
         assert!(answers.iter().all(|a| matches!(a, Ok(Some(_)))));
         assert_eq!(shown(&here, "w1", now(), 3).await, [id(1), id(3), id(4)]);
-        assert_eq!(here.window_reads(), 1, "served from the 6 runs read ahead");
+        assert_eq!(
+            here.inner.window.reads(),
+            1,
+            "served from the 6 runs read ahead"
+        );
         let answers = here
             .assign_runs("w1", vec![(id(1), None), (id(3), None)], now())
             .await;
         assert!(answers.iter().all(|a| matches!(a, Ok(Some(_)))));
         // Two kept, fewer than a window, and the read found more than it kept: read again.
         assert_eq!(shown(&here, "w1", now(), 3).await, [id(4), id(5), id(6)]);
-        assert_eq!(here.window_reads(), 2);
+        assert_eq!(here.inner.window.reads(), 2);
     }
 
     #[tokio::test]
@@ -442,14 +445,14 @@ mod tests {
         };
         let answered = |n: usize| vec![Ok(Some(runs[n].clone()))];
         let shown = |cache: &WindowCache| {
-            let state = lock(&cache.kept);
+            let state = lock(&cache.state);
             let kept = state.kept.as_ref().unwrap();
             let ids: Vec<String> = kept.runs.iter().map(|r| r.id.clone()).collect();
             (kept.generation, ids)
         };
         // One group commit: the second assignment (6 → 7) answers before the first (5 → 6).
         let cache = WindowCache::default();
-        lock(&cache.kept).kept = Some(kept(5));
+        lock(&cache.state).kept = Some(kept(5));
         cache.assigned(&answered(1), 6, 7);
         assert_eq!(shown(&cache).0, 5, "waits for the count before it");
         cache.assigned(&answered(0), 5, 6);
@@ -460,7 +463,7 @@ mod tests {
         // A window read at 5 is stored after the assignment 5 → 6 answered.
         let cache = WindowCache::default();
         cache.assigned(&answered(0), 5, 6);
-        let mut state = lock(&cache.kept);
+        let mut state = lock(&cache.state);
         state.kept = Some(kept(5));
         state.catch_up();
         drop(state);
