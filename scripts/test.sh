@@ -30,6 +30,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --locked "$@"
 echo "==> cargo test (guest SDK and strategies, native)"
-cargo test --locked --manifest-path plugins/Cargo.toml --target "$(rustc -vV | sed -n 's/^host: //p')" -p gyoza-plugin-sdk -p gyoza-strategy-priority -p gyoza-strategy-bin-packing
+cargo test --locked --manifest-path plugins/Cargo.toml --target "$(rustc -vV | sed -n 's/^host: //p')" -p gyoza-plugin-sdk -p gyoza-strategy-priority -p gyoza-strategy-bin-packing -p gyoza-strategy-fair-share -p gyoza-strategy-affinity
 echo "==> cargo test (strategy template, native)"
 cargo test --locked --manifest-path examples/strategy-template/Cargo.toml

@@ -34,8 +34,24 @@ const BIN_PACKING: Builtin = Builtin {
     )),
 };
 
+const FAIR_SHARE: Builtin = Builtin {
+    name: "fair-share",
+    wasm: include_bytes!(concat!(
+        env!("GYOZA_PLUGINS_OUT"),
+        "/gyoza_strategy_fair_share.wasm"
+    )),
+};
+
+const AFFINITY: Builtin = Builtin {
+    name: "affinity",
+    wasm: include_bytes!(concat!(
+        env!("GYOZA_PLUGINS_OUT"),
+        "/gyoza_strategy_affinity.wasm"
+    )),
+};
+
 /// Every built-in strategy.
-pub const BUILTINS: [Builtin; 3] = [DIRECT, PRIORITY, BIN_PACKING];
+pub const BUILTINS: [Builtin; 5] = [DIRECT, PRIORITY, BIN_PACKING, FAIR_SHARE, AFFINITY];
 
 /// The strategy that decides when a plugin fails and the policy is `fallback`.
 pub(super) const FALLBACK_BUILTIN: Builtin = PRIORITY;

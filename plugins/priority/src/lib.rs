@@ -88,12 +88,9 @@ impl Strategy for Priority {
 }
 
 /// The running runs (indices into `claim.running`) to evict so that `run` fits the
-/// requester's capacity `free`, or `None` if evicting every one it may evict is not enough
-/// or would take more than the host carries out for this claim (`claim.max_evictions`).
-/// It may evict the requester's preemptible runs of a strictly lower priority: they are
-/// taken lowest priority first, then most recently started first, until the run fits; then
-/// each but the last (which was needed) is spared if the run still fits without it, from
-/// the highest priority down, so that no victim is evicted for nothing.
+/// requester's capacity `free`, or `None` if that cannot be done within the host's rules and
+/// caps ([`Claim::fewest_to_evict`]). It may evict the requester's preemptible runs of a
+/// strictly lower priority, lowest priority first, then most recently started first.
 fn victims(claim: &Claim, free: &Capacity, run: &PendingRun) -> Option<Vec<usize>> {
     let running = &claim.running;
     let mut candidates: Vec<usize> = claim
@@ -101,22 +98,7 @@ fn victims(claim: &Claim, free: &Capacity, run: &PendingRun) -> Option<Vec<usize
         .filter(|&i| running.preemptible[i] && running.priority[i] < run.priority)
         .collect();
     candidates.sort_by_key(|&i| (running.priority[i], running.ran_ms[i], i));
-    let fits_evicting = |victims: &[usize]| {
-        let mut room = free.clone();
-        for &victim in victims {
-            claim.free_up(&mut room, victim);
-        }
-        room.fit(run).is_some()
-    };
-    let needed = (1..=candidates.len()).find(|&n| fits_evicting(&candidates[..n]))?;
-    let mut chosen = candidates[..needed].to_vec();
-    for k in (0..needed - 1).rev() {
-        let spared: Vec<usize> = [&chosen[..k], &chosen[k + 1..]].concat();
-        if fits_evicting(&spared) {
-            chosen = spared;
-        }
-    }
-    (chosen.len() <= claim.max_evictions as usize).then_some(chosen)
+    claim.fewest_to_evict(free, run, &candidates)
 }
 
 export_strategy!(Priority);

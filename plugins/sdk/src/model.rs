@@ -634,6 +634,38 @@ impl Claim {
         }
     }
 
+    /// The fewest of `candidates` (indices into `claim.running`, held by the requester,
+    /// in the order they should be evicted) whose eviction makes `run` fit `free` (the
+    /// requester's capacity), or `None` if evicting all of them is not enough or would take
+    /// more than the host carries out for this claim (`claim.max_evictions`). Candidates are
+    /// taken in order until the run fits; then each but the last (which was needed) is
+    /// spared if the run still fits without it, from the last taken back, so that no run is
+    /// evicted for nothing. Which runs may be candidates (preemptible, of a lower priority
+    /// than `run`: the host's rules) is the caller's choice.
+    pub fn fewest_to_evict(
+        &self,
+        free: &Capacity,
+        run: &PendingRun,
+        candidates: &[usize],
+    ) -> Option<Vec<usize>> {
+        let fits_evicting = |victims: &[usize]| {
+            let mut room = free.clone();
+            for &victim in victims {
+                self.free_up(&mut room, victim);
+            }
+            room.fit(run).is_some()
+        };
+        let needed = (1..=candidates.len()).find(|&n| fits_evicting(&candidates[..n]))?;
+        let mut chosen = candidates[..needed].to_vec();
+        for k in (0..needed - 1).rev() {
+            let spared: Vec<usize> = [&chosen[..k], &chosen[k + 1..]].concat();
+            if fits_evicting(&spared) {
+                chosen = spared;
+            }
+        }
+        (chosen.len() <= self.max_evictions as usize).then_some(chosen)
+    }
+
     /// Why the claim cannot be decided: columns of different lengths, no requester, or an
     /// index or range that leaves its list. The host never sends such a claim; the SDK
     /// checks before a strategy sees it, so that the helpers above never read past a list.

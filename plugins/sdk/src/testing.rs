@@ -576,12 +576,12 @@ impl ClaimBuilder {
                         );
                     };
                     let gpu = workers.gpu_start[w] as usize + position;
-                    gpus.free_vram_mb[gpu] -= run.vram_mb as i64;
+                    gpus.free_vram_mb[gpu] = gpus.free_vram_mb[gpu].saturating_sub_unsigned(run.vram_mb);
                     gpu as u32
                 }
             };
             workers.free_cpu[w] -= i64::from(run.cpu);
-            workers.free_ram_mb[w] -= run.ram_mb as i64;
+            workers.free_ram_mb[w] = workers.free_ram_mb[w].saturating_sub_unsigned(run.ram_mb);
             workers.running[w] += 1;
             running.worker.push(w as u32);
             running.gpu.push(gpu);
