@@ -12,10 +12,15 @@
 //! Keys: `weight` (1..=1000000), and the quotas `cpu` (cores), `ram_mb`, `vram_mb`, `runs`
 //! (runs held at once). The host does not enforce quotas itself: it hands them to the
 //! strategy, whose policy they are (the built-in strategies ignore them).
+//!
+//! What each queue holds and has used ([`rows`]) is computed here once, for the claim a
+//! strategy is shown (`strategy::convert`) and for `GET /queues`, so that the two agree.
 
 use std::collections::BTreeMap;
 
+use gyoza_core::HeldRun;
 use gyoza_core::resources::queueing_problems;
+use gyoza_core::time::Timestamp;
 
 /// Weight of a queue that is not configured.
 pub const DEFAULT_WEIGHT: u32 = 1;
@@ -155,6 +160,102 @@ impl std::fmt::Display for QueueSettings {
         }
         Ok(())
     }
+}
+
+/// What a queue holds and waits for, and its decayed usage, as of one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueueRow {
+    /// Runs held (ASSIGNED or RUNNING).
+    pub running: u32,
+    /// CPU cores its held runs hold.
+    pub cpu: u64,
+    /// RAM megabytes its held runs hold.
+    pub ram_mb: u64,
+    /// VRAM megabytes its held runs hold.
+    pub vram_mb: u64,
+    /// PENDING runs (as counted by the caller: the claim's window, or every one).
+    pub pending: u64,
+    /// CPU-core-, RAM-megabyte- and VRAM-megabyte-seconds over the decaying window: the
+    /// store's usage of ended attempts plus the runs held now.
+    pub decayed: [f64; 3],
+}
+
+/// Milliseconds from `assigned_at` to `now` (0 when not known, or in the future).
+pub fn held_ms(assigned_at: Option<Timestamp>, now: Timestamp) -> u64 {
+    assigned_at.map_or(0, |at| (now - at).num_milliseconds().max(0) as u64)
+}
+
+/// The weight of one unit held for `seconds` up to now, with half-life `half_life_s`:
+/// ∫ 2^(-age / h) over the time held, h / ln 2 · (1 − 2^(−seconds / h)). The store adds an
+/// ended attempt with the same weight, so a queue's figure does not jump when a run ends.
+pub fn held_weight(seconds: f64, half_life_s: u32) -> f64 {
+    let h = f64::from(half_life_s.max(1));
+    h / std::f64::consts::LN_2 * (1.0 - (-seconds / h).exp2())
+}
+
+/// Every configured queue and every queue of `pending` or `running`, by name, with what it
+/// holds, waits for and has used as of `now`:
+/// - `pending`: (queue, count) pairs, summed per queue (a claim passes each run of its
+///   window with 1, `GET /queues` the store's count per queue);
+/// - `running`: the held runs to count (the caller keeps those of active workers);
+/// - `usage`: the store's decayed usage of ended attempts ([`crate::store::StoreRead::queue_usage`]),
+///   added to the queues listed for another reason only.
+pub fn rows<'a>(
+    settings: &'a QueueSettings,
+    pending: impl IntoIterator<Item = (&'a str, u64)>,
+    running: &'a [HeldRun],
+    usage: &'a [(String, [f64; 3])],
+    now: Timestamp,
+) -> BTreeMap<&'a str, QueueRow> {
+    let mut rows: BTreeMap<&'a str, QueueRow> = settings
+        .queues
+        .keys()
+        .map(|name| (name.as_str(), QueueRow::default()))
+        .collect();
+    for (queue, count) in pending {
+        let row = rows.entry(queue).or_default();
+        row.pending = row.pending.saturating_add(count);
+    }
+    for run in running {
+        let row = rows.entry(&run.facts.queue).or_default();
+        let c = &run.constraints;
+        let held = [
+            u64::from(c.cpu.unwrap_or(0)),
+            c.ram_mb.unwrap_or(0),
+            c.vram_mb.unwrap_or(0),
+        ];
+        row.running += 1;
+        row.cpu = row.cpu.saturating_add(held[0]);
+        row.ram_mb = row.ram_mb.saturating_add(held[1]);
+        row.vram_mb = row.vram_mb.saturating_add(held[2]);
+        // Held since its assignment.
+        let seconds = held_ms(run.facts.assigned_at, now) as f64 / 1000.0;
+        let weight = held_weight(seconds, settings.half_life_s);
+        for (sum, amount) in row.decayed.iter_mut().zip(held) {
+            *sum += amount as f64 * weight;
+        }
+    }
+    for (name, usage) in usage {
+        if let Some(row) = rows.get_mut(name.as_str()) {
+            for (sum, ended) in row.decayed.iter_mut().zip(usage) {
+                *sum += ended;
+            }
+        }
+    }
+    rows
+}
+
+/// A queue's dominant share: the largest of its held CPU, RAM and VRAM as a fraction of the
+/// active cluster's total of that resource (`totals`; a resource the cluster has none of is
+/// skipped), divided by its `weight`. 0 when it holds nothing.
+pub fn dominant_share(held: [u64; 3], totals: [u64; 3], weight: u32) -> f64 {
+    let largest = held
+        .iter()
+        .zip(totals)
+        .filter(|(_, total)| *total > 0)
+        .map(|(held, total)| *held as f64 / total as f64)
+        .fold(0.0, f64::max);
+    largest / f64::from(weight.max(1))
 }
 
 #[cfg(test)]

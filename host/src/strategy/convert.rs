@@ -3,7 +3,7 @@
 //! the claim checks (indices into the pending window, in the plugin's order, the reasons it
 //! gave and the preemptions it asked for).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use gyoza_core::placement::EvictionRequest;
 use gyoza_core::resources::Labels;
@@ -392,61 +392,20 @@ fn running_runs<'a>(
 
 /// How long `run`'s attempt has been held, in milliseconds.
 fn ran_ms(request: &ClaimRequest<'_>, run: &HeldRun) -> u64 {
-    run.facts
-        .assigned_at
-        .map_or(0, |at| (request.now - at).num_milliseconds().max(0) as u64)
+    crate::queues::held_ms(run.facts.assigned_at, request.now)
 }
 
-/// What a queue holds and waits for, as `queues` shows it.
-#[derive(Default)]
-struct QueueRow {
-    running: u32,
-    cpu: u64,
-    ram_mb: u64,
-    vram_mb: u64,
-    pending: u32,
-    decayed: [f64; 3],
-}
-
-/// Every configured queue and every queue of a pending or held run, by name, with its usage.
+/// Every configured queue and every queue of a pending or held run, by name, with its usage
+/// ([`crate::queues::rows`], shared with `GET /queues`; pending counts the window).
 fn queues<'a>(request: &ClaimRequest<'a>, flat: &mut Flat<'a>) -> Queues {
-    let half_life = f64::from(request.queues.half_life_s.max(1));
-    let mut rows: BTreeMap<&'a str, QueueRow> = request
-        .queues
-        .queues
-        .keys()
-        .map(|name| (name.as_str(), QueueRow::default()))
-        .collect();
-    for run in request.pending {
-        rows.entry(&run.facts.queue).or_default().pending += 1;
-    }
-    for run in request.running {
-        let row = rows.entry(&run.facts.queue).or_default();
-        let c = &run.constraints;
-        let held = [
-            u64::from(c.cpu.unwrap_or(0)),
-            c.ram_mb.unwrap_or(0),
-            c.vram_mb.unwrap_or(0),
-        ];
-        row.running += 1;
-        row.cpu = row.cpu.saturating_add(held[0]);
-        row.ram_mb = row.ram_mb.saturating_add(held[1]);
-        row.vram_mb = row.vram_mb.saturating_add(held[2]);
-        // Held since its assignment: ∫ 2^(-age / h) over the time held is
-        // h / ln 2 · (1 - 2^(-held / h)).
-        let seconds = ran_ms(request, run) as f64 / 1000.0;
-        let weight = half_life / std::f64::consts::LN_2 * (1.0 - (-seconds / half_life).exp2());
-        for (sum, amount) in row.decayed.iter_mut().zip(held) {
-            *sum += amount as f64 * weight;
-        }
-    }
-    for (name, usage) in request.usage {
-        if let Some(row) = rows.get_mut(name.as_str()) {
-            for (sum, ended) in row.decayed.iter_mut().zip(usage) {
-                *sum += ended;
-            }
-        }
-    }
+    let pending = request.pending.iter().map(|run| (&*run.facts.queue, 1));
+    let rows = crate::queues::rows(
+        request.queues,
+        pending,
+        request.running,
+        request.usage,
+        request.now,
+    );
     let n = rows.len();
     let mut queues = Queues {
         name: Vec::with_capacity(n),
@@ -482,7 +441,9 @@ fn queues<'a>(request: &ClaimRequest<'a>, flat: &mut Flat<'a>) -> Queues {
         queues.cpu.push(row.cpu);
         queues.ram_mb.push(row.ram_mb);
         queues.vram_mb.push(row.vram_mb);
-        queues.pending.push(row.pending);
+        queues
+            .pending
+            .push(u32::try_from(row.pending).unwrap_or(u32::MAX));
         queues.cpu_seconds.push(row.decayed[0]);
         queues.ram_mb_seconds.push(row.decayed[1]);
         queues.vram_mb_seconds.push(row.decayed[2]);
