@@ -871,6 +871,12 @@ pub trait StoreRead: Send + Sync + 'static {
     /// How many runs are in each state (states without runs may be left out).
     async fn count_runs_by_state(&self) -> Result<Vec<(OpRunState, u64)>, StoreError>;
 
+    /// How many runs are PENDING in each queue (runs waiting out a retry backoff included;
+    /// a run stored before queues counts in the default one), by queue name; queues without
+    /// a PENDING run are left out. One grouped count, not a read of the runs: `GET /queues`
+    /// shows every queue's count, beyond the claim's window.
+    async fn count_pending_by_queue(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// The kept tail of an attempt's log, and how many bytes were ever appended to it.
     async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError>;
 

@@ -128,6 +128,9 @@ impl StoreRead for HeartbeatInTheGap {
     async fn count_runs_by_state(&self) -> Result<Vec<(OpRunState, u64)>, StoreError> {
         self.inner.count_runs_by_state().await
     }
+    async fn count_pending_by_queue(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.count_pending_by_queue().await
+    }
     async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError> {
         self.inner.get_log(run_id, attempt).await
     }

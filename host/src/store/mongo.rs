@@ -913,6 +913,41 @@ impl StoreRead for MongoStore {
         Ok(counts)
     }
 
+    async fn count_pending_by_queue(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let pipeline = [
+            doc! {"$match": {"state": OpRunState::Pending.as_str()}},
+            doc! {"$group": {"_id": "$queue", "n": {"$sum": 1}}},
+        ];
+        let cursor = self.runs.aggregate(pipeline).await?;
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        for document in collect(cursor).await? {
+            // A run stored before queues has none: it is in the default one.
+            let queue = match document.get("_id") {
+                Some(Bson::String(queue)) => queue.clone(),
+                None | Some(Bson::Null) => gyoza_core::resources::DEFAULT_QUEUE.to_owned(),
+                Some(other) => {
+                    return Err(StoreError::corrupt(
+                        "runs.queue",
+                        format!("not a string: {other}"),
+                    ));
+                }
+            };
+            let n = match document.get("n") {
+                Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+                Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+                Some(Bson::Double(n)) => *n as u64,
+                other => {
+                    return Err(StoreError::corrupt(
+                        "pending count",
+                        format!("not a number: {other:?}"),
+                    ));
+                }
+            };
+            *counts.entry(queue).or_default() += n;
+        }
+        Ok(counts.into_iter().collect())
+    }
+
     async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError> {
         let key = format!("{run_id}:{attempt}");
         let Some(document) = self.logs.find_one(doc! {"_id": &key}).await? else {

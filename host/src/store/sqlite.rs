@@ -1462,6 +1462,21 @@ impl StoreRead for SqliteStore {
         .await
     }
 
+    async fn count_pending_by_queue(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|conn| {
+            // From the partial index `runs_pending`, which holds the queue: no document read.
+            let mut stmt = conn.prepare_cached(
+                "SELECT COALESCE(queue, ?1), COUNT(*) FROM runs WHERE state = 'PENDING'
+                 GROUP BY 1 ORDER BY 1",
+            )?;
+            let rows = stmt.query_map([gyoza_core::resources::DEFAULT_QUEUE], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn get_log(&self, run_id: &str, attempt: u32) -> Result<Option<LogTail>, StoreError> {
         let run_id = run_id.to_owned();
         self.read(move |conn| get_log_blocking(conn, &run_id, attempt))
