@@ -835,6 +835,81 @@ pub struct ActivateStrategyRequest {
     pub name: String,
 }
 
+/// `GET /queues`: each queue's fair-share state now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueList {
+    /// Half-life of the decayed usage (`GYOZA_QUEUE_USAGE_HALF_LIFE`), in seconds.
+    pub half_life_s: u32,
+    /// Every queue that is configured (`GYOZA_QUEUES`), has PENDING runs or has runs held by
+    /// active workers, by name.
+    pub queues: Vec<QueueView>,
+}
+
+/// One queue of [`QueueList`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueView {
+    /// Queue name.
+    pub name: String,
+    /// Its weight (1 when not configured).
+    pub weight: u32,
+    /// Its quotas (`null`: none).
+    pub quota: QueueQuota,
+    /// PENDING runs of the queue, all of them (runs waiting out a retry backoff included).
+    pub pending: u64,
+    /// Runs of the queue held (ASSIGNED or RUNNING) by active workers.
+    pub running: u64,
+    /// What those runs hold now.
+    pub held: QueueHeld,
+    /// Usage over the decaying window: the queue's ended attempts plus the runs held now,
+    /// as a claim shows it to strategies.
+    pub usage: QueueUsage,
+    /// Dominant share: the largest of held CPU / RAM / VRAM over the active cluster's total
+    /// of that resource (resources the cluster has none of skipped), divided by the weight;
+    /// 0 when it holds nothing.
+    pub share: f64,
+}
+
+/// A queue's quotas: the most its runs may hold at once (`null`: no quota).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueQuota {
+    /// CPU cores.
+    pub cpu: Option<u64>,
+    /// RAM in megabytes.
+    pub ram_mb: Option<u64>,
+    /// VRAM in megabytes.
+    pub vram_mb: Option<u64>,
+    /// Runs held at once.
+    pub runs: Option<u64>,
+}
+
+/// What a queue's held runs hold now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueHeld {
+    /// CPU cores.
+    pub cpu: u64,
+    /// RAM in megabytes.
+    pub ram_mb: u64,
+    /// VRAM in megabytes.
+    pub vram_mb: u64,
+}
+
+/// A queue's usage over the decaying window: every second a resource was held, weighted by
+/// 2^(−age / half_life_s).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueUsage {
+    /// CPU-core-seconds.
+    pub cpu_seconds: f64,
+    /// RAM-megabyte-seconds.
+    pub ram_mb_seconds: f64,
+    /// VRAM-megabyte-seconds.
+    pub vram_mb_seconds: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 
 use crate::OpAttempt;
 use crate::OpDefinition;
-use crate::api::{ActivateStrategyRequest, StrategyList};
+use crate::api::{ActivateStrategyRequest, QueueList, StrategyList};
 use crate::api::{
     AddEventRequest, ClaimResponse, ErrorBody, EventsResponse, Health, HeartbeatRequest,
     OpDefinitionCreate, OpRunCreate, OpRunCreateFromDefinition, OpRunList, OpRunUpdate, OpRunView,
@@ -570,6 +570,12 @@ impl Client {
             status,
             detail: detail_of(&body),
         })
+    }
+
+    /// `GET /queues`: each queue's weight, quotas, PENDING and held runs, decayed usage and
+    /// dominant share.
+    pub async fn queues(&self) -> Result<QueueList, ClientError> {
+        self.call(self.request(Method::GET, &["queues"])).await
     }
 
     /// `GET /strategies`: loaded strategies, their statistics and the active one.

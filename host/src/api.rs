@@ -10,6 +10,7 @@ mod definitions;
 pub mod extract;
 mod logs;
 mod observe;
+mod queues;
 mod runs;
 mod strategies;
 mod stream;
@@ -89,6 +90,7 @@ pub fn app(state: AppState) -> Router {
         .route("/workers/heartbeat", post(workers::heartbeat))
         .route("/workers/{id}/claim", post(workers::claim))
         .route("/workers/{id}/claim-scenario", get(workers::claim_scenario))
+        .route("/queues", get(queues::list))
         .route("/strategies", get(strategies::list))
         .route("/strategies/active", put(strategies::activate))
         .route("/openapi.json", get(openapi_json))
@@ -174,6 +176,7 @@ impl utoipa::Modify for SecurityAddon {
         workers::heartbeat,
         workers::claim,
         workers::claim_scenario,
+        queues::list,
         strategies::list,
         strategies::activate,
     ),

@@ -17,8 +17,10 @@
 //!   runs it must stop answered).
 //! - `timeout`: RUNNING attempts past their run timeout plus a grace are failed, PENDING runs
 //!   past their queue timeout too.
+//! - `queues`: each queue's fair-share state for `GET /queues`.
 
 mod claim;
+mod queues;
 mod reap;
 mod reconcile;
 mod timeout;
