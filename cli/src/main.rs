@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`Cli`] / [`Command`]: the argument grammar (clap derive).
 //! - [`shutdown_signal`]: SIGINT / SIGTERM → graceful shutdown.
-//! - `remote`: commands that talk to a server (runs, definitions, workers, strategies, run).
+//! - `remote`: commands that talk to a server (runs, definitions, workers, queues,
+//!   strategies, run).
 //! - `deploy`: the deploy file format and `gyoza deploy`.
 //! - `watch`: following a run's live event stream.
 //! - `up`: a server and a local worker in one process.
@@ -94,6 +95,13 @@ enum Command {
     Workers {
         #[command(subcommand)]
         command: remote::WorkersCommand,
+        #[command(flatten)]
+        conn: remote::Connection,
+    },
+    /// Queues: list (weights, quotas, PENDING and held runs, fair share).
+    Queues {
+        #[command(subcommand)]
+        command: remote::QueuesCommand,
         #[command(flatten)]
         conn: remote::Connection,
     },
@@ -217,6 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<remote::Outcome> {
         Command::Runs { command, conn } => return remote::runs(&conn, command).await,
         Command::Definitions { command, conn } => return remote::definitions(&conn, command).await,
         Command::Workers { command, conn } => return remote::workers(&conn, command).await,
+        Command::Queues { command, conn } => return remote::queues(&conn, command).await,
         Command::Strategies { command, conn } => return remote::strategies(&conn, command).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;

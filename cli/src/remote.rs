@@ -1,11 +1,12 @@
-//! Commands that talk to a gyoza server: runs, definitions, workers, strategies, `run`.
+//! Commands that talk to a gyoza server: runs, definitions, workers, queues, strategies,
+//! `run`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use gyoza_core::api::{OpRunCreate, OpRunCreateFromDefinition, OpRunView, StrategyList};
+use gyoza_core::api::{OpRunCreate, OpRunCreateFromDefinition, OpRunView, QueueList, StrategyList};
 use gyoza_core::client::{Client, DEFAULT_SERVER_URL, RunFilter};
 use gyoza_core::{Constraints, OpRunState, RetryPolicy};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -155,6 +156,16 @@ pub enum DefinitionsCommand {
 #[derive(Debug, Subcommand)]
 pub enum WorkersCommand {
     /// Workers with their resources, running ops and whether they are active.
+    List,
+}
+
+/// `gyoza queues …`
+#[derive(Debug, Subcommand)]
+pub enum QueuesCommand {
+    /// Each queue's fair-share state: weight, PENDING runs (all of them), runs held by
+    /// active workers and what they hold, dominant share (largest fraction of the active
+    /// cluster's CPU, RAM or VRAM held, divided by the weight) and quotas. --json adds the
+    /// decayed usage and its half-life.
     List,
 }
 
@@ -585,6 +596,53 @@ pub async fn workers(
         )
     })?;
     Ok(Outcome::Done)
+}
+
+/// `gyoza queues …`
+pub async fn queues(
+    conn: &Connection,
+    QueuesCommand::List: QueuesCommand,
+) -> anyhow::Result<Outcome> {
+    let list = conn.client()?.queues().await?;
+    conn.print(&list, || queues_table(&list))?;
+    Ok(Outcome::Done)
+}
+
+/// The human table of `gyoza queues list`; a quota is `key=value` pairs, `-` when none.
+fn queues_table(list: &QueueList) -> String {
+    let rows: Vec<Vec<String>> = list
+        .queues
+        .iter()
+        .map(|q| {
+            let quota = [
+                ("cpu", q.quota.cpu),
+                ("ram_mb", q.quota.ram_mb),
+                ("vram_mb", q.quota.vram_mb),
+                ("runs", q.quota.runs),
+            ]
+            .iter()
+            .filter_map(|(key, value)| value.map(|v| format!("{key}={v}")))
+            .collect::<Vec<_>>()
+            .join(",");
+            vec![
+                q.name.clone(),
+                q.weight.to_string(),
+                q.pending.to_string(),
+                q.running.to_string(),
+                q.held.cpu.to_string(),
+                q.held.ram_mb.to_string(),
+                q.held.vram_mb.to_string(),
+                format!("{:.3}", q.share),
+                if quota.is_empty() { "-".into() } else { quota },
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "NAME", "WEIGHT", "PENDING", "RUNNING", "CPU", "RAM_MB", "VRAM_MB", "SHARE", "QUOTA",
+        ],
+        &rows,
+    )
 }
 
 /// `gyoza strategies …`
