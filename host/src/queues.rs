@@ -296,4 +296,14 @@ mod tests {
             assert!(error.contains(says), "{bad}: {error}");
         }
     }
+
+    #[test]
+    fn the_dominant_share_skips_what_the_cluster_has_none_of_and_divides_by_the_weight() {
+        // CPU 4/16 = 0.25, RAM 1024/8192 = 0.125; no VRAM in the cluster (skipped, though
+        // the queue holds some: a run on a worker that went).
+        assert_eq!(dominant_share([4, 1024, 512], [16, 8192, 0], 1), 0.25);
+        assert_eq!(dominant_share([4, 1024, 512], [16, 8192, 0], 2), 0.125);
+        assert_eq!(dominant_share([0, 0, 0], [16, 8192, 8192], 1), 0.0);
+        assert_eq!(dominant_share([4, 4, 4], [0, 0, 0], 1), 0.0, "an empty cluster");
+    }
 }

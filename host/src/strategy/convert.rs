@@ -521,4 +521,105 @@ mod tests {
                 .all(|(run, r)| *run == 3 && r == "waits")
         );
     }
+
+    /// The claim's `queues` column: configured queues first seeded, the window's pending
+    /// runs counted, held runs with what they hold and their decayed usage, plus the store's
+    /// ended usage (only for a queue listed for another reason). Figures from the numbers.
+    #[test]
+    fn the_claims_queues_count_the_window_the_held_runs_and_the_ended_usage() {
+        use gyoza_core::{Constraints, PendingRun, Resources, Worker};
+
+        use crate::queues::QueueSettings;
+
+        let now = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+        let facts = |queue: &str, assigned_s: Option<i64>| RunFacts {
+            queue: queue.into(),
+            assigned_at: assigned_s.map(|s| now - chrono::Duration::seconds(s)),
+            ..RunFacts::default()
+        };
+        let worker = Worker {
+            id: "w".into(),
+            resources: Resources {
+                cpu_cores: 8,
+                ram_mb: 8192,
+                gpus: Vec::new(),
+            },
+            tags: Vec::new(),
+            running_ops: Vec::new(),
+            created_at: now,
+            last_heartbeat_at: now,
+            instance: None,
+        };
+        let pending: Vec<PendingRun> = ["b", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, queue)| PendingRun {
+                id: format!("p{i}"),
+                priority: 0,
+                created_at: now,
+                constraints: Constraints::default(),
+                facts: facts(queue, None),
+                only_gpus: None,
+            })
+            .collect();
+        let running = vec![HeldRun {
+            id: "h".into(),
+            worker_id: "w".into(),
+            constraints: Constraints {
+                cpu: Some(2),
+                ram_mb: Some(100),
+                ..Constraints::default()
+            },
+            gpu_id: None,
+            priority: 0,
+            facts: facts("b", Some(60)),
+        }];
+        let queues = QueueSettings::parse("a:weight=3,cpu=4", 600).unwrap();
+        let usage = vec![
+            ("b".to_owned(), [10.0, 20.0, 0.0]),
+            ("gone".to_owned(), [5.0, 5.0, 5.0]),
+        ];
+        let request = ClaimRequest {
+            worker: &worker,
+            free: Capacity::free(&worker.resources, &running),
+            pending: &pending,
+            max: 1,
+            now,
+            cluster: &[],
+            running: &running,
+            queues: &queues,
+            usage: &usage,
+            max_preemptions: 0,
+            max_evictions: 0,
+        };
+        let claim = claim(&request);
+        let q = &claim.queues;
+        let names: Vec<&str> = q
+            .name
+            .iter()
+            .map(|&i| claim.strings[i as usize].as_str())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"], "\"gone\" has only ended usage");
+        assert_eq!(q.weight, [3, 1, 1]);
+        assert_eq!(q.quota_cpu, [4, NO_QUOTA, NO_QUOTA]);
+        assert_eq!(q.pending, [0, 2, 1]);
+        assert_eq!(q.running, [0, 1, 0]);
+        assert_eq!(q.cpu, [0, 2, 0]);
+        assert_eq!(q.ram_mb, [0, 100, 0]);
+        // Held 60 s with a 600 s half-life: 600 / ln 2 × (1 − 2^(−0.1)) per unit.
+        let weight = 600.0 / std::f64::consts::LN_2 * (1.0 - 2f64.powf(-0.1));
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+        assert!(
+            close(q.cpu_seconds[1], 10.0 + 2.0 * weight),
+            "{:?}",
+            q.cpu_seconds
+        );
+        assert!(
+            close(q.ram_mb_seconds[1], 20.0 + 100.0 * weight),
+            "{:?}",
+            q.ram_mb_seconds
+        );
+        assert_eq!(q.cpu_seconds[0], 0.0);
+        assert_eq!(q.vram_mb_seconds, [0.0, 0.0, 0.0]);
+    }
 }
