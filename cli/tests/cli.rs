@@ -317,6 +317,85 @@ fn workers_strategies_and_failures_to_connect() {
 }
 
 #[test]
+fn queues_list_shows_each_queues_fair_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(
+        env!("CARGO_BIN_EXE_gyoza"),
+        dir.path(),
+        KEY,
+        &["--queues", "batch:weight=2,cpu=16,runs=20; idle:weight=1"],
+    );
+    let url = server.url.as_str();
+    api(
+        &server,
+        "POST",
+        "/workers/heartbeat",
+        json!({"worker_id": "w-q", "resources": {"cpu_cores": 8, "ram_mb": 4096}}),
+    );
+    for _ in 0..3 {
+        api(
+            &server,
+            "POST",
+            "/runs",
+            json!({"image": "x", "queue": "batch", "constraints": {"cpu": 4, "ram_mb": 1024}}),
+        );
+    }
+    let claimed = api(&server, "POST", "/workers/w-q/claim?max=1", Value::Null);
+    assert_eq!(claimed["ops"].as_array().unwrap().len(), 1, "{claimed}");
+
+    // CPU 4/8 dominates (RAM 1024/4096), halved by weight 2.
+    let table = ok(url, &["queues", "list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    let cells = |line: &str| {
+        line.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        cells(lines[0]),
+        [
+            "NAME", "WEIGHT", "PENDING", "RUNNING", "CPU", "RAM_MB", "VRAM_MB", "SHARE", "QUOTA"
+        ],
+        "{table}"
+    );
+    assert_eq!(
+        cells(lines[1]),
+        [
+            "batch",
+            "2",
+            "2",
+            "1",
+            "4",
+            "1024",
+            "0",
+            "0.250",
+            "cpu=16,runs=20"
+        ],
+        "{table}"
+    );
+    assert_eq!(
+        cells(lines[2]),
+        ["idle", "1", "0", "0", "0", "0", "0", "0.000", "-"],
+        "{table}"
+    );
+    let list = json_of(url, &["queues", "list", "--json"]);
+    assert_eq!(list["half_life_s"], 3600);
+    assert_eq!(list["queues"][0]["quota"]["ram_mb"], Value::Null);
+    assert_eq!(list["queues"][0]["share"], 0.25);
+
+    let output = Command::new(env!("CARGO_BIN_EXE_gyoza"))
+        .args(["queues", "list", "--server", url, "--api-key", "wrong"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("Invalid or missing API key"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn waiting_on_a_run_reports_how_it_ended_in_the_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_in(env!("CARGO_BIN_EXE_gyoza"), dir.path(), KEY, &[]);

@@ -304,6 +304,10 @@ mod tests {
         assert_eq!(dominant_share([4, 1024, 512], [16, 8192, 0], 1), 0.25);
         assert_eq!(dominant_share([4, 1024, 512], [16, 8192, 0], 2), 0.125);
         assert_eq!(dominant_share([0, 0, 0], [16, 8192, 8192], 1), 0.0);
-        assert_eq!(dominant_share([4, 4, 4], [0, 0, 0], 1), 0.0, "an empty cluster");
+        assert_eq!(
+            dominant_share([4, 4, 4], [0, 0, 0], 1),
+            0.0,
+            "an empty cluster"
+        );
     }
 }
