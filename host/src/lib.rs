@@ -21,6 +21,8 @@
 //!   ASSIGNED), requeueing the runs of dead workers, reconciling heartbeats with the runs
 //!   their workers hold.
 //! - [`reaper`]: the periodic task that runs the service's dead-worker check.
+//! - [`queues`]: queue weights and quotas (`GYOZA_QUEUES`), and each queue's rows (held,
+//!   pending, decayed usage) and dominant share as claims and `GET /queues` show them.
 //! - [`scheduler`]: the scheduling seam: what a strategy decides from and its raw decision.
 //! - [`store`]: the [`store::StoreRead`] (reads) and [`store::Store`] (writes) traits; the
 //!   embedded SQLite store and the MongoDB store.
