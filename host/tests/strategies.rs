@@ -138,7 +138,16 @@ async fn builtins_are_listed_and_one_can_be_activated() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["bin-packing", "direct", "priority"]);
+    assert_eq!(
+        names,
+        [
+            "affinity",
+            "bin-packing",
+            "direct",
+            "fair-share",
+            "priority"
+        ]
+    );
     for s in list["strategies"].as_array().unwrap() {
         assert_eq!(
             s["wit_version"], "1.0.0",

@@ -5,9 +5,11 @@
 //! - **image locality** (`image_weight`, default 10): the worker holds a run of the same
 //!   image, or of the same definition — its image is on that worker's engine, so the
 //!   container starts without a pull (as the Kubernetes ImageLocality score and Nomad do);
-//! - **spread** (`spread=<label key>`, `spread_weight`, default 10): minus the weight for
+//! - **spread** (`spread=<label key>`, `spread_weight`, default 100): minus the weight for
 //!   each run the worker holds whose label `<key>` has the run's value, so that runs sharing
-//!   a value go to different workers while others have room (anti-affinity);
+//!   a value go to different workers while others have room (anti-affinity); its default
+//!   outweighs locality and tags, since runs spread by a label (shards of one job) often
+//!   share an image;
 //! - **preferred tags** (`tag_weight`, default 1): the weight for each tag of the run's
 //!   `prefer-tags` label (comma-separated) that the worker or one of its GPUs has.
 //!
@@ -51,7 +53,7 @@ impl Strategy for Affinity {
         let mut strategy = Affinity {
             image_weight: 10,
             tag_weight: 1,
-            spread_weight: 10,
+            spread_weight: 100,
             spread: None,
             patience_ms: 30_000,
         };
@@ -210,17 +212,17 @@ impl<'a> Plan<'a> {
         }
         let wants = &self.wants[i];
         let holdings = &self.workers[requester];
-        let (workers, has) = if better == 1 {
-            ("worker", "has")
+        let (workers, has, hold) = if better == 1 {
+            ("worker", "has", "holds")
         } else {
-            ("workers", "have")
+            ("workers", "have", "hold")
         };
         let why = if let Some(held) = wants.spread.and_then(|v| holdings.spread.get(v)) {
             let key = self.strategy.spread.as_deref().unwrap_or_default();
             let value = wants.spread.unwrap_or_default();
             let runs = if *held == 1 { "run" } else { "runs" };
             format!(
-                "spreads {key}={value}: this worker holds {held} such {runs}; {better} {workers} with room hold fewer"
+                "spreads {key}={value}: this worker holds {held} such {runs}; {better} {workers} with room {hold} fewer"
             )
         } else if wants.image != 0 && !holdings.images.contains(&wants.image) {
             format!(

@@ -105,8 +105,9 @@ fn spread_puts_runs_of_one_value_on_different_workers_while_others_have_room() {
             .worker(WorkerSpec::new(8, 65536))
     };
     let mut claim = cluster();
+    // Shards of one job share its image: spreading them outweighs the image taken here.
     for _ in 0..3 {
-        claim = claim.pending(RunSpec::new().cpu(1).label("shard", "7"));
+        claim = claim.pending(RunSpec::new().cpu(1).image("job").label("shard", "7"));
     }
     let claim = claim
         .pending(RunSpec::new().cpu(1).label("shard", "8"))
