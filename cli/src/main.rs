@@ -140,9 +140,10 @@ enum PluginsCommand {
     /// Decide a scenario (a JSON cluster, its running and pending runs) with FILE: the
     /// assignments, the preemptions, the reasons for runs left pending, and the latency per
     /// call. The scenario is a file, or a live server's claim for one worker (a dry run:
-    /// what FILE would decide now; nothing is claimed).
+    /// what FILE would decide now; nothing is claimed). A scenario with `expect` (the
+    /// assignments, preemptions or reasons it should get) fails when the decision differs.
     Simulate {
-        /// The plugin (.wasm component).
+        /// The plugin (.wasm component), or the name of a built-in strategy (`fair-share`).
         file: std::path::PathBuf,
         /// The scenario file (see examples/strategy-template/scenario.json).
         #[arg(
@@ -273,7 +274,15 @@ async fn run(cli: Cli) -> anyhow::Result<remote::Outcome> {
                     )),
                 },
             })
-            .await??;
+            .await?;
+            let text = match text {
+                // The report still goes to stdout: it says how the decision differs.
+                Err(scenario::ScenarioError::Unexpected(report)) => {
+                    println!("{report}");
+                    return Err(scenario::ScenarioError::Unexpected(String::new()).into());
+                }
+                other => other?,
+            };
             println!("{text}");
         }
         Command::Worker(WorkerCommand::Start(config)) => {

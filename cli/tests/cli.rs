@@ -657,3 +657,66 @@ fn plugins_simulate_from_a_live_server_is_a_dry_run_of_its_claim() {
     );
     assert!(err.contains("never sent a heartbeat"), "{err}");
 }
+
+#[test]
+fn plugins_simulate_names_a_builtin_and_fails_when_the_scenario_expects_otherwise() {
+    let nowhere = "http://127.0.0.1:1";
+    let scenario = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/scenarios/fair-share.weights.json"
+    );
+    let text = ok(
+        nowhere,
+        &["plugins", "simulate", "fair-share", "--scenario", scenario],
+    );
+    assert!(
+        text.contains("plugin fair-share (gyoza:scheduler@1.0.0)"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("as expected\n\n") || text.ends_with("as expected\n"),
+        "{text:?}"
+    );
+
+    let mut wrong: Value =
+        serde_json::from_str(&std::fs::read_to_string(scenario).unwrap()).unwrap();
+    wrong["expect"]["assigned"] = json!(["b1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wrong.json");
+    std::fs::write(&path, wrong.to_string()).unwrap();
+    let path = path.to_str().unwrap();
+    for json in [false, true] {
+        let mut args = vec!["plugins", "simulate", "fair-share", "--scenario", path];
+        if json {
+            args.push("--json");
+        }
+        let output = gyoza(nowhere, &args);
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("the decision is not the one the scenario expects"),
+            "{}",
+            stderr(&output)
+        );
+        // The report still says how, on stdout.
+        let shown = stdout(&output);
+        assert!(shown.contains("expected [b1]"), "{shown}");
+        if json {
+            let report: Value = serde_json::from_str(&shown).unwrap();
+            assert_eq!(
+                report["unexpected"][0],
+                "assigned [i1, i2, i3, b1, b2], expected [b1]"
+            );
+        }
+    }
+
+    let unknown = fails(
+        nowhere,
+        &["plugins", "simulate", "fair-shares", "--scenario", path],
+        1,
+    );
+    assert!(
+        unknown.contains("cannot read fair-shares (nor is it a built-in strategy: direct, priority, bin-packing, fair-share, affinity): No such file"),
+        "{unknown}"
+    );
+    assert_eq!(unknown.matches("No such file").count(), 1, "{unknown}");
+}

@@ -130,7 +130,7 @@ async fn borrowed(api: &Api) -> (Vec<String>, String) {
 async fn fair_share_with_reclaim_takes_borrowed_capacity_back() {
     let api = server("fair-share", "reclaim=true", "").await;
     let (batch, interactive) = borrowed(&api).await;
-    assert_eq!(api.claim("w", 10).await, [interactive.clone()]);
+    assert_eq!(api.claim("w", 10).await, std::slice::from_ref(&interactive));
     let mut preempted = Vec::new();
     for id in &batch {
         let shown = get(&api, id).await;

@@ -618,3 +618,84 @@ fn a_plugin_for_an_unknown_wit_major_version_is_refused_clearly() {
         "{error}"
     );
 }
+
+/// `examples/scenarios/<strategy>.<case>.json`, each decided by the built-in it names.
+fn example_scenarios() -> Vec<(String, PathBuf, scenario::Scenario)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scenarios");
+    let mut found: Vec<(String, PathBuf, scenario::Scenario)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .map(|path| {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            let strategy = name.split('.').next().unwrap().to_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let parsed: scenario::Scenario =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (strategy, path, parsed)
+        })
+        .collect();
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    found
+}
+
+#[test]
+fn the_example_scenarios_decide_as_they_expect() {
+    let scenarios = example_scenarios();
+    let strategies: Vec<&str> = scenarios.iter().map(|(s, _, _)| s.as_str()).collect();
+    assert!(
+        strategies.contains(&"fair-share") && strategies.contains(&"affinity"),
+        "{strategies:?}"
+    );
+    for (strategy, path, scenario) in &scenarios {
+        let expect = scenario
+            .expect
+            .clone()
+            .unwrap_or_else(|| panic!("{} expects nothing", path.display()));
+        // Named by the built-in's name, as `gyoza plugins simulate fair-share` does.
+        let report = scenario::simulate(Path::new(strategy), scenario).unwrap();
+        assert_eq!(report.plugin, *strategy);
+        assert_eq!(report.failure, None, "{}", path.display());
+        assert_eq!(
+            report.unexpected,
+            Vec::<String>::new(),
+            "{}",
+            path.display()
+        );
+
+        // A scenario expecting something else fails, and says how.
+        let mut wrong = scenario.clone();
+        let mut assigned = expect.assigned.clone().unwrap_or_default();
+        assigned.reverse();
+        assigned.push("no-such-run".into());
+        wrong.expect = Some(scenario::Expectation {
+            assigned: Some(assigned),
+            ..expect.clone()
+        });
+        let report = scenario::simulate(Path::new(strategy), &wrong).unwrap();
+        assert_eq!(report.unexpected.len(), 1, "{:?}", report.unexpected);
+        assert!(
+            report.unexpected[0].contains("no-such-run"),
+            "{:?}",
+            report.unexpected
+        );
+        let err =
+            scenario::simulate_scenario_command(Path::new(strategy), &wrong, false).unwrap_err();
+        let scenario::ScenarioError::Unexpected(text) = err else {
+            panic!("{err}")
+        };
+        assert!(text.contains("NOT AS EXPECTED: assigned"), "{text}");
+
+        if let Some((run, reason)) = expect.reasons.iter().next() {
+            let mut reasons = expect.reasons.clone();
+            reasons.insert(run.clone(), format!("{reason}!"));
+            wrong.expect = Some(scenario::Expectation {
+                reasons,
+                ..expect.clone()
+            });
+            let report = scenario::simulate(Path::new(strategy), &wrong).unwrap();
+            assert_eq!(report.unexpected.len(), 1, "{:?}", report.unexpected);
+            assert!(report.unexpected[0].starts_with(&format!("run {run}: reason")));
+        }
+    }
+}

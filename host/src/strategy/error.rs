@@ -47,12 +47,12 @@ pub enum StrategyError {
         available: Vec<String>,
     },
     /// A file could not be read.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         /// What was being read.
         context: String,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, so not also a `source`: a chain would say it twice).
+        cause: std::io::Error,
     },
 }
 

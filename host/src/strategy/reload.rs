@@ -67,9 +67,9 @@ impl Reload {
                 tracing::debug!(dir = %dir.display(), "plugin watcher stopped");
             })
             .map(drop)
-            .map_err(|source| StrategyError::Io {
+            .map_err(|cause| StrategyError::Io {
                 context: "cannot start the plugin watcher".into(),
-                source,
+                cause,
             })
     }
 
@@ -133,9 +133,9 @@ impl Reload {
         let name = plugin_name(path);
         let label = file_label(path);
         let result = std::fs::read(path)
-            .map_err(|source| StrategyError::Io {
+            .map_err(|cause| StrategyError::Io {
                 context: format!("cannot read {}", path.display()),
-                source,
+                cause,
             })
             .and_then(|bytes| {
                 let current = self.registry.get(&name).map(|p| p.sha256.clone());

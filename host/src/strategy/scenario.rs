@@ -21,7 +21,14 @@
 //! A held run (`running`) is its constraints (`cpu`, `ram_mb`, `vram_mb`, `tags`, as in
 //! older scenarios) plus, optionally, `id`, `priority`, `queue`, `labels`, `preemptible`,
 //! `preemptions`, `image`, `definition`, `gpu_id` and `ran_ms`.
+//!
+//! A scenario may carry what it expects ([`Expectation`]: `"expect": {"assigned": [...],
+//! "evicted": [[held, for], ...], "reasons": {"run": "reason"}}`); the report lists each
+//! difference in `unexpected`, and [`simulate_scenario_command`] fails with
+//! [`ScenarioError::Unexpected`]. The plugin may be named by a built-in's name instead of a
+//! file (`examples/scenarios/` are decided so by the test suite).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -173,6 +180,77 @@ pub struct Scenario {
     pub workers: Vec<ScenarioWorker>,
     /// Pending runs; they are sorted by priority (stable) as the store would.
     pub pending: Vec<ScenarioRun>,
+    /// What the decision should be; `gyoza plugins simulate` fails when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expectation>,
+}
+
+/// The decision a scenario expects. Each part that is given is compared; those left out
+/// are not.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    /// The run ids assigned, in order (after the host's checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<Vec<String>>,
+    /// The preemptions carried out, as (held run id, pending run id), in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evicted: Option<Vec<(String, String)>>,
+    /// Reasons of runs left pending, by run id: each must be the reason given (other runs'
+    /// reasons are not compared).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reasons: BTreeMap<String, String>,
+}
+
+impl Expectation {
+    /// How `report` differs from what is expected, one sentence per difference.
+    fn differences(&self, report: &SimulationReport) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(assigned) = &self.assigned
+            && assigned != &report.assigned
+        {
+            out.push(format!(
+                "assigned [{}], expected [{}]",
+                report.assigned.join(", "),
+                assigned.join(", ")
+            ));
+        }
+        if let Some(evicted) = &self.evicted {
+            let got: Vec<(String, String)> = report
+                .evicted
+                .iter()
+                .map(|(victim, for_run, _)| (victim.clone(), for_run.clone()))
+                .collect();
+            if &got != evicted {
+                let show = |pairs: &[(String, String)]| {
+                    pairs
+                        .iter()
+                        .map(|(victim, for_run)| format!("{victim} for {for_run}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                out.push(format!(
+                    "evicted [{}], expected [{}]",
+                    show(&got),
+                    show(evicted)
+                ));
+            }
+        }
+        for (run, reason) in &self.reasons {
+            let given = report
+                .reasons
+                .iter()
+                .find(|(id, _)| id == run)
+                .map(|(_, why)| why.as_str());
+            if given != Some(reason.as_str()) {
+                out.push(format!(
+                    "run {run}: reason {}, expected \"{reason}\"",
+                    given.map_or("none".to_owned(), |why| format!("\"{why}\""))
+                ));
+            }
+        }
+        out
+    }
 }
 
 fn default_max() -> usize {
@@ -214,6 +292,10 @@ pub struct SimulationReport {
     pub latency_max_us: u64,
     /// The failure, if the plugin failed instead of deciding.
     pub failure: Option<String>,
+    /// How the decision differs from the scenario's `expect` (empty when it has none or
+    /// the decision is the one expected).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unexpected: Vec<String>,
 }
 
 /// Why a scenario could not be simulated.
@@ -225,14 +307,30 @@ pub enum ScenarioError {
     /// The scenario file is unreadable or wrong.
     #[error("scenario: {0}")]
     Scenario(String),
+    /// The decision is not the one the scenario expects: the report (text or JSON), which
+    /// says how, for the caller to show.
+    #[error("the decision is not the one the scenario expects")]
+    Unexpected(String),
 }
 
-/// Loads the plugin file at `path` with default limits and `config`.
+/// Loads the plugin file at `path` with default limits and `config`; a path that names no
+/// file but a built-in strategy (`fair-share`) loads that one.
 fn load(path: &Path, config: &str) -> Result<Plugin, StrategyError> {
-    let bytes = std::fs::read(path).map_err(|source| StrategyError::Io {
-        context: format!("cannot read {}", path.display()),
-        source,
-    })?;
+    let embedded = path
+        .to_str()
+        .filter(|_| !path.exists())
+        .and_then(super::builtin::builtin);
+    let bytes = match embedded {
+        Some(builtin) => builtin.wasm.to_vec(),
+        None => std::fs::read(path).map_err(|cause| StrategyError::Io {
+            context: format!(
+                "cannot read {} (nor is it a built-in strategy: {})",
+                path.display(),
+                super::builtin::BUILTINS.map(|b| b.name).join(", ")
+            ),
+            cause,
+        })?,
+    };
     let limits = StrategySettings::builtin(FALLBACK).limits();
     Plugin::load_bytes(
         &runtime(None)?,
@@ -427,6 +525,7 @@ impl Scenario {
             usage: preview.usage.clone(),
             workers,
             pending,
+            expect: None,
         }
     }
 }
@@ -504,6 +603,7 @@ pub fn simulate(
         latency_p50_us: us(latencies.get(latencies.len() / 2)),
         latency_max_us: us(latencies.last()),
         failure: None,
+        unexpected: Vec::new(),
     };
     match last {
         Some(Ok(answer)) => {
@@ -512,6 +612,12 @@ pub fn simulate(
         }
         Some(Err(failure)) => report.failure = Some(failure.to_string()),
         None => {}
+    }
+    if let Some(expect) = &scenario.expect {
+        report.unexpected = match &report.failure {
+            Some(failure) => vec![format!("the plugin failed: {failure}")],
+            None => expect.differences(&report),
+        };
     }
     Ok(report)
 }
@@ -712,8 +818,12 @@ pub fn simulate_scenario_command(
 ) -> Result<String, ScenarioError> {
     let report = simulate(file, scenario)?;
     if json {
-        return serde_json::to_string_pretty(&report)
-            .map_err(|e| ScenarioError::Scenario(e.to_string()));
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| ScenarioError::Scenario(e.to_string()))?;
+        if !report.unexpected.is_empty() {
+            return Err(ScenarioError::Unexpected(text));
+        }
+        return Ok(text);
     }
     let mut out = format!(
         "plugin {} ({}@{}), requester {}, max {}\n",
@@ -755,5 +865,15 @@ pub fn simulate_scenario_command(
         "latency over {} calls: min {} us, p50 {} us, max {} us\n",
         report.calls, report.latency_min_us, report.latency_p50_us, report.latency_max_us
     ));
+    if scenario.expect.is_some() {
+        if report.unexpected.is_empty() {
+            out.push_str("as expected\n");
+        } else {
+            for difference in &report.unexpected {
+                out.push_str(&format!("NOT AS EXPECTED: {difference}\n"));
+            }
+            return Err(ScenarioError::Unexpected(out));
+        }
+    }
     Ok(out)
 }

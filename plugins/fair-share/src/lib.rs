@@ -213,9 +213,9 @@ impl<'a> Plan<'a> {
     fn share_counting(&self, l: usize, counted: [u64; RESOURCES]) -> f64 {
         let lane = &self.lanes[l];
         let mut dominant: f64 = 0.0;
-        for r in 0..RESOURCES {
-            if self.total[r] > 0.0 {
-                dominant = dominant.max(lane.past[r] + counted[r] as f64 / self.total[r]);
+        for ((&total, &past), &counted) in self.total.iter().zip(&lane.past).zip(&counted) {
+            if total > 0.0 {
+                dominant = dominant.max(past + counted as f64 / total);
             }
         }
         dominant / lane.weight
@@ -263,9 +263,9 @@ impl<'a> Plan<'a> {
         self.decision.assign.push(index as u32);
         let need = [u64::from(run.cpu), run.ram_mb, run.vram_mb];
         let lane = &mut self.lanes[l];
-        for r in 0..RESOURCES {
-            lane.held[r] = lane.held[r].saturating_add(need[r]);
-            lane.assigned[r] = lane.assigned[r].saturating_add(need[r]);
+        for (r, amount) in need.into_iter().enumerate() {
+            lane.held[r] = lane.held[r].saturating_add(amount);
+            lane.assigned[r] = lane.assigned[r].saturating_add(amount);
         }
         lane.runs += 1;
         lane.next += 1;
@@ -388,8 +388,8 @@ impl<'a> Plan<'a> {
         }
         for (lender, (back, runs)) in given_back {
             let lane = &mut self.lanes[lender];
-            for r in 0..RESOURCES {
-                lane.held[r] = lane.held[r].saturating_sub(back[r]);
+            for (held, back) in lane.held.iter_mut().zip(back) {
+                *held = held.saturating_sub(back);
             }
             lane.runs = lane.runs.saturating_sub(runs);
         }
