@@ -9,6 +9,7 @@
 //! cargo run --release -p gyoza-bench -- memory                  # RSS idle and with 100,000 runs
 //! cargo run --release -p gyoza-bench -- worker                  # claim → container start vs docker run
 //! cargo run --release -p gyoza-bench -- events  [--events N] [--event-bytes B]   # one chatty run
+//! cargo run --release -p gyoza-bench -- fair-share [--runs N] [--seconds S]   # 3 real workers, 2 queues
 //! ```
 //!
 //! The server binary is `target/release/gyoza` (or `GYOZA_BIN`); `--store` is passed to it
@@ -18,6 +19,8 @@
 //! # Layout
 //! - [`Server`]: the server process (free port, temp data dir, killed on drop).
 //! - one `async fn` per scenario; [`Latencies`] for percentiles.
+
+mod cluster;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -48,6 +51,11 @@ struct Server {
 
 impl Server {
     fn start(store: Option<&str>) -> anyhow::Result<Self> {
+        Self::start_with(store, &[])
+    }
+
+    /// [`Server::start`] with these environment variables set (strategy, queues).
+    fn start_with(store: Option<&str>, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let bin = server_bin();
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -59,6 +67,7 @@ impl Server {
             .arg(&data)
             .env("GYOZA_API_KEY", KEY)
             .env("GYOZA_LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if let Some(store) = store {
@@ -851,9 +860,12 @@ async fn main() -> anyhow::Result<()> {
         Some("events") => {
             events(number("--events", 10_000)?, number("--event-bytes", 4_096)?).await
         }
+        Some("fair-share") => {
+            cluster::fair_share(number("--runs", 150)?, number("--seconds", 2)? as u64).await
+        }
         Some("all") => all(store).await,
         _ => bail!(
-            "usage: gyoza-bench create|claims|claim-latency|submit-to-claim|memory|worker|events|all [--store URL] [--runs N] [--workers N] [--events N] [--event-bytes B]"
+            "usage: gyoza-bench create|claims|claim-latency|submit-to-claim|memory|worker|events|fair-share|all [--store URL] [--runs N] [--workers N] [--events N] [--event-bytes B] [--seconds S]"
         ),
     }
 }

@@ -1,4 +1,5 @@
-//! Bin-packing as a wasm component vs the same algorithm compiled natively.
+//! A strategy as a wasm component vs the same algorithm compiled natively (bin-packing by
+//! default).
 //!
 //! Run: `cargo bench -p gyoza-host --bench strategy`. Not a test: it prints figures (see
 //! BENCHMARKS.md, section "Strategies").
@@ -17,6 +18,10 @@
 //! Environment:
 //! - `GYOZA_BENCH_STRATEGY=NAME`: another strategy on the wasm side (`direct`: transfer cost
 //!   only); with `GYOZA_BENCH_PLUGINS_DIR=DIR`, one loaded from DIR (by file stem).
+//!   `fair-share` and `affinity` are compared with their native twins (their `plan.rs`,
+//!   compiled here), other strategies with native bin-packing.
+//! - `GYOZA_BENCH_CONFIG=STRING`: the strategy configuration both sides get (default
+//!   `reclaim=true` for fair-share, `spread=team` for affinity, empty otherwise).
 //! - `GYOZA_BENCH_PROFILE=native|wasm` (`GYOZA_BENCH_PENDING`, `GYOZA_BENCH_CALLS`): one side
 //!   only, for a profiler; see [`profile`].
 //! - `GYOZA_BENCH_CACHE_DIR=DIR`: keep the compiled components there (ELF files for
@@ -256,10 +261,48 @@ fn plain(claim: records::Claim) -> Claim {
 
 #[path = "../../plugins/sdk/src/model.rs"]
 mod model;
-pub use model::{Capacity, NO_GPU, NO_QUOTA, Placement, reason};
+pub use model::{Capacity, NO_GPU, NO_QUOTA, PendingRun, Placement, reason};
+
+#[path = "../../plugins/sdk/src/config.rs"]
+mod config;
 
 #[path = "../../plugins/bin-packing/src/plan.rs"]
 pub mod plan;
+
+#[path = "../../plugins/fair-share/src/plan.rs"]
+mod fair_share;
+
+#[path = "../../plugins/affinity/src/plan.rs"]
+mod affinity;
+
+/// The native twin of the strategy on the wasm side: the same plan file, compiled here.
+enum Native {
+    BinPacking,
+    FairShare(fair_share::Config),
+    Affinity(affinity::Config),
+    /// No twin (a strategy loaded from a file, `direct`, `priority`): bin-packing stands in.
+    None,
+}
+
+impl Native {
+    /// The twin of built-in `strategy` configured with `config`.
+    fn of(strategy: &str, config: &str) -> Result<Self, String> {
+        Ok(match strategy {
+            "bin-packing" => Native::BinPacking,
+            "fair-share" => Native::FairShare(fair_share::Config::parse(config)?),
+            "affinity" => Native::Affinity(affinity::Config::parse(config)?),
+            _ => Native::None,
+        })
+    }
+
+    fn decide(&self, claim: &Claim) -> Decision {
+        match self {
+            Native::BinPacking | Native::None => plan::plan(claim),
+            Native::FairShare(config) => fair_share::plan(config, claim),
+            Native::Affinity(config) => affinity::plan(config, claim),
+        }
+    }
+}
 
 const WORKERS: usize = 100;
 
@@ -369,14 +412,14 @@ fn running(cluster: &mut [ActiveWorker], per_worker: usize) -> Vec<HeldRun> {
 /// What the host does around a native strategy: the same records, the same checks.
 /// Not inlined, so that a profiler can count it alone (`--toggle-collect=*native_decide*`).
 #[inline(never)]
-fn native_decide(request: &ClaimRequest<'_>) -> usize {
+fn native_decide(native: &Native, request: &ClaimRequest<'_>) -> usize {
     // The records the host builds for every claim, then the columns moved to plain copies.
     let claim = plain(records::claim(request));
     // The SDK checks this before the guest's strategy runs; so does the native side.
     if claim.malformed().is_some() {
         return 0;
     }
-    let decision = plan::plan(&claim);
+    let decision = native.decide(&claim);
     // The claim's check, as on the wasm side.
     place(
         &request.free,
@@ -440,7 +483,13 @@ fn medians(
 /// `GYOZA_BENCH_PROFILE=native|wasm`: only that side, `GYOZA_BENCH_CALLS` calls (default
 /// 100) at `GYOZA_BENCH_PENDING` runs (default 1,000), for a profiler, e.g.
 /// `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*decide_blocking*'`.
-fn profile(side: &str, host: &StrategyHost, worker: &CoreWorker, cluster: &[ActiveWorker]) {
+fn profile(
+    side: &str,
+    native: &Native,
+    host: &StrategyHost,
+    worker: &CoreWorker,
+    cluster: &[ActiveWorker],
+) {
     let number = |var: &str, default: usize| {
         std::env::var(var)
             .ok()
@@ -465,7 +514,7 @@ fn profile(side: &str, host: &StrategyHost, worker: &CoreWorker, cluster: &[Acti
     let mut assigned = 0;
     for _ in 0..calls {
         assigned += match side {
-            "native" => native_decide(&request),
+            "native" => native_decide(native, &request),
             _ => wasm_decide(host, &request),
         };
     }
@@ -477,7 +526,24 @@ fn profile(side: &str, host: &StrategyHost, worker: &CoreWorker, cluster: &[Acti
 
 fn main() {
     let strategy = std::env::var("GYOZA_BENCH_STRATEGY").unwrap_or_else(|_| "bin-packing".into());
+    // What the policies do with a configuration key or two (both sides get it).
+    let config = std::env::var("GYOZA_BENCH_CONFIG").unwrap_or_else(|_| {
+        match strategy.as_str() {
+            "fair-share" => "reclaim=true",
+            "affinity" => "spread=team",
+            _ => "",
+        }
+        .into()
+    });
+    let native = match Native::of(&strategy, &config) {
+        Ok(native) => native,
+        Err(e) => {
+            eprintln!("GYOZA_BENCH_CONFIG: {e}");
+            std::process::exit(1);
+        }
+    };
     let settings = StrategySettings {
+        config: config.clone(),
         // A strategy named by its file there, e.g. the bin-packing fixture built against
         // gyoza:scheduler@0.1.0: GYOZA_BENCH_STRATEGY=gyoza_fixture_bin_packing_0_1_0.
         plugins_dir: std::env::var_os("GYOZA_BENCH_PLUGINS_DIR").map(Into::into),
@@ -506,10 +572,16 @@ fn main() {
         instance: None,
     };
     if let Ok(side) = std::env::var("GYOZA_BENCH_PROFILE") {
-        profile(&side, &host, &worker, &cluster);
+        profile(&side, &native, &host, &worker, &cluster);
         return;
     }
-    println!("bin-packing, {WORKERS} workers, claim max 10: median time per decision");
+    let twin = match native {
+        Native::None => "native: bin-packing",
+        _ => "native: its twin",
+    };
+    println!(
+        "{strategy} (config \"{config}\"; {twin}), {WORKERS} workers, claim max 10: median time per decision"
+    );
     println!(
         "{:>8} {:>8} {:>12} {:>12} {:>8} {:>9}",
         "pending", "running", "native", "wasm", "ratio", "assigned"
@@ -546,11 +618,11 @@ fn main() {
         };
         let ((native, native_ids), (wasm, wasm_ids)) = medians(
             iterations,
-            || native_decide(&request),
+            || native_decide(&native, &request),
             || wasm_decide(&host, &request),
         );
-        // Either form of bin-packing must decide as the native plan does.
-        if strategy.contains("bin_packing") || strategy == "bin-packing" {
+        // A strategy and its twin (or either form of bin-packing) must decide the same.
+        if strategy.contains("bin_packing") || !matches!(native, Native::None) {
             assert_eq!(native_ids, wasm_ids, "both sides must decide the same");
         }
         println!(

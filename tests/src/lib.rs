@@ -28,6 +28,9 @@
 //!   [`attempt_error`]: what tests check of a run.
 //! - [`image_run`]: an ad-hoc run of an image.
 //! - [`deploy_nap`], [`nap`]: the "nap" definition (the example sleep op) and runs of it.
+//! - [`held`]: what runs held over time, from their attempts (fair-share checks).
+
+pub mod held;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
