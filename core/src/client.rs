@@ -383,6 +383,22 @@ impl Client {
             .await
     }
 
+    /// `POST /runs/batch`: creates these ad-hoc runs in one request, in order; each item's
+    /// outcome is in the answer's `results`.
+    pub async fn create_runs(
+        &self,
+        runs: &[OpRunCreate],
+    ) -> Result<crate::api::OpRunBatchAnswer, ClientError> {
+        let runs = runs
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::Config(format!("cannot encode a run: {e}")))?;
+        let body = crate::api::OpRunBatchCreate { runs };
+        self.call(self.request(Method::POST, &["runs", "batch"]).json(&body))
+            .await
+    }
+
     /// `POST /definitions/{name}/runs`: a run from a definition (the latest version when
     /// `version` is `None`).
     pub async fn create_run_from_definition(

@@ -535,8 +535,8 @@ fn main() {
         }
         .into()
     });
-    let native = match Native::of(&strategy, &config) {
-        Ok(native) => native,
+    let twin = match Native::of(&strategy, &config) {
+        Ok(twin) => twin,
         Err(e) => {
             eprintln!("GYOZA_BENCH_CONFIG: {e}");
             std::process::exit(1);
@@ -572,15 +572,15 @@ fn main() {
         instance: None,
     };
     if let Ok(side) = std::env::var("GYOZA_BENCH_PROFILE") {
-        profile(&side, &native, &host, &worker, &cluster);
+        profile(&side, &twin, &host, &worker, &cluster);
         return;
     }
-    let twin = match native {
+    let native_side = match twin {
         Native::None => "native: bin-packing",
         _ => "native: its twin",
     };
     println!(
-        "{strategy} (config \"{config}\"; {twin}), {WORKERS} workers, claim max 10: median time per decision"
+        "{strategy} (config \"{config}\"; {native_side}), {WORKERS} workers, claim max 10: median time per decision"
     );
     println!(
         "{:>8} {:>8} {:>12} {:>12} {:>8} {:>9}",
@@ -618,11 +618,11 @@ fn main() {
         };
         let ((native, native_ids), (wasm, wasm_ids)) = medians(
             iterations,
-            || native_decide(&native, &request),
+            || native_decide(&twin, &request),
             || wasm_decide(&host, &request),
         );
         // A strategy and its twin (or either form of bin-packing) must decide the same.
-        if strategy.contains("bin_packing") || !matches!(native, Native::None) {
+        if strategy.contains("bin_packing") || !matches!(twin, Native::None) {
             assert_eq!(native_ids, wasm_ids, "both sides must decide the same");
         }
         println!(
