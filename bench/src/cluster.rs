@@ -30,7 +30,7 @@ use serde_json::json;
 
 use gyoza_e2e::held::{busy, holds, last_assigned, now_us, peak};
 
-use super::{KEY, Server, WorkerProcess, server_bin};
+use super::{Server, WorkerProcess};
 
 const IMAGE: &str = "gyoza-example/sleep:latest";
 const WORKERS: usize = 3;
@@ -68,27 +68,20 @@ impl Cluster {
         let mut workers = Vec::new();
         for i in 0..WORKERS {
             let id = format!("fs-{i}");
-            workers.push(WorkerProcess(
-                Command::new(server_bin())
-                    .args([
-                        "worker",
-                        "start",
-                        "--server-url",
-                        &server.url,
-                        "--worker-id",
-                        &id,
-                    ])
-                    .args(["--cpu-cores", &CORES.to_string(), "--ram-mb", "4096"])
-                    .args(["--max-concurrent", "8"])
-                    .args(["--heartbeat-interval", &HEARTBEAT_S.to_string()])
-                    .env("GYOZA_API_KEY", KEY)
-                    .env("GYOZA_WORKER_STATE_DIR", work.join(&id))
-                    .env("GYOZA_LOG_LEVEL", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .spawn()
-                    .context("cannot start a worker")?,
-            ));
+            let (cores, heartbeat) = (CORES.to_string(), HEARTBEAT_S.to_string());
+            let args = [
+                "--cpu-cores",
+                &cores,
+                "--ram-mb",
+                "4096",
+                "--max-concurrent",
+                "8",
+                "--heartbeat-interval",
+                &heartbeat,
+            ];
+            let state = work.join(&id);
+            let env = [("GYOZA_WORKER_STATE_DIR", state.as_os_str())];
+            workers.push(WorkerProcess::spawn(&server.url, &id, &args, &env)?);
         }
         for _ in 0..300 {
             if client.list_workers().await?.len() == WORKERS {

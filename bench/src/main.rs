@@ -669,6 +669,29 @@ fn median_ms(mut samples: Vec<f64>) -> f64 {
 /// A `gyoza worker` process against `server`, killed on drop.
 struct WorkerProcess(Child);
 
+impl WorkerProcess {
+    /// `gyoza worker start` against `url` as worker `id`, with `args` and `env` added (its
+    /// output but warnings and errors discarded).
+    fn spawn(
+        url: &str,
+        id: &str,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<Self> {
+        let child = Command::new(server_bin())
+            .args(["worker", "start", "--server-url", url, "--worker-id", id])
+            .args(args)
+            .env("GYOZA_API_KEY", KEY)
+            .env("GYOZA_LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start a worker")?;
+        Ok(Self(child))
+    }
+}
+
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -693,24 +716,12 @@ async fn worker_start() -> anyhow::Result<()> {
     let client = server.client().await?;
     let starts = ContainerStarts::listen()?;
     let work = std::env::temp_dir().join(format!("gyoza-bench-work-{}", std::process::id()));
-    let _worker = WorkerProcess(
-        Command::new(server_bin())
-            .args([
-                "worker",
-                "start",
-                "--server-url",
-                &server.url,
-                "--worker-id",
-                "bench-worker",
-            ])
-            .env("GYOZA_API_KEY", KEY)
-            .env("GYOZA_WORK_DIR", &work)
-            .env("GYOZA_LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("cannot start the worker")?,
-    );
+    let _worker = WorkerProcess::spawn(
+        &server.url,
+        "bench-worker",
+        &[],
+        &[("GYOZA_WORK_DIR", work.as_os_str())],
+    )?;
     for _ in 0..300 {
         if !client.list_workers().await?.is_empty() {
             break;

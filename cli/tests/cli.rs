@@ -43,6 +43,21 @@ fn json_of(server: &str, args: &[&str]) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("gyoza {args:?}: not JSON ({e}): {text}"))
 }
 
+/// `gyoza ARGS` against `server` with a wrong API key: exit status 1, saying so.
+fn refused_with_a_wrong_key(server: &str, args: &[&str]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_gyoza"))
+        .args(args)
+        .args(["--server", server, "--api-key", "wrong"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "gyoza {args:?}");
+    assert!(
+        stderr(&output).contains("Invalid or missing API key"),
+        "{}",
+        stderr(&output)
+    );
+}
+
 /// Runs gyoza, expects failure with `code`, returns stderr.
 fn fails(server: &str, args: &[&str], code: i32) -> String {
     let output = gyoza(server, args);
@@ -298,16 +313,7 @@ fn workers_strategies_and_failures_to_connect() {
         err.contains("http://127.0.0.1:1"),
         "the failing URL is named: {err}"
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_gyoza"))
-        .args(["runs", "list", "--server", url, "--api-key", "wrong"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("Invalid or missing API key"),
-        "{}",
-        stderr(&output)
-    );
+    refused_with_a_wrong_key(url, &["runs", "list"]);
 
     let script = ok(url, &["completions", "bash"]);
     assert!(
@@ -383,16 +389,7 @@ fn queues_list_shows_each_queues_fair_share() {
     assert_eq!(list["queues"][0]["quota"]["ram_mb"], Value::Null);
     assert_eq!(list["queues"][0]["share"], 0.25);
 
-    let output = Command::new(env!("CARGO_BIN_EXE_gyoza"))
-        .args(["queues", "list", "--server", url, "--api-key", "wrong"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("Invalid or missing API key"),
-        "{}",
-        stderr(&output)
-    );
+    refused_with_a_wrong_key(url, &["queues", "list"]);
 }
 
 #[test]

@@ -30,7 +30,9 @@
 mod plan;
 
 // The names the plan uses (`super::...`).
-use gyoza_plugin_sdk::{Claim, Decision, Strategy, WaitCode, config, export_strategy, reason};
+use gyoza_plugin_sdk::{
+    Capacity, Claim, Decision, Strategy, WaitCode, config, export_strategy, reason,
+};
 
 struct Affinity(plan::Config);
 

@@ -2,9 +2,10 @@
 //! the parent module), so that the host's benchmark compiles this very file natively for
 //! comparison.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 
-use super::{Claim, Decision, WaitCode, config, reason};
+use super::{Capacity, Claim, Decision, WaitCode, config, reason};
 
 /// How many waiting runs get a reason per claim (the host keeps only a few anyway).
 const REASONS: usize = 8;
@@ -70,8 +71,8 @@ struct Holdings<'a> {
     images: Vec<u32>,
     /// Definitions of the runs it holds (0, none, left out).
     definitions: Vec<u32>,
-    /// How many runs it holds per value of the spread label.
-    spread: HashMap<&'a str, i64>,
+    /// How many runs it holds per value of the spread label (a handful: a list).
+    spread: Vec<(&'a str, i64)>,
     /// Its tags and its GPUs' tags.
     tags: Vec<&'a str>,
 }
@@ -84,6 +85,12 @@ struct Wants<'a> {
     prefer: Vec<&'a str>,
 }
 
+/// Other workers' scores for a group of runs, highest first: (score, worker index).
+type Ranking = Vec<(i64, usize)>;
+
+/// What makes runs score alike: image, definition, spread value, preferred tags.
+type GroupKey<'a, 'b> = (u32, u32, Option<&'a str>, &'b [&'a str]);
+
 /// Decides `claim`.
 pub fn plan(config: &Config, claim: &Claim) -> Decision {
     Plan::new(config, claim).run()
@@ -94,7 +101,35 @@ struct Plan<'a> {
     strategy: &'a Config,
     claim: &'a Claim,
     workers: Vec<Holdings<'a>>,
+    /// Each worker's free capacity.
+    free: Vec<Capacity>,
+    /// Images and definitions some worker holds a run of: a run of none of them scores
+    /// the same for locality everywhere.
+    held_anywhere: HashSet<u32>,
     wants: Vec<Wants<'a>>,
+    /// For each pending run, which group of runs that want the same (image, definition,
+    /// spread value, preferred tags) it is in: such runs score the same on every worker.
+    group: Vec<usize>,
+    /// Per group, the other workers' scores, highest first, once computed (the requester's
+    /// takes change only its own scores).
+    others: RefCell<Vec<Option<Ranking>>>,
+}
+
+impl Holdings<'_> {
+    /// How many runs it holds whose spread label has `value`.
+    fn spread_count(&self, value: &str) -> i64 {
+        self.spread
+            .iter()
+            .find(|(v, _)| *v == value)
+            .map_or(0, |&(_, n)| n)
+    }
+
+    fn add_spread<'s>(spread: &mut Vec<(&'s str, i64)>, value: &'s str) {
+        match spread.iter_mut().find(|(v, _)| *v == value) {
+            Some((_, n)) => *n += 1,
+            None => spread.push((value, 1)),
+        }
+    }
 }
 
 impl<'a> Plan<'a> {
@@ -124,10 +159,21 @@ impl<'a> Plan<'a> {
                 holdings.definitions.push(run.definition);
             }
             if let Some(value) = spread_key.and_then(|key| claim.running_label(i, key)) {
-                *holdings.spread.entry(value).or_default() += 1;
+                Holdings::add_spread(&mut holdings.spread, value);
             }
         }
-        let wants = (0..claim.pending.len())
+        let held_anywhere = claim
+            .running
+            .image
+            .iter()
+            .chain(&claim.running.definition)
+            .copied()
+            .filter(|&s| s != 0)
+            .collect();
+        let free = (0..claim.workers.len())
+            .map(|w| claim.capacity(w))
+            .collect();
+        let wants: Vec<Wants<'a>> = (0..claim.pending.len())
             .map(|i| Wants {
                 image: claim.pending.image[i],
                 definition: claim.pending.definition[i],
@@ -143,11 +189,26 @@ impl<'a> Plan<'a> {
                     .unwrap_or_default(),
             })
             .collect();
+        let mut groups: HashMap<GroupKey, usize> = HashMap::new();
+        let group: Vec<usize> = wants
+            .iter()
+            .map(|w: &Wants<'a>| {
+                let next = groups.len();
+                *groups
+                    .entry((w.image, w.definition, w.spread, &w.prefer[..]))
+                    .or_insert(next)
+            })
+            .collect();
+        let others = RefCell::new(vec![None; groups.len()]);
         Plan {
             strategy,
             claim,
             workers,
+            free,
+            held_anywhere,
             wants,
+            group,
+            others,
         }
     }
 
@@ -162,7 +223,7 @@ impl<'a> Plan<'a> {
             score += s.image_weight;
         }
         if let Some(value) = wants.spread {
-            score -= s.spread_weight * holdings.spread.get(value).copied().unwrap_or(0);
+            score -= s.spread_weight * holdings.spread_count(value);
         }
         let matched = wants
             .prefer
@@ -172,33 +233,68 @@ impl<'a> Plan<'a> {
         score + s.tag_weight * matched
     }
 
-    /// Why pending run `i` should wait for another worker, if it should: one with room for
-    /// it scores strictly higher than the requester's `mine`.
-    fn better_elsewhere(&self, i: usize, mine: i64) -> Option<String> {
+    /// How many other active workers with room for pending run `i` score strictly higher
+    /// than the requester's `mine` (with `all` false: 0 or 1, whether there is one); 0 once
+    /// the run has waited out its patience.
+    fn better_elsewhere(&self, i: usize, mine: i64, all: bool) -> usize {
         let claim = self.claim;
         let run = claim.pending.run(i);
         if run.waited_ms >= self.strategy.patience_ms {
-            return None;
-        }
-        let requester = claim.requester as usize;
-        let better = (0..claim.workers.len())
-            .filter(|&w| w != requester && self.score(w, i) > mine)
-            .filter(|&w| claim.capacity(w).fit(&run).is_some())
-            .count();
-        if better == 0 {
-            return None;
+            return 0;
         }
         let wants = &self.wants[i];
-        let holdings = &self.workers[requester];
+        // The most another worker can score: locality if anyone holds its image, every
+        // preferred tag, nothing taken off for spread.
+        let s = self.strategy;
+        let local = [wants.image, wants.definition]
+            .iter()
+            .any(|image| self.held_anywhere.contains(image));
+        let best =
+            if local { s.image_weight } else { 0 } + s.tag_weight * wants.prefer.len() as i64;
+        if best <= mine {
+            return 0;
+        }
+        let requester = claim.requester as usize;
+        let mut others = self.others.borrow_mut();
+        let scores = others[self.group[i]].get_or_insert_with(|| {
+            let mut scores: Vec<(i64, usize)> = (0..claim.workers.len())
+                .filter(|&w| w != requester)
+                .map(|w| (self.score(w, i), w))
+                .collect();
+            scores.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            scores
+        });
+        let mut better = 0;
+        for &(score, w) in scores.iter() {
+            if score <= mine {
+                break;
+            }
+            if self.free[w].fit(&run).is_some() {
+                better += 1;
+                if !all {
+                    break;
+                }
+            }
+        }
+        better
+    }
+
+    /// Why pending run `i` waits for one of the `better` workers found by
+    /// [`Plan::better_elsewhere`].
+    fn placement_reason(&self, i: usize, better: usize) -> String {
+        let claim = self.claim;
+        let wants = &self.wants[i];
+        let holdings = &self.workers[claim.requester as usize];
         let (workers, has, hold) = if better == 1 {
             ("worker", "has", "holds")
         } else {
             ("workers", "have", "hold")
         };
-        let why = if let Some(held) = wants.spread.and_then(|v| holdings.spread.get(v)) {
+        let held = wants.spread.map_or(0, |v| holdings.spread_count(v));
+        if held > 0 {
             let key = self.strategy.spread.as_deref().unwrap_or_default();
             let value = wants.spread.unwrap_or_default();
-            let runs = if *held == 1 { "run" } else { "runs" };
+            let runs = if held == 1 { "run" } else { "runs" };
             format!(
                 "spreads {key}={value}: this worker holds {held} such {runs}; {better} {workers} with room {hold} fewer"
             )
@@ -212,8 +308,7 @@ impl<'a> Plan<'a> {
                 "prefers tags {}; {better} {workers} with room {has} more of them",
                 wants.prefer.join(",")
             )
-        };
-        Some(why)
+        }
     }
 
     fn run(mut self) -> Decision {
@@ -241,8 +336,11 @@ impl<'a> Plan<'a> {
                     }
                     continue;
                 };
-                if let Some(why) = self.better_elsewhere(i, score) {
-                    if decision.deferred.len() < REASONS {
+                let explain = decision.deferred.len() < REASONS;
+                let better = self.better_elsewhere(i, score, explain);
+                if better > 0 {
+                    if explain {
+                        let why = self.placement_reason(i, better);
                         decision.wait(i, WaitCode::Placement, why);
                     }
                     continue;
@@ -274,7 +372,7 @@ impl<'a> Plan<'a> {
             holdings.definitions.push(wants.definition);
         }
         if let Some(value) = wants.spread {
-            *holdings.spread.entry(value).or_default() += 1;
+            Holdings::add_spread(&mut holdings.spread, value);
         }
     }
 }
