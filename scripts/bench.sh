@@ -3,9 +3,10 @@
 # dockerd with the example images, the MongoDB-wire test server: the same scripts/setup.d
 # scripts the tests use, left running afterwards), builds the release server and harness,
 # runs each server scenario (gyoza-bench all: creation, claims, memory, claim-to-start
-# against `docker run`, claims on the MongoDB-wire server), then the wasm-vs-native strategy
-# benchmark. Prints the figures; asserts nothing about them. GYOZA_BENCH_MONGO_URL points
-# the MongoDB scenario at another server (then none is started).
+# against `docker run`, fair-share on three real workers, claims on the MongoDB-wire server),
+# then the wasm-vs-native strategy benchmark for bin-packing, fair-share and affinity.
+# Prints the figures; asserts nothing about them. GYOZA_BENCH_MONGO_URL points the MongoDB
+# scenario at another server (then none is started).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.d/00-rust.sh
@@ -21,5 +22,7 @@ case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
 export GYOZA_BIN="$target/release/gyoza"
 status=0
 "$target/release/gyoza-bench" all --store "$mongo" || status=$?
-cargo bench --locked -p gyoza-host --bench strategy || status=$?
+for strategy in bin-packing fair-share affinity; do
+    GYOZA_BENCH_STRATEGY=$strategy cargo bench --locked -p gyoza-host --bench strategy || status=$?
+done
 exit "$status"

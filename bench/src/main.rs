@@ -832,6 +832,7 @@ async fn all(mongo: Option<&str>) -> anyhow::Result<()> {
     for _ in 0..3 {
         note("worker", worker_start().await);
     }
+    note("fair-share", cluster::fair_share(150, 2).await);
     if let Some(url) = mongo {
         note("claims on MongoDB", claims(Some(url), 1_000, 10).await);
     }
