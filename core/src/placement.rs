@@ -130,6 +130,9 @@ pub struct EvictionRules {
     pub budget: usize,
     /// A run preempted this often may not be preempted again.
     pub max_preemptions: u32,
+    /// Whether a held run may be preempted on another worker than the requester (for a run
+    /// that would fit there; the caller checks that part, see `GYOZA_PREEMPT_ACROSS_WORKERS`).
+    pub elsewhere: bool,
 }
 
 /// Why a requested preemption was refused.
@@ -139,7 +142,9 @@ pub enum EvictionRefusal {
     Unknown,
     /// It repeats an earlier request for the same held run.
     Duplicate,
-    /// The held run is not on the requester.
+    /// The held run is not on the requester (and preempting elsewhere is off), or, for a
+    /// preemption elsewhere: the pending run was assigned to the requester, its preemptions
+    /// are on more than one worker, or it would not fit where they free room.
     Elsewhere,
     /// The held run is not preemptible, or was preempted too often.
     NotPreemptible,
@@ -161,7 +166,8 @@ pub struct Evictions {
 }
 
 /// Checks the preemptions a strategy asked for (`requests`, in its order) against the host's
-/// rules: a held run may be preempted only if it is held by `requester`, preemptible and not
+/// rules: a held run may be preempted only if it is held by `requester` (or, with
+/// `rules.elsewhere`, by any worker: the caller then checks where), preemptible and not
 /// preempted `rules.max_preemptions` times already, for a pending run the decision assigned
 /// or deferred (`decided`) whose priority is higher than the held run's. Of those, the
 /// preemptions made for one pending run are kept all together or not at all, in the order
@@ -184,7 +190,7 @@ pub fn check_evictions(
             (Some(victim), Some(beneficiary)) => {
                 if seen.contains(&request.run) {
                     Err(EvictionRefusal::Duplicate)
-                } else if victim.worker_id != requester {
+                } else if victim.worker_id != requester && !rules.elsewhere {
                     Err(EvictionRefusal::Elsewhere)
                 } else if !victim.facts.preemptible
                     || victim.facts.preemptions >= rules.max_preemptions
@@ -357,6 +363,7 @@ mod tests {
             per_claim: 2,
             budget: 10,
             max_preemptions: 3,
+            elsewhere: false,
         };
         let checked = check_evictions("w", &held, &pending, &requests, |i| i == 0, rules);
         use EvictionRefusal::*;

@@ -24,6 +24,8 @@
 //! | `--max-evictions-per-claim` | `GYOZA_MAX_EVICTIONS_PER_CLAIM` | `4` | most preemptions one claim carries out |
 //! | `--max-evictions-per-minute` | `GYOZA_MAX_EVICTIONS_PER_MINUTE` | `60` | most preemptions one server process carries out per minute |
 //! | `--max-preemptions` | `GYOZA_MAX_PREEMPTIONS` | `3` | a run preempted this often is not preempted again |
+//! | `--preempt-across-workers` | `GYOZA_PREEMPT_ACROSS_WORKERS` | `false` | let strategies preempt runs on another worker than the one claiming, for a pending run that fits there; the freed capacity is kept for that run |
+//! | `--reservation-s` | `GYOZA_RESERVATION_S` | `30` | seconds such freed capacity is kept for its run (1–3600) |
 //!
 //! `GYOZA_LOG_LEVEL` (default `info`) is read by the `gyoza` binary, which sets up logging.
 //! `GYOZA_WASM_PERFMAP=1` (default off), for profiling strategy plugins, makes the wasm engine
@@ -160,6 +162,13 @@ pub struct ServerConfig {
     /// A run preempted this often is not preempted again.
     #[arg(long, env = "GYOZA_MAX_PREEMPTIONS", default_value_t = gyoza_core::run::MAX_PREEMPTIONS)]
     pub max_preemptions: u32,
+    /// Let strategies preempt runs on another worker than the one claiming, for a pending
+    /// run that fits there; the freed capacity is kept for that run.
+    #[arg(long, env = "GYOZA_PREEMPT_ACROSS_WORKERS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub preempt_across_workers: bool,
+    /// Seconds capacity freed on another worker is kept for the run it was freed for.
+    #[arg(long, env = "GYOZA_RESERVATION_S", default_value_t = crate::service::DEFAULT_RESERVATION_S, value_parser = clap::value_parser!(i64).range(1..=3600))]
+    pub reservation_s: i64,
 }
 
 impl ServerConfig {
@@ -228,6 +237,8 @@ impl ServerConfig {
             per_claim: self.max_evictions_per_claim,
             per_minute: self.max_evictions_per_minute,
             max_preemptions: self.max_preemptions,
+            across_workers: self.preempt_across_workers,
+            reservation: chrono::Duration::seconds(self.reservation_s),
         }
     }
 

@@ -82,6 +82,12 @@ pub struct Metrics {
     pub claims_answered_early: AtomicU64,
     /// Long-polling claims waiting now (`?wait_ms=N`).
     pub claims_waiting: AtomicU64,
+    /// Pending runs kept for the worker where a claim preempted runs to make room for them.
+    pub reservations_made: AtomicU64,
+    /// Of those, taken by that worker.
+    pub reservations_used: AtomicU64,
+    /// Of those, expired before that worker took them.
+    pub reservations_expired: AtomicU64,
     /// Waiting claims woken by a run that became claimable or capacity that was freed.
     pub claim_wakeups: AtomicU64,
     /// Events delivered to their topic URL.
@@ -156,6 +162,22 @@ impl Metrics {
             "Claims answered without reading the pending window (the worker cannot fit the least a pending run needs, or nothing is pending).",
             self.claims_answered_early.load(Ordering::Relaxed),
         );
+        let _ = writeln!(
+            out,
+            "# HELP gyoza_reservations_total Pending runs kept for the worker where a claim preempted runs to make room for them: made, then used by that worker or expired."
+        );
+        let _ = writeln!(out, "# TYPE gyoza_reservations_total counter");
+        for (outcome, count) in [
+            ("made", &self.reservations_made),
+            ("used", &self.reservations_used),
+            ("expired", &self.reservations_expired),
+        ] {
+            let _ = writeln!(
+                out,
+                "gyoza_reservations_total{{outcome=\"{outcome}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
         counter(
             &mut out,
             "gyoza_claim_wakeups_total",

@@ -32,8 +32,8 @@ use gyoza_core::OpRun;
 use tokio::sync::broadcast;
 
 pub(crate) use claim::meeting_tags;
-pub use claim::{ClaimPreview, PENDING_WINDOW, PreemptionLimits};
-use claim::{FullClaims, InFlight, PendingGeneration, PreemptionClock};
+pub use claim::{ClaimPreview, DEFAULT_RESERVATION_S, PENDING_WINDOW, PreemptionLimits};
+use claim::{FullClaims, InFlight, PendingGeneration, PreemptionClock, Reservations};
 use wait::Waiters;
 pub use wait::{DEFAULT_CLAIM_RECHECK, MAX_WAITING};
 
@@ -80,6 +80,9 @@ pub struct Service {
     changes: broadcast::Sender<String>,
     /// Runs that claims in this process are assigning right now (see `claim`).
     claims_in_flight: InFlight,
+    /// Runs kept for the worker where a claim preempted runs to make room for them (see
+    /// `claim`).
+    reservations: Reservations,
     /// A waiting claim claims again at least this often (`GYOZA_CLAIM_RECHECK_MS`; see
     /// `wait`): the bound on seeing another replica's runs.
     pub claim_recheck: std::time::Duration,
@@ -140,6 +143,7 @@ impl Service {
             timeout_grace: chrono::Duration::seconds(DEFAULT_TIMEOUT_GRACE_S),
             changes: broadcast::channel(1024).0,
             claims_in_flight: InFlight::default(),
+            reservations: Reservations::default(),
             queues: QueueSettings::default(),
             preemption: PreemptionLimits::default(),
             preemption_clock: PreemptionClock::default(),

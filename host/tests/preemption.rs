@@ -412,3 +412,152 @@ fn mixed(requester: usize) -> scenario::Scenario {
     }))
     .unwrap()
 }
+
+/// `priority preempt=true, preempt_elsewhere=true` on a server that preempts across
+/// workers (or not), with reservations of `reservation_s`.
+async fn preempting_elsewhere(across_workers: bool) -> common::Api {
+    server(
+        "priority",
+        "preempt=true, preempt_elsewhere=true",
+        &[],
+        move |service| {
+            service.preemption = PreemptionLimits {
+                across_workers,
+                reservation: chrono::Duration::seconds(30),
+                ..PreemptionLimits::default()
+            };
+        },
+    )
+    .await
+    .0
+}
+
+/// Worker `big` (4 cores) full of two preemptible 2-core runs of priority 1; worker `small`
+/// (1 core, free); a 4-core run of priority 9 that fits only `big` once both are preempted.
+/// The two low runs, and the urgent one.
+async fn big_is_busy(api: &common::Api) -> (Vec<String>, String) {
+    api.heartbeat("big", 4, 8192).await;
+    let low = vec![run(api, 1, 2, true).await, run(api, 1, 2, true).await];
+    assert_eq!(api.claim("big", 10).await.len(), 2);
+    api.heartbeat("small", 1, 8192).await;
+    let urgent = run(api, 9, 4, false).await;
+    (low, urgent)
+}
+
+fn reservations(metrics: &str, outcome: &str) -> u64 {
+    let line = format!("gyoza_reservations_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {line} in /metrics"))
+}
+
+async fn metrics(api: &common::Api) -> String {
+    api.text("GET", "/metrics", None).await.1
+}
+
+#[tokio::test]
+async fn a_run_that_fits_only_another_worker_preempts_there_and_that_worker_gets_it_first() {
+    let api = preempting_elsewhere(true).await;
+    let (low, urgent) = big_is_busy(&api).await;
+
+    // small cannot take the urgent run; its claim preempts both runs on big for it.
+    assert!(api.claim("small", 10).await.is_empty());
+    for id in &low {
+        assert!(
+            preempted(&get(&api, id).await, &urgent, 9, "priority"),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        get(&api, &urgent).await["scheduling"]["reason"],
+        "preempting 2 runs on another worker to make room"
+    );
+    assert_eq!(reservations(&metrics(&api).await, "made"), 1);
+
+    // Another worker with room is not given the kept run (it may take the requeued ones).
+    api.heartbeat("other", 8, 8192).await;
+    let taken = api.claim("other", 10).await;
+    assert!(!taken.contains(&urgent), "{taken:?}");
+    // big gets it first, whatever the strategy prefers: here a run of a higher priority
+    // still, which would take big's 4 cores.
+    let vip = run(&api, 10, 4, false).await;
+    assert_eq!(api.claim("big", 10).await, std::slice::from_ref(&urgent));
+    assert_eq!(get(&api, &vip).await["state"], "PENDING");
+    let text = metrics(&api).await;
+    assert_eq!(reservations(&text, "used"), 1);
+    assert_eq!(reservations(&text, "expired"), 0);
+}
+
+#[tokio::test]
+async fn a_kept_run_goes_back_to_every_worker_when_its_reservation_expires() {
+    let api = preempting_elsewhere(true).await;
+    let (_low, urgent) = big_is_busy(&api).await;
+    assert!(api.claim("small", 10).await.is_empty());
+    api.heartbeat("other", 8, 8192).await;
+    // Preempted runs requeued take other's room meanwhile: give it more.
+    api.heartbeat("roomy", 16, 65536).await;
+    api.claim("other", 10).await;
+    assert!(!api.claim("roomy", 10).await.contains(&urgent));
+    // 31 s later (every worker heartbeats meanwhile), roomy may take it.
+    api.advance(31);
+    for (worker, cpu, ram) in [
+        ("big", 4, 8192),
+        ("small", 1, 8192),
+        ("other", 8, 8192),
+        ("roomy", 16, 65536),
+    ] {
+        api.heartbeat(worker, cpu, ram).await;
+    }
+    assert!(api.claim("roomy", 10).await.contains(&urgent));
+    assert_eq!(reservations(&metrics(&api).await, "expired"), 1);
+}
+
+#[tokio::test]
+async fn without_preemption_across_workers_nothing_is_preempted_elsewhere() {
+    let api = preempting_elsewhere(false).await;
+    let (low, urgent) = big_is_busy(&api).await;
+    assert!(api.claim("small", 10).await.is_empty());
+    for id in &low {
+        assert_eq!(get(&api, id).await["current_attempt"], 1, "not preempted");
+    }
+    let priority = strategy(&api, "priority").await;
+    assert_eq!(priority["evictions"], 0);
+    assert_eq!(priority["evictions_refused"], 2);
+    assert_eq!(get(&api, &urgent).await["state"], "PENDING");
+    assert_eq!(reservations(&metrics(&api).await, "made"), 0);
+}
+
+#[tokio::test]
+async fn preemption_elsewhere_is_refused_for_a_run_that_worker_could_not_take() {
+    // The urgent run requires a tag that small has and big has not: the strategy (which is
+    // not shown other workers' fit for a run's tags) asks to preempt on big; the host
+    // refuses, and nothing is preempted.
+    let api = preempting_elsewhere(true).await;
+    api.heartbeat("big", 4, 8192).await;
+    let low = [run(&api, 1, 2, true).await, run(&api, 1, 2, true).await];
+    assert_eq!(api.claim("big", 10).await.len(), 2);
+    api.ok(
+        "POST",
+        "/workers/heartbeat",
+        Some(json!({
+            "worker_id": "small", "tags": ["gpu-free"],
+            "resources": {"cpu_cores": 1, "ram_mb": 8192, "gpus": []},
+        })),
+    )
+    .await;
+    let tagged = api
+        .create_run(json!({
+            "image": "x", "priority": 9, "preemptible": false,
+            "constraints": {"cpu": 4, "tags": ["gpu-free"]},
+        }))
+        .await;
+    let tagged = tagged["id"].as_str().unwrap().to_owned();
+    assert!(api.claim("small", 10).await.is_empty());
+    for id in &low {
+        assert_eq!(get(&api, id).await["current_attempt"], 1, "not preempted");
+    }
+    assert_eq!(strategy(&api, "priority").await["evictions_refused"], 2);
+    assert_eq!(get(&api, &tagged).await["state"], "PENDING");
+}

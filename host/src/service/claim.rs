@@ -30,6 +30,18 @@
 //! budget; its worker sees the new attempt and stops the container. The capacity freed
 //! counts for the assignments of the same claim. Refusals are counted per strategy.
 //!
+//! With [`PreemptionLimits::across_workers`] (`GYOZA_PREEMPT_ACROSS_WORKERS`), a strategy may
+//! also preempt runs on another active worker, for a pending run it deferred (did not
+//! assign to the requester) that fits there: all of that run's preemptions must be on that
+//! one worker, which must meet the run's tags and have room for it once they are carried
+//! out; else they are refused. The capacity freed is then kept for the run
+//! ([`Reservations`], [`PreemptionLimits::reservation`], 30 s by default): until then only
+//! that worker's claims are shown the run, and they place it first, whatever the strategy
+//! chooses; no other worker's claim in this process is shown it. A reservation ends when
+//! the worker takes the run or when it expires (`gyoza_reservations_total{outcome}`). It is
+//! kept in this process's memory: with several replicas, a claim through another replica
+//! does not see it (the run is then placed as any other run; the store's checks still hold).
+//!
 //! # What a claim costs
 //! A claim reads its view (the worker, every held run, the pending window, every worker, the
 //! queues' usage) in one read of the store, then asks the strategy. Profiled under
@@ -86,6 +98,11 @@ pub struct PreemptionLimits {
     pub per_minute: usize,
     /// A run preempted this often is no longer preempted (`GYOZA_MAX_PREEMPTIONS`).
     pub max_preemptions: u32,
+    /// Whether a strategy may preempt runs on another worker than the requester, for a
+    /// pending run that would fit there (`GYOZA_PREEMPT_ACROSS_WORKERS`; see the module docs).
+    pub across_workers: bool,
+    /// How long the capacity freed so is kept for that run (`GYOZA_RESERVATION_S`).
+    pub reservation: chrono::Duration,
 }
 
 impl Default for PreemptionLimits {
@@ -94,7 +111,56 @@ impl Default for PreemptionLimits {
             per_claim: 4,
             per_minute: 60,
             max_preemptions: MAX_PREEMPTIONS,
+            across_workers: false,
+            reservation: chrono::Duration::seconds(DEFAULT_RESERVATION_S),
         }
+    }
+}
+
+/// Default of [`PreemptionLimits::reservation`], in seconds.
+pub const DEFAULT_RESERVATION_S: i64 = 30;
+
+/// Pending runs kept for one worker: a claim preempted runs on that worker (not the
+/// requester) to make room for them. Until a reservation expires, only that worker's claims
+/// are shown the run, and they take it first, before the strategy's choices; a claim by any
+/// other worker in this process is not shown it. Kept in this process's memory.
+#[derive(Debug, Default)]
+pub(super) struct Reservations(Mutex<std::collections::HashMap<String, (String, Timestamp)>>);
+
+impl Reservations {
+    /// Keeps run `run` for worker `worker` until `until`.
+    fn make(&self, run: &str, worker: &str, until: Timestamp) {
+        lock(&self.0).insert(run.to_owned(), (worker.to_owned(), until));
+    }
+
+    /// Drops the reservations expired at `now` (how many), takes the runs kept for other
+    /// workers out of `pending`, and returns the ids of those kept for `worker` that are
+    /// still in it, in `pending`'s order.
+    fn sort_out(
+        &self,
+        worker: &str,
+        pending: &mut Vec<PendingRun>,
+        now: Timestamp,
+    ) -> (Vec<String>, usize) {
+        let mut kept = lock(&self.0);
+        if kept.is_empty() {
+            return (Vec::new(), 0);
+        }
+        let before = kept.len();
+        kept.retain(|_, (_, until)| *until > now);
+        let expired = before - kept.len();
+        pending.retain(|run| kept.get(&run.id).is_none_or(|(w, _)| w == worker));
+        let mine = pending
+            .iter()
+            .filter(|run| kept.contains_key(&run.id))
+            .map(|run| run.id.clone())
+            .collect();
+        (mine, expired)
+    }
+
+    /// Ends the reservation of `run` (it was assigned); whether there was one.
+    fn used(&self, run: &str) -> bool {
+        lock(&self.0).remove(run).is_some()
     }
 }
 
@@ -243,6 +309,9 @@ struct Checked {
     placed: Vec<Placed>,
     /// (held run, the pending run it makes room for, the strategy's reason).
     evict: Vec<(HeldRun, PendingRun, String)>,
+    /// (pending run, worker): runs the preemptions make room for on another worker, to be
+    /// kept for it once they are carried out.
+    reserve: Vec<(String, String)>,
     strategy: String,
     refused: usize,
 }
@@ -328,6 +397,10 @@ impl Service {
             now,
         } = preview;
         let mut pending = self.meeting_tags(&worker, pending, &cluster, now);
+        let (mut kept_for_me, expired) = self.reservations.sort_out(worker_id, &mut pending, now);
+        self.metrics
+            .reservations_expired
+            .fetch_add(expired as u64, Ordering::Relaxed);
         let mut claimed = Vec::new();
         // Concurrent claimers see the same window and race for its best runs. A claimer that
         // loses a race asks the scheduler again without the runs it lost, a few times, so that
@@ -355,17 +428,44 @@ impl Service {
                     .per_claim
                     .min(self.preemption_clock.budget(self.preemption.per_minute)),
             };
-            let checked = self.decide(&request, &mine).await;
+            let checked = self.decide(&request, &mine, &kept_for_me).await;
             if checked.placed.is_empty() && checked.evict.is_empty() {
+                // Refused preemptions still count against the strategy.
+                if checked.refused > 0 {
+                    self.scheduler
+                        .record_evictions(&checked.strategy, 0, checked.refused);
+                }
                 break;
             }
             let (placed, _reserved) = self.claims_in_flight.reserve(checked.placed.clone());
-            let preempted = self.preempt(worker_id, &checked, now).await;
+            let preempted = self.preempt(&checked, now).await;
             running.retain(|run| !preempted.contains(&run.id));
+            for (run, worker) in &checked.reserve {
+                let carried_out = checked
+                    .evict
+                    .iter()
+                    .filter(|(_, beneficiary, _)| &beneficiary.id == run)
+                    .all(|(victim, ..)| preempted.contains(&victim.id));
+                if carried_out {
+                    self.reservations
+                        .make(run, worker, now + self.preemption.reservation);
+                    self.metrics
+                        .reservations_made
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(run_id = %run, worker_id = %worker, "capacity freed on another worker kept for a run");
+                }
+                pending.retain(|pending| &pending.id != run);
+            }
             let round = self
                 .assign(worker_id, placed, checked.placed.len(), now)
                 .await;
             for (run, gpu) in round.assigned {
+                if self.reservations.used(&run.id) {
+                    self.metrics
+                        .reservations_used
+                        .fetch_add(1, Ordering::Relaxed);
+                    kept_for_me.retain(|id| id != &run.id);
+                }
                 let mut held = HeldRun::of(&run).unwrap_or_else(|| HeldRun {
                     id: run.id.clone(),
                     worker_id: worker_id.to_owned(),
@@ -443,13 +543,20 @@ impl Service {
 
     /// The scheduler's decision on `request`, checked: the runs to assign and their GPUs on
     /// the capacity left once the allowed preemptions are carried out, and those preemptions.
-    async fn decide(&self, request: &ClaimRequest<'_>, mine: &[HeldRun]) -> Checked {
+    /// The runs of `kept` (ids of runs reserved for the requester) are placed first, whatever
+    /// the strategy chose.
+    async fn decide(
+        &self,
+        request: &ClaimRequest<'_>,
+        mine: &[HeldRun],
+        kept: &[String],
+    ) -> Checked {
         let decision = self.scheduler.decide(request).await;
         let strategy = decision
             .strategy
             .clone()
             .unwrap_or_else(|| self.scheduler.name().to_owned());
-        let (evict, refused) = self.allowed_evictions(request, &decision, &strategy);
+        let (evict, reserve, refused) = self.allowed_evictions(request, &decision, &strategy);
         let free = if evict.is_empty() {
             request.free.clone()
         } else {
@@ -460,7 +567,24 @@ impl Service {
                 .collect();
             Capacity::free(&request.worker.resources, &left)
         };
-        let placements = place(&free, request.pending, decision.chosen, request.max);
+        let first: Vec<usize> = request
+            .pending
+            .iter()
+            .enumerate()
+            .filter(|(_, run)| kept.contains(&run.id))
+            .map(|(i, _)| i)
+            .collect();
+        let chosen = decision
+            .chosen
+            .iter()
+            .copied()
+            .filter(|i| !first.contains(i));
+        let placements = place(
+            &free,
+            request.pending,
+            first.iter().copied().chain(chosen),
+            request.max,
+        );
         self.report_dropped(&placements);
         let placed = placements
             .placed
@@ -470,27 +594,36 @@ impl Service {
         Checked {
             placed,
             evict,
+            reserve,
             strategy,
             refused,
         }
     }
 
-    /// The preemptions of `decision` the host's rules allow, and how many it refused.
+    /// The preemptions of `decision` the host's rules allow, the runs they make room for on
+    /// another worker (with that worker), and how many it refused.
+    #[allow(clippy::type_complexity)]
     fn allowed_evictions(
         &self,
         request: &ClaimRequest<'_>,
         decision: &Decision,
         strategy: &str,
-    ) -> (Vec<(HeldRun, PendingRun, String)>, usize) {
+    ) -> (
+        Vec<(HeldRun, PendingRun, String)>,
+        Vec<(String, String)>,
+        usize,
+    ) {
         if decision.evictions.is_empty() {
-            return (Vec::new(), 0);
+            return (Vec::new(), Vec::new(), 0);
         }
         let rules = EvictionRules {
             per_claim: request.max_evictions,
             budget: self.preemption_clock.budget(self.preemption.per_minute),
             max_preemptions: self.preemption.max_preemptions,
+            elsewhere: self.preemption.across_workers,
         };
-        let checked = decision.checked_evictions(request, rules);
+        let mut checked = decision.checked_evictions(request, rules);
+        let reserve = self.elsewhere(request, decision, &mut checked);
         if !checked.refused.is_empty() {
             let count = |kind: EvictionRefusal| {
                 checked
@@ -524,17 +657,95 @@ impl Service {
                 )
             })
             .collect();
-        (allowed, checked.refused.len())
+        (allowed, reserve, checked.refused.len())
+    }
+
+    /// Of `checked`'s accepted preemptions, those on another worker than the requester stand
+    /// only if, for each pending run they are for: the decision did not assign it to the
+    /// requester, they are all on one active worker, that worker meets the run's tags, and
+    /// the run fits what that worker has free once they are carried out. The others are
+    /// moved to `checked.refused` (as [`EvictionRefusal::Elsewhere`]). Returns (pending run,
+    /// worker) for each that stands.
+    fn elsewhere(
+        &self,
+        request: &ClaimRequest<'_>,
+        decision: &Decision,
+        checked: &mut gyoza_core::placement::Evictions,
+    ) -> Vec<(String, String)> {
+        let requester = &request.worker.id;
+        let mut by_run: Vec<(usize, Vec<usize>)> = Vec::new();
+        for &i in &checked.accepted {
+            let for_run = decision.evictions[i].for_run;
+            match by_run.iter_mut().find(|(run, _)| *run == for_run) {
+                Some((_, group)) => group.push(i),
+                None => by_run.push((for_run, vec![i])),
+            }
+        }
+        let mut reserve = Vec::new();
+        for (for_run, group) in by_run {
+            let victims: Vec<&HeldRun> = group
+                .iter()
+                .map(|&i| &request.running[decision.evictions[i].run])
+                .collect();
+            if victims.iter().all(|victim| &victim.worker_id == requester) {
+                continue;
+            }
+            let target = &victims[0].worker_id;
+            let run = &request.pending[for_run];
+            let stands = !decision.chosen.contains(&for_run)
+                && victims.iter().all(|victim| &victim.worker_id == target)
+                && request
+                    .cluster
+                    .iter()
+                    .find(|w| &w.id == target)
+                    .is_some_and(|worker| {
+                        let needs_gpu = run.constraints.vram_mb.unwrap_or(0) > 0;
+                        let tags = tag_fit(
+                            &run.constraints.tags,
+                            &worker.tags,
+                            &worker.resources.gpus,
+                            needs_gpu,
+                        );
+                        let left: Vec<HeldRun> = request
+                            .running
+                            .iter()
+                            .filter(|held| &held.worker_id == target)
+                            .filter(|held| !victims.iter().any(|victim| victim.id == held.id))
+                            .cloned()
+                            .collect();
+                        let Ok(only_gpus) = tags else {
+                            return false;
+                        };
+                        let there = PendingRun {
+                            only_gpus,
+                            ..run.clone()
+                        };
+                        let free = Capacity::free(&worker.resources, &left);
+                        !place(&free, std::slice::from_ref(&there), [0], 1)
+                            .placed
+                            .is_empty()
+                    });
+            if stands {
+                reserve.push((run.id.clone(), target.clone()));
+            } else {
+                checked.accepted.retain(|i| !group.contains(i));
+                checked
+                    .refused
+                    .extend(group.iter().map(|&i| (i, EvictionRefusal::Elsewhere)));
+            }
+        }
+        checked.refused.sort_unstable_by_key(|(i, _)| *i);
+        reserve
     }
 
     /// Carries out the preemptions of `checked` (each a compare-and-set on its run) and
     /// counts them against the strategy; returns the ids of the runs preempted.
-    async fn preempt(&self, worker_id: &str, checked: &Checked, now: Timestamp) -> Vec<String> {
+    async fn preempt(&self, checked: &Checked, now: Timestamp) -> Vec<String> {
         let mut preempted = Vec::new();
         let mut stale = 0;
         for (victim, beneficiary, reason) in &checked.evict {
             let (worker, by, strategy, reason) = (
-                worker_id.to_owned(),
+                victim.worker_id.clone(),
                 beneficiary.id.clone(),
                 checked.strategy.clone(),
                 reason.clone(),

@@ -635,6 +635,7 @@ fn settle(
         per_claim: limits.per_claim,
         budget: limits.per_minute,
         max_preemptions: limits.max_preemptions,
+        elsewhere: false,
     };
     let evictions = decision.checked_evictions(request, rules);
     let evicted: Vec<&EvictionRequest> = evictions

@@ -23,27 +23,34 @@ const REASONS: usize = 8;
 struct Priority {
     backfill: bool,
     preempt: bool,
+    preempt_elsewhere: bool,
 }
 
 impl Strategy for Priority {
     fn init(config_string: &str) -> Result<Self, String> {
-        let (mut backfill, mut preempt) = (false, false);
+        let (mut backfill, mut preempt, mut preempt_elsewhere) = (false, false, false);
         for (key, value) in config::parse(config_string)? {
             // The server hands one configuration string to every plugin: keys meant for
             // other strategies are not an error.
             match key {
                 "backfill" => backfill = config::parse_bool(key, value)?,
                 "preempt" => preempt = config::parse_bool(key, value)?,
+                "preempt_elsewhere" => preempt_elsewhere = config::parse_bool(key, value)?,
                 _ => {}
             }
         }
-        Ok(Priority { backfill, preempt })
+        Ok(Priority {
+            backfill,
+            preempt,
+            preempt_elsewhere,
+        })
     }
 
     fn schedule(&mut self, claim: &Claim) -> Result<Decision, String> {
         let mut free = claim.requester_capacity();
         let mut decision = Decision::default();
         let mut may_preempt = self.preempt;
+        let mut preempted_elsewhere = false;
         for (index, run) in claim.pending.iter().enumerate() {
             if decision.assign.len() >= claim.max as usize {
                 break;
@@ -74,7 +81,25 @@ impl Strategy for Priority {
                     }
                 }
             }
-            if decision.deferred.len() < REASONS {
+            let elsewhere = (self.preempt && self.preempt_elsewhere && !preempted_elsewhere)
+                .then(|| victims_elsewhere(claim, &run))
+                .flatten();
+            if let Some(victims) = elsewhere {
+                preempted_elsewhere = true;
+                let why = format!(
+                    "preempted for a run of priority {} that fits this worker",
+                    run.priority
+                );
+                for &victim in &victims {
+                    decision.evict(victim, index, why.clone());
+                }
+                let runs = if victims.len() == 1 { "run" } else { "runs" };
+                let why = format!(
+                    "preempting {} {runs} on another worker to make room",
+                    victims.len()
+                );
+                decision.wait(index, WaitCode::Placement, why);
+            } else if decision.deferred.len() < REASONS {
                 let why =
                     reason::does_not_fit(&run, &free).unwrap_or_else(|| "does not fit".to_owned());
                 decision.wait(index, WaitCode::Capacity, why);
@@ -101,12 +126,33 @@ fn victims(claim: &Claim, free: &Capacity, run: &PendingRun) -> Option<Vec<usize
     claim.fewest_to_evict(free, run, &candidates)
 }
 
+/// The runs to evict on another worker than the requester so that `run` fits there, by the
+/// rules of [`victims`] on that worker: on the worker that needs the fewest (the first such
+/// worker among equals); `None` if no worker can be made to fit it.
+fn victims_elsewhere(claim: &Claim, run: &PendingRun) -> Option<Vec<usize>> {
+    let running = &claim.running;
+    (0..claim.workers.len())
+        .filter(|&w| w != claim.requester as usize)
+        .filter_map(|w| {
+            let mut candidates: Vec<usize> = claim
+                .running_on(w)
+                .filter(|&i| running.preemptible[i] && running.priority[i] < run.priority)
+                .collect();
+            if candidates.is_empty() {
+                return None;
+            }
+            candidates.sort_by_key(|&i| (running.priority[i], running.ran_ms[i], i));
+            claim.fewest_to_evict(&claim.capacity(w), run, &candidates)
+        })
+        .min_by_key(Vec::len)
+}
+
 export_strategy!(Priority);
 
 #[cfg(test)]
 mod tests {
     use gyoza_plugin_sdk::testing::{
-        ClaimBuilder, RunSpec, RunningSpec, WorkerSpec, decide, outcome,
+        ClaimBuilder, RunSpec, RunningSpec, WorkerSpec, decide, outcome, outcome_across_workers,
     };
     use gyoza_plugin_sdk::{Claim, Decision, WaitCode};
 
@@ -336,6 +382,53 @@ mod tests {
             .build();
         let decision = decide_with("preempt=true", &claim);
         assert_eq!(decision, Decision::default());
+    }
+
+    #[test]
+    fn preempt_elsewhere_evicts_on_the_worker_needing_the_fewest_and_the_run_waits() {
+        // The requester has 2 cores, held; worker 1 holds two preemptible 4-core runs,
+        // worker 2 four preemptible 2-core runs: 6 cores need two evictions on worker 1,
+        // three on worker 2.
+        let mut builder = ClaimBuilder::new()
+            .worker(WorkerSpec::new(2, 8192))
+            .worker(WorkerSpec::new(8, 16384))
+            .worker(WorkerSpec::new(8, 16384))
+            .running(RunningSpec::on(0).cpu(2))
+            .running(RunningSpec::on(1).priority(1).cpu(4).preemptible(true))
+            .running(RunningSpec::on(1).priority(1).cpu(4).preemptible(true));
+        for _ in 0..4 {
+            builder = builder.running(RunningSpec::on(2).priority(1).cpu(2).preemptible(true));
+        }
+        let claim = builder
+            .pending(RunSpec::new().priority(5).cpu(6))
+            .pending(RunSpec::new().priority(4).cpu(1))
+            .build();
+        let decision = decide::<Priority>("preempt=true, preempt_elsewhere=true", &claim).unwrap();
+        assert_eq!(evicted(&decision), [(1, 0), (2, 0)]);
+        assert_eq!(decision.assign, Vec::<u32>::new());
+        assert_eq!(decision.deferred[0].run, 0);
+        assert_eq!(decision.deferred[0].code, WaitCode::Placement);
+        assert_eq!(
+            decision.deferred[0].reason,
+            "preempting 2 runs on another worker to make room"
+        );
+        // A server that preempts across workers carries them out; one that does not, none.
+        let across = outcome_across_workers(&claim, &decision);
+        assert_eq!((across.evicted, across.refused), (vec![1, 2], vec![]));
+        assert_eq!(outcome(&claim, &decision).evicted, Vec::<usize>::new());
+        // Without the key, nothing is asked of other workers.
+        let decision = decide_with("preempt=true", &claim);
+        assert_eq!(decision.evict.len(), 0);
+        // Nor when no worker can be made to fit it (9 cores: more than any worker has).
+        let huge = ClaimBuilder::new()
+            .worker(WorkerSpec::new(2, 8192))
+            .worker(WorkerSpec::new(8, 16384))
+            .running(RunningSpec::on(1).priority(1).cpu(8).preemptible(true))
+            .pending(RunSpec::new().priority(5).cpu(9))
+            .build();
+        let decision = decide::<Priority>("preempt=true, preempt_elsewhere=true", &huge).unwrap();
+        assert_eq!(decision.evict.len(), 0);
+        assert_eq!(decision.deferred[0].code, WaitCode::Capacity);
     }
 
     #[test]

@@ -576,7 +576,8 @@ impl ClaimBuilder {
                         );
                     };
                     let gpu = workers.gpu_start[w] as usize + position;
-                    gpus.free_vram_mb[gpu] = gpus.free_vram_mb[gpu].saturating_sub_unsigned(run.vram_mb);
+                    gpus.free_vram_mb[gpu] =
+                        gpus.free_vram_mb[gpu].saturating_sub_unsigned(run.vram_mb);
                     gpu as u32
                 }
             };
@@ -763,16 +764,59 @@ pub struct Outcome {
 /// free capacity plus what those evictions free, up to `claim.max`. The server also caps
 /// evictions per claim and per minute (its configuration); this does not.
 pub fn outcome(claim: &Claim, decision: &Decision) -> Outcome {
+    outcome_with(claim, decision, false)
+}
+
+/// [`outcome`] on a server that lets strategies preempt across workers
+/// (`GYOZA_PREEMPT_ACROSS_WORKERS=true`): an eviction on another worker is also carried out
+/// when its `for_run` is deferred (not assigned), every eviction for that run is on that one
+/// worker, and the run fits that worker's free capacity once they are carried out (the
+/// server also checks that worker's tags, which the claim does not show for pending runs).
+pub fn outcome_across_workers(claim: &Claim, decision: &Decision) -> Outcome {
+    outcome_with(claim, decision, true)
+}
+
+fn outcome_with(claim: &Claim, decision: &Decision, across_workers: bool) -> Outcome {
     let mut out = Outcome::default();
     let requester = claim.requester as usize;
     let mut free = claim.requester_capacity();
     let named =
         |run: u32| decision.assign.contains(&run) || decision.deferred.iter().any(|d| d.run == run);
+    // Whether the evictions elsewhere for pending run `for_run` make it fit where they are.
+    let fits_elsewhere = |for_run: u32| {
+        let victims: Vec<usize> = decision
+            .evict
+            .iter()
+            .filter(|e| e.for_run == for_run && (e.run as usize) < claim.running.len())
+            .map(|e| e.run as usize)
+            .collect();
+        let Some(&first) = victims.first() else {
+            return false;
+        };
+        let worker = claim.running.worker[first] as usize;
+        if decision.assign.contains(&for_run)
+            || victims
+                .iter()
+                .any(|&v| claim.running.worker[v] as usize != worker)
+        {
+            return false;
+        }
+        let mut room = claim.capacity(worker);
+        for &victim in &victims {
+            claim.free_up(&mut room, victim);
+        }
+        claim
+            .pending
+            .get(for_run as usize)
+            .is_some_and(|run| room.fit(&run).is_some())
+    };
     for (k, eviction) in decision.evict.iter().enumerate() {
         let (run, for_run) = (eviction.run as usize, eviction.for_run as usize);
         let why = if run >= claim.running.len() {
             Some("no such running run")
-        } else if claim.running.worker[run] as usize != requester {
+        } else if claim.running.worker[run] as usize != requester
+            && !(across_workers && fits_elsewhere(eviction.for_run))
+        {
             Some("not held by the requester")
         } else if !claim.running.preemptible[run] {
             Some("not preemptible")
@@ -790,7 +834,9 @@ pub fn outcome(claim: &Claim, decision: &Decision) -> Outcome {
         match why {
             Some(why) => out.refused.push((k, why)),
             None => {
-                claim.free_up(&mut free, run);
+                if claim.running.worker[run] as usize == requester {
+                    claim.free_up(&mut free, run);
+                }
                 out.evicted.push(run);
             }
         }
