@@ -10,6 +10,7 @@
 //! cargo run --release -p gyoza-bench -- worker                  # claim → container start vs docker run
 //! cargo run --release -p gyoza-bench -- events  [--events N] [--event-bytes B]   # one chatty run
 //! cargo run --release -p gyoza-bench -- fair-share [--runs N] [--seconds S]   # 3 real workers, 2 queues
+//! scripts/bench-affinity.sh [--runs N] [--seconds S] [--every-ms M]   # image locality, engines of their own
 //! ```
 //!
 //! The server binary is `target/release/gyoza` (or `GYOZA_BIN`); `--store` is passed to it
@@ -20,6 +21,7 @@
 //! - [`Server`]: the server process (free port, temp data dir, killed on drop).
 //! - one `async fn` per scenario; [`Latencies`] for percentiles.
 
+mod affinity;
 mod cluster;
 
 use std::process::{Child, Command, Stdio};
@@ -872,12 +874,29 @@ async fn main() -> anyhow::Result<()> {
         Some("events") => {
             events(number("--events", 10_000)?, number("--event-bytes", 4_096)?).await
         }
+        Some("affinity") => {
+            let list = |flag: &str| -> Vec<String> {
+                args.iter()
+                    .position(|a| a == flag)
+                    .and_then(|i| args.get(i + 1))
+                    .map(|v| v.split(',').map(str::to_owned).collect())
+                    .unwrap_or_default()
+            };
+            affinity::affinity(
+                list("--engines"),
+                list("--images"),
+                number("--runs", 40)?,
+                number("--seconds", 4)? as u64,
+                number("--every-ms", 1000)? as u64,
+            )
+            .await
+        }
         Some("fair-share") => {
             cluster::fair_share(number("--runs", 150)?, number("--seconds", 2)? as u64).await
         }
         Some("all") => all(store).await,
         _ => bail!(
-            "usage: gyoza-bench create|claims|claim-latency|submit-to-claim|memory|worker|events|fair-share|all [--store URL] [--runs N] [--workers N] [--events N] [--event-bytes B] [--seconds S]"
+            "usage: gyoza-bench create|claims|claim-latency|submit-to-claim|memory|worker|events|fair-share|affinity|all [--store URL] [--runs N] [--workers N] [--events N] [--event-bytes B] [--seconds S] [--engines SOCK,..] [--images IMAGE,..] [--every-ms M]"
         ),
     }
 }
