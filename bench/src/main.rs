@@ -11,6 +11,7 @@
 //! cargo run --release -p gyoza-bench -- events  [--events N] [--event-bytes B]   # one chatty run
 //! cargo run --release -p gyoza-bench -- fair-share [--runs N] [--seconds S]   # 3 real workers, 2 queues
 //! scripts/bench-affinity.sh [--runs N] [--seconds S] [--every-ms M]   # image locality, engines of their own
+//! cargo run --release -p gyoza-bench -- scale [--runs N] [--workers W]   # 1M runs stored, 1,000 workers
 //! ```
 //!
 //! The server binary is `target/release/gyoza` (or `GYOZA_BIN`); `--store` is passed to it
@@ -23,6 +24,7 @@
 
 mod affinity;
 mod cluster;
+mod scale;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -891,12 +893,15 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Some("scale") => {
+            scale::scale(number("--runs", 1_000_000)?, number("--workers", 1_000)?).await
+        }
         Some("fair-share") => {
             cluster::fair_share(number("--runs", 150)?, number("--seconds", 2)? as u64).await
         }
         Some("all") => all(store).await,
         _ => bail!(
-            "usage: gyoza-bench create|claims|claim-latency|submit-to-claim|memory|worker|events|fair-share|affinity|all [--store URL] [--runs N] [--workers N] [--events N] [--event-bytes B] [--seconds S] [--engines SOCK,..] [--images IMAGE,..] [--every-ms M]"
+            "usage: gyoza-bench create|claims|claim-latency|submit-to-claim|memory|worker|events|fair-share|affinity|scale|all [--store URL] [--runs N] [--workers N] [--events N] [--event-bytes B] [--seconds S] [--engines SOCK,..] [--images IMAGE,..] [--every-ms M]"
         ),
     }
 }
