@@ -4,7 +4,7 @@
 # scripts the tests use, left running afterwards), builds the release server and harness,
 # runs each server scenario (gyoza-bench all: creation, claims, memory, claim-to-start
 # against `docker run`, fair-share on three real workers, claims on the MongoDB-wire server),
-# then affinity's pulls avoided (scripts/bench-affinity.sh) and the wasm-vs-native strategy
+# then the scale table (gyoza-bench scale: 1M runs, 1,000 workers), affinity's pulls avoided (scripts/bench-affinity.sh) and the wasm-vs-native strategy
 # benchmark for bin-packing, fair-share and affinity.
 # Prints the figures; asserts nothing about them. GYOZA_BENCH_MONGO_URL points the MongoDB
 # scenario at another server (then none is started).
@@ -23,6 +23,7 @@ case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
 export GYOZA_BIN="$target/release/gyoza"
 status=0
 "$target/release/gyoza-bench" all --store "$mongo" || status=$?
+"$target/release/gyoza-bench" scale || status=$?
 # Image locality with an engine per worker and a registry (its own set-up; see the script).
 bash scripts/bench-affinity.sh --seconds 2 --every-ms 1000 --runs 40 || status=$?
 for strategy in bin-packing fair-share affinity; do
