@@ -4,8 +4,9 @@
 # scripts the tests use, left running afterwards), builds the release server and harness,
 # runs each server scenario (gyoza-bench all: creation, claims, memory, claim-to-start
 # against `docker run`, fair-share on three real workers, claims on the MongoDB-wire server),
-# then the scale table (gyoza-bench scale: 1M runs, 1,000 workers), affinity's pulls avoided (scripts/bench-affinity.sh) and the wasm-vs-native strategy
-# benchmark for bin-packing, fair-share and affinity.
+# then the scale table (gyoza-bench scale: 1M runs, 1,000 workers), affinity's pulls avoided
+# (scripts/bench-affinity.sh) and the wasm-vs-native strategy benchmark for bin-packing,
+# fair-share and affinity.
 # Prints the figures; asserts nothing about them. GYOZA_BENCH_MONGO_URL points the MongoDB
 # scenario at another server (then none is started).
 set -euo pipefail
