@@ -186,11 +186,12 @@ pub fn held_ms(assigned_at: Option<Timestamp>, now: Timestamp) -> u64 {
 }
 
 /// The weight of one unit held for `seconds` up to now, with half-life `half_life_s`:
-/// ∫ 2^(-age / h) over the time held, h / ln 2 · (1 − 2^(−seconds / h)). The store adds an
-/// ended attempt with the same weight, so a queue's figure does not jump when a run ends.
+/// ∫ 2^(-age / h) over the time held, h / ln 2 · (1 − 2^(−seconds / h)); 0 for no time held.
+/// The store accrues an ended attempt with this same weight, so a queue's figure does not
+/// jump when a run ends.
 pub fn held_weight(seconds: f64, half_life_s: u32) -> f64 {
     let h = f64::from(half_life_s.max(1));
-    h / std::f64::consts::LN_2 * (1.0 - (-seconds / h).exp2())
+    h / std::f64::consts::LN_2 * (1.0 - (-seconds.max(0.0) / h).exp2())
 }
 
 /// Every configured queue and every queue of `pending` or `running`, by name, with what it

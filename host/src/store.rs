@@ -703,10 +703,8 @@ impl HeldAttempt {
             .and_then(|a| a.finished_at)
             .unwrap_or(after.updated_at);
         let (from_us, to_us) = (time::to_micros(&from), time::to_micros(&to));
-        let h = f64::from(half_life_s.max(1));
         // ∫ 2^(-age / h) over the time held, as of its end.
-        let weight = h / std::f64::consts::LN_2
-            * (1.0 - decay(seconds_between(from_us, to_us), half_life_s));
+        let weight = crate::queues::held_weight(seconds_between(from_us, to_us), half_life_s);
         let usage = self.amounts.map(|amount| amount * weight);
         if usage.iter().all(|u| *u <= 0.0) {
             return None;
