@@ -114,36 +114,36 @@ impl Strategy for Priority {
 
 /// The running runs (indices into `claim.running`) to evict so that `run` fits the
 /// requester's capacity `free`, or `None` if that cannot be done within the host's rules and
-/// caps ([`Claim::fewest_to_evict`]). It may evict the requester's preemptible runs of a
-/// strictly lower priority, lowest priority first, then most recently started first.
+/// caps: [`victims_on`] the requester.
 fn victims(claim: &Claim, free: &Capacity, run: &PendingRun) -> Option<Vec<usize>> {
+    victims_on(claim, claim.requester as usize, free, run)
+}
+
+/// The running runs to evict on worker `worker`, whose free capacity is `free`, so that
+/// `run` fits there ([`Claim::fewest_to_evict`]). It may evict the worker's preemptible runs
+/// of a strictly lower priority, lowest priority first, then most recently started first.
+fn victims_on(
+    claim: &Claim,
+    worker: usize,
+    free: &Capacity,
+    run: &PendingRun,
+) -> Option<Vec<usize>> {
     let running = &claim.running;
     let mut candidates: Vec<usize> = claim
-        .running_on(claim.requester as usize)
+        .running_on(worker)
         .filter(|&i| running.preemptible[i] && running.priority[i] < run.priority)
         .collect();
     candidates.sort_by_key(|&i| (running.priority[i], running.ran_ms[i], i));
     claim.fewest_to_evict(free, run, &candidates)
 }
 
-/// The runs to evict on another worker than the requester so that `run` fits there, by the
-/// rules of [`victims`] on that worker: on the worker that needs the fewest (the first such
-/// worker among equals); `None` if no worker can be made to fit it.
+/// The runs to evict on another worker than the requester so that `run` fits there
+/// ([`victims_on`] each): on the worker that needs the fewest (the first such worker among
+/// equals); `None` if no worker can be made to fit it.
 fn victims_elsewhere(claim: &Claim, run: &PendingRun) -> Option<Vec<usize>> {
-    let running = &claim.running;
     (0..claim.workers.len())
         .filter(|&w| w != claim.requester as usize)
-        .filter_map(|w| {
-            let mut candidates: Vec<usize> = claim
-                .running_on(w)
-                .filter(|&i| running.preemptible[i] && running.priority[i] < run.priority)
-                .collect();
-            if candidates.is_empty() {
-                return None;
-            }
-            candidates.sort_by_key(|&i| (running.priority[i], running.ran_ms[i], i));
-            claim.fewest_to_evict(&claim.capacity(w), run, &candidates)
-        })
+        .filter_map(|w| victims_on(claim, w, &claim.capacity(w), run))
         .min_by_key(Vec::len)
 }
 
