@@ -20,11 +20,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use gyoza_core::OpRunState;
-use gyoza_core::api::{OpRunCreate, OpRunView};
-use gyoza_core::client::Client;
+use gyoza_core::api::OpRunCreate;
 use serde_json::json;
 
-use super::{Server, WorkerProcess, median_ms};
+use super::{Server, WorkerProcess, median_ms, wait_all_finished, wait_for_workers};
 
 /// `docker -H unix://SOCK ARGS`: whether it succeeded.
 fn docker(sock: &str, args: &[&str]) -> bool {
@@ -36,25 +35,6 @@ fn docker(sock: &str, args: &[&str]) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-async fn wait_finished(client: &Client, ids: &[String]) -> anyhow::Result<Vec<OpRunView>> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut runs = Vec::with_capacity(ids.len());
-    for id in ids {
-        loop {
-            let run = client.get_run(id).await?;
-            if run.state.is_terminal() {
-                runs.push(run);
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("run {id} did not finish in time ({:?})", run.state);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    Ok(runs)
 }
 
 async fn one(
@@ -97,12 +77,7 @@ async fn one(
         let env = [("GYOZA_WORKER_STATE_DIR", state.as_os_str())];
         workers.push(WorkerProcess::spawn(&server.url, &id, &args, &env)?);
     }
-    for _ in 0..300 {
-        if client.list_workers().await?.len() == engines.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_workers(&client, engines.len()).await?;
     let mut ids = Vec::with_capacity(runs);
     let started = Instant::now();
     for i in 0..runs {
@@ -115,7 +90,7 @@ async fn one(
         ids.push(client.create_run(&run).await?.id);
         tokio::time::sleep(every).await;
     }
-    let done = wait_finished(&client, &ids).await?;
+    let done = wait_all_finished(&client, &ids, Duration::from_secs(600)).await?;
     let elapsed = started.elapsed();
     drop(workers);
     let completed = done

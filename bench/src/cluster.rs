@@ -30,7 +30,7 @@ use serde_json::json;
 
 use gyoza_e2e::held::{busy, holds, last_assigned, now_us, peak};
 
-use super::{Server, WorkerProcess};
+use super::{Server, WorkerProcess, wait_all_finished, wait_for_workers};
 
 const IMAGE: &str = "gyoza-example/sleep:latest";
 const WORKERS: usize = 3;
@@ -83,12 +83,7 @@ impl Cluster {
             let env = [("GYOZA_WORKER_STATE_DIR", state.as_os_str())];
             workers.push(WorkerProcess::spawn(&server.url, &id, &args, &env)?);
         }
-        for _ in 0..300 {
-            if client.list_workers().await?.len() == WORKERS {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_workers(&client, WORKERS).await?;
         Ok(Self {
             server,
             client,
@@ -125,22 +120,7 @@ impl Cluster {
     }
 
     async fn finished(&self, ids: &[String], timeout: Duration) -> anyhow::Result<Vec<OpRunView>> {
-        let deadline = Instant::now() + timeout;
-        let mut done = Vec::with_capacity(ids.len());
-        for id in ids {
-            loop {
-                let run = self.client.get_run(id).await?;
-                if run.state.is_terminal() {
-                    done.push(run);
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!("run {id} did not finish in time ({:?})", run.state);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        Ok(done)
+        wait_all_finished(&self.client, ids, timeout).await
     }
 }
 

@@ -670,6 +670,43 @@ fn median_ms(mut samples: Vec<f64>) -> f64 {
     samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// Waits, up to 30 s, until `n` workers are registered (the scenario then goes on whatever
+/// it finds: a worker that never registers shows as runs it never took).
+async fn wait_for_workers(client: &Client, n: usize) -> anyhow::Result<()> {
+    for _ in 0..300 {
+        if client.list_workers().await?.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Polls each of `ids` until it is terminal; fails when one is not within `timeout` of the
+/// start. The runs as they ended, in `ids`' order.
+async fn wait_all_finished(
+    client: &Client,
+    ids: &[String],
+    timeout: Duration,
+) -> anyhow::Result<Vec<gyoza_core::api::OpRunView>> {
+    let deadline = Instant::now() + timeout;
+    let mut done = Vec::with_capacity(ids.len());
+    for id in ids {
+        loop {
+            let run = client.get_run(id).await?;
+            if run.state.is_terminal() {
+                done.push(run);
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("run {id} did not finish in time ({:?})", run.state);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(done)
+}
+
 /// A `gyoza worker` process against `server`, killed on drop.
 struct WorkerProcess(Child);
 
@@ -726,12 +763,7 @@ async fn worker_start() -> anyhow::Result<()> {
         &[],
         &[("GYOZA_WORK_DIR", work.as_os_str())],
     )?;
-    for _ in 0..300 {
-        if !client.list_workers().await?.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_workers(&client, 1).await?;
     // One run first, not counted: the first container of a worker pays for warming caches.
     let mut gyoza = Vec::new();
     for i in 0..=SAMPLES {
