@@ -77,23 +77,15 @@ async fn submit(client: &Client, queue: &str) -> Vec<String> {
     ids
 }
 
+/// Each of `ids` once ended, which must be COMPLETED, all within 180 s.
 async fn finished(client: &Client, ids: &[String]) -> Vec<OpRunView> {
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut runs = Vec::new();
     for id in ids {
-        loop {
-            let run = client.get_run(id).await.expect("get run");
-            if run.state.is_terminal() {
-                assert_eq!(run.state, OpRunState::Completed, "{run:?}");
-                runs.push(run);
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "run {id} did not finish: {run:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let run = wait_until_terminal(client, id, left).await;
+        assert_eq!(run.state, OpRunState::Completed, "{run:?}");
+        runs.push(run);
     }
     runs
 }

@@ -700,12 +700,14 @@ impl Service {
                     .find(|w| &w.id == target)
                     .is_some_and(|worker| {
                         let needs_gpu = run.constraints.vram_mb.unwrap_or(0) > 0;
-                        let tags = tag_fit(
+                        let Ok(only_gpus) = tag_fit(
                             &run.constraints.tags,
                             &worker.tags,
                             &worker.resources.gpus,
                             needs_gpu,
-                        );
+                        ) else {
+                            return false;
+                        };
                         let left: Vec<HeldRun> = request
                             .running
                             .iter()
@@ -713,9 +715,6 @@ impl Service {
                             .filter(|held| !victims.iter().any(|victim| victim.id == held.id))
                             .cloned()
                             .collect();
-                        let Ok(only_gpus) = tags else {
-                            return false;
-                        };
                         let there = PendingRun {
                             only_gpus,
                             ..run.clone()
