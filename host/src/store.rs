@@ -388,9 +388,10 @@ pub enum CreatedBound {
 }
 
 /// Which way a run listing pages from its cursor.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Cursor {
     /// The first page (newest runs).
+    #[default]
     Start,
     /// Runs older than this run id (the next page).
     StartingAfter(String),
@@ -398,8 +399,8 @@ pub enum Cursor {
     EndingBefore(String),
 }
 
-/// Filters and paging of `GET /runs`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Filters and paging of `GET /runs` (and of the server's own scans).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunQuery {
     /// Page size (1–100, checked by the API).
     pub limit: usize,
@@ -417,6 +418,12 @@ pub struct RunQuery {
     pub label: Option<(String, String)>,
     /// Creation-time bounds, all of which must hold.
     pub created: Vec<CreatedBound>,
+    /// Only PENDING runs whose constraints have a queue timeout (`queue_timeout_s` above 0):
+    /// what the timeout check reads, from an index, so that its cost follows the runs that
+    /// have a deadline and not the length of the queue. A store may also return PENDING runs
+    /// it cannot tell about without reading them (MongoDB documents written before the
+    /// field existed); the caller checks each run it gets. Not a `GET /runs` parameter.
+    pub queue_timeout: bool,
 }
 
 /// One page of runs, newest first.

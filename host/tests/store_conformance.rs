@@ -93,12 +93,7 @@ fn query(limit: usize, cursor: Cursor) -> RunQuery {
     RunQuery {
         limit,
         cursor,
-        state: None,
-        op_definition: None,
-        image: None,
-        queue: None,
-        label: None,
-        created: Vec::new(),
+        ..RunQuery::default()
     }
 }
 
@@ -1194,6 +1189,73 @@ mod cases {
         );
     }
 
+    /// The timeout check's listing returns the PENDING runs with a queue timeout, all of
+    /// them across pages, and no other run: not one without a timeout (or with 0, which
+    /// means none), and not a RUNNING one that has one.
+    pub async fn the_queue_timeout_listing_is_the_pending_runs_that_have_one(
+        store: Arc<dyn Store>,
+    ) {
+        let mut timed = Vec::new();
+        for i in 0..5 {
+            let mut run = sized(t(i), 1, 1, None);
+            run.constraints.queue_timeout_s = Some(60);
+            store.insert_run(&run).await.unwrap();
+            timed.push(run.id);
+        }
+        let untimed = sized(t(10), 1, 1, None);
+        let mut zero = sized(t(11), 1, 1, None);
+        zero.constraints.queue_timeout_s = Some(0);
+        for run in [&untimed, &zero] {
+            store.insert_run(run).await.unwrap();
+        }
+        let mut running = sized(t(12), 1, 1, None);
+        running.constraints.queue_timeout_s = Some(60);
+        let running = started(store.as_ref(), running).await;
+        let mut listed = Vec::new();
+        let mut cursor = Cursor::Start;
+        loop {
+            let query = RunQuery {
+                limit: 2,
+                cursor: cursor.clone(),
+                state: Some(OpRunState::Pending),
+                queue_timeout: true,
+                ..RunQuery::default()
+            };
+            let page = store.list_runs(&query).await.unwrap();
+            listed.extend(ids(&page.runs));
+            match page.runs.last() {
+                Some(last) if page.has_more => cursor = Cursor::StartingAfter(last.id.clone()),
+                _ => break,
+            }
+        }
+        timed.reverse();
+        assert_eq!(listed, timed, "newest first, each once");
+        // A RUNNING run with a queue timeout is not what the filter means.
+        let query = RunQuery {
+            limit: 10,
+            state: Some(OpRunState::Running),
+            queue_timeout: true,
+            ..RunQuery::default()
+        };
+        assert!(store.list_runs(&query).await.unwrap().runs.is_empty());
+        // The run leaves the listing when it leaves PENDING.
+        store
+            .update_run(
+                &timed[0],
+                Box::new(|r: &mut OpRun| r.set_state(OpRunState::Cancelled, t(20))),
+            )
+            .await
+            .unwrap();
+        let query = RunQuery {
+            limit: 10,
+            queue_timeout: true,
+            ..RunQuery::default()
+        };
+        let page = store.list_runs(&query).await.unwrap();
+        assert_eq!(ids(&page.runs), timed[1..].to_vec());
+        let _ = running;
+    }
+
     pub async fn runs_are_counted_by_state(store: Arc<dyn Store>) {
         for i in 0..3 {
             let mut run = run_at(t(i), "img", 1);
@@ -1584,6 +1646,7 @@ macro_rules! suite {
                 a_heartbeat_from_another_live_instance_is_refused_and_changes_nothing,
                 logs_keep_a_tail_per_attempt,
                 runs_are_counted_by_state,
+                the_queue_timeout_listing_is_the_pending_runs_that_have_one,
                 concurrent_assignment_is_exactly_once,
                 assign_runs_assigns_only_what_still_fits,
                 concurrent_assign_runs_never_overcommit_a_worker,
@@ -1646,6 +1709,40 @@ async fn mongodb_documents_without_sched_fields_are_still_scheduled() {
     assert_eq!(window, vec![PendingRun::from(&pending)]);
     let held_now = store.held_runs().await.unwrap();
     assert_eq!(held_now, vec![HeldRun::of(&held).unwrap()]);
+}
+
+/// A PENDING run document written before `queue_timeout_s` existed is still read by the
+/// timeout check's listing (the check then reads its constraints), so its deadline is kept.
+#[tokio::test]
+async fn mongodb_documents_without_the_queue_timeout_field_are_still_checked() {
+    let Some((store, url, database)) = mongodb_alone().await else {
+        return;
+    };
+    let mut old = sized(t(0), 1, 1, None);
+    old.constraints.queue_timeout_s = Some(60);
+    let untimed = sized(t(1), 1, 1, None);
+    for run in [&old, &untimed] {
+        store.insert_run(run).await.unwrap();
+    }
+    let client = ::mongodb::Client::with_uri_str(&url).await.unwrap();
+    let runs = client
+        .database(&database)
+        .collection::<::mongodb::bson::Document>("runs");
+    let unset = runs
+        .update_one(
+            ::mongodb::bson::doc! {"_id": &old.id},
+            ::mongodb::bson::doc! {"$unset": {"queue_timeout_s": ""}},
+        )
+        .await
+        .unwrap();
+    assert_eq!(unset.modified_count, 1);
+    let query = RunQuery {
+        limit: 10,
+        queue_timeout: true,
+        ..RunQuery::default()
+    };
+    let page = store.list_runs(&query).await.unwrap();
+    assert_eq!(ids(&page.runs), vec![old.id.clone()]);
 }
 
 /// A claim on MongoDB leaves no claim lease behind, and a lease left by a claimer that

@@ -154,6 +154,7 @@ impl ListParams {
             queue: non_empty(self.queue),
             label,
             created,
+            queue_timeout: false,
         })
     }
 }

@@ -226,6 +226,12 @@ fn run_document(run: &OpRun, rev: i64, deliver_at_us: Option<i64>) -> Result<Doc
         "worker_id": optional(run.worker_id().map(str::to_owned)),
         "rev": rev,
         "deliver_at_us": optional(deliver_at_us),
+        // 0 for none, never null: a document written before the field has none, and the
+        // timeout check's filter reads those as "may have one" (see `run_filter`).
+        "queue_timeout_s": run
+            .constraints
+            .queue_timeout()
+            .map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX)),
         "sched": {
             "cpu": optional(run.constraints.cpu.map(i64::from)),
             "ram_mb": optional(run.constraints.ram_mb.map(|v| v as i64)),
@@ -488,6 +494,8 @@ impl MongoStore {
                 // The least CPU and RAM a PENDING run needs (a claim's floor).
                 index(doc! {"state": 1, "sched.cpu": 1}),
                 index(doc! {"state": 1, "sched.ram_mb": 1}),
+                // PENDING runs with a queue timeout, for the timeout check.
+                index(doc! {"state": 1, "queue_timeout_s": 1, "created_us": -1, "_id": -1}),
                 // Runs with events to deliver, longest due first.
                 index(doc! {"deliver_at_us": 1, "_id": 1}),
             ])
@@ -628,7 +636,25 @@ impl MongoStore {
 
 fn run_filter(query: &RunQuery) -> Document {
     let mut filter = Document::new();
-    if let Some(state) = query.state {
+    if query.queue_timeout {
+        match query.state {
+            Some(state) if state != OpRunState::Pending => {
+                filter.insert("state", doc! {"$in": []});
+            }
+            _ => {
+                filter.insert("state", OpRunState::Pending.as_str());
+            }
+        }
+        // `null` matches a document without the field (written before it existed), which
+        // the caller then checks; new documents hold 0 for none.
+        filter.insert(
+            "$or",
+            vec![
+                Bson::from(doc! {"queue_timeout_s": {"$gt": 0}}),
+                Bson::from(doc! {"queue_timeout_s": Bson::Null}),
+            ],
+        );
+    } else if let Some(state) = query.state {
         filter.insert("state", state.as_str());
     }
     if let Some(definition) = &query.op_definition {

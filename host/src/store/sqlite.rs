@@ -235,6 +235,16 @@ CREATE TRIGGER IF NOT EXISTS runs_pending_changed AFTER UPDATE ON runs
 CREATE INDEX IF NOT EXISTS runs_backing_off ON runs (available_at)
     WHERE state = 'PENDING' AND available_at IS NOT NULL;
 "#,
+    // A run's queue timeout, so that the timeout check reads only the PENDING runs that have
+    // one (`RunQuery::queue_timeout`), newest first as every listing, from a partial index.
+    // Runs in other states get the column at their next write.
+    r#"
+ALTER TABLE runs ADD COLUMN queue_timeout_s INTEGER;
+UPDATE runs SET queue_timeout_s = json_extract(doc, '$.constraints.queue_timeout_s')
+    WHERE state = 'PENDING';
+CREATE INDEX IF NOT EXISTS runs_queue_timed ON runs (created_at, seq)
+    WHERE state = 'PENDING' AND queue_timeout_s > 0;
+"#,
 ];
 
 /// The schema version from which runs keep their scheduling facts (`queue` .. `assigned_at`).
@@ -537,14 +547,17 @@ fn write_row(conn: &Connection, run: &OpRun, insert: bool) -> Result<(), StoreEr
     let sql = if insert {
         "INSERT INTO runs (id, state, priority, created_at, available_at, op_definition, image, worker_id, doc,
                           cpu, ram_mb, vram_mb, gpu_id,
-                          queue, attempt, preemptible, preemptions, labels, tags, assigned_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+                          queue, attempt, preemptible, preemptions, labels, tags, assigned_at,
+                          queue_timeout_s)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
+                 ?21)"
     } else {
         // Only what a run's life changes: SQLite then leaves the indexes on creation time,
         // definition and image alone.
         "UPDATE runs SET state = ?2, priority = ?3, available_at = ?5, worker_id = ?8, doc = ?9,
          cpu = ?10, ram_mb = ?11, vram_mb = ?12, gpu_id = ?13, queue = ?14, attempt = ?15,
-         preemptible = ?16, preemptions = ?17, labels = ?18, tags = ?19, assigned_at = ?20
+         preemptible = ?16, preemptions = ?17, labels = ?18, tags = ?19, assigned_at = ?20,
+         queue_timeout_s = ?21
          WHERE id = ?1"
     };
     let constraints = &run.constraints;
@@ -570,6 +583,9 @@ fn write_row(conn: &Connection, run: &OpRun, insert: bool) -> Result<(), StoreEr
         f.labels,
         f.tags,
         f.assigned_at,
+        constraints
+            .queue_timeout()
+            .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
     ])?;
     Ok(())
 }
@@ -1111,7 +1127,14 @@ impl SqliteStore {
 fn run_filters(query: &RunQuery) -> (Vec<String>, Vec<SqlValue>) {
     let mut clauses = Vec::new();
     let mut params = Vec::new();
-    if let Some(state) = query.state {
+    if query.queue_timeout {
+        // Written out, not bound: the partial index `runs_queue_timed` (see `runs_source`)
+        // holds exactly these rows.
+        clauses.push("state = 'PENDING' AND queue_timeout_s > 0".to_owned());
+    }
+    if let Some(state) = query.state
+        && !reads_queue_timed(query)
+    {
         clauses.push("state = ?".to_owned());
         params.push(SqlValue::Text(state.as_str().to_owned()));
     }
@@ -1149,6 +1172,23 @@ fn run_filters(query: &RunQuery) -> (Vec<String>, Vec<SqlValue>) {
         params.push(SqlValue::Integer(micros));
     }
     (clauses, params)
+}
+
+/// Whether a listing is the queue-timeout one that the partial index serves (asked with
+/// another state than PENDING, it matches nothing and is left to the planner).
+fn reads_queue_timed(query: &RunQuery) -> bool {
+    query.queue_timeout && query.state.is_none_or(|state| state == OpRunState::Pending)
+}
+
+/// The table a run listing reads, with the index it must use when the planner would pick
+/// another: left to itself, it takes `runs_by_state` for the queue-timeout listing and reads
+/// every PENDING row to find the few with a timeout.
+fn runs_source(query: &RunQuery) -> &'static str {
+    if reads_queue_timed(query) {
+        "runs INDEXED BY runs_queue_timed"
+    } else {
+        "runs"
+    }
 }
 
 fn where_sql(clauses: &[String]) -> String {
@@ -1193,7 +1233,8 @@ fn list_runs_blocking(conn: &mut Connection, query: &RunQuery) -> Result<RunPage
     };
     let order = if ascending { "ASC" } else { "DESC" };
     let sql = format!(
-        "SELECT seq, created_at, id, doc FROM runs {} ORDER BY created_at {order}, seq {order} LIMIT {}",
+        "SELECT seq, created_at, id, doc FROM {} {} ORDER BY created_at {order}, seq {order} LIMIT {}",
+        runs_source(query),
         where_sql(&clauses),
         query.limit
     );
@@ -1228,7 +1269,11 @@ fn list_runs_blocking(conn: &mut Connection, query: &RunQuery) -> Result<RunPage
             let op = if ascending { ">" } else { "<" };
             clauses.push(format!("(created_at, seq) {op} (?, ?)"));
             params.extend([SqlValue::Integer(*created), SqlValue::Integer(*seq)]);
-            let sql = format!("SELECT EXISTS (SELECT 1 FROM runs {})", where_sql(&clauses));
+            let sql = format!(
+                "SELECT EXISTS (SELECT 1 FROM {} {})",
+                runs_source(query),
+                where_sql(&clauses)
+            );
             tx.query_row(&sql, params_from_iter(params.iter()), |r| {
                 r.get::<_, bool>(0)
             })?
@@ -1759,9 +1804,10 @@ mod tests {
     use gyoza_core::run::NewRun;
 
     /// What takes a database back before the kept window's triggers (schema 9), which name
-    /// the columns older schemas lack.
+    /// the columns older schemas lack, and before the queue-timeout column (schema 10).
     const WINDOW_TRIGGERS_GONE: &str = "DROP TRIGGER runs_pending_inserted;
-        DROP TRIGGER runs_pending_deleted; DROP TRIGGER runs_pending_changed;";
+        DROP TRIGGER runs_pending_deleted; DROP TRIGGER runs_pending_changed;
+        DROP INDEX runs_queue_timed; ALTER TABLE runs DROP COLUMN queue_timeout_s;";
 
     fn sized(cpu: u32, ram_mb: u64, vram_mb: Option<u64>) -> OpRun {
         OpRun::new(
@@ -1847,6 +1893,62 @@ mod tests {
         );
     }
 
+    /// A PENDING run stored with a queue timeout before the store kept it in a column of its
+    /// own is found by the timeout check's listing after the migration; one without a timeout
+    /// is not read at all.
+    #[tokio::test]
+    async fn a_pending_run_stored_before_the_queue_timeout_column_is_still_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gyoza.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let mut timed = sized(1, 1, None);
+        timed.constraints.queue_timeout_s = Some(60);
+        store.insert_run(&timed).await.unwrap();
+        let untimed = sized(1, 1, None);
+        store.insert_run(&untimed).await.unwrap();
+        drop(store);
+        // Back to schema 9, as the gyoza before the column left the file.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP INDEX runs_queue_timed; ALTER TABLE runs DROP COLUMN queue_timeout_s;
+             PRAGMA user_version = 9;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&path).await.unwrap();
+        let query = RunQuery {
+            limit: 10,
+            state: Some(OpRunState::Pending),
+            queue_timeout: true,
+            ..RunQuery::default()
+        };
+        let page = store.list_runs(&query).await.unwrap();
+        let ids: Vec<_> = page.runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, vec![timed.id.as_str()]);
+        // The listing reads the partial index, not every PENDING run.
+        let (clauses, params) = run_filters(&query);
+        let conn = Connection::open(&path).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN SELECT seq, created_at, id, doc FROM {} {}
+                 ORDER BY created_at DESC, seq DESC LIMIT 100",
+                runs_source(&query),
+                where_sql(&clauses)
+            ))
+            .unwrap()
+            .query_map(rusqlite::params_from_iter(params), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("runs_queue_timed"))
+                && !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+            "the listing should read the partial index in its order: {plan:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_run_stored_before_queues_is_listed_in_the_default_queue() {
         let dir = tempfile::tempdir().unwrap();
@@ -1872,13 +1974,8 @@ mod tests {
         let listed = |queue: &str| {
             let query = RunQuery {
                 limit: 10,
-                cursor: Cursor::Start,
-                state: None,
-                op_definition: None,
-                image: None,
                 queue: Some(queue.to_owned()),
-                label: None,
-                created: Vec::new(),
+                ..RunQuery::default()
             };
             let store = &store;
             async move {
