@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use gyoza_core::api::{AddEventRequest, HeartbeatRequest, OpRunCreate};
+use gyoza_core::api::{AddEventRequest, HeartbeatRequest, OpRunCreate, WorkerEvent};
 use gyoza_core::client::Client;
 use gyoza_core::{Constraints, Resources};
 use serde_json::json;
@@ -250,7 +250,14 @@ async fn create(store: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn claims(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Result<()> {
+/// `batch`: each worker sends the STARTED and COMPLETED of the runs one claim gave it in one
+/// `POST /workers/{id}/events`, not two `POST /runs/{id}/events` per run.
+async fn claims(
+    store: Option<&str>,
+    runs: usize,
+    workers: usize,
+    batch: bool,
+) -> anyhow::Result<()> {
     let server = Server::start(store)?;
     let client = server.client().await?;
     create_runs(&client, runs, 32).await?;
@@ -288,11 +295,33 @@ async fn claims(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Res
                     continue;
                 }
                 empty = 0;
-                for op in ops {
-                    for kind in ["STARTED", "COMPLETED"] {
-                        let event = worker_event(&op, &beat.worker_id, kind);
-                        client.add_event(&op.id, &event).await?;
+                if batch {
+                    let events: Vec<WorkerEvent> = ops
+                        .iter()
+                        .flat_map(|op| {
+                            ["STARTED", "COMPLETED"].map(|kind| WorkerEvent {
+                                run_id: op.id.clone(),
+                                event: worker_event(op, &beat.worker_id, kind),
+                            })
+                        })
+                        .collect();
+                    let answer = client.worker_events(&beat.worker_id, &events).await?;
+                    if answer.failed > 0 {
+                        bail!(
+                            "{} events were refused: {:?}",
+                            answer.failed,
+                            answer.results
+                        );
                     }
+                } else {
+                    for op in &ops {
+                        for kind in ["STARTED", "COMPLETED"] {
+                            let event = worker_event(op, &beat.worker_id, kind);
+                            client.add_event(&op.id, &event).await?;
+                        }
+                    }
+                }
+                for op in ops {
                     done.fetch_add(1, Ordering::Relaxed);
                     mine.push(op.id);
                 }
@@ -314,7 +343,12 @@ async fn claims(store: Option<&str>, runs: usize, workers: usize) -> anyhow::Res
         bail!("{} runs were assigned twice", total - placed.len());
     }
     println!(
-        "claims: {runs} runs, {workers} workers (heartbeat + claim + STARTED + COMPLETED): {} placed once each, {:.0} placements/s, claim p50 {:.2} ms, p99 {:.2} ms; {}",
+        "claims: {runs} runs, {workers} workers (heartbeat + claim + STARTED + COMPLETED{}): {} placed once each, {:.0} placements/s, claim p50 {:.2} ms, p99 {:.2} ms; {}",
+        if batch {
+            ", events batched per claim"
+        } else {
+            ""
+        },
         total,
         total as f64 / elapsed,
         latencies.percentile(0.5),
@@ -856,7 +890,11 @@ async fn all(mongo: Option<&str>) -> anyhow::Result<()> {
         note("create", create(None).await);
     }
     for _ in 0..3 {
-        note("claims", claims(None, 10_000, 50).await);
+        note("claims", claims(None, 10_000, 50, false).await);
+        note(
+            "claims --batch-events",
+            claims(None, 10_000, 50, true).await,
+        );
     }
     for _ in 0..3 {
         note("claim-latency", claim_latency(None, 10_000, 50).await);
@@ -870,7 +908,10 @@ async fn all(mongo: Option<&str>) -> anyhow::Result<()> {
     }
     note("fair-share", cluster::fair_share(150, 2).await);
     if let Some(url) = mongo {
-        note("claims on MongoDB", claims(Some(url), 1_000, 10).await);
+        note(
+            "claims on MongoDB",
+            claims(Some(url), 1_000, 10, false).await,
+        );
     }
     if failed.is_empty() {
         Ok(())
@@ -898,7 +939,16 @@ async fn main() -> anyhow::Result<()> {
     };
     match args.first().map(String::as_str) {
         Some("create") => create(store).await,
-        Some("claims") => claims(store, number("--runs", 10_000)?, number("--workers", 50)?).await,
+        Some("claims") => {
+            let batch = args.iter().any(|a| a == "--batch-events");
+            claims(
+                store,
+                number("--runs", 10_000)?,
+                number("--workers", 50)?,
+                batch,
+            )
+            .await
+        }
         Some("claim-latency") => {
             claim_latency(store, number("--runs", 10_000)?, number("--workers", 50)?).await
         }

@@ -326,6 +326,56 @@ impl AddEventRequest {
     }
 }
 
+/// `POST /workers/{id}/events`: up to [`crate::limits::MAX_BATCH_EVENTS`] events of runs the
+/// worker holds, in one request. Each item is a [`WorkerEvent`], checked on its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkerEventBatch {
+    /// The events, applied in this order to each run.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<WorkerEvent>))]
+    pub events: Vec<Value>,
+}
+
+/// One event of a [`WorkerEventBatch`]: what `POST /runs/{run_id}/events` takes, and the run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkerEvent {
+    /// The run the event is for; the worker must hold it (ASSIGNED or RUNNING there).
+    pub run_id: String,
+    /// The event.
+    #[serde(flatten)]
+    pub event: AddEventRequest,
+}
+
+/// One item's outcome in a [`WorkerEventBatchAnswer`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkerEventOutcome {
+    /// Its index in the request's `events`.
+    pub index: usize,
+    /// 200 when applied, else the status `POST /runs/{run_id}/events` of it alone would have
+    /// answered (409 as well for a run the worker does not hold).
+    pub status: u16,
+    /// The run's state once the event was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<OpRunState>,
+    /// Why it was not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The answer of `POST /workers/{id}/events`: one item per event, in the request's order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkerEventBatchAnswer {
+    /// How many were applied.
+    pub applied: usize,
+    /// How many were refused.
+    pub failed: usize,
+    /// Per event, in the request's order.
+    pub results: Vec<WorkerEventOutcome>,
+}
+
 /// Longest `reason` a [`ReleaseRequest`] may give, in characters.
 pub const MAX_RELEASE_REASON_CHARS: usize = 1000;
 

@@ -462,6 +462,26 @@ impl Client {
         .await
     }
 
+    /// `POST /workers/{worker_id}/events`: events of runs this worker holds, in one request;
+    /// each is answered in the result's `results`, as its own `add_event` would have been.
+    pub async fn worker_events(
+        &self,
+        worker_id: &str,
+        events: &[crate::api::WorkerEvent],
+    ) -> Result<crate::api::WorkerEventBatchAnswer, ClientError> {
+        let events = events
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::Config(format!("cannot encode an event: {e}")))?;
+        let body = crate::api::WorkerEventBatch { events };
+        self.call(
+            self.request(Method::POST, &["workers", worker_id, "events"])
+                .json(&body),
+        )
+        .await
+    }
+
     /// `POST /runs/{id}/release`: hands a run this worker cannot finish back to the queue (a
     /// new attempt, outside the retry budget). 409 when the attempt is no longer current.
     pub async fn release_run(

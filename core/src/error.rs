@@ -66,6 +66,17 @@ pub enum DomainError {
         /// The current attempt.
         current: u32,
     },
+    /// A worker's event for a run whose current attempt it does not hold (409): the run was
+    /// reaped, released, preempted or ended meanwhile, or was never its.
+    #[error(
+        "OpRun '{run_id}' is not held by worker '{worker_id}' (its current attempt is not ASSIGNED to or RUNNING on that worker); nothing changed"
+    )]
+    NotHeld {
+        /// The run.
+        run_id: String,
+        /// The worker that sent the event.
+        worker_id: String,
+    },
     /// An INFO, PROGRESS or ERROR event larger than [`crate::limits::MAX_EVENT_BYTES`] (413).
     #[error(
         "event too large: its msg and payload are {bytes} bytes as JSON; the most an INFO, PROGRESS or ERROR event may have is {limit} bytes"

@@ -21,6 +21,8 @@ pub const MAX_GPUS: usize = 256;
 pub const MAX_CLAIM_WAIT_MS: u64 = 60_000;
 /// Runs one `POST /runs/batch` may create.
 pub const MAX_BATCH_RUNS: usize = 1_000;
+/// Events one `POST /workers/{id}/events` may carry.
+pub const MAX_BATCH_EVENTS: usize = 1_000;
 /// Attempts a retry policy may allow.
 pub const MAX_ATTEMPTS: u32 = 1_000;
 /// A retry policy's backoff in milliseconds (30 days).

@@ -89,6 +89,7 @@ pub fn app(state: AppState) -> Router {
         .route("/workers", get(workers::list))
         .route("/workers/heartbeat", post(workers::heartbeat))
         .route("/workers/{id}/claim", post(workers::claim))
+        .route("/workers/{id}/events", post(workers::events))
         .route("/workers/{id}/claim-scenario", get(workers::claim_scenario))
         .route("/queues", get(queues::list))
         .route("/strategies", get(strategies::list))
@@ -175,6 +176,7 @@ impl utoipa::Modify for SecurityAddon {
         workers::list,
         workers::heartbeat,
         workers::claim,
+        workers::events,
         workers::claim_scenario,
         queues::list,
         strategies::list,

@@ -9,7 +9,7 @@
 //! - 404: no such definition, run or route;
 //! - 405: the route exists, the method does not;
 //! - 409: a worker's call for an attempt that is no longer current (the run was retried or
-//!   reclaimed meanwhile); nothing changed;
+//!   reclaimed meanwhile), or for a run it does not hold; nothing changed;
 //! - 413: the body is larger than the server accepts, or an INFO/PROGRESS/ERROR event is
 //!   larger than `limits::MAX_EVENT_BYTES` (the detail gives both sizes);
 //! - 422: well-formed JSON or query parameters of the wrong shape or type;
@@ -90,9 +90,9 @@ impl ApiError {
 impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         match e {
-            DomainError::StaleAttempt { .. } | DomainError::WorkerIdInUse { .. } => {
-                Self::Conflict(e.to_string())
-            }
+            DomainError::StaleAttempt { .. }
+            | DomainError::WorkerIdInUse { .. }
+            | DomainError::NotHeld { .. } => Self::Conflict(e.to_string()),
             DomainError::EventTooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
             other => Self::BadRequest(other.to_string()),
         }

@@ -20,6 +20,7 @@
 //! - `queues`: each queue's fair-share state for `GET /queues`.
 
 mod claim;
+mod events;
 mod queues;
 mod reap;
 mod reconcile;

@@ -4,8 +4,12 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use gyoza_core::Worker;
-use gyoza_core::api::{ClaimResponse, ErrorBody, HeartbeatRequest, WorkerView};
+use axum::http::StatusCode;
+use gyoza_core::api::{
+    AddEventRequest, ClaimResponse, ErrorBody, HeartbeatRequest, WorkerEvent, WorkerEventBatch,
+    WorkerEventBatchAnswer, WorkerEventOutcome, WorkerView,
+};
+use gyoza_core::{EventType, Worker};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -145,4 +149,83 @@ pub async fn claim(
         .placements
         .fetch_add(ops.len() as u64, Ordering::Relaxed);
     Ok(Json(ClaimResponse { ops }))
+}
+
+/// Applies up to 1,000 events of runs worker `id` holds, in one request (see
+/// [`Service::worker_events`](crate::service::Service::worker_events)). Each event is checked
+/// and applied as `POST /runs/{run_id}/events` of it alone would be, one run's events in
+/// order, and answered in `results` with the status that request would have had (409 as
+/// well for a run the worker does not hold); the others apply whatever one's outcome.
+#[utoipa::path(
+    post, path = "/workers/{id}/events", params(("id" = String, Path)), request_body = WorkerEventBatch,
+    responses((status = 200, body = WorkerEventBatchAnswer), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    Path(worker_id): Path<String>,
+    ApiJson(request): ApiJson<WorkerEventBatch>,
+) -> Result<Json<WorkerEventBatchAnswer>, ApiError> {
+    let limit = gyoza_core::limits::MAX_BATCH_EVENTS;
+    if request.events.len() > limit {
+        return Err(ApiError::BadRequest(format!(
+            "A batch holds at most {limit} events, got {}",
+            request.events.len()
+        )));
+    }
+    // Each item read and its type checked before anything touches the store.
+    let checked: Vec<Result<WorkerEvent, ApiError>> = request
+        .events
+        .into_iter()
+        .map(|item| {
+            let event: WorkerEvent = super::extract::from_value(item)?;
+            event.event.event_type.parse::<EventType>()?;
+            Ok(event)
+        })
+        .collect();
+    let valid: Vec<(String, AddEventRequest)> = checked
+        .iter()
+        .filter_map(|c| c.as_ref().ok())
+        .map(|e| (e.run_id.clone(), e.event.clone()))
+        .collect();
+    let mut applied = state
+        .service
+        .worker_events(&worker_id, valid)
+        .await
+        .into_iter();
+    let results: Vec<WorkerEventOutcome> = checked
+        .into_iter()
+        .enumerate()
+        .map(|(index, checked)| {
+            let outcome = match checked {
+                Err(e) => Err(e),
+                Ok(event) => match applied.next().flatten() {
+                    None => Err(ApiError::run_not_found(&event.run_id)),
+                    Some(outcome) => outcome.map_err(ApiError::from),
+                },
+            };
+            match outcome {
+                Ok(run_state) => WorkerEventOutcome {
+                    index,
+                    status: StatusCode::OK.as_u16(),
+                    state: Some(run_state),
+                    detail: None,
+                },
+                Err(e) => {
+                    let (status, detail) = e.answer();
+                    WorkerEventOutcome {
+                        index,
+                        status: status.as_u16(),
+                        state: None,
+                        detail: Some(detail),
+                    }
+                }
+            }
+        })
+        .collect();
+    let applied = results.iter().filter(|r| r.state.is_some()).count();
+    Ok(Json(WorkerEventBatchAnswer {
+        applied,
+        failed: results.len() - applied,
+        results,
+    }))
 }
