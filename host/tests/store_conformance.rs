@@ -1711,6 +1711,95 @@ async fn mongodb_documents_without_sched_fields_are_still_scheduled() {
     assert_eq!(held_now, vec![HeldRun::of(&held).unwrap()]);
 }
 
+/// A MongoDB store whose driver reports each command it starts, by name, into the list.
+async fn mongodb_watched() -> Option<(MongoStore, Arc<std::sync::Mutex<Vec<String>>>)> {
+    let (_, url, database) = mongodb_alone().await?;
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let sink = seen.clone();
+    let mut options = ::mongodb::options::ClientOptions::parse(&url)
+        .await
+        .unwrap();
+    options.command_event_handler = Some(::mongodb::event::EventHandler::callback(
+        move |event: ::mongodb::event::command::CommandEvent| {
+            if let ::mongodb::event::command::CommandEvent::Started(started) = event {
+                sink.lock().unwrap().push(started.command_name);
+            }
+        },
+    ));
+    let store = MongoStore::connect_with(options, &url, &database)
+        .await
+        .unwrap();
+    Some((store, seen))
+}
+
+/// A claim on MongoDB is a bounded number of round trips, whatever it assigns and however
+/// long the queue: the claim's reads go out together, and assigning eight runs reads them
+/// in one `find` and moves their inline events in one `insert`, then sends the eight
+/// compare-and-sets at once.
+#[tokio::test]
+async fn mongodb_a_claim_is_a_bounded_number_of_commands() {
+    let Some((store, seen)) = mongodb_watched().await else {
+        return;
+    };
+    let heartbeat = |id: &str| gyoza_core::Heartbeat {
+        worker_id: id.into(),
+        resources: gyoza_core::Resources {
+            cpu_cores: 64,
+            ram_mb: 65_536,
+            gpus: vec![],
+        },
+        tags: vec![],
+        running_ops: None,
+        instance: None,
+        exclusive_for: None,
+    };
+    store.heartbeat(heartbeat("w1"), t(0)).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let run = sized(t(i), 1, 1, None);
+        store.insert_run(&run).await.unwrap();
+        ids.push(run.id);
+    }
+    let commands =
+        |seen: &Arc<std::sync::Mutex<Vec<String>>>| std::mem::take(&mut *seen.lock().unwrap());
+    commands(&seen);
+    let view = store
+        .claim_view("w1", t(300), 1_000, 3_600)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.pending.len(), 200);
+    let read = commands(&seen);
+    // worker, held runs, window, workers, usage: five finds (and a cursor's next batches).
+    assert_eq!(read.iter().filter(|c| *c == "find").count(), 5, "{read:?}");
+    assert!(
+        read.iter().all(|c| c == "find" || c == "getMore"),
+        "{read:?}"
+    );
+
+    let placements: Vec<(String, Option<u32>)> =
+        ids[..8].iter().map(|id| (id.clone(), None)).collect();
+    let answers = store.assign_runs("w1", placements, t(300)).await;
+    assert!(
+        answers.iter().all(|a| matches!(a, Ok(Some(_)))),
+        "{answers:?}"
+    );
+    let wrote = commands(&seen);
+    let count = |name: &str| wrote.iter().filter(|c| *c == name).count();
+    // Lease taken and given back; worker, held runs and the eight runs in three finds; the
+    // events in at most one insert; one compare-and-set per run.
+    assert_eq!(count("find"), 3, "{wrote:?}");
+    assert_eq!(count("update"), 8, "{wrote:?}");
+    assert_eq!(count("delete"), 1, "{wrote:?}");
+    assert!(count("insert") <= 2, "{wrote:?}");
+    assert_eq!(
+        wrote.len(),
+        count("find") + count("update") + count("delete") + count("insert")
+    );
+    let held = store.held_runs().await.unwrap();
+    assert_eq!(held.len(), 8);
+}
+
 /// A PENDING run document written before `queue_timeout_s` existed is still read by the
 /// timeout check's listing (the check then reads its constraints), so its deadline is kept.
 #[tokio::test]

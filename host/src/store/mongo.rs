@@ -70,6 +70,7 @@
 //! Collections: `definitions` (unique on id + version), `runs`, `events`, `workers`,
 //! `run_logs`, `claim_leases`, `deliveries`, `queue_usage`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -87,10 +88,10 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{
-    Accrual, ClaimFloor, CreatedBound, Cursor, DecayedSums, DeliveryLease, DeliveryProgress, Floor,
-    LogTail, Placement, QueryError, RunMutation, RunPage, RunQuery, Store, StoreError, StoreRead,
-    UsageHalfLife, answer_each, assign_if_fits, from_json, held_attempt, replace_definition,
-    to_json, unknown_worker,
+    Accrual, ClaimFloor, ClaimView, CreatedBound, Cursor, DecayedSums, DeliveryLease,
+    DeliveryProgress, Floor, LogTail, Placement, QueryError, RunMutation, RunPage, RunQuery, Store,
+    StoreError, StoreRead, UsageHalfLife, answer_each, assign_if_fits, from_json, held_attempt,
+    replace_definition, to_json, unknown_worker,
 };
 
 /// How often an update retries after losing a compare-and-set to a concurrent writer.
@@ -244,6 +245,69 @@ fn run_document(run: &OpRun, rev: i64, deliver_at_us: Option<i64>) -> Result<Doc
     })
 }
 
+/// The documents of the events `run` keeps inline, for the `events` collection.
+fn event_documents(run: &OpRun) -> Result<Vec<Document>, StoreError> {
+    let mut documents = Vec::new();
+    for (attempt, index, event) in super::loaded_events(run) {
+        let index = i64::try_from(index).map_err(StoreError::backend)?;
+        documents.push(doc! {
+            "_id": format!("{}:{attempt}:{index}", run.id),
+            "run_id": &run.id,
+            "attempt": i64::from(attempt),
+            "seq": index,
+            "doc": to_json(event)?,
+        });
+    }
+    Ok(documents)
+}
+
+/// A run document as read for a change: the run, its revision and its delivery mark.
+struct Read {
+    run: OpRun,
+    rev: i64,
+    deliver_at: Option<i64>,
+}
+
+/// A change made in memory, ready for its compare-and-set.
+struct Change {
+    /// The run as the change left it, without the events its last change left inline
+    /// (moved to the `events` collection before the write).
+    run: OpRun,
+    rev: i64,
+    deliver_at: Option<i64>,
+}
+
+impl Read {
+    fn of(document: &Document) -> Result<Self, StoreError> {
+        Ok(Self {
+            rev: document.get_i64("rev").map_err(StoreError::backend)?,
+            deliver_at: document.get_i64("deliver_at_us").ok(),
+            run: decode_run(document)?,
+        })
+    }
+
+    /// `mutation` applied to the run, its inline events dropped first: the caller has moved
+    /// them to the `events` collection, or does before the write.
+    fn changed(
+        self,
+        mutation: &mut dyn FnMut(&mut OpRun) -> Result<(), gyoza_core::DomainError>,
+    ) -> Result<Change, StoreError> {
+        let mut run = self.run;
+        for attempt in &mut run.attempts {
+            attempt.events.clear();
+        }
+        mutation(&mut run)?;
+        // Due at once when this change appends events to deliver, unless a failed try
+        // already said when.
+        let deliver_at = self.deliver_at.or(super::delivers(&run).then_some(0));
+        Ok(Change {
+            run,
+            rev: self.rev,
+            deliver_at,
+        })
+    }
+}
+
 /// The sums a `queue_usage` document holds.
 fn decode_sums(document: &Document) -> Result<DecayedSums, StoreError> {
     let id = document.get_str("_id").unwrap_or_default();
@@ -382,9 +446,19 @@ impl MongoStore {
     /// creates the indexes the queries need.
     pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
         let shown = redact(url);
-        let mut options = ClientOptions::parse(url)
+        let options = ClientOptions::parse(url)
             .await
             .map_err(|e| StoreError::backend_while(format!("invalid MongoDB URL {shown}"), e))?;
+        Self::connect_with(options, &shown, database).await
+    }
+
+    /// [`MongoStore::connect`] with driver options of the caller's (tests watch the commands
+    /// a store sends through `command_event_handler`); `shown` names the server in errors.
+    pub async fn connect_with(
+        mut options: ClientOptions,
+        shown: &str,
+        database: &str,
+    ) -> Result<Self, StoreError> {
         options.app_name.get_or_insert_with(|| "gyoza".to_owned());
         // Fail start-up within seconds, not the driver's default 30 s, when nothing answers.
         options
@@ -561,26 +635,89 @@ impl MongoStore {
         placements: Vec<Placement>,
         now: Timestamp,
     ) -> Result<Vec<Result<Option<OpRun>, StoreError>>, StoreError> {
-        let Some(worker) = self.get_worker(worker_id).await? else {
+        let filter = doc! {"worker_id": worker_id, "state": {"$in": ["ASSIGNED", "RUNNING"]}};
+        let ids: Vec<&str> = placements.iter().map(|(id, _)| id.as_str()).collect();
+        // One round trip for the three reads.
+        let (worker, held, documents) = tokio::try_join!(
+            self.get_worker(worker_id),
+            self.held_matching(filter),
+            async {
+                let cursor = self.runs.find(doc! {"_id": {"$in": &ids}}).await?;
+                collect(cursor).await
+            },
+        )?;
+        let Some(worker) = worker else {
             return Ok(unknown_worker(worker_id, placements.len()));
         };
-        let filter = doc! {"worker_id": worker_id, "state": {"$in": ["ASSIGNED", "RUNNING"]}};
-        let mut free = Capacity::free(&worker.resources, &self.held_matching(filter).await?);
-        let mut answers = Vec::with_capacity(placements.len());
-        for (id, gpu) in placements {
-            let (owner, snapshot) = (worker_id.to_owned(), free.clone());
-            let answer = self
-                .update_run(
-                    &id,
-                    Box::new(move |run| assign_if_fits(run, &owner, gpu, &snapshot, now)),
-                )
-                .await;
-            if let Ok(Some(run)) = &answer {
-                free.take(&run.constraints, gpu);
+        let mut read: HashMap<String, Document> = documents
+            .into_iter()
+            .filter_map(|d| Some((d.get_str("_id").ok()?.to_owned(), d)))
+            .collect();
+        // Each run assigned in memory, in order, against what the ones before it took.
+        let mut free = Capacity::free(&worker.resources, &held);
+        let mut answers: Vec<Option<Result<Option<OpRun>, StoreError>>> = Vec::new();
+        let (mut writes, mut to_move) = (Vec::new(), Vec::new());
+        for (index, (id, gpu)) in placements.into_iter().enumerate() {
+            answers.push(None);
+            let Some(document) = read.remove(&id) else {
+                answers[index] = Some(Ok(None));
+                continue;
+            };
+            let snapshot = free.clone();
+            let owner = worker_id.to_owned();
+            let mut mutation =
+                move |run: &mut OpRun| assign_if_fits(run, &owner, gpu, &snapshot, now);
+            let changed = Read::of(&document).and_then(|read| {
+                let events = event_documents(&read.run)?;
+                Ok((events, read.changed(&mut mutation)?))
+            });
+            match changed {
+                Ok((events, change)) => {
+                    free.take(&change.run.constraints, gpu);
+                    to_move.extend(events);
+                    writes.push((index, id, change, mutation));
+                }
+                Err(e) => answers[index] = Some(Err(e)),
             }
-            answers.push(answer);
         }
-        Ok(answers)
+        // One insert of the events the runs' last changes left inline, then every
+        // compare-and-set at once.
+        self.insert_events(to_move).await?;
+        let replaced = futures_util::future::join_all(writes.into_iter().map(
+            |(index, id, change, mutation)| async move {
+                let answer = match self.replace(&id, &change).await {
+                    Ok(true) => Ok(Some(change.run)),
+                    // Changed since it was read: read again and re-apply, as any update.
+                    Ok(false) => {
+                        self.update_run(&id, Box::new(move |run| mutation(run)))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                (index, answer)
+            },
+        ))
+        .await;
+        for (index, answer) in replaced {
+            answers[index] = Some(answer);
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Ok(None)))
+            .collect())
+    }
+
+    /// The compare-and-set of `change` on run `id`: whether it was written (false: the run
+    /// changed since it was read). An assignment ends no attempt: no usage to accrue.
+    async fn replace(&self, id: &str, change: &Change) -> Result<bool, StoreError> {
+        let replaced = self
+            .runs
+            .replace_one(
+                doc! {"_id": id, "rev": change.rev},
+                run_document(&change.run, change.rev + 1, change.deliver_at)?,
+            )
+            .await?;
+        Ok(replaced.matched_count == 1)
     }
 
     /// The run behind a document listed without its `doc` field, read whole.
@@ -596,17 +733,11 @@ impl MongoStore {
     /// Inserts the events `run` keeps inline into the `events` collection; those already there
     /// (the same event, inserted by an earlier try or another replica) are skipped.
     async fn flush_events(&self, run: &OpRun) -> Result<(), StoreError> {
-        let mut documents = Vec::new();
-        for (attempt, index, event) in super::loaded_events(run) {
-            let index = i64::try_from(index).map_err(StoreError::backend)?;
-            documents.push(doc! {
-                "_id": format!("{}:{attempt}:{index}", run.id),
-                "run_id": &run.id,
-                "attempt": i64::from(attempt),
-                "seq": index,
-                "doc": to_json(event)?,
-            });
-        }
+        self.insert_events(event_documents(run)?).await
+    }
+
+    /// Inserts event documents, skipping those already there.
+    async fn insert_events(&self, documents: Vec<Document>) -> Result<(), StoreError> {
         if documents.is_empty() {
             return Ok(());
         }
@@ -873,14 +1004,39 @@ impl StoreRead for MongoStore {
             .await
     }
 
+    /// The parts read at once: one round trip, not five.
+    async fn claim_view(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        window: usize,
+        half_life_s: u32,
+    ) -> Result<Option<ClaimView>, StoreError> {
+        let (worker, held, pending, workers, usage) = tokio::join!(
+            self.get_worker(worker_id),
+            self.held_runs(),
+            self.pending_window(now, window),
+            self.list_workers(),
+            self.queue_usage(now, half_life_s),
+        );
+        let Some(worker) = worker? else {
+            return Ok(None);
+        };
+        Ok(Some(ClaimView {
+            worker,
+            held: held?,
+            pending: pending?,
+            workers: workers?,
+            usage: super::usage_or_nothing(usage),
+        }))
+    }
+
+    /// Its four reads at once: one round trip.
     async fn claim_floor(
         &self,
         worker_id: &str,
         _now: Timestamp,
     ) -> Result<Option<ClaimFloor>, StoreError> {
-        let Some(worker) = self.get_worker(worker_id).await? else {
-            return Ok(None);
-        };
         // Runs waiting out a backoff count too: a lower bound is enough. A missing figure
         // (needs nothing, or a document written before `sched`) sorts first and counts as 0.
         let least = |field: &'static str| async move {
@@ -900,13 +1056,21 @@ impl StoreRead for MongoStore {
                 }
             }))
         };
-        let least = match (least("sched.cpu").await?, least("sched.ram_mb").await?) {
+        let (worker, cpu, ram_mb, held) = tokio::try_join!(
+            self.get_worker(worker_id),
+            least("sched.cpu"),
+            least("sched.ram_mb"),
+            self.held_matching(
+                doc! {"worker_id": worker_id, "state": {"$in": ["ASSIGNED", "RUNNING"]}}
+            ),
+        )?;
+        let Some(worker) = worker else {
+            return Ok(None);
+        };
+        let least = match (cpu, ram_mb) {
             (Some(cpu), Some(ram_mb)) => Some(Floor { cpu, ram_mb }),
             _ => None,
         };
-        let held = self
-            .held_matching(doc! {"worker_id": worker_id, "state": {"$in": ["ASSIGNED", "RUNNING"]}})
-            .await?;
         Ok(Some(ClaimFloor {
             worker,
             held,
@@ -1073,28 +1237,14 @@ impl Store for MongoStore {
             let Some(document) = self.runs.find_one(doc! {"_id": id}).await? else {
                 return Ok(None);
             };
-            let rev = document.get_i64("rev").map_err(StoreError::backend)?;
-            let deliver_at = document.get_i64("deliver_at_us").ok();
-            let mut run = decode_run(&document)?;
+            let read = Read::of(&document)?;
             // The events the last change left inline go to the collection before this change
             // replaces them (see the module docs); the run keeps counting them.
-            self.flush_events(&run).await?;
-            for attempt in &mut run.attempts {
-                attempt.events.clear();
-            }
-            let held = held_attempt(&run);
-            mutation(&mut run)?;
-            // Due at once when this change appends events to deliver, unless a failed try
-            // already said when.
-            let deliver_at = deliver_at.or(super::delivers(&run).then_some(0));
-            let replaced = self
-                .runs
-                .replace_one(
-                    doc! {"_id": id, "rev": rev},
-                    run_document(&run, rev + 1, deliver_at)?,
-                )
-                .await?;
-            if replaced.matched_count == 1 {
+            self.flush_events(&read.run).await?;
+            let held = held_attempt(&read.run);
+            let change = read.changed(&mut mutation)?;
+            if self.replace(id, &change).await? {
+                let run = change.run;
                 // This change ended the attempt (see the module docs): its usage, after the
                 // commit point. A failure loses that usage, not the run's change.
                 let half_life_s = self.usage_half_life();
