@@ -17,19 +17,22 @@
 //! when done, so this one write is the usual cost) or, when that insert meets a lease whose
 //! `until_us` passed, taken over by a compare-and-set `updateOne({_id, until_us < now})` (or the
 //! owner's own, which for a claim's unique owner never matches).
-//! Under the lease the claim reads the worker and the runs it holds fresh, assigns what still
-//! fits (each run by its own compare-and-set, as any update), and deletes the lease. The lease
+//! Under the lease the claim reads the worker, the runs it holds and the runs to assign fresh
+//! (three `find`s sent together), assigns in memory, in order, what still fits, moves the
+//! inline events of those runs in one `insert`, sends each run's compare-and-set at once (a
+//! run that changed since it was read is read again and re-checked, as any update), and
+//! deletes the lease: at most five round trips whatever the claim assigns. The lease
 //! expires after [`CLAIM_LEASE`] (wall clock), so a replica that crashed (or a claim dropped
 //! midway) holding one delays that worker's claims by at most that long; claims of other
 //! workers never wait. A claim's writes take well under a second (below), far less than the
 //! lease, which is what keeps an expired lease from being taken over while its holder still
 //! writes.
 //!
-//! Measured on the MongoDB-wire test server (one write ≈ 20 ms there): a one-run claim's
-//! write went from ≈ 21 ms (the run's compare-and-set alone) to ≈ 90–130 ms (lease insert,
-//! worker and held-run reads, the compare-and-set, lease delete; the held-run read grows with
-//! what the worker holds), a five-run claim ≈ 145–200 ms: the lease is paid once per claim,
-//! not per run. That is the price of the guarantee without transactions; claims for one
+//! Measured on the MongoDB-wire test server (one write ≈ 20 ms there), when each run was
+//! still read and written one after the other: a one-run claim's write went from ≈ 21 ms
+//! (the run's compare-and-set alone) to ≈ 90–130 ms with the lease, a five-run claim
+//! ≈ 145–200 ms: the lease is paid once per claim, not per run (BENCHMARKS.md has the claim
+//! on the faster Rust wire server, before and after the reads and writes went together). That is the price of the guarantee without transactions; claims for one
 //! worker are serialised, which is the point, and different workers' claims do not contend.
 //!
 //! The reaper's [`Store::update_run_if_silent`] uses the trait's default: it re-reads the
