@@ -1077,6 +1077,19 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_then(f, |_| {}).await
+    }
+
+    /// [`SqliteStore::write`], and `committed` called with `f`'s answer on the writer thread
+    /// as soon as the group committed, before any answer is sent: what this process keeps in
+    /// memory of the database then moves with the commit, not when the caller's task next
+    /// runs (under load, milliseconds later).
+    async fn write_then<T, F, C>(&self, f: F, committed: C) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        C: FnOnce(&T) + Send + 'static,
+    {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let job: WriteJob = Box::new(move |conn| {
             let result = f(conn);
@@ -1084,7 +1097,10 @@ impl SqliteStore {
             let reply: WriteReply = Box::new(move |commit| {
                 let _ = answer.send(match (result, commit) {
                     (Err(e), _) => Err(e),
-                    (Ok(value), Ok(())) => Ok(value),
+                    (Ok(value), Ok(())) => {
+                        committed(&value);
+                        Ok(value)
+                    }
                     (Ok(_), Err(e)) => Err(e),
                 });
             });
@@ -1672,20 +1688,22 @@ impl Store for SqliteStore {
     ) -> Vec<Result<Option<OpRun>, StoreError>> {
         let (count, half_life_s) = (placements.len(), self.usage_half_life());
         let worker_id = worker_id.to_owned();
+        let inner = self.inner.clone();
         let written = self
-            .write(move |conn| {
-                let before = window::changes(conn)?;
-                let answers =
-                    assign_runs_blocking(conn, &worker_id, &placements, now, half_life_s)?;
-                Ok((answers, before, window::changes(conn)?))
-            })
+            .write_then(
+                move |conn| {
+                    let before = window::changes(conn)?;
+                    let answers =
+                        assign_runs_blocking(conn, &worker_id, &placements, now, half_life_s)?;
+                    Ok((answers, before, window::changes(conn)?))
+                },
+                // Committed: the count moved by these assignments alone, between the two
+                // reads. Taken in on the writer thread, in commit order, before the claims
+                // that read next can miss it and read the window again.
+                move |(answers, before, after)| inner.window.assigned(answers, *before, *after),
+            )
             .await;
-        let answers = written.map(|(answers, before, after)| {
-            // Committed: the count moved by these assignments alone, between the two reads.
-            self.inner.window.assigned(&answers, before, after);
-            answers
-        });
-        answer_each(answers, count)
+        answer_each(written.map(|(answers, _, _)| answers), count)
     }
 
     async fn update_run_if_silent(

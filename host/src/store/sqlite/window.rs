@@ -18,7 +18,12 @@
 //!   moves to the count after — exactly what a read would now give. Assignments committed
 //!   together answer in any order, and a window read before one committed is stored after it:
 //!   so an assignment is kept until the window reaches its count before (or passes it). A kept
-//!   window at a count no assignment of this process starts from is read again.
+//!   window at a count no assignment of this process starts from is read again. The
+//!   assignment is taken in on the writer thread right after its group commits, before any
+//!   answer goes out (`SqliteStore::write_then`): taken in by the claim's task instead, a
+//!   third of the claims under load came in between and read again. A read whose
+//!   transaction began before assignments the kept window has since taken in answers its
+//!   own claim and leaves the newer kept window in place.
 //! - **Runs backing off.** A run whose `available_at` is still ahead is left out of a read; the
 //!   kept window is read again from the earliest such time (the `runs_backing_off` index),
 //!   and never used for a claim dated before its read.
@@ -155,6 +160,17 @@ impl WindowCache {
         self.reads.fetch_add(1, Ordering::Relaxed);
         let window = runs[..limit.min(runs.len())].to_vec();
         let mut state = lock(&self.state);
+        if state
+            .kept
+            .as_ref()
+            .is_some_and(|kept| kept.generation > generation)
+        {
+            // This read's transaction began before assignments the kept window has taken in
+            // since (the count only grows): its runs answer this claim, and the newer kept
+            // window stays for the next ones (replacing it, no waiting assignment would
+            // bring it forward again and every claim would read).
+            return Ok(window);
+        }
         state.kept = Some(Kept {
             generation,
             limit,
@@ -392,6 +408,34 @@ mod tests {
         // Two kept, fewer than a window, and the read found more than it kept: read again.
         assert_eq!(shown(&here, "w1", now(), 3).await, [id(4), id(5), id(6)]);
         assert_eq!(here.inner.window.reads(), 2);
+    }
+
+    /// A claim whose read transaction began before an assignment the kept window has taken
+    /// in since reads the window as of its own snapshot, and leaves the newer kept window
+    /// for the next claims (replacing it, every claim after would read again).
+    #[tokio::test]
+    async fn a_read_older_than_the_kept_window_does_not_replace_it() {
+        let (_dir, here, _there) = two_processes().await;
+        worker(&here, "w1").await;
+        let runs: Vec<OpRun> = (0..6).map(|n| run(0, n)).collect();
+        here.insert_runs(&runs).await.unwrap();
+        let id = |n: usize| runs[n].id.clone();
+        assert_eq!(shown(&here, "w1", now(), 3).await, [id(0), id(1), id(2)]);
+        // A reader whose snapshot is taken now, before the assignment below.
+        let mut old = Connection::open(&here.inner.path).unwrap();
+        let old = old.transaction().unwrap();
+        changes(&old).unwrap();
+        let answers = here.assign_runs("w1", vec![(id(0), None)], now()).await;
+        assert!(answers.iter().all(|a| matches!(a, Ok(Some(_)))));
+        let seen = here.inner.window.window(&old, now(), 3).unwrap();
+        assert_eq!(ids(&seen), [id(0), id(1), id(2)], "as of its snapshot");
+        assert_eq!(here.inner.window.reads(), 2);
+        assert_eq!(shown(&here, "w1", now(), 3).await, [id(1), id(2), id(3)]);
+        assert_eq!(
+            here.inner.window.reads(),
+            2,
+            "the next claim is served from the kept window"
+        );
     }
 
     #[tokio::test]
