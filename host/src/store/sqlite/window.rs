@@ -20,8 +20,8 @@
 //!   so an assignment is kept until the window reaches its count before (or passes it). A kept
 //!   window at a count no assignment of this process starts from is read again. The
 //!   assignment is taken in on the writer thread right after its group commits, before any
-//!   answer goes out (`SqliteStore::write_then`): taken in by the claim's task instead, a
-//!   third of the claims under load came in between and read again. A read whose
+//!   answer goes out (`SqliteStore::write_then`): taken in by the claim's task instead, about
+//!   one claim in six under load came in between and read again (one in fifteen now). A read whose
 //!   transaction began before assignments the kept window has since taken in answers its
 //!   own claim and leaves the newer kept window in place.
 //! - **Runs backing off.** A run whose `available_at` is still ahead is left out of a read; the
