@@ -1693,10 +1693,7 @@ async fn mongodb_documents_without_sched_fields_are_still_scheduled() {
         store.insert_run(run).await.unwrap();
     }
     // Make them look like documents of an older gyoza.
-    let client = ::mongodb::Client::with_uri_str(&url).await.unwrap();
-    let runs = client
-        .database(&database)
-        .collection::<::mongodb::bson::Document>("runs");
+    let runs = raw_runs(&url, &database).await;
     let unset = runs
         .update_many(
             ::mongodb::bson::doc! {},
@@ -1709,6 +1706,12 @@ async fn mongodb_documents_without_sched_fields_are_still_scheduled() {
     assert_eq!(window, vec![PendingRun::from(&pending)]);
     let held_now = store.held_runs().await.unwrap();
     assert_eq!(held_now, vec![HeldRun::of(&held).unwrap()]);
+}
+
+/// The `runs` collection of `database`, read and written behind the store's back.
+async fn raw_runs(url: &str, database: &str) -> ::mongodb::Collection<::mongodb::bson::Document> {
+    let client = ::mongodb::Client::with_uri_str(url).await.unwrap();
+    client.database(database).collection("runs")
 }
 
 /// A MongoDB store whose driver reports each command it starts, by name, into the list.
@@ -1813,10 +1816,7 @@ async fn mongodb_documents_without_the_queue_timeout_field_are_still_checked() {
     for run in [&old, &untimed] {
         store.insert_run(run).await.unwrap();
     }
-    let client = ::mongodb::Client::with_uri_str(&url).await.unwrap();
-    let runs = client
-        .database(&database)
-        .collection::<::mongodb::bson::Document>("runs");
+    let runs = raw_runs(&url, &database).await;
     let unset = runs
         .update_one(
             ::mongodb::bson::doc! {"_id": &old.id},
@@ -1927,10 +1927,7 @@ async fn mongodb_documents_with_inline_events_are_moved_out_by_their_first_updat
         .unwrap()
         .remove("events_total");
     assert_eq!(old["attempts"][0]["events"].as_array().unwrap().len(), 50);
-    let client = ::mongodb::Client::with_uri_str(&url).await.unwrap();
-    let runs = client
-        .database(&database)
-        .collection::<::mongodb::bson::Document>("runs");
+    let runs = raw_runs(&url, &database).await;
     runs.update_one(
         ::mongodb::bson::doc! {"_id": &run.id},
         ::mongodb::bson::doc! {"$set": {"doc": old.to_string()}},
