@@ -295,6 +295,22 @@ async fn claims(
                     continue;
                 }
                 empty = 0;
+                // The worker holds nothing else when it claims (it ends each claim's runs
+                // before the next): what one claim gave it must fit its capacity.
+                let cpu: u64 = ops
+                    .iter()
+                    .map(|op| u64::from(op.constraints.cpu.unwrap_or(0)))
+                    .sum();
+                let ram: u64 = ops
+                    .iter()
+                    .map(|op| op.constraints.ram_mb.unwrap_or(0))
+                    .sum();
+                if cpu > u64::from(beat.resources.cpu_cores) || ram > beat.resources.ram_mb {
+                    bail!(
+                        "{} was given {cpu} CPUs and {ram} MB, over its capacity",
+                        beat.worker_id
+                    );
+                }
                 if batch {
                     let events: Vec<WorkerEvent> = ops
                         .iter()
@@ -343,7 +359,7 @@ async fn claims(
         bail!("{} runs were assigned twice", total - placed.len());
     }
     println!(
-        "claims: {runs} runs, {workers} workers (heartbeat + claim + STARTED + COMPLETED{}): {} placed once each, {:.0} placements/s, claim p50 {:.2} ms, p99 {:.2} ms; {}",
+        "claims: {runs} runs, {workers} workers (heartbeat + claim + STARTED + COMPLETED{}): {} placed once each, none over capacity, {:.0} placements/s, claim p50 {:.2} ms, p99 {:.2} ms; {}",
         if batch {
             ", events batched per claim"
         } else {
