@@ -1266,16 +1266,20 @@ impl OpRun {
                     self.transition_error("RETRIED", "FAILED, CANCELLED, ASSIGNED or RUNNING")
                 );
             }
-            OpRunState::Assigned | OpRunState::Running => {
-                self.current_mut().finish(OpRunState::Cancelled, now);
-            }
-            OpRunState::Failed | OpRunState::Cancelled => {}
+            OpRunState::Assigned
+            | OpRunState::Running
+            | OpRunState::Failed
+            | OpRunState::Cancelled => {}
         }
+        // Checked before anything changes: a refused retry leaves the run as it was.
         if !force && self.attempts_used() >= attempts_allowed(&self.retry_policy) {
             return Err(DomainError::RetriesExhausted {
                 run_id: self.id.clone(),
                 max_attempts: self.retry_policy.max_attempts,
             });
+        }
+        if matches!(self.state, OpRunState::Assigned | OpRunState::Running) {
+            self.current_mut().finish(OpRunState::Cancelled, now);
         }
         payload.insert("force".into(), Value::Bool(force));
         self.start_new_attempt(msg, payload, now);

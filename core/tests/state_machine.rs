@@ -160,6 +160,10 @@ fn apply(run: &mut OpRun, op: &Op, now: &mut DateTime<Utc>) {
     };
     if answer.is_ok() {
         *run = next;
+    } else if matches!(op, Op::Event { .. }) {
+        // A worker's batch of events applies a run's events one after the other to the same
+        // run (`POST /workers/{id}/events`), with no copy: a refused event must touch nothing.
+        assert_eq!(&next, run, "a refused event changed the run: {answer:?}");
     }
 }
 

@@ -219,3 +219,47 @@ async fn a_batch_over_the_limit_is_refused_whole() {
     let after = api.ok("GET", &format!("/runs/{id}"), None).await["events_total"].clone();
     assert_eq!(before, after);
 }
+
+/// A refused event in the middle of a run's events leaves no trace for the next ones: a
+/// RETRIED with the retries used up is refused, and the INFO after it finds the attempt
+/// RUNNING as it was (an earlier domain finished the attempt before refusing the retry).
+#[tokio::test]
+async fn a_refused_retry_in_a_batch_leaves_the_attempt_running() {
+    let api = Api::new().await;
+    let id = api.running_on("w1", json!({"max_attempts": 1})).await;
+    let answer = batch(
+        &api,
+        "w1",
+        json!([
+            {"run_id": id, "type": "RETRIED", "msg": "again?", "attempt": 1},
+            {"run_id": id, "type": "INFO", "msg": "still here", "attempt": 1},
+        ]),
+    )
+    .await;
+    assert_eq!(statuses(&answer), [400, 200], "{answer}");
+    let run = api.ok("GET", &format!("/runs/{id}"), None).await;
+    assert_eq!(run["state"], "RUNNING");
+    assert_eq!(run["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(run["attempts"][0]["state"], "RUNNING", "{run}");
+    assert_eq!(types(&run).last().unwrap(), "INFO");
+}
+
+/// A thousand events of one run in one batch each apply, in order.
+#[tokio::test]
+async fn a_thousand_events_of_one_run_apply_in_order() {
+    let api = Api::new().await;
+    let id = api.running_on("w1", json!({})).await;
+    let before = api.ok("GET", &format!("/runs/{id}"), None).await["events_total"]
+        .as_u64()
+        .unwrap();
+    let mut events: Vec<Value> = (0..999)
+        .map(|i| json!({"run_id": id, "type": "PROGRESS", "msg": i % 100, "attempt": 1}))
+        .collect();
+    events.push(json!({"run_id": id, "type": "COMPLETED", "msg": "done", "attempt": 1}));
+    let answer = batch(&api, "w1", Value::Array(events)).await;
+    assert_eq!(answer["applied"], 1000, "{}", answer["results"][0]);
+    let run = api.ok("GET", &format!("/runs/{id}"), None).await;
+    assert_eq!(run["state"], "COMPLETED");
+    assert_eq!(run["events_total"].as_u64().unwrap(), before + 1000);
+    assert_eq!(run["progress"], 98.0);
+}
