@@ -151,6 +151,14 @@ async fn a_worker_killed_before_its_result_was_delivered_sends_it_after_a_restar
         "{}",
         restarted.output.text()
     );
+    // Through the batch endpoint, which decided it: nothing was left to send on its own.
+    assert!(
+        restarted
+            .output
+            .contains("left undelivered in one request decided=1 left=0"),
+        "{}",
+        restarted.output.text()
+    );
     eventually(
         Duration::from_secs(10),
         "the outbox was not emptied",

@@ -170,17 +170,35 @@ pub async fn run(
     Ok(())
 }
 
-/// Sends again, each in a task of its own, the results a previous life of this worker had
-/// not delivered (they are reported as held meanwhile).
+/// Sends again the results a previous life of this worker had not delivered (they are
+/// reported as held meanwhile): the events in one request first, then what that did not
+/// settle each in a task of its own.
 fn resend_outbox(agent: &Arc<Agent>) {
-    for entry in agent.context.outbox.entries() {
-        tracing::info!(run_id = %entry.run_id, attempt = ?entry.attempt, what = entry.what(), "sending again a result not delivered before the worker stopped");
-        let agent = Arc::clone(agent);
-        tokio::spawn(async move {
-            let context = &agent.context;
-            crate::report::deliver_result(&context.client, &context.outbox, entry).await;
-        });
+    let entries = agent.context.outbox.entries();
+    if entries.is_empty() {
+        return;
     }
+    for entry in &entries {
+        tracing::info!(run_id = %entry.run_id, attempt = ?entry.attempt, what = entry.what(), "sending again a result not delivered before the worker stopped");
+    }
+    let agent = Arc::clone(agent);
+    tokio::spawn(async move {
+        let context = &agent.context;
+        let left = crate::report::deliver_results(
+            &context.client,
+            &context.outbox,
+            &context.worker_id,
+            entries,
+        )
+        .await;
+        for entry in left {
+            let agent = Arc::clone(&agent);
+            tokio::spawn(async move {
+                let context = &agent.context;
+                crate::report::deliver_result(&context.client, &context.outbox, entry).await;
+            });
+        }
+    });
 }
 
 /// Sets the worker up from `config`: its state directory (locked), id, instance token,

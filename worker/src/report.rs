@@ -8,14 +8,16 @@
 //! 401/403 (a key being rotated), 408 or 429, the worker keeps trying, forever, waiting up to
 //! 30 s between tries and warning at most once a minute per run. A COMPLETED refused with 413
 //! (outputs over the server's body limit) becomes a FAILED that says so, delivered the same
-//! way. STARTED is retried for a while ([`report`]); the container's events and log batches
+//! way. A new life of the worker sends the results its outbox still holds in one
+//! `POST /workers/{id}/events` first ([`deliver_results`]), and what that does not settle
+//! one by one as above. STARTED is retried for a while ([`report`]); the container's events and log batches
 //! are worth less than the run itself and get a few tries only ([`forward_events`],
 //! [`ship_logs`]).
 
 use std::time::Duration;
 
 use gyoza_core::WorkerOpRun;
-use gyoza_core::api::{AddEventRequest, ReleaseRequest};
+use gyoza_core::api::{AddEventRequest, ReleaseRequest, WorkerEvent};
 use gyoza_core::backoff::Backoff;
 use gyoza_core::client::{Client, ClientError};
 use serde_json::{Map, Value, json};
@@ -168,11 +170,79 @@ fn answer(result: &Result<(), ClientError>, what: &str) -> Answer {
     match e.status().map(|s| s.as_u16()) {
         None if e.is_transient() => Answer::Retry,
         None => Answer::Refused,
-        Some(413) if what == "COMPLETED" => Answer::TooLarge,
-        Some(401 | 403 | 408 | 429) => Answer::Retry,
-        Some(status) if status >= 500 => Answer::Retry,
-        Some(_) => Answer::Refused,
+        Some(status) => answer_status(status, what),
     }
+}
+
+/// What an answer with HTTP status `status` means for a result `what`.
+fn answer_status(status: u16, what: &str) -> Answer {
+    match status {
+        200..=299 => Answer::Taken,
+        413 if what == "COMPLETED" => Answer::TooLarge,
+        401 | 403 | 408 | 429 => Answer::Retry,
+        500.. => Answer::Retry,
+        _ => Answer::Refused,
+    }
+}
+
+/// Sends the events among `entries` (results a previous life of this worker left in
+/// `outbox`) in one `POST /workers/{worker_id}/events`, and removes from the outbox each one
+/// the server decided on (taken, or refused as [`deliver_result`] would take a refusal).
+/// Returns the entries still to deliver one by one with [`deliver_result`]: hand-backs, the
+/// events the server did not decide on (a 5xx, a 429, a COMPLETED too large for it), and every
+/// entry when the batch got no answer or the server predates the endpoint.
+pub async fn deliver_results(
+    client: &Client,
+    outbox: &Outbox,
+    worker_id: &str,
+    entries: Vec<Entry>,
+) -> Vec<Entry> {
+    let (events, mut left): (Vec<Entry>, Vec<Entry>) = entries
+        .into_iter()
+        .partition(|entry| matches!(entry.message, Message::Event(_)));
+    if events.is_empty() {
+        return left;
+    }
+    let batch: Vec<WorkerEvent> = events
+        .iter()
+        .filter_map(|entry| match &entry.message {
+            Message::Event(event) => Some(WorkerEvent {
+                run_id: entry.run_id.clone(),
+                event: event.clone(),
+            }),
+            Message::Release(_) => None,
+        })
+        .collect();
+    let answer = match client.worker_events(worker_id, &batch).await {
+        Ok(answer) if answer.results.len() == events.len() => answer,
+        Ok(_) | Err(_) => {
+            tracing::info!(
+                results = events.len(),
+                "the server did not take the results in one request; sending them one by one"
+            );
+            left.extend(events);
+            return left;
+        }
+    };
+    let mut decided = 0;
+    for (entry, outcome) in events.into_iter().zip(&answer.results) {
+        match answer_status(outcome.status, entry.what()) {
+            Answer::Taken | Answer::Refused => {
+                if outcome.state.is_none() {
+                    tracing::info!(run_id = %entry.run_id, what = entry.what(), detail = ?outcome.detail, "the server refused: the run was cancelled, retried or reclaimed meanwhile");
+                }
+                outbox.remove(&entry).await;
+                decided += 1;
+            }
+            Answer::TooLarge | Answer::Retry => left.push(entry),
+        }
+    }
+    tracing::info!(
+        decided,
+        left = left.len(),
+        "sent the results a previous run of this worker left undelivered in one request"
+    );
+    left
 }
 
 /// `entry`'s COMPLETED turned into a FAILED saying its outputs (of `bytes` bytes) were too
