@@ -434,3 +434,60 @@ pub async fn forward_events(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP server that answers every request with `status` and an error body, as a
+    /// server without `POST /workers/{id}/events` (404) or one that is failing (503) does.
+    async fn answering(status: u16) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let body = r#"{"detail":"Not Found"}"#;
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    /// Against a server without the batch endpoint (or one that does not answer it), every
+    /// result is left in the outbox for [`deliver_result`], none is dropped.
+    #[tokio::test]
+    async fn results_the_batch_did_not_settle_are_left_to_send_one_by_one() {
+        for status in [404, 503] {
+            let dir = tempfile::tempdir().unwrap();
+            let outbox = Outbox::open(dir.path()).unwrap();
+            let entries = vec![
+                Entry {
+                    run_id: "r1".into(),
+                    attempt: Some(1),
+                    message: Message::Event(completed(&Map::new())),
+                },
+                Entry {
+                    run_id: "r2".into(),
+                    attempt: Some(2),
+                    message: Message::Event(failed("boom")),
+                },
+            ];
+            for entry in &entries {
+                outbox.put(entry).await.unwrap();
+            }
+            let client = Client::new(&answering(status).await, Some("k")).unwrap();
+            let left = deliver_results(&client, &outbox, "w1", entries).await;
+            let mut ids: Vec<_> = left.iter().map(|e| e.run_id.as_str()).collect();
+            ids.sort();
+            assert_eq!(ids, ["r1", "r2"], "status {status}");
+            assert_eq!(outbox.entries().len(), 2, "status {status}");
+        }
+    }
+}
