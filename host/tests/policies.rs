@@ -105,6 +105,42 @@ async fn fair_share_holds_a_quota_across_workers_and_says_so() {
     );
 }
 
+/// Six workers claiming at once (on a runtime with threads to race on) never take a queue
+/// past its quota: each claim decides knowing the runs the others are assigning. Before,
+/// concurrent claims each counted b's held runs from their own view and together took 4 or
+/// more of a 3-core quota (a real cluster caught it: `tests/tests/policies.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_never_take_a_queue_past_its_quota() {
+    let api = std::sync::Arc::new(server("fair-share", "", "b:weight=1,cpu=3").await);
+    let workers: Vec<String> = (0..6).map(|w| format!("w{w}")).collect();
+    for worker in &workers {
+        api.heartbeat(worker, 2, 8192).await;
+    }
+    runs_in(&api, "b", 24).await;
+    for round in 0..8 {
+        let claims: Vec<_> = workers
+            .iter()
+            .map(|worker| {
+                let (api, worker) = (api.clone(), worker.clone());
+                tokio::spawn(async move { api.claim(&worker, 2).await })
+            })
+            .collect();
+        let mut taken = Vec::new();
+        for claim in claims {
+            taken.extend(claim.await.unwrap());
+        }
+        assert_eq!(
+            taken.len(),
+            3,
+            "round {round}: b's quota is 3 cores: {taken:?}"
+        );
+        // Hand them back, so that the next round races again.
+        for id in &taken {
+            api.ok("POST", &format!("/runs/{id}/cancel"), None).await;
+        }
+    }
+}
+
 /// A 4-core worker `w` full of `batch`'s preemptible runs (priority 0), and an
 /// `interactive` run of priority 1 needing 2 cores: the runs, and the interactive run.
 async fn borrowed(api: &Api) -> (Vec<String>, String) {

@@ -57,10 +57,17 @@
 //!
 //! Concurrent claims in one process would otherwise all be shown the same window and race for
 //! its best runs, losing most of those races in the store. So a claim reserves the runs it is
-//! about to assign ([`InFlight`]) and the others are shown the window without them. That is
-//! an optimisation only: the store's refusal remains the guarantee, for runs and capacity.
+//! about to assign ([`InFlight`]) and the others are shown the window without them. For runs
+//! and a worker's capacity that is an optimisation only: the store's refusal remains the
+//! guarantee. For what only a strategy checks across the cluster — a queue's quota, a spread —
+//! it is the guarantee within a process: claims take turns to decide (the snapshot of the runs
+//! in flight, the view, the strategy's call, the reservation), and each sees the others' runs
+//! in flight as held where they go. Without the turn, six claims at once took 8 to 11 runs of
+//! a 3-core quota (`host/tests/policies.rs::concurrent_claims_never_take_a_queue_past_its_quota`).
+//! Claims through different server replicas do not share the turn: there a quota can be
+//! passed by what claims on other replicas assign at the same moment.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -234,30 +241,65 @@ impl PendingGeneration {
     }
 }
 
-/// The runs that claims in this process are assigning at the moment.
+/// The runs that claims in this process are assigning at the moment, each as it will be
+/// held (on its worker, with its figures and facts), and the turn claims take to decide.
 #[derive(Debug, Default)]
-pub(super) struct InFlight(Mutex<HashSet<String>>);
+pub(super) struct InFlight {
+    runs: Mutex<HashMap<String, HeldRun>>,
+    /// Held from taking the snapshot of the runs in flight, through reading the view, to
+    /// reserving what the strategy placed: so every claim in this process decides knowing
+    /// every other one's placements (see [`Service::claim`]).
+    turn: tokio::sync::Mutex<()>,
+}
 
 impl InFlight {
-    fn set(&self) -> MutexGuard<'_, HashSet<String>> {
-        lock(&self.0)
+    fn set(&self) -> MutexGuard<'_, HashMap<String, HeldRun>> {
+        lock(&self.runs)
+    }
+
+    /// The runs other claims are assigning, as they will be held.
+    fn held(&self) -> Vec<HeldRun> {
+        self.set().values().cloned().collect()
     }
 
     /// Drops from `pending` the runs other claims are assigning.
     fn hide_taken(&self, pending: &mut Vec<PendingRun>) {
         let set = self.set();
         if !set.is_empty() {
-            pending.retain(|run| !set.contains(&run.id));
+            pending.retain(|run| !set.contains_key(&run.id));
         }
     }
 
-    /// Reserves those of `placed` nobody else has reserved; returns them and a guard that
-    /// releases them.
-    fn reserve(&self, placed: Vec<Placed>) -> (Vec<Placed>, Reserved<'_>) {
+    /// Reserves for `worker_id` those of `placed` nobody else has reserved (each as held
+    /// there, from its entry in `pending`); returns them and a guard that releases them.
+    fn reserve(
+        &self,
+        placed: Vec<Placed>,
+        pending: &[PendingRun],
+        worker_id: &str,
+    ) -> (Vec<Placed>, Reserved<'_>) {
         let mut set = self.set();
         let mine: Vec<_> = placed
             .into_iter()
-            .filter(|(id, _)| set.insert(id.clone()))
+            .filter(|(id, gpu)| {
+                if set.contains_key(id) {
+                    return false;
+                }
+                // Placed runs come from the window; one that does not still blocks others.
+                let run = pending.iter().find(|run| &run.id == id);
+                set.insert(
+                    id.clone(),
+                    HeldRun {
+                        id: id.clone(),
+                        worker_id: worker_id.to_owned(),
+                        constraints: run.map(|r| r.constraints.clone()).unwrap_or_default(),
+                        gpu_id: *gpu,
+                        priority: run.map_or(0, |r| r.priority),
+                        facts: run.map(|r| r.facts.clone()).unwrap_or_default(),
+                    },
+                );
+                true
+            })
             .collect();
         let guard = Reserved {
             in_flight: self,
@@ -338,14 +380,29 @@ impl Service {
     /// claiming anything: for `gyoza plugins simulate --from-server`. `None` for a worker
     /// that never sent a heartbeat.
     pub async fn claim_preview(&self, worker_id: &str) -> Result<Option<ClaimPreview>, StoreError> {
+        self.claim_preview_with(worker_id, Vec::new()).await
+    }
+
+    /// [`Service::claim_preview`] with `in_flight` (runs other claims are assigning) counted
+    /// as held where the store does not hold them yet.
+    async fn claim_preview_with(
+        &self,
+        worker_id: &str,
+        in_flight: Vec<HeldRun>,
+    ) -> Result<Option<ClaimPreview>, StoreError> {
         let now = self.clock.now();
-        let Some(view) = self
+        let Some(mut view) = self
             .store
             .claim_view(worker_id, now, PENDING_WINDOW, self.queues.half_life_s)
             .await?
         else {
             return Ok(None);
         };
+        if !in_flight.is_empty() {
+            let held: HashSet<String> = view.held.iter().map(|run| run.id.clone()).collect();
+            view.held
+                .extend(in_flight.into_iter().filter(|run| !held.contains(&run.id)));
+        }
         let (cluster, running) = self.active_workers(&view.worker, view.held, view.workers);
         Ok(Some(ClaimPreview {
             worker: view.worker,
@@ -385,27 +442,37 @@ impl Service {
         // Read before the window: a run made PENDING meanwhile counts as not seen.
         self.full_claims
             .record(worker_id, self.pending_generation.now());
-        let Some(preview) = self.claim_preview(worker_id).await? else {
-            return Ok((Vec::new(), None));
-        };
-        let ClaimPreview {
-            worker,
-            cluster,
-            mut running,
-            pending,
-            usage,
-            now,
-        } = preview;
-        let mut pending = self.meeting_tags(&worker, pending, &cluster, now);
-        let (mut kept_for_me, expired) = self.reservations.sort_out(worker_id, &mut pending, now);
-        self.metrics
-            .reservations_expired
-            .fetch_add(expired as u64, Ordering::Relaxed);
         let mut claimed = Vec::new();
+        let mut settled: HashSet<String> = HashSet::new();
+        let mut last: Option<(Worker, Vec<HeldRun>)> = None;
         // Concurrent claimers see the same window and race for its best runs. A claimer that
         // loses a race asks the scheduler again without the runs it lost, a few times, so that
         // it does not come back empty-handed while work is pending.
         for _round in 0..CLAIM_ROUNDS {
+            // One claim at a time decides in this process (see the module docs). The runs in
+            // flight are taken before the view is read: each one is either counted from
+            // here, or was committed before the read began (and so is in the view), or is
+            // reserved by a claim that takes the turn after this one.
+            let turn = self.claims_in_flight.turn.lock().await;
+            let in_flight = self.claims_in_flight.held();
+            let Some(preview) = self.claim_preview_with(worker_id, in_flight).await? else {
+                break;
+            };
+            let ClaimPreview {
+                worker,
+                cluster,
+                mut running,
+                pending,
+                usage,
+                now,
+            } = preview;
+            let mut pending = self.meeting_tags(&worker, pending, &cluster, now);
+            let (mut kept_for_me, expired) =
+                self.reservations.sort_out(worker_id, &mut pending, now);
+            self.metrics
+                .reservations_expired
+                .fetch_add(expired as u64, Ordering::Relaxed);
+            pending.retain(|run| !settled.contains(&run.id));
             self.claims_in_flight.hide_taken(&mut pending);
             let mine = held_by(&running, worker_id);
             let mut cluster = cluster.clone();
@@ -437,7 +504,10 @@ impl Service {
                 }
                 break;
             }
-            let (placed, _reserved) = self.claims_in_flight.reserve(checked.placed.clone());
+            let (placed, _reserved) =
+                self.claims_in_flight
+                    .reserve(checked.placed.clone(), &pending, worker_id);
+            drop(turn);
             let preempted = self.preempt(&checked, now).await;
             running.retain(|run| !preempted.contains(&run.id));
             for (run, worker) in &checked.reserve {
@@ -488,16 +558,18 @@ impl Service {
                 tracing::error!(error = %e, "store failed during a claim; returning the runs assigned so far");
                 break;
             }
-            if !round.lost_a_race || claimed.len() >= max {
+            let done = !round.lost_a_race || claimed.len() >= max;
+            settled.extend(round.settled);
+            last = Some((worker, running));
+            if done {
                 break;
             }
-            pending.retain(|run| !round.settled.contains(&run.id));
         }
         for op in &claimed {
             self.notify(&op.id);
         }
-        let seen = Seen::of(&worker, &held_by(&running, worker_id));
-        Ok((claimed, Some(seen)))
+        let seen = last.map(|(worker, running)| Seen::of(&worker, &held_by(&running, worker_id)));
+        Ok((claimed, seen))
     }
 
     /// What the worker of `floor` was seen as when its claim can be answered without
@@ -981,11 +1053,32 @@ mod tests {
     #[test]
     fn a_reserved_run_is_hidden_from_other_claims_until_released() {
         let in_flight = InFlight::default();
-        let (mine, guard) = in_flight.reserve(vec![("a".into(), None), ("b".into(), Some(0))]);
+        let shown = window(&["a", "b", "c", "d"]);
+        let (mine, guard) = in_flight.reserve(
+            vec![("a".into(), None), ("b".into(), Some(0))],
+            &shown,
+            "w1",
+        );
         assert_eq!(mine.len(), 2);
         // A second claim cannot reserve them, and does not see them.
-        let (theirs, _) = in_flight.reserve(vec![("b".into(), None), ("c".into(), None)]);
+        let (theirs, _their_guard) =
+            in_flight.reserve(vec![("b".into(), None), ("c".into(), None)], &shown, "w2");
         assert_eq!(theirs, vec![("c".to_owned(), None)]);
+        // Each is counted as held where it goes, with its GPU.
+        let mut held: Vec<(String, String, Option<u32>)> = in_flight
+            .held()
+            .into_iter()
+            .map(|run| (run.id, run.worker_id, run.gpu_id))
+            .collect();
+        held.sort();
+        assert_eq!(
+            held,
+            [
+                ("a".to_owned(), "w1".to_owned(), None),
+                ("b".to_owned(), "w1".to_owned(), Some(0)),
+                ("c".to_owned(), "w2".to_owned(), None),
+            ]
+        );
         let mut pending = window(&["a", "b", "d"]);
         in_flight.hide_taken(&mut pending);
         let ids: Vec<&str> = pending.iter().map(|r| r.id.as_str()).collect();
