@@ -1124,15 +1124,12 @@ impl SqliteStore {
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let start = inner.next_reader.fetch_add(1, Ordering::Relaxed);
-            let n = inner.readers.len();
             // Take the first idle reader, else wait for the one whose turn it is.
-            for i in 0..n {
-                if let Ok(mut conn) = inner.readers[(start + i) % n].try_lock() {
-                    return f(&mut conn);
-                }
+            let start = inner.next_reader.fetch_add(1, Ordering::Relaxed);
+            match inner.idle_reader(start) {
+                Some(mut conn) => f(&mut conn),
+                None => f(&mut lock(&inner.readers[start % inner.readers.len()])),
             }
-            f(&mut lock(&inner.readers[start % n]))
         })
         .await
         .map_err(StoreError::backend)?
@@ -1160,11 +1157,18 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> Result<T, StoreError>,
     {
         let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
-        let n = self.inner.readers.len();
-        match (0..n).find_map(|i| self.inner.readers[(start + i) % n].try_lock().ok()) {
+        match self.inner.idle_reader(start) {
             Some(mut conn) => Ok(f(&mut conn)),
             None => Err(f),
         }
+    }
+}
+
+impl Inner {
+    /// The first idle reader from the `start`th on, if any is idle.
+    fn idle_reader(&self, start: usize) -> Option<std::sync::MutexGuard<'_, Connection>> {
+        let n = self.readers.len();
+        (0..n).find_map(|i| self.readers[(start + i) % n].try_lock().ok())
     }
 }
 
@@ -1236,6 +1240,18 @@ fn runs_source(query: &RunQuery) -> &'static str {
     }
 }
 
+/// The SELECT of one page of a run listing, with `clauses` (filters and cursor), newest
+/// first unless `ascending`.
+fn listing_sql(query: &RunQuery, clauses: &[String], ascending: bool) -> String {
+    let order = if ascending { "ASC" } else { "DESC" };
+    format!(
+        "SELECT seq, created_at, id, doc FROM {} {} ORDER BY created_at {order}, seq {order} LIMIT {}",
+        runs_source(query),
+        where_sql(clauses),
+        query.limit
+    )
+}
+
 fn where_sql(clauses: &[String]) -> String {
     if clauses.is_empty() {
         String::new()
@@ -1276,13 +1292,7 @@ fn list_runs_blocking(conn: &mut Connection, query: &RunQuery) -> Result<RunPage
             true
         }
     };
-    let order = if ascending { "ASC" } else { "DESC" };
-    let sql = format!(
-        "SELECT seq, created_at, id, doc FROM {} {} ORDER BY created_at {order}, seq {order} LIMIT {}",
-        runs_source(query),
-        where_sql(&clauses),
-        query.limit
-    );
+    let sql = listing_sql(query, &clauses, ascending);
     let mut rows: Vec<(i64, i64, OpRun)> = {
         let mut stmt = tx.prepare(&sql)?;
         let mapped = stmt.query_map(params_from_iter(params.iter()), |r| {
@@ -1977,10 +1987,8 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         let plan: Vec<String> = conn
             .prepare(&format!(
-                "EXPLAIN QUERY PLAN SELECT seq, created_at, id, doc FROM {} {}
-                 ORDER BY created_at DESC, seq DESC LIMIT 100",
-                runs_source(&query),
-                where_sql(&clauses)
+                "EXPLAIN QUERY PLAN {}",
+                listing_sql(&query, &clauses, false)
             ))
             .unwrap()
             .query_map(rusqlite::params_from_iter(params), |r| {

@@ -20,10 +20,10 @@
 //!   so an assignment is kept until the window reaches its count before (or passes it). A kept
 //!   window at a count no assignment of this process starts from is read again. The
 //!   assignment is taken in on the writer thread right after its group commits, before any
-//!   answer goes out (`SqliteStore::write_then`): taken in by the claim's task instead, about
-//!   one claim in six under load came in between and read again (one in fifteen now). A read whose
-//!   transaction began before assignments the kept window has since taken in answers its
-//!   own claim and leaves the newer kept window in place.
+//!   answer goes out (`SqliteStore::write_then`): taken in by the claim's task instead,
+//!   about one claim in six under load came in between and read again (one in fifteen
+//!   now). A read whose transaction began before assignments the kept window has since
+//!   taken in answers its own claim and leaves the newer kept window in place.
 //! - **Runs backing off.** A run whose `available_at` is still ahead is left out of a read; the
 //!   kept window is read again from the earliest such time (the `runs_backing_off` index),
 //!   and never used for a claim dated before its read.
