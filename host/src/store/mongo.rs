@@ -32,8 +32,9 @@
 //! still read and written one after the other: a one-run claim's write went from ≈ 21 ms
 //! (the run's compare-and-set alone) to ≈ 90–130 ms with the lease, a five-run claim
 //! ≈ 145–200 ms: the lease is paid once per claim, not per run (BENCHMARKS.md has the claim
-//! on the faster Rust wire server, before and after the reads and writes went together). That is the price of the guarantee without transactions; claims for one
-//! worker are serialised, which is the point, and different workers' claims do not contend.
+//! on the faster Rust wire server, before and after the reads and writes went together).
+//! That is the price of the guarantee without transactions; claims for one worker are
+//! serialised, which is the point, and different workers' claims do not contend.
 //!
 //! The reaper's [`Store::update_run_if_silent`] uses the trait's default: it re-reads the
 //! worker just before the run's compare-and-set, which narrows the window in which a worker
@@ -638,12 +639,11 @@ impl MongoStore {
         placements: Vec<Placement>,
         now: Timestamp,
     ) -> Result<Vec<Result<Option<OpRun>, StoreError>>, StoreError> {
-        let filter = doc! {"worker_id": worker_id, "state": {"$in": ["ASSIGNED", "RUNNING"]}};
         let ids: Vec<&str> = placements.iter().map(|(id, _)| id.as_str()).collect();
         // One round trip for the three reads.
         let (worker, held, documents) = tokio::try_join!(
             self.get_worker(worker_id),
-            self.held_matching(filter),
+            self.held_matching(held_on(worker_id)),
             async {
                 let cursor = self.runs.find(doc! {"_id": {"$in": &ids}}).await?;
                 collect(cursor).await
@@ -824,6 +824,11 @@ fn run_filter(query: &RunQuery) -> Document {
     filter
 }
 
+/// The run documents worker `worker_id` holds (ASSIGNED or RUNNING there).
+fn held_on(worker_id: &str) -> Document {
+    doc! {"worker_id": worker_id, "state": {"$in": ["ASSIGNED", "RUNNING"]}}
+}
+
 /// A label as the run document's `label_pairs` holds it.
 fn label_pair(key: &str, value: &str) -> String {
     format!("{key}:{value}")
@@ -997,8 +1002,7 @@ impl StoreRead for MongoStore {
     }
 
     async fn runs_on_worker(&self, worker_id: &str) -> Result<Vec<OpRun>, StoreError> {
-        let filter = doc! {"worker_id": worker_id, "state": {"$in": ["ASSIGNED", "RUNNING"]}};
-        let cursor = self.runs.find(filter).await?;
+        let cursor = self.runs.find(held_on(worker_id)).await?;
         collect(cursor).await?.iter().map(decode_run).collect()
     }
 
@@ -1063,9 +1067,7 @@ impl StoreRead for MongoStore {
             self.get_worker(worker_id),
             least("sched.cpu"),
             least("sched.ram_mb"),
-            self.held_matching(
-                doc! {"worker_id": worker_id, "state": {"$in": ["ASSIGNED", "RUNNING"]}}
-            ),
+            self.held_matching(held_on(worker_id)),
         )?;
         let Some(worker) = worker else {
             return Ok(None);
