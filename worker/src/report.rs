@@ -197,22 +197,22 @@ pub async fn deliver_results(
     worker_id: &str,
     entries: Vec<Entry>,
 ) -> Vec<Entry> {
-    let (events, mut left): (Vec<Entry>, Vec<Entry>) = entries
-        .into_iter()
-        .partition(|entry| matches!(entry.message, Message::Event(_)));
+    let (mut events, mut batch, mut left) = (Vec::new(), Vec::new(), Vec::new());
+    for entry in entries {
+        match &entry.message {
+            Message::Event(event) => {
+                batch.push(WorkerEvent {
+                    run_id: entry.run_id.clone(),
+                    event: event.clone(),
+                });
+                events.push(entry);
+            }
+            Message::Release(_) => left.push(entry),
+        }
+    }
     if events.is_empty() {
         return left;
     }
-    let batch: Vec<WorkerEvent> = events
-        .iter()
-        .filter_map(|entry| match &entry.message {
-            Message::Event(event) => Some(WorkerEvent {
-                run_id: entry.run_id.clone(),
-                event: event.clone(),
-            }),
-            Message::Release(_) => None,
-        })
-        .collect();
     let answer = match client.worker_events(worker_id, &batch).await {
         Ok(answer) if answer.results.len() == events.len() => answer,
         Ok(_) | Err(_) => {

@@ -460,7 +460,7 @@ impl Service {
             };
             let ClaimPreview {
                 worker,
-                cluster,
+                mut cluster,
                 mut running,
                 pending,
                 usage,
@@ -475,7 +475,6 @@ impl Service {
             pending.retain(|run| !settled.contains(&run.id));
             self.claims_in_flight.hide_taken(&mut pending);
             let mine = held_by(&running, worker_id);
-            let mut cluster = cluster.clone();
             let free = Capacity::free(&worker.resources, &mine);
             cluster[0].free = free.clone();
             cluster[0].running = mine.len();

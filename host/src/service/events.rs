@@ -74,24 +74,19 @@ impl Service {
             .update_run(
                 &run_id,
                 Box::new(move |run: &mut OpRun| {
-                    let mut outcomes = Vec::with_capacity(events.len());
-                    let mut first_refusal = None;
-                    for (_, event) in &events {
-                        let outcome = apply_held(run, &worker, event.clone(), now);
-                        if let Err(e) = &outcome
-                            && first_refusal.is_none()
-                        {
-                            first_refusal = Some(e.clone());
+                    let outcomes: Vec<_> = events
+                        .iter()
+                        .map(|(_, event)| apply_held(run, &worker, event.clone(), now))
+                        .collect();
+                    // Every event refused: nothing changed, and the run is not written.
+                    let refused = match outcomes.first() {
+                        Some(Err(first)) if outcomes.iter().all(Result::is_err) => {
+                            Some(first.clone())
                         }
-                        outcomes.push(outcome);
-                    }
-                    let any_applied = outcomes.iter().any(Result::is_ok);
+                        _ => None,
+                    };
                     *lock(&kept) = outcomes;
-                    match first_refusal {
-                        // Nothing changed: the run is not written.
-                        Some(refusal) if !any_applied => Err(refusal),
-                        _ => Ok(()),
-                    }
+                    refused.map_or(Ok(()), Err)
                 }),
             )
             .await;
