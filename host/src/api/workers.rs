@@ -173,19 +173,17 @@ pub async fn events(
         )));
     }
     // Each item read and its type checked before anything touches the store.
-    let checked: Vec<Result<WorkerEvent, ApiError>> = request
+    // Per item its run id, or why it was refused; the valid events move to the service.
+    let mut valid: Vec<(String, AddEventRequest)> = Vec::new();
+    let checked: Vec<Result<String, ApiError>> = request
         .events
         .into_iter()
         .map(|item| {
             let event: WorkerEvent = super::extract::from_value(item)?;
             event.event.event_type.parse::<EventType>()?;
-            Ok(event)
+            valid.push((event.run_id.clone(), event.event));
+            Ok(event.run_id)
         })
-        .collect();
-    let valid: Vec<(String, AddEventRequest)> = checked
-        .iter()
-        .filter_map(|c| c.as_ref().ok())
-        .map(|e| (e.run_id.clone(), e.event.clone()))
         .collect();
     let mut applied = state
         .service
@@ -198,8 +196,8 @@ pub async fn events(
         .map(|(index, checked)| {
             let outcome = match checked {
                 Err(e) => Err(e),
-                Ok(event) => match applied.next().flatten() {
-                    None => Err(ApiError::run_not_found(&event.run_id)),
+                Ok(run_id) => match applied.next().flatten() {
+                    None => Err(ApiError::run_not_found(&run_id)),
                     Some(outcome) => outcome.map_err(ApiError::from),
                 },
             };
