@@ -222,3 +222,73 @@ async fn affinity_waits_for_the_worker_holding_its_image_and_spreads_a_label() {
     );
     assert_eq!(api.claim("w2", 10).await, shard[1..]);
 }
+
+/// Holds the first claim view read for worker `late` until told to go on, and says when it
+/// was read.
+#[derive(Default)]
+struct HoldLateView {
+    read: tokio::sync::Notify,
+    go: tokio::sync::Notify,
+    held: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl common::hooked::Hook for HoldLateView {
+    async fn view_read(&self, worker_id: &str) {
+        use std::sync::atomic::Ordering;
+        if worker_id == "late" && !self.held.swap(true, Ordering::SeqCst) {
+            self.read.notify_one();
+            self.go.notified().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_counts_what_was_assigned_after_its_view_was_read() {
+    // A claim reads its view before it takes the turn to decide. Here `late` reads its view,
+    // then `early` claims b's whole 3-core quota and commits, and only then does `late`
+    // decide: from a view in which b holds nothing. The runs `early` took need a tag `late`
+    // lacks, so that `late` is not stopped by losing them: only counting what was assigned
+    // since its view was read keeps b within its quota.
+    let host = start_strategies(StrategySettings {
+        cache_dir: Some(strategy_cache()),
+        active: "fair-share".into(),
+        ..StrategySettings::builtin("priority")
+    })
+    .await;
+    let settings = QueueSettings::parse("b:weight=1,cpu=3", DEFAULT_HALF_LIFE_S).unwrap();
+    let (api, store) = Api::hooked(host, HoldLateView::default(), move |service| {
+        service.queues = settings
+    })
+    .await;
+    let api = std::sync::Arc::new(api);
+    let beat = |worker: &str, tags: Value| json!({"worker_id": worker, "resources": {"cpu_cores": 4, "ram_mb": 8192, "gpus": []}, "tags": tags});
+    api.ok(
+        "POST",
+        "/workers/heartbeat",
+        Some(beat("early", json!(["t"]))),
+    )
+    .await;
+    api.ok("POST", "/workers/heartbeat", Some(beat("late", json!([]))))
+        .await;
+    let mut tagged = Vec::new();
+    for _ in 0..3 {
+        let extra = json!({"queue": "b", "priority": 5, "constraints": {"cpu": 1, "tags": ["t"]}});
+        tagged.push(run(&api, 1, extra).await);
+    }
+    for _ in 0..3 {
+        run(&api, 1, json!({"queue": "b"})).await;
+    }
+    let late = {
+        let api = api.clone();
+        tokio::spawn(async move { api.claim("late", 3).await })
+    };
+    store.hook.read.notified().await;
+    let mut early = api.claim("early", 3).await;
+    early.sort();
+    tagged.sort();
+    assert_eq!(early, tagged, "early takes the quota with the tagged runs");
+    store.hook.go.notify_one();
+    let late = late.await.unwrap();
+    assert_eq!(late, Vec::<String>::new(), "b's quota of 3 cores is taken");
+}

@@ -25,6 +25,8 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+pub mod hooked;
+
 /// Declares, for each `name => body`, the tests `sqlite::name` and `mongodb::name`, each
 /// running `body(api)` on an [`Api`] over its store (the MongoDB one passes without running
 /// when the wire server is left out, see [`skip_mongo`]). The plain form uses [`Api::new`]
@@ -173,6 +175,31 @@ impl Api {
     ) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         Self::start(host, max_body_bytes, dir, new_clock(), "", configure).await
+    }
+
+    /// [`Api::configured`] over a SQLite store with `hook` in its gaps ([`hooked`]), and
+    /// that store.
+    pub async fn hooked<H: hooked::Hook>(
+        host: StrategyHost,
+        hook: H,
+        configure: impl FnOnce(&mut Service),
+    ) -> (Self, Arc<hooked::Hooked<H>>) {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let inner = SqliteStore::open(dir.path().join("gyoza.db"))
+            .await
+            .unwrap();
+        let store = Arc::new(hooked::Hooked { inner, hook });
+        let api = Self::on_store(
+            store.clone(),
+            host,
+            BODY_LIMIT,
+            dir,
+            None,
+            new_clock(),
+            "",
+            configure,
+        );
+        (api, store)
     }
 
     /// [`Api::new`] whose event deliveries may also reach `allow` (hosts and CIDRs, as
