@@ -487,7 +487,7 @@ impl Service {
 
     /// `view` read at `now` as a claim is shown it, with `in_flight` (runs other claims are
     /// assigning, or assigned since the view was read) counted as held where the view does
-    /// not hold them.
+    /// not hold them, and left out of its window.
     fn preview_of(
         &self,
         mut view: ClaimView,
@@ -495,6 +495,8 @@ impl Service {
         now: Timestamp,
     ) -> ClaimPreview {
         if !in_flight.is_empty() {
+            let taken: HashSet<&str> = in_flight.iter().map(|run| run.id.as_str()).collect();
+            view.pending.retain(|run| !taken.contains(run.id.as_str()));
             let held: HashSet<String> = view.held.iter().map(|run| run.id.clone()).collect();
             view.held
                 .extend(in_flight.into_iter().filter(|run| !held.contains(&run.id)));
@@ -558,7 +560,6 @@ impl Service {
             let turn = self.claims_in_flight.turn.lock().await;
             let in_flight = self.claims_in_flight.since(&opened);
             drop(opened);
-            let taken: HashSet<String> = in_flight.iter().map(|run| run.id.clone()).collect();
             let ClaimPreview {
                 worker,
                 mut cluster,
@@ -573,7 +574,7 @@ impl Service {
             self.metrics
                 .reservations_expired
                 .fetch_add(expired as u64, Ordering::Relaxed);
-            pending.retain(|run| !settled.contains(&run.id) && !taken.contains(&run.id));
+            pending.retain(|run| !settled.contains(&run.id));
             let mine = held_by(&running, worker_id);
             let free = Capacity::free(&worker.resources, &mine);
             cluster[0].free = free.clone();
