@@ -371,10 +371,47 @@ async fn claims(
         latencies.percentile(0.99),
         meter.per(&server, total, "placement")?
     );
+    let metrics = client.metrics().await?;
+    let strategy = |quantile: &str| {
+        let prefix =
+            format!("gyoza_strategy_latency_{quantile}_seconds{{strategy=\"bin-packing\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or("-".to_owned(), |v| format!("{:.2} ms", v * 1e3))
+    };
+    println!(
+        "claims: mean per claim round: {}; the strategy's call alone p50 {}, p99 {}",
+        claim_phases(&metrics),
+        strategy("p50"),
+        strategy("p99")
+    );
     if total != runs {
         bail!("only {total} of {runs} runs were placed");
     }
     Ok(())
+}
+
+/// The mean of each phase of a claim round, from `gyoza_claim_phase_seconds` in `metrics`.
+fn claim_phases(metrics: &str) -> String {
+    let value = |name: &str, phase: &str| {
+        let prefix = format!("gyoza_claim_phase_seconds_{name}{{phase=\"{phase}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    ["view", "turn", "decide", "assign"]
+        .iter()
+        .map(|phase| match (value("sum", phase), value("count", phase)) {
+            (Some(sum), Some(count)) if count > 0.0 => {
+                format!("{phase} {:.2} ms", sum / count * 1e3)
+            }
+            _ => format!("{phase} -"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One claim at a time on an otherwise idle server: `runs` pending runs, `workers` workers

@@ -64,6 +64,19 @@ impl Histogram {
     }
 }
 
+/// The phases of a claim's round (`gyoza_claim_phase_seconds{phase}`).
+#[derive(Debug, Default)]
+pub struct ClaimPhases {
+    /// Reading the claim's view from the store.
+    pub view: Histogram,
+    /// Waiting for the claims' turn.
+    pub turn: Histogram,
+    /// Holding the turn: the strategy's call, the host's checks and the reservation.
+    pub decide: Histogram,
+    /// The store's assignment of the placed runs.
+    pub assign: Histogram,
+}
+
 /// The server's own metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -77,6 +90,9 @@ pub struct Metrics {
     pub placements: AtomicU64,
     /// Time to answer a claim.
     pub claim_latency: Histogram,
+    /// Where a claim's time goes, per round: reading its view, waiting for the claims' turn,
+    /// deciding under it (the strategy's call and the host's checks), assigning in the store.
+    pub claim_phases: ClaimPhases,
     /// Claims answered from the worker's free capacity and the least a PENDING run needs,
     /// without reading the pending window or asking the strategy.
     pub claims_answered_early: AtomicU64,
@@ -193,6 +209,21 @@ impl Metrics {
         out.push_str("# TYPE gyoza_claim_duration_seconds histogram\n");
         self.claim_latency
             .render(&mut out, "gyoza_claim_duration_seconds", "");
+        out.push_str("# HELP gyoza_claim_phase_seconds Time per claim round in each phase: view (reading it), turn (waiting for the claims' turn), decide (the strategy's call and the host's checks, under the turn), assign (the store's write).\n");
+        out.push_str("# TYPE gyoza_claim_phase_seconds histogram\n");
+        let phases = &self.claim_phases;
+        for (phase, histogram) in [
+            ("view", &phases.view),
+            ("turn", &phases.turn),
+            ("decide", &phases.decide),
+            ("assign", &phases.assign),
+        ] {
+            histogram.render(
+                &mut out,
+                "gyoza_claim_phase_seconds",
+                &format!("phase=\"{phase}\""),
+            );
+        }
 
         out.push_str(
             "# HELP gyoza_event_deliveries_total Event deliveries to topic URLs by result.\n",

@@ -252,6 +252,11 @@ async fn metrics_describe_runs_claims_workers_and_requests() {
         "gyoza_claims_total 1",
         "gyoza_placements_total 1",
         "gyoza_claim_duration_seconds_count 1",
+        // The claim's one round: read, turn, decided, assigned.
+        "gyoza_claim_phase_seconds_count{phase=\"view\"} 1",
+        "gyoza_claim_phase_seconds_count{phase=\"turn\"} 1",
+        "gyoza_claim_phase_seconds_count{phase=\"decide\"} 1",
+        "gyoza_claim_phase_seconds_count{phase=\"assign\"} 1",
         "gyoza_workers_active 1",
         "gyoza_worker_cpu_cores{worker=\"w1\"} 8",
         "gyoza_http_requests_total{method=\"GET\",route=\"/runs/{id}\",status=\"200\"} 1",

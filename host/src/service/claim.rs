@@ -552,12 +552,18 @@ impl Service {
             // either committed before the read began (and so in the view), or reserved or
             // released since the view was opened (and so named by `since` under the turn),
             // or reserved by a claim that takes the turn after this one.
+            let phases = &self.metrics.claim_phases;
             let opened = self.claims_in_flight.open();
             let now = self.clock.now();
+            let reading = Instant::now();
             let Some(view) = self.read_view(worker_id, now).await? else {
                 break;
             };
+            phases.view.observe(reading.elapsed());
+            let waiting = Instant::now();
             let turn = self.claims_in_flight.turn.lock().await;
+            let deciding = Instant::now();
+            phases.turn.observe(deciding - waiting);
             let in_flight = self.claims_in_flight.since(&opened);
             drop(opened);
             let ClaimPreview {
@@ -597,6 +603,7 @@ impl Service {
             };
             let checked = self.decide(&request, &mine, &kept_for_me).await;
             if checked.placed.is_empty() && checked.evict.is_empty() {
+                phases.decide.observe(deciding.elapsed());
                 // Refused preemptions still count against the strategy.
                 if checked.refused > 0 {
                     self.scheduler
@@ -608,6 +615,7 @@ impl Service {
                 self.claims_in_flight
                     .reserve(checked.placed.clone(), &pending, worker_id);
             drop(turn);
+            phases.decide.observe(deciding.elapsed());
             let preempted = self.preempt(&checked, now).await;
             running.retain(|run| !preempted.contains(&run.id));
             for (run, worker) in &checked.reserve {
@@ -626,9 +634,11 @@ impl Service {
                 }
                 pending.retain(|pending| &pending.id != run);
             }
+            let assigning = Instant::now();
             let round = self
                 .assign(worker_id, placed, checked.placed.len(), now)
                 .await;
+            phases.assign.observe(assigning.elapsed());
             for (run, gpu) in round.assigned {
                 if self.reservations.used(&run.id) {
                     self.metrics
