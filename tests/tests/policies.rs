@@ -21,8 +21,10 @@ use serde_json::{Value, json};
 const RUNS: usize = 12;
 
 /// A server with `flags`, the "nap" definition (the example sleep image, 1 core, 256 MB),
-/// and `workers` workers of 2 cores each, registered.
-async fn cluster(flags: &[&str], workers: usize) -> (Server, Client, Vec<Worker>) {
+/// and `workers` workers of 2 cores each, registered, named `{name}0`, `{name}1`, …: the
+/// tests of this file run at once against one Docker daemon, and a worker starting under
+/// an id stops the containers a worker of that id left, so each test names its own.
+async fn cluster(name: &str, flags: &[&str], workers: usize) -> (Server, Client, Vec<Worker>) {
     let server = Server::start_with(flags);
     let client = server.client();
     let definition: OpDefinitionCreate = serde_json::from_value(json!({
@@ -37,7 +39,7 @@ async fn cluster(flags: &[&str], workers: usize) -> (Server, Client, Vec<Worker>
         .map(|i| {
             Worker::start(
                 &server,
-                &format!("p{i}"),
+                &format!("{name}{i}"),
                 &[
                     "--cpu-cores",
                     "2",
@@ -96,6 +98,7 @@ async fn fair_share_on_three_real_workers_gives_the_heavier_queue_more_and_holds
         return;
     }
     let (_server, client, _workers) = cluster(
+        "fair",
         &[
             "--strategy",
             "fair-share",
@@ -168,6 +171,7 @@ async fn affinity_on_four_real_workers_keeps_an_image_where_it_runs_and_spreads_
         .expect("docker tag");
     assert!(tagged.success());
     let (_server, client, _workers) = cluster(
+        "affinity",
         &[
             "--strategy",
             "affinity",
