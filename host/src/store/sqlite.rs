@@ -26,7 +26,7 @@
 //! with its own connection (a PASSIVE checkpoint, at most 100 ms after a commit), not by the
 //! writer: with SQLite's default the writer checkpointed every 1,000 WAL pages, every few
 //! groups under `gyoza-bench claims`, and its next group waited for that copy (moving it
-//! out took the bench from about 1,950 to 2,450 placements/s, BENCHMARKS.md). The writer
+//! out gave about 8% more placements/s, BENCHMARKS.md). The writer
 //! still checkpoints past 16,384 WAL pages, should the checkpointer fall behind; the WAL
 //! file is cut back to 64 MB once it starts over. A checkpoint changes no committed data:
 //! durability is the WAL's fsync at each commit.
