@@ -373,13 +373,9 @@ async fn claims(
     );
     let metrics = client.metrics().await?;
     let strategy = |quantile: &str| {
-        let prefix =
-            format!("gyoza_strategy_latency_{quantile}_seconds{{strategy=\"bin-packing\"}} ");
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or("-".to_owned(), |v| format!("{:.2} ms", v * 1e3))
+        let sample =
+            format!("gyoza_strategy_latency_{quantile}_seconds{{strategy=\"bin-packing\"}}");
+        metric(&metrics, &sample).map_or("-".to_owned(), |v| format!("{:.2} ms", v * 1e3))
     };
     println!(
         "claims: mean per claim round: {}; the strategy's call alone p50 {}, p99 {}",
@@ -393,14 +389,21 @@ async fn claims(
     Ok(())
 }
 
+/// The value of `sample` (a name with its labels) in the exposition text `metrics`.
+fn metric(metrics: &str, sample: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.parse::<f64>().ok())
+}
+
 /// The mean of each phase of a claim round, from `gyoza_claim_phase_seconds` in `metrics`.
 fn claim_phases(metrics: &str) -> String {
     let value = |name: &str, phase: &str| {
-        let prefix = format!("gyoza_claim_phase_seconds_{name}{{phase=\"{phase}\"}} ");
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .and_then(|v| v.parse::<f64>().ok())
+        metric(
+            metrics,
+            &format!("gyoza_claim_phase_seconds_{name}{{phase=\"{phase}\"}}"),
+        )
     };
     ["view", "turn", "decide", "assign"]
         .iter()

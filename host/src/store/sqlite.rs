@@ -988,7 +988,7 @@ fn commit_group(writer: &Writer, group: Vec<WriteJob>) {
         }
     });
     if committed.is_ok() {
-        // Full: a checkpoint is due already.
+        // A full channel means the checkpointer is already due to run: nothing to add.
         let _ = writer.committed.try_send(());
     }
     for reply in replies {
@@ -1075,8 +1075,10 @@ impl SqliteStore {
         }
         writer.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
         writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+        // The writer's settings: `synchronous=FULL` makes a checkpoint fsync the database
+        // file before the WAL is reused.
         let checkpointer = Connection::open(path)?;
-        checkpointer.busy_timeout(std::time::Duration::from_secs(1))?;
+        configure(&checkpointer)?;
         let (committed, commits) = std::sync::mpsc::sync_channel(1);
         let writer = Writer::new(writer, committed);
         let readers = (0..READERS)
